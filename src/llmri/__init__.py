@@ -1,0 +1,43 @@
+"""llmri: an fMRI for language models. Capture every token's activations across all layers,
+reduce each layer to a small tile, store the frames, and scrub them like a video."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from ._errors import CaptureError, LlmriError, MissingExtraError, ModelLoadError, ReducerError, StoreError
+from .capture import CaptureStream, capture, stream
+from .decode import GenerationSettings
+from .frame import SIGNALS, Frame, Token, TokenTable
+from .models import LoadedModel, load_model
+from .reducers import REDUCERS, Reducer, make_reducer
+from .session import Session, SessionReader
+from .store import FrameStore, MemoryFrameStore, open_store
+
+__all__ = [
+    "REDUCERS",
+    "SIGNALS",
+    "CaptureError",
+    "CaptureStream",
+    "Frame",
+    "FrameStore",
+    "GenerationSettings",
+    "LlmriError",
+    "LoadedModel",
+    "MemoryFrameStore",
+    "MissingExtraError",
+    "ModelLoadError",
+    "Reducer",
+    "ReducerError",
+    "Session",
+    "SessionReader",
+    "StoreError",
+    "Token",
+    "TokenTable",
+    "__version__",
+    "capture",
+    "load_model",
+    "make_reducer",
+    "open_store",
+    "stream",
+]

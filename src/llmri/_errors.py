@@ -1,0 +1,37 @@
+"""Errors llmri raises on purpose: each carries one line a user can act on."""
+
+from __future__ import annotations
+
+
+class LlmriError(Exception):
+    """Base class: the CLI prints ``str(error)`` as one line and exits non-zero."""
+
+
+class ModelLoadError(LlmriError):
+    """A model spec could not be resolved or loaded."""
+
+
+class CaptureError(LlmriError):
+    """A capture could not start or continue (bad signal, bad settings, backend failure)."""
+
+
+class ReducerError(LlmriError):
+    """A reducer was misconfigured or given activations it cannot reduce."""
+
+
+class StoreError(LlmriError):
+    """A store or session could not be opened, read or written."""
+
+
+class MissingExtraError(LlmriError, ImportError):
+    """An optional dependency is not installed; the message names the extra."""
+
+
+def require(module: str, extra: str):  # noqa: ANN201 - returns a module
+    """Import ``module`` or raise :class:`MissingExtraError` naming ``pip install 'llmri[extra]'``."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(f"{module} is not installed: pip install 'llmri[{extra}]' ({exc})") from exc

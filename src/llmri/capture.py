@@ -1,0 +1,282 @@
+"""``llmri.stream`` and ``llmri.capture``: run the decode loop, reduce each forward, emit Frames."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from ._errors import CaptureError, ReducerError
+from .backends.base import BACKENDS, Capture
+from .calibration import prepare_reducer
+from .codec import TextCodec
+from .decode import Detokenizer, GenerationSettings, Positions, decode_loop
+from .frame import SIGNALS, TOP_K, Frame, Token
+from .models import load_model
+from .reducers.base import Reducer, make_reducer
+from .session import Session
+from .store.base import FrameStore, SessionWriter
+
+
+def _as_model(model: Any) -> Any:
+    if model is None or isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        return load_model(model)
+    return model
+
+
+def _backend_for(model: Any, backend: str | None) -> tuple[str, type[Capture]]:
+    """Pick the backend class: by name, or from the kind of object the user passed."""
+    if backend is None:
+        backend = getattr(model, "llmri_backend", None) or "hf"
+    try:
+        return backend, BACKENDS.get(backend)
+    except KeyError as exc:
+        raise CaptureError(str(exc.args[0])) from None
+
+
+def hoyer_sparsity(x: Any) -> Any:
+    """Hoyer's measure per vector, in [0, 1]: 0 for equal magnitudes, 1 for a single non-zero."""
+    d = x.shape[-1]
+    l1 = x.abs().sum(-1)
+    l2 = x.norm(dim=-1).clamp_min(1e-30)
+    return ((d**0.5 - l1 / l2) / (d**0.5 - 1)).clamp(0, 1)
+
+
+class CaptureStream:
+    """An iterable of :class:`~llmri.frame.Frame`, one per token position, prompt first.
+
+    Everything that can fail before generation (model, backend, signals, reducer, prompt) fails in
+    the constructor. ``meta`` describes the session; ``stop()`` ends generation after the current
+    forward (thread-safe); ``close()`` ends it at once. With ``store``, each frame is appended to a
+    new session of that store as it is produced (``session_id``).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        prompt: Any,
+        *,
+        max_new_tokens: int = 64,
+        signals: Sequence[str] | str = SIGNALS,
+        reducer: str | Reducer = "random",
+        tile: Any = None,
+        reducer_seed: int = 0,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        stop: Sequence[str] | str | None = None,
+        chat: bool | None = None,
+        ignore_eos: bool = False,
+        backend: str | None = None,
+        store: Any = None,
+        calibration: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.settings = GenerationSettings(
+            max_new_tokens=max_new_tokens,
+            temperature=float(temperature),
+            top_p=float(top_p),
+            seed=int(seed),
+            stop=list(stop) if isinstance(stop, (list, tuple)) else ([stop] if stop else []),
+            ignore_eos=ignore_eos,
+        )
+        self.model = _as_model(model)
+        self.backend_name, cls = _backend_for(self.model, backend)
+        self.capture: Capture = cls(self.model, signals)
+        self.signals = self.capture.signals
+        tok = getattr(self.model, "tokenizer", None)
+        if tok is None:
+            raise CaptureError("the model has no tokenizer")
+        gen_cfg = getattr(getattr(self.model, "model", None), "generation_config", None)
+        self.codec = TextCodec(tok, gen_cfg)
+        self.prompt_ids, self.messages = self.codec.encode(prompt, chat)
+        self.reducer = make_reducer(reducer, tile=tile, seed=reducer_seed)
+        fp = getattr(self.model, "fingerprint", "")
+        self.reducer.setup(self.capture.n_layers, self.capture.d_model, fp)
+        try:
+            prepare_reducer(self.reducer, self.capture, self.codec, self.signals, calibration)
+        except ReducerError:
+            raise
+        max_pos = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        self._max_positions = int(max_pos) if isinstance(max_pos, int) else None
+        self._stop_event = threading.Event()
+        self.stop_reason = ""
+        describe = getattr(self.model, "describe", None)
+        self.meta: dict[str, Any] = {
+            "llmri_version": __version__,
+            "model": describe() if callable(describe) else {"name": type(self.model).__name__},
+            "backend": self.backend_name,
+            "reducer": self.reducer.spec,
+            "signals": list(self.signals),
+            "layers": list(self.capture.layer_names),
+            "tile": list(self.reducer.tile),
+            "scales": {s: self.reducer.scales.get(s, []) for s in self.signals},
+            "generation": self.settings.to_dict(),
+            "chat": self.messages is not None,
+            "messages": self.messages,
+            "prompt": prompt if isinstance(prompt, str) else None,
+            "eos_ids": sorted(self.codec.eos_ids),
+            "special_ids": sorted(self.codec.special_ids),
+            "top_k": TOP_K,
+            "entropy_unit": "nats",
+            "chat_only": False,
+        }
+        if meta:
+            self.meta.update(meta)
+        self.writer: SessionWriter | None = None
+        self.session_id: str | None = None
+        if store is not None:
+            from .store import open_store
+
+            fs: FrameStore = store if isinstance(store, FrameStore) else open_store(store, create=True)
+            self.writer = fs.create_session(self.meta, self.reducer.state_dict())
+            self.session_id = self.writer.id
+            self.meta["id"] = self.session_id
+        self._iterated = False
+
+    def stop(self) -> None:
+        """Ask generation to end after the current forward; what was generated is kept."""
+        self._stop_event.set()
+
+    def _frames(self, pos: Positions, detok: Detokenizer) -> list[Frame]:
+        import torch
+
+        n = len(pos.ids)
+        tiles: dict[str, np.ndarray] = {}
+        norms: dict[str, np.ndarray] = {}
+        sparsity: dict[str, np.ndarray] = {}
+        for s in self.signals:
+            x = pos.acts[s]
+            xf = x.float()
+            tiles[s] = self.reducer.transform(x, s).to(torch.float16).cpu().numpy()
+            norms[s] = xf.norm(dim=-1).cpu().numpy().astype(np.float32)
+            sparsity[s] = hoyer_sparsity(xf).cpu().numpy().astype(np.float32)
+        logp = torch.log_softmax(pos.pred_logits.float(), dim=-1)
+        ids_t = torch.tensor(pos.ids, dtype=torch.long)
+        chosen = logp.gather(1, ids_t[:, None])[:, 0]
+        p = logp.exp()
+        ent = -(torch.nan_to_num(p * logp)).sum(-1)
+        top_p, top_i = p.topk(TOP_K, dim=-1)
+        out = []
+        for j in range(n):
+            first = bool(torch.isnan(logp[j, 0]))
+            tid = pos.ids[j]
+            tops = () if first else tuple(int(t) for t in top_i[j])
+            token = Token(
+                index=pos.start + j,
+                id=tid,
+                text=detok.push(tid),
+                role=pos.role,
+                logprob=math.nan if first else float(chosen[j]),
+                entropy=math.nan if first else float(ent[j]),
+                top_ids=tops,
+                top_probs=() if first else tuple(float(v) for v in top_p[j]),
+                top_texts=tuple(self.codec.piece(t) for t in tops),
+            )
+            out.append(
+                Frame(
+                    token,
+                    {s: tiles[s][j] for s in tiles},
+                    {s: norms[s][j] for s in norms},
+                    {s: sparsity[s][j] for s in sparsity},
+                )
+            )
+        return out
+
+    def __iter__(self) -> Iterator[Frame]:
+        if self._iterated:
+            raise CaptureError("a capture stream can be iterated only once")
+        self._iterated = True
+        detok = Detokenizer(self.codec.decode)
+        status = "interrupted"
+        generated = ""
+        stops = self.settings.stop
+        tail = max((len(x) for x in stops), default=0) + 32
+        try:
+            for pos in decode_loop(
+                self.capture,
+                self.prompt_ids,
+                self.settings,
+                eos_ids=self.codec.eos_ids,
+                should_stop=self._stop_event.is_set,
+                max_positions=self._max_positions,
+            ):
+                for frame in self._frames(pos, detok):
+                    if self.writer is not None:
+                        self.writer.append(frame)
+                    yield frame
+                    if pos.role == "generated":
+                        generated = (generated + frame.token.text)[-tail * 2 :]
+                        if frame.token.id in self.codec.eos_ids and not self.settings.ignore_eos:
+                            self.stop_reason = "eos"
+                        elif stops and any(x in generated for x in stops):
+                            self.stop_reason = "stop_string"
+                            self._stop_event.set()
+            if not self.stop_reason:
+                self.stop_reason = "stopped" if self._stop_event.is_set() else "max_new_tokens"
+            status = "complete"
+        except GeneratorExit:
+            self.stop_reason = "closed"
+            raise
+        except Exception as exc:
+            self.stop_reason = f"error: {exc}"
+            raise
+        finally:
+            self.meta["stop_reason"] = self.stop_reason
+            if self.writer is not None:
+                self.writer.update_meta(stop_reason=self.stop_reason)
+                self.writer.close(status)
+
+    def close(self) -> None:
+        self._stop_event.set()
+        if self.writer is not None and not self._iterated:
+            self.writer.update_meta(stop_reason="closed")
+            self.writer.close("interrupted")
+        self._iterated = True
+
+    def __enter__(self) -> CaptureStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def stream(model: Any, prompt: Any, **kw: Any) -> CaptureStream:
+    """Capture ``prompt`` on ``model`` frame by frame: iterate the result to get each
+    :class:`~llmri.frame.Frame` as soon as its forward finishes. Takes the same keywords as
+    :func:`capture`."""
+    return CaptureStream(model, prompt, **kw)
+
+
+def capture(model: Any, prompt: Any, **kw: Any) -> Session:
+    """Capture ``prompt`` on ``model`` and return the whole :class:`~llmri.session.Session`.
+
+    ``model``: a :class:`~llmri.models.LoadedModel`, or a spec for :func:`llmri.load_model`
+    (``None`` for the bundled model). ``prompt``: raw text, or a list of ``{"role", "content"}``
+    messages (chat template); ``chat=True`` wraps a string as one user message. Keywords:
+    ``max_new_tokens``, ``signals`` (subset of resid/attn/mlp), ``reducer`` (random/ipca/neurons),
+    ``tile`` (``"16x16"``), ``reducer_seed``, ``temperature``, ``top_p``, ``seed``, ``stop``,
+    ``ignore_eos``, ``backend``, ``store`` (path/URL/FrameStore to append to), ``calibration``.
+    """
+    st = CaptureStream(model, prompt, **kw)
+    meta = dict(st.meta)
+    session = Session(meta, st.reducer.state_dict())
+    if st.session_id:
+        session.update_meta(id=st.session_id)
+    else:
+        from .store.ids import prepare_meta
+
+        session.update_meta(**{k: v for k, v in prepare_meta(meta).items() if k not in meta})
+    try:
+        for frame in st:
+            session.append(frame)
+    except BaseException:
+        session.set_status("interrupted")
+        raise
+    session.update_meta(stop_reason=st.stop_reason)
+    session.set_status("complete")
+    return session

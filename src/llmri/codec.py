@@ -1,0 +1,60 @@
+"""Prompt encoding and token decoding, around a transformers tokenizer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._errors import CaptureError
+
+
+class TextCodec:
+    """Encodes prompts (raw text or chat messages through the chat template) and decodes ids."""
+
+    def __init__(self, tokenizer: Any, generation_config: Any = None) -> None:
+        self.tok = tokenizer
+        eos: set[int] = set()
+        for src in (getattr(tokenizer, "eos_token_id", None), getattr(generation_config, "eos_token_id", None)):
+            if isinstance(src, int):
+                eos.add(src)
+            elif isinstance(src, (list, tuple)):
+                eos.update(int(x) for x in src)
+        self.eos_ids = eos
+        self.special_ids = set(int(x) for x in getattr(tokenizer, "all_special_ids", []) or [])
+
+    def encode(self, prompt: Any, chat: bool | None) -> tuple[list[int], list[dict[str, str]] | None]:
+        """Returns ``(ids, messages)``; ``messages`` is None for raw text."""
+        if isinstance(prompt, (list, tuple)):
+            messages = [_check_message(m, i) for i, m in enumerate(prompt)]
+            if chat is False:
+                raise CaptureError("a list of messages needs the chat template (chat=False was given)")
+            return self.encode_chat(messages), messages
+        if not isinstance(prompt, str):
+            raise CaptureError(f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}")
+        if chat:
+            messages = [{"role": "user", "content": prompt}]
+            return self.encode_chat(messages), messages
+        ids = self.tok(prompt, add_special_tokens=True)["input_ids"]
+        return [int(i) for i in ids], None
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        if not getattr(self.tok, "chat_template", None):
+            raise CaptureError("this tokenizer has no chat template: pass raw text (chat=False / --raw)")
+        text = self.tok.apply_chat_template(
+            messages, add_generation_prompt=messages[-1]["role"] != "assistant", tokenize=False
+        )
+        return [int(i) for i in self.tok(text, add_special_tokens=False)["input_ids"]]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def piece(self, token_id: int) -> str:
+        """A single token's text on its own (for top-k alternatives)."""
+        return self.decode([int(token_id)])
+
+
+def _check_message(m: Any, i: int) -> dict[str, str]:
+    if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+        raise CaptureError(f"message {i} must be an object with string 'role' and 'content'")
+    if m["role"] not in ("system", "user", "assistant", "tool"):
+        raise CaptureError(f"message {i}: unknown role {m['role']!r} (system, user, assistant or tool)")
+    return {"role": m["role"], "content": m["content"]}

@@ -1,0 +1,1 @@
+"""One module per ``llmri`` subcommand (see llmri.cli)."""

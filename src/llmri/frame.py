@@ -1,0 +1,156 @@
+"""The values that flow from a capture to a store: one Token and one Frame per token position."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Signal names, in canonical order. ``resid`` is a block's output hidden state, ``attn`` and
+#: ``mlp`` the outputs of its attention and MLP sub-layers (before they are added to the residual).
+SIGNALS: tuple[str, ...] = ("resid", "attn", "mlp")
+
+#: Token roles. Prompt tokens come from the prefill, generated ones from the decode loop.
+ROLES: tuple[str, ...] = ("prompt", "generated")
+
+TOP_K = 5
+
+
+@dataclass(frozen=True)
+class Token:
+    """One token position.
+
+    ``logprob``, ``entropy`` and the ``top_*`` alternatives describe the next-token distribution
+    that *predicted* this token (computed at the previous position); they are NaN / empty for the
+    very first position, which nothing predicted. ``text`` is the text this token adds to the
+    decoded stream: byte-level pieces that only complete a character together are rendered on the
+    token that completes it (the others carry ``""``).
+    """
+
+    index: int
+    id: int
+    text: str
+    role: str
+    logprob: float = float("nan")
+    entropy: float = float("nan")
+    top_ids: tuple[int, ...] = ()
+    top_probs: tuple[float, ...] = ()
+    top_texts: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        def num(x: float) -> float | None:
+            return None if x != x else float(x)
+
+        return {
+            "index": self.index,
+            "id": self.id,
+            "text": self.text,
+            "role": self.role,
+            "logprob": num(self.logprob),
+            "entropy": num(self.entropy),
+            "top": [
+                {"id": i, "prob": float(p), "text": t}
+                for i, p, t in zip(
+                    self.top_ids, self.top_probs, self.top_texts or [""] * len(self.top_ids), strict=False
+                )
+            ],
+        }
+
+
+@dataclass
+class Frame:
+    """Everything known about one token position.
+
+    ``tiles[signal]`` is ``[layers, H, W]`` float16 (signed, unquantised reduced activations);
+    ``norms[signal]`` and ``sparsity[signal]`` are ``[layers]`` float32 statistics of the full,
+    unreduced vectors (L2 norm, and Hoyer sparsity in [0, 1]: 0 dense, 1 one-hot).
+    A chat-only frame has no signals at all (empty dicts).
+    """
+
+    token: Token
+    tiles: dict[str, np.ndarray] = field(default_factory=dict)
+    norms: dict[str, np.ndarray] = field(default_factory=dict)
+    sparsity: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def index(self) -> int:
+        return self.token.index
+
+
+class TokenTable:
+    """Columnar token table of a session: ``ids``, ``text``, ``role``, ``logprob``, ``entropy``,
+    ``top_ids`` ``[n, k]``, ``top_probs`` ``[n, k]``. Indexing returns :class:`Token` objects."""
+
+    def __init__(
+        self,
+        ids: np.ndarray,
+        text: list[str],
+        role: list[str],
+        logprob: np.ndarray,
+        entropy: np.ndarray,
+        top_ids: np.ndarray,
+        top_probs: np.ndarray,
+        top_texts: list[list[str]] | None = None,
+    ) -> None:
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.text = list(text)
+        self.role = list(role)
+        self.logprob = np.asarray(logprob, dtype=np.float32)
+        self.entropy = np.asarray(entropy, dtype=np.float32)
+        self.top_ids = np.asarray(top_ids, dtype=np.int64).reshape(len(self.ids), -1)
+        self.top_probs = np.asarray(top_probs, dtype=np.float32).reshape(len(self.ids), -1)
+        self.top_texts = top_texts
+
+    @classmethod
+    def from_tokens(cls, tokens: list[Token], k: int = TOP_K) -> TokenTable:
+        n = len(tokens)
+        top_ids = np.full((n, k), -1, dtype=np.int64)
+        top_probs = np.full((n, k), np.nan, dtype=np.float32)
+        texts: list[list[str]] = []
+        for i, t in enumerate(tokens):
+            m = min(k, len(t.top_ids))
+            top_ids[i, :m] = t.top_ids[:m]
+            top_probs[i, :m] = t.top_probs[:m]
+            texts.append(list(t.top_texts[:m]))
+        return cls(
+            ids=np.array([t.id for t in tokens], dtype=np.int64),
+            text=[t.text for t in tokens],
+            role=[t.role for t in tokens],
+            logprob=np.array([t.logprob for t in tokens], dtype=np.float32),
+            entropy=np.array([t.entropy for t in tokens], dtype=np.float32),
+            top_ids=top_ids,
+            top_probs=top_probs,
+            top_texts=texts,
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> Token:
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(i)
+        valid = self.top_ids[i] >= 0
+        texts = tuple(self.top_texts[i]) if self.top_texts and i < len(self.top_texts) else ()
+        return Token(
+            index=i,
+            id=int(self.ids[i]),
+            text=self.text[i],
+            role=self.role[i],
+            logprob=float(self.logprob[i]),
+            entropy=float(self.entropy[i]),
+            top_ids=tuple(int(x) for x in self.top_ids[i][valid]),
+            top_probs=tuple(float(x) for x in self.top_probs[i][valid]),
+            top_texts=texts,
+        )
+
+    def __iter__(self):  # noqa: ANN204
+        return (self[i] for i in range(len(self)))
+
+    def __repr__(self) -> str:
+        return f"TokenTable({len(self)} tokens: {''.join(self.text)[:60]!r}...)"
+
+    def to_records(self) -> list[dict]:
+        return [t.to_dict() for t in self]

