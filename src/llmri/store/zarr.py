@@ -1,0 +1,590 @@
+"""ZarrFrameStore: sessions in a Zarr v3 group on a local directory or any fsspec URL.
+
+The layout is documented in ``docs/FORMAT.md`` precisely enough to read a session with plain
+``zarr``. Crash consistency rests on two facts: zarr-python (>= 3.1.3) writes every chunk and
+every ``zarr.json`` atomically on a local store (write to a temporary file, then rename), and a
+session's commit point is one number, ``n_committed``, in the session group's ``zarr.json``,
+written only after the chunks it covers. Readers never look past ``n_committed``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from typing import Any
+
+import numpy as np
+
+from .._errors import StoreError
+from ..frame import TOP_K, Frame, TokenTable
+from ..session import FORMAT_VERSION, STATUSES, SessionReader, _check_signal, _norm_range
+from .base import FrameStore, SessionWriter
+from .ids import new_session_id, prepare_meta
+
+#: Frames per chunk along the token axis of ``frames/<signal>``.
+FRAME_CHUNK = 16
+#: Rows per chunk of the token table and the per-layer stats.
+ROW_CHUNK = 256
+#: A recording session whose writer runs on another host reads as interrupted once its
+#: heartbeat (refreshed at every commit) is older than this many seconds.
+STALE_SECONDS = 600.0
+
+
+def _sync(coro: Any) -> Any:
+    from zarr.core.sync import sync
+
+    return sync(coro)
+
+
+def _pid_start(pid: int) -> int | None:
+    """The process start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read().decode("ascii", "replace")
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int, start: int | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    if start is not None:
+        now = _pid_start(pid)
+        if now is not None and now != start:
+            return False  # the pid was reused by another process
+    return True
+
+
+def writer_alive(writer: dict[str, Any] | None, now: float | None = None) -> tuple[bool, str]:
+    """Whether the writer described by ``meta["writer"]`` may still be running, and why not."""
+    if not isinstance(writer, dict):
+        return False, "no writer recorded"
+    now = time.time() if now is None else now
+    host, pid = writer.get("host"), writer.get("pid")
+    if host == socket.gethostname() and isinstance(pid, int):
+        if _pid_alive(pid, writer.get("pid_start")):
+            return True, ""
+        return False, f"writer process {pid} on {host} is gone"
+    beat = writer.get("heartbeat")
+    if isinstance(beat, (int, float)) and now - beat <= STALE_SECONDS:
+        return True, ""
+    return False, f"writer on {host} sent no heartbeat for over {int(STALE_SECONDS)} s"
+
+
+def effective_status(meta: dict[str, Any]) -> tuple[str, str]:
+    """``(status, reason)``: ``recording`` with a dead writer reads as ``interrupted``."""
+    status = str(meta.get("status", "complete"))
+    if status != "recording":
+        return status, ""
+    alive, why = writer_alive(meta.get("writer"))
+    return ("recording", "") if alive else ("interrupted", why)
+
+
+# -- arrays of a session --------------------------------------------------------------------
+
+
+def _array_specs(meta: dict[str, Any]) -> dict[str, tuple[Any, tuple[int, ...], int]]:
+    """``{path: (dtype, row_shape, chunk_rows)}`` of the per-token arrays of a session."""
+    n_layers = len(meta["layers"])
+    h, w = (int(x) for x in meta["tile"])
+    k = int(meta.get("top_k", TOP_K))
+    specs: dict[str, tuple[Any, tuple[int, ...], int]] = {
+        "tokens/ids": (np.int64, (), ROW_CHUNK),
+        "tokens/text": (str, (), ROW_CHUNK),
+        "tokens/role": (str, (), ROW_CHUNK),
+        "tokens/logprob": (np.float32, (), ROW_CHUNK),
+        "tokens/entropy": (np.float32, (), ROW_CHUNK),
+        "tokens/top_ids": (np.int64, (k,), ROW_CHUNK),
+        "tokens/top_probs": (np.float32, (k,), ROW_CHUNK),
+        "tokens/top_texts": (str, (k,), ROW_CHUNK),
+    }
+    for s in meta["signals"]:
+        specs[f"frames/{s}"] = (np.float16, (n_layers, h, w), FRAME_CHUNK)
+        specs[f"stats/{s}/norm"] = (np.float32, (n_layers,), ROW_CHUNK)
+        specs[f"stats/{s}/sparsity"] = (np.float32, (n_layers,), ROW_CHUNK)
+    return specs
+
+
+def _fill(dtype: Any) -> Any:
+    if dtype is str:
+        return ""
+    if dtype is np.int64:
+        return -1
+    return np.nan
+
+
+def _frame_rows(frame: Frame, meta: dict[str, Any], k: int) -> dict[str, Any]:
+    t = frame.token
+    m = min(k, len(t.top_ids))
+    top_ids = np.full(k, -1, np.int64)
+    top_probs = np.full(k, np.nan, np.float32)
+    top_texts = [""] * k
+    top_ids[:m] = t.top_ids[:m]
+    top_probs[:m] = t.top_probs[:m]
+    top_texts[: min(m, len(t.top_texts))] = list(t.top_texts[:m])
+    rows: dict[str, Any] = {
+        "tokens/ids": t.id,
+        "tokens/text": t.text,
+        "tokens/role": t.role,
+        "tokens/logprob": t.logprob,
+        "tokens/entropy": t.entropy,
+        "tokens/top_ids": top_ids,
+        "tokens/top_probs": top_probs,
+        "tokens/top_texts": top_texts,
+    }
+    for s in meta["signals"]:
+        rows[f"frames/{s}"] = frame.tiles[s]
+        rows[f"stats/{s}/norm"] = frame.norms[s]
+        rows[f"stats/{s}/sparsity"] = frame.sparsity[s]
+    return rows
+
+
+def _stack(rows: list[Any], dtype: Any, row_shape: tuple[int, ...]) -> np.ndarray:
+    if dtype is str:
+        out = np.empty((len(rows), *row_shape), dtype=object)
+        for i, r in enumerate(rows):
+            out[i] = r
+        return out
+    return np.asarray(rows, dtype=dtype).reshape(len(rows), *row_shape)
+
+
+class _Column:
+    """One growing array: keeps the rows of its last, partial chunk so that every commit rewrites
+    whole chunks (zarr then never reads a chunk back, and each chunk file is replaced atomically)."""
+
+    def __init__(self, array: Any, dtype: Any, row_shape: tuple[int, ...], chunk: int) -> None:
+        self.array = array
+        self.dtype = dtype
+        self.row_shape = row_shape
+        self.chunk = chunk
+        self.n = 0
+        self.tail = _stack([], dtype, row_shape)
+
+    def write(self, rows: list[Any]) -> None:
+        new = _stack(rows, self.dtype, self.row_shape)
+        data = np.concatenate([self.tail, new]) if len(self.tail) else new
+        start = self.n - len(self.tail)
+        n_new = self.n + len(new)
+        self.array.resize((n_new, *self.row_shape))
+        self.array[start:n_new] = data
+        self.n = n_new
+        keep = n_new - (n_new // self.chunk) * self.chunk
+        self.tail = data[len(data) - keep :] if keep else data[:0]
+
+
+class ZarrSessionWriter(SessionWriter):
+    """Appends frames to ``sessions/<id>`` of a :class:`ZarrFrameStore` (see docs/FORMAT.md).
+
+    Commit order: chunks and array shapes first, then ``n_committed``, the status and the writer's
+    heartbeat in the session group's ``zarr.json``. Commits happen every ``commit_every`` frames
+    or ``commit_seconds`` seconds (checked at each append), on :meth:`commit` and on :meth:`close`.
+    """
+
+    def __init__(self, store: ZarrFrameStore, meta: dict[str, Any], reducer_state: dict[str, np.ndarray]) -> None:
+        import zarr
+
+        self._store = store
+        self._meta = meta
+        self._k = int(meta.get("top_k", TOP_K))
+        self._path = f"sessions/{meta['id']}"
+        self._pending: list[Frame] = []
+        self._appended = 0
+        self._committed = 0
+        self._closed = False
+        self._meta_dirty = False
+        self._last_commit = time.monotonic()
+        self._meta["writer"] = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "pid_start": _pid_start(os.getpid()),
+            "heartbeat": time.time(),
+        }
+        try:
+            group = zarr.create_group(store._zstore, path=self._path, attributes=self._attrs())
+            self._group = group
+            self._columns: dict[str, _Column] = {}
+            for name, (dtype, row_shape, chunk) in _array_specs(meta).items():
+                arr = group.create_array(
+                    name,
+                    shape=(0, *row_shape),
+                    chunks=(chunk, *row_shape),
+                    dtype=dtype,
+                    fill_value=_fill(dtype),
+                    compressors=store._compressors(name),
+                )
+                self._columns[name] = _Column(arr, dtype, row_shape, chunk)
+            for key, value in (reducer_state or {}).items():
+                value = np.asarray(value)
+                if "/" in key or key in (".", ".."):
+                    raise StoreError(f"{store.url}: bad reducer state name {key!r}")
+                group.create_array(f"reducer_state/{key}", data=value, chunks=value.shape or None)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"{store.url}: cannot create session {meta['id']}: {exc}") from exc
+
+    def _attrs(self) -> dict[str, Any]:
+        return {
+            "llmri": {"kind": "session", "format_version": FORMAT_VERSION},
+            "n_committed": self._committed,
+            "meta": self._meta,
+        }
+
+    @property
+    def id(self) -> str:
+        return str(self._meta["id"])
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self._meta
+
+    def append(self, frame: Frame) -> None:
+        if self._closed:
+            raise StoreError(f"{self._store.url}: session {self.id} is closed")
+        if frame.index != self._appended:
+            raise StoreError(f"session {self.id}: frame {frame.index} appended at position {self._appended}")
+        for s in self._meta["signals"]:
+            if s not in frame.tiles:
+                raise StoreError(f"session {self.id}: frame {frame.index} has no signal {s!r}")
+        self._pending.append(frame)
+        self._appended += 1
+        if len(self._pending) >= self.commit_every or time.monotonic() - self._last_commit >= self.commit_seconds:
+            self.commit()
+
+    def _write_attrs(self) -> None:
+        self._meta["writer"]["heartbeat"] = time.time()
+        self._group.attrs.put(json.loads(json.dumps(self._attrs(), allow_nan=False, default=_json_default)))
+
+    def commit(self) -> None:
+        if self._pending:
+            rows = [_frame_rows(f, self._meta, self._k) for f in self._pending]
+            try:
+                for name, col in self._columns.items():
+                    col.write([r[name] for r in rows])
+            except Exception as exc:
+                raise StoreError(f"{self._store.url}: session {self.id}: write failed: {exc}") from exc
+            self._committed += len(self._pending)
+            self._pending = []
+            self._write_attrs()
+        elif self._meta_dirty:
+            self._write_attrs()
+        self._meta_dirty = False
+        self._last_commit = time.monotonic()
+
+    def update_meta(self, **kw: Any) -> None:
+        self._meta.update(kw)
+        self._meta_dirty = True
+
+    def close(self, status: str = "complete") -> None:
+        if self._closed:
+            return
+        if status not in STATUSES:
+            raise ValueError(f"bad status {status!r}")
+        self._closed = True
+        self._meta["status"] = status
+        self._meta_dirty = True
+        self.commit()
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+class ZarrSession(SessionReader):
+    """A session read back from a :class:`ZarrFrameStore`.
+
+    Opening reads only the session's ``zarr.json``; the token table loads on first use and a frame
+    range reads only the chunks it covers. The view is a snapshot of the committed frames at open
+    time; :meth:`refresh` picks up frames committed since (for a session still recording).
+    """
+
+    def __init__(self, store: ZarrFrameStore, session_id: str) -> None:
+        self._store = store
+        self._sid = session_id
+        self._path = f"sessions/{session_id}"
+        self._where = f"{store.url}: session {session_id}"
+        self._arrays: dict[str, Any] = {}
+        self._table: TokenTable | None = None
+        self._state: dict[str, np.ndarray] | None = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the session's metadata and committed length."""
+        attrs = self._store._read_attrs(f"{self._path}/zarr.json", self._where)
+        llm = attrs.get("llmri")
+        if not isinstance(llm, dict) or llm.get("kind") != "session":
+            raise StoreError(f"{self._where}: not an llmri session (no llmri attributes)")
+        fv = llm.get("format_version")
+        if not isinstance(fv, int):
+            raise StoreError(f"{self._where}: corrupt metadata (format_version {fv!r})")
+        if fv > FORMAT_VERSION:
+            raise StoreError(
+                f"{self._where}: written by a newer llmri (format {fv}; this llmri reads up to {FORMAT_VERSION}):"
+                " upgrade llmri"
+            )
+        meta, n = attrs.get("meta"), attrs.get("n_committed")
+        if not isinstance(meta, dict):
+            raise StoreError(f"{self._where}: corrupt metadata (no meta object)")
+        if not isinstance(n, int) or n < 0:
+            raise StoreError(f"{self._where}: corrupt metadata (n_committed {n!r})")
+        problem = _check_meta(meta)
+        if problem:
+            raise StoreError(f"{self._where}: corrupt metadata ({problem})")
+        meta = dict(meta)
+        meta["id"] = self._sid
+        status, why = effective_status(meta)
+        if status != meta.get("status"):
+            meta["status"] = status
+            meta["interrupted_reason"] = why
+        if getattr(self, "_n", None) != n:
+            self._table = None
+            self._arrays = {}
+        self._meta, self._n = meta, n
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self._meta
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _array(self, name: str) -> Any:
+        arr = self._arrays.get(name)
+        if arr is None:
+            import zarr
+
+            try:
+                arr = zarr.open_array(self._store._zstore, path=f"{self._path}/{name}", mode="r")
+            except Exception as exc:
+                raise StoreError(f"{self._where}: cannot open {name}: {exc}") from exc
+            if arr.shape[0] < self._n:
+                raise StoreError(f"{self._where}: corrupt: {name} holds {arr.shape[0]} rows, {self._n} committed")
+            self._arrays[name] = arr
+        return arr
+
+    def _read(self, name: str, start: int, stop: int, empty: tuple[int, ...], dtype: Any) -> np.ndarray:
+        if stop <= start:
+            return np.zeros((0, *empty), dtype=dtype)
+        try:
+            return np.asarray(self._array(name)[start:stop])
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"{self._where}: cannot read {name}[{start}:{stop}]: {exc}") from exc
+
+    def frames(self, signal: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        _check_signal(signal, self.signals, self._where)
+        s, e = _norm_range(start, stop, self._n)
+        h, w = self.tile
+        return self._read(f"frames/{signal}", s, e, (len(self.layers), h, w), np.float16)
+
+    def stats(self, signal: str, start: int | None = None, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        _check_signal(signal, self.signals, self._where)
+        s, e = _norm_range(start, stop, self._n)
+        shape = (len(self.layers),)
+        return (
+            self._read(f"stats/{signal}/norm", s, e, shape, np.float32),
+            self._read(f"stats/{signal}/sparsity", s, e, shape, np.float32),
+        )
+
+    @property
+    def tokens(self) -> TokenTable:
+        if self._table is None:
+            n, k = self._n, int(self._meta.get("top_k", TOP_K))
+
+            def col(name: str, shape: tuple[int, ...] = (), dtype: Any = np.float32) -> np.ndarray:
+                return self._read(f"tokens/{name}", 0, n, shape, dtype)
+
+            texts = col("top_texts", (k,), object)
+            self._table = TokenTable(
+                ids=col("ids", (), np.int64),
+                text=[str(x) for x in col("text", (), object)],
+                role=[str(x) for x in col("role", (), object)],
+                logprob=col("logprob"),
+                entropy=col("entropy"),
+                top_ids=col("top_ids", (k,), np.int64).reshape(n, k),
+                top_probs=col("top_probs", (k,)).reshape(n, k),
+                top_texts=[
+                    [str(t) for t, i in zip(row, ids, strict=True) if i >= 0]
+                    for row, ids in zip(texts.reshape(n, k), col("top_ids", (k,), np.int64).reshape(n, k), strict=True)
+                ],
+            )
+        return self._table
+
+    @property
+    def reducer_state(self) -> dict[str, np.ndarray]:
+        if self._state is None:
+            import zarr
+
+            try:
+                g = zarr.open_group(self._store._zstore, path=f"{self._path}/reducer_state", mode="r")
+                self._state = {name: np.asarray(a[...]) for name, a in g.arrays()}
+            except FileNotFoundError:
+                self._state = {}
+            except Exception as exc:
+                raise StoreError(f"{self._where}: cannot read reducer state: {exc}") from exc
+        return self._state
+
+
+def _check_meta(meta: dict[str, Any]) -> str:
+    sig = meta.get("signals")
+    if not isinstance(sig, list) or not all(isinstance(s, str) for s in sig):
+        return "signals must be a list of names"
+    if not isinstance(meta.get("layers"), list):
+        return "layers must be a list"
+    tile = meta.get("tile")
+    if not (isinstance(tile, list) and len(tile) == 2 and all(isinstance(x, int) for x in tile)):
+        return f"tile must be [H, W], got {tile!r}"
+    if meta.get("status") not in STATUSES:
+        return f"unknown status {meta.get('status')!r}"
+    return ""
+
+
+class ZarrFrameStore(FrameStore):
+    """Sessions in a Zarr v3 group: a local directory, ``file://`` or any fsspec URL (``memory://``, ``s3://``).
+
+    ``create=True`` makes the store when the location is missing or an empty directory; an existing
+    store is opened (and appended to) either way. Opening something that is not an llmri store, or
+    one written by a newer format version, raises :class:`~llmri.StoreError` naming the path.
+    ``compress`` chooses the chunk compression of ``frames/*``: ``None`` keeps zarr's default
+    (zstd); ``False`` stores them raw. See ``benchmarks/store.py`` for what each costs.
+    """
+
+    def __init__(self, path_or_url: str, *, create: bool = False, compress: bool | None = None) -> None:
+        super().__init__()
+        from zarr.storage import FsspecStore, LocalStore
+
+        self.url = str(path_or_url)
+        self._compress = compress
+        local: str | None = None
+        if "://" not in self.url:
+            local = self.url
+        elif self.url.startswith("file://"):
+            local = self.url[len("file://") :]
+        try:
+            if local is not None:
+                local = os.path.expanduser(local)
+                if os.path.isfile(local):
+                    raise StoreError(f"{self.url}: not an llmri store (a file, not a directory)")
+                if not os.path.exists(local) and not create:
+                    raise StoreError(f"{self.url}: no such store")
+                self._zstore = LocalStore(local)
+            else:
+                self._zstore = FsspecStore.from_url(self.url)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"{self.url}: cannot open store: {exc}") from exc
+        self._open_or_create(create, local)
+
+    def _open_or_create(self, create: bool, local: str | None) -> None:
+        import zarr
+
+        if not self._exists("zarr.json"):
+            if local is not None and os.path.isdir(local) and os.listdir(local):
+                raise StoreError(f"{self.url}: not an llmri store (a directory without zarr.json)")
+            if not create:
+                raise StoreError(f"{self.url}: no such store")
+            try:
+                root = zarr.open_group(
+                    self._zstore,
+                    mode="w-",
+                    attributes={"llmri": {"kind": "store", "format_version": FORMAT_VERSION}},
+                )
+                root.create_group("sessions")
+            except Exception as exc:
+                raise StoreError(f"{self.url}: cannot create store: {exc}") from exc
+            return
+        attrs = self._read_attrs("zarr.json", self.url)
+        llm = attrs.get("llmri")
+        if not isinstance(llm, dict) or llm.get("kind") != "store":
+            raise StoreError(f"{self.url}: not an llmri store (a Zarr group without llmri attributes)")
+        fv = llm.get("format_version")
+        if not isinstance(fv, int):
+            raise StoreError(f"{self.url}: corrupt store metadata (format_version {fv!r})")
+        if fv > FORMAT_VERSION:
+            raise StoreError(
+                f"{self.url}: written by a newer llmri (format {fv}; this llmri reads up to {FORMAT_VERSION}):"
+                " upgrade llmri"
+            )
+        if not self._exists("sessions/zarr.json"):
+            zarr.open_group(self._zstore, path="sessions", mode="a")
+
+    def _exists(self, key: str) -> bool:
+        try:
+            return bool(_sync(self._zstore.exists(key)))
+        except Exception as exc:
+            raise StoreError(f"{self.url}: cannot read store: {exc}") from exc
+
+    def _read_attrs(self, key: str, where: str) -> dict[str, Any]:
+        """Parse one ``zarr.json`` by hand so a corrupt file gives a clear error, not zarr's traceback."""
+        from zarr.core.buffer import default_buffer_prototype
+
+        try:
+            buf = _sync(self._zstore.get(key, prototype=default_buffer_prototype()))
+        except Exception as exc:
+            raise StoreError(f"{where}: cannot read {key}: {exc}") from exc
+        if buf is None:
+            raise StoreError(f"{where}: missing {key}")
+        try:
+            doc = json.loads(buf.to_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise StoreError(f"{where}: corrupt metadata ({key} is not valid JSON: {exc})") from None
+        if not isinstance(doc, dict) or doc.get("zarr_format") != 3:
+            raise StoreError(f"{where}: not a Zarr v3 node ({key})")
+        if doc.get("node_type") != "group":
+            raise StoreError(f"{where}: corrupt metadata ({key} is not a group)")
+        attrs = doc.get("attributes", {})
+        if not isinstance(attrs, dict):
+            raise StoreError(f"{where}: corrupt metadata (attributes of {key} is not an object)")
+        return attrs
+
+    def _compressors(self, name: str) -> Any:
+        if name.startswith("frames/") and self._compress is False:
+            return None
+        return "auto"
+
+    # -- FrameStore ---------------------------------------------------------------------
+    def create_session(self, meta: dict[str, Any], reducer_state: dict[str, np.ndarray] | None = None) -> SessionWriter:
+        meta = prepare_meta(meta)
+        problem = _check_meta(meta)
+        if problem:
+            raise StoreError(f"{self.url}: bad session metadata ({problem})")
+        while self._exists(f"sessions/{meta['id']}/zarr.json"):
+            meta["id"] = new_session_id()
+        return ZarrSessionWriter(self, meta, reducer_state or {})
+
+    def session_ids(self) -> list[str]:
+        async def names() -> list[str]:
+            return [x async for x in self._zstore.list_dir("sessions")]
+
+        try:
+            found = _sync(names())
+        except FileNotFoundError:
+            return []
+        except Exception as exc:
+            raise StoreError(f"{self.url}: cannot list sessions: {exc}") from exc
+        return sorted(x.rstrip("/") for x in found if x.rstrip("/") != "zarr.json")
+
+    def session(self, session_id: str) -> ZarrSession:
+        if not session_id or "/" in session_id or session_id in (".", ".."):
+            raise StoreError(f"{self.url}: bad session id {session_id!r}")
+        if not self._exists(f"sessions/{session_id}/zarr.json"):
+            raise StoreError(f"{self.url}: no session {session_id!r}")
+        return ZarrSession(self, session_id)
+
+    def __repr__(self) -> str:
+        return f"<ZarrFrameStore {self.url}>"
