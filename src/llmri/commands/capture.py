@@ -1,0 +1,151 @@
+"""``llmri capture``: record one prompt (or a whole conversation) into a store; prints the session id."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .._errors import CaptureError, LlmriError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "capture",
+        help="capture a prompt's activations into a store",
+        description="Generate from PROMPT (or --messages) and record every token's frame into the store -o. "
+        "Prints the new session's id.",
+    )
+    p.add_argument("prompt", nargs="?", help="the prompt text (or use --messages)")
+    p.add_argument("-o", "--output", required=True, metavar="STORE", help="store path or URL (created if missing)")
+    p.add_argument("--model", default=None, metavar="SPEC", help="model dir, .gguf file or hub id (default: bundled)")
+    p.add_argument("--backend", default=None, metavar="NAME", help="capture backend (see `llmri backends`)")
+    p.add_argument("--signals", default="resid,attn,mlp", help="comma-separated subset of resid,attn,mlp")
+    p.add_argument("--reducer", default="random", help="random, ipca or neurons")
+    p.add_argument("--tile", default="16x16", help="tile shape HxW (default 16x16)")
+    p.add_argument("--reducer-seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop when TEXT is generated")
+    chat = p.add_mutually_exclusive_group()
+    chat.add_argument("--chat", dest="chat", action="store_true", default=True, help="prompt is a user message")
+    chat.add_argument("--raw", dest="chat", action="store_false", help="feed the prompt as raw text")
+    p.add_argument("--messages", metavar="CHAT.json", help="a JSON list of {role, content} messages")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    return p
+
+
+def _messages(path: str) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CaptureError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CaptureError(f"{path}: not a JSON file ({exc})") from None
+    if isinstance(data, dict) and isinstance(data.get("messages"), list):
+        data = data["messages"]
+    if not isinstance(data, list) or not data:
+        raise CaptureError(f"{path}: expected a non-empty JSON list of {{role, content}} messages")
+    return data
+
+
+class _Progress:
+    """One self-overwriting line on a terminal (stderr); nothing when stderr is not a TTY."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled = enabled
+        self.total = total
+        self.t0 = time.monotonic()
+        self.first_gen: float | None = None
+        self.generated = 0
+        self.frames = 0
+        self._last = 0.0
+
+    def update(self, role: str) -> None:
+        self.frames += 1
+        if role == "generated":
+            if self.first_gen is None:
+                self.first_gen = time.monotonic()
+            self.generated += 1
+        now = time.monotonic()
+        if self.enabled and now - self._last >= 0.1:
+            self._last = now
+            self._draw(now)
+
+    def rate(self, now: float) -> float:
+        if self.first_gen is None or self.generated < 2:
+            return 0.0
+        return (self.generated - 1) / max(now - self.first_gen, 1e-9)
+
+    def _draw(self, now: float) -> None:
+        width = 24
+        done = int(width * self.generated / self.total) if self.total else width
+        bar = "#" * done + "-" * (width - done)
+        sys.stderr.write(
+            f"\r[{bar}] {self.generated}/{self.total} tokens  {self.rate(now):5.1f} tok/s  ({self.frames} frames)"
+        )
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self._draw(time.monotonic())
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    import llmri
+    from llmri.backends import BACKENDS
+    from llmri.reducers.base import parse_tile
+
+    if args.messages and args.prompt:
+        raise CaptureError("give either PROMPT or --messages, not both")
+    if not args.messages and args.prompt is None:
+        raise CaptureError("no prompt: give PROMPT or --messages CHAT.json")
+    prompt: Any = _messages(args.messages) if args.messages else args.prompt
+    if args.backend is not None and args.backend not in BACKENDS:
+        raise CaptureError(f"unknown backend {args.backend!r} (known: {', '.join(BACKENDS.names())})")
+    parse_tile(args.tile)  # a bad tile fails before the model loads
+    store = llmri.open_store(args.output, create=True)
+    model: Any = args.model
+    if args.backend == "synthetic" and model is None:
+        from llmri.backends.synthetic import SyntheticModel
+
+        model = SyntheticModel()
+    try:
+        st = llmri.stream(
+            model,
+            prompt,
+            store=store,
+            backend=args.backend,
+            signals=args.signals,
+            reducer=args.reducer,
+            tile=args.tile,
+            reducer_seed=args.reducer_seed,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+            stop=args.stop,
+            chat=True if args.messages else args.chat,
+        )
+    except LlmriError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise CaptureError(str(exc)) from None
+    progress = _Progress(sys.stderr.isatty() and not args.quiet, args.max_new_tokens)
+    try:
+        for frame in st:
+            progress.update(frame.token.role)
+    except KeyboardInterrupt:
+        progress.finish()
+        print(f"llmri capture: interrupted; partial session {st.session_id} kept", file=sys.stderr)
+        raise
+    progress.finish()
+    print(st.session_id)
+    return 0
