@@ -7,6 +7,7 @@ __version__ = "0.1.0"
 
 from ._errors import CaptureError, LlmriError, MissingExtraError, ModelLoadError, ReducerError, StoreError
 from .capture import CaptureStream, capture, stream
+from .chatonly import ChatOnlyClient, ChatOnlyStream, chat_only, chat_only_stream
 from .decode import GenerationSettings
 from .frame import SIGNALS, Frame, Token, TokenTable
 from .models import LoadedModel, load_model
@@ -19,6 +20,8 @@ __all__ = [
     "SIGNALS",
     "CaptureError",
     "CaptureStream",
+    "ChatOnlyClient",
+    "ChatOnlyStream",
     "Frame",
     "FrameStore",
     "GenerationSettings",
@@ -36,6 +39,8 @@ __all__ = [
     "TokenTable",
     "__version__",
     "capture",
+    "chat_only",
+    "chat_only_stream",
     "load_model",
     "make_reducer",
     "open_store",
