@@ -77,6 +77,12 @@ class Frame:
         return self.token.index
 
 
+def _rows(a: np.ndarray, n: int) -> np.ndarray:
+    if n == 0:
+        return a.reshape(0, a.shape[-1] if a.ndim == 2 else 0)
+    return a.reshape(n, -1)
+
+
 class TokenTable:
     """Columnar token table of a session: ``ids``, ``text``, ``role``, ``logprob``, ``entropy``,
     ``top_ids`` ``[n, k]``, ``top_probs`` ``[n, k]``. Indexing returns :class:`Token` objects."""
@@ -97,8 +103,9 @@ class TokenTable:
         self.role = list(role)
         self.logprob = np.asarray(logprob, dtype=np.float32)
         self.entropy = np.asarray(entropy, dtype=np.float32)
-        self.top_ids = np.asarray(top_ids, dtype=np.int64).reshape(len(self.ids), -1)
-        self.top_probs = np.asarray(top_probs, dtype=np.float32).reshape(len(self.ids), -1)
+        # reshape(0, -1) is ambiguous for an empty table: keep the given column count there
+        self.top_ids = _rows(np.asarray(top_ids, dtype=np.int64), len(self.ids))
+        self.top_probs = _rows(np.asarray(top_probs, dtype=np.float32), len(self.ids))
         self.top_texts = top_texts
 
     @classmethod

@@ -1,0 +1,273 @@
+"""One FrameStore test suite, run against every implementation (zarr-python style: subclass per store)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+import llmri
+from llmri import MemoryFrameStore, StoreError
+from llmri.frame import Frame, Token
+from llmri.store.base import FrameStore
+from llmri.store.zarr import ZarrFrameStore
+
+L, H, W = 4, 3, 5
+SIGNALS = ["resid", "mlp"]
+
+
+def make_frame(i: int, signals: list[str] = SIGNALS, role: str = "prompt") -> Frame:
+    """A deterministic, distinct frame for position ``i``."""
+    rng = np.random.default_rng(i)
+    tok = Token(
+        index=i,
+        id=100 + i,
+        text=f"t{i}é" if i % 3 else "",
+        role=role,
+        logprob=math.nan if i == 0 else -0.5 * i,
+        entropy=math.nan if i == 0 else 0.1 * i,
+        top_ids=() if i == 0 else (100 + i, 7, 8),
+        top_probs=() if i == 0 else (0.5, 0.25, 0.125),
+        top_texts=() if i == 0 else (f"t{i}", "a", "b"),
+    )
+    return Frame(
+        tok,
+        {s: rng.standard_normal((L, H, W)).astype(np.float16) for s in signals},
+        {s: rng.random(L).astype(np.float32) for s in signals},
+        {s: rng.random(L).astype(np.float32) for s in signals},
+    )
+
+
+def base_meta(signals: list[str] = SIGNALS) -> dict:
+    return {"signals": list(signals), "layers": [f"layers.{i}" for i in range(L)], "tile": [H, W], "top_k": 5}
+
+
+class StoreSuite:
+    """Tests every FrameStore must pass. Subclasses provide :meth:`make_store` and :meth:`reopen`."""
+
+    #: Whether appended frames stay invisible until committed (False: visible at once).
+    buffers_appends = True
+
+    @pytest.fixture
+    def store(self, tmp_path) -> FrameStore:
+        return self.make_store(tmp_path)
+
+    def make_store(self, tmp_path) -> FrameStore:
+        raise NotImplementedError
+
+    def reopen(self, store: FrameStore) -> FrameStore:
+        """The same store as another reader would see it (a fresh open for persistent stores)."""
+        return store
+
+    # -- sessions ---------------------------------------------------------------------------
+    def test_new_store_is_empty(self, store):
+        assert store.session_ids() == []
+        assert store.sessions() == []
+        assert store.problems == []
+
+    def test_roundtrip_hand_made_frames(self, store):
+        frames = [make_frame(i, role="prompt" if i < 3 else "generated") for i in range(21)]
+        with store.create_session(base_meta(), {"resid.proj": np.arange(6.0).reshape(2, 3)}) as w:
+            for f in frames:
+                w.append(f)
+            sid = w.id
+        s = self.reopen(store).session(sid)
+        assert s.id == sid and s.status == "complete" and len(s) == 21
+        for sig in SIGNALS:
+            want = np.stack([f.tiles[sig] for f in frames])
+            got = s.frames(sig)
+            assert got.dtype == np.float16 and got.shape == (21, L, H, W)
+            np.testing.assert_array_equal(got, want)
+            norm, sparsity = s.stats(sig)
+            np.testing.assert_array_equal(norm, np.stack([f.norms[sig] for f in frames]))
+            np.testing.assert_array_equal(sparsity, np.stack([f.sparsity[sig] for f in frames]))
+        for f, t in zip(frames, s.tokens, strict=True):
+            a, b = f.token, t
+            assert (a.index, a.id, a.text, a.role, a.top_ids, a.top_texts) == (
+                b.index,
+                b.id,
+                b.text,
+                b.role,
+                b.top_ids,
+                b.top_texts,
+            )
+            np.testing.assert_allclose(a.top_probs, b.top_probs)
+            assert (math.isnan(a.logprob) and math.isnan(b.logprob)) or a.logprob == pytest.approx(b.logprob)
+        np.testing.assert_array_equal(s.reducer_state["resid.proj"], np.arange(6.0).reshape(2, 3))
+
+    def test_frame_ranges(self, store):
+        frames = [make_frame(i) for i in range(40)]
+        with store.create_session(base_meta()) as w:
+            for f in frames:
+                w.append(f)
+        s = self.reopen(store).session(w.id)
+        want = np.stack([f.tiles["resid"] for f in frames])
+        for start, stop in [(0, 1), (15, 17), (16, 32), (33, None), (None, 5), (-3, None), (38, 100), (50, 60), (5, 2)]:
+            np.testing.assert_array_equal(s.frames("resid", start, stop), want[start:stop])
+        assert s.stats("mlp", 10, 12)[0].shape == (2, L)
+
+    def test_capture_into_store_equals_fresh_capture(self, store, synthetic_model):
+        fresh = llmri.capture(synthetic_model, "Why?", chat=True, max_new_tokens=30)
+        st = llmri.stream(synthetic_model, "Why?", chat=True, max_new_tokens=30, store=store)
+        for _ in st:
+            pass
+        s = self.reopen(store).session(st.session_id)
+        assert s.status == "complete" and len(s) == len(fresh)
+        for sig in fresh.signals:
+            np.testing.assert_array_equal(s.frames(sig), fresh.frames(sig))
+            np.testing.assert_array_equal(s.stats(sig)[0], fresh.stats(sig)[0])
+        assert s.text == fresh.text
+        assert s.tokens.text == fresh.tokens.text
+        np.testing.assert_array_equal(s.tokens.top_ids, fresh.tokens.top_ids)
+        for key in ("model", "backend", "reducer", "signals", "layers", "tile", "generation", "messages", "scales"):
+            assert s.meta[key] == fresh.meta[key], key
+        assert s.meta["stop_reason"] == "max_new_tokens"
+        assert s.meta["created"]
+
+    def test_capture_with_store_path_returns_session_with_store_id(self, store, synthetic_model):
+        sess = llmri.capture(synthetic_model, "Hi", max_new_tokens=5, store=store)
+        assert self.reopen(store).session_ids() == [sess.id]
+
+    def test_unknown_session_and_signal(self, store):
+        with pytest.raises(StoreError, match="no session 'nope'") as exc:
+            store.session("nope")
+        assert "\n" not in str(exc.value)
+        with store.create_session(base_meta(["resid"])) as w:
+            w.append(make_frame(0, ["resid"]))
+        s = self.reopen(store).session(w.id)
+        with pytest.raises(StoreError, match="no signal 'attn'"):
+            s.frames("attn")
+        with pytest.raises(StoreError, match="no signal 'attn'"):
+            s.stats("attn")
+
+    def test_commit_makes_frames_visible(self, store):
+        w = store.create_session(base_meta())
+        w.commit_every, w.commit_seconds = 10_000, 10_000.0
+        for i in range(10):
+            w.append(make_frame(i))
+        seen = len(self.reopen(store).session(w.id))
+        assert seen == (0 if self.buffers_appends else 10)
+        w.commit()
+        s = self.reopen(store).session(w.id)
+        assert len(s) == 10 and s.status == "recording"
+        np.testing.assert_array_equal(s.frames("resid", 9, 10)[0], make_frame(9).tiles["resid"])
+        w.close()
+        assert self.reopen(store).session(w.id).status == "complete"
+
+    def test_commits_every_16_frames(self, store):
+        w = store.create_session(base_meta())
+        w.commit_seconds = 10_000.0
+        for i in range(40):
+            w.append(make_frame(i))
+        assert len(self.reopen(store).session(w.id)) in ((32,) if self.buffers_appends else (40,))
+        w.close()
+        assert len(self.reopen(store).session(w.id)) == 40
+
+    def test_commit_every_second(self, store):
+        import time
+
+        w = store.create_session(base_meta())
+        w.commit_seconds = 0.05
+        w.append(make_frame(0))
+        time.sleep(0.1)
+        w.append(make_frame(1))
+        assert len(self.reopen(store).session(w.id)) == 2
+        w.close()
+
+    def test_exception_marks_interrupted(self, store):
+        with pytest.raises(RuntimeError):
+            with store.create_session(base_meta()) as w:
+                w.append(make_frame(0))
+                raise RuntimeError("boom")
+        s = self.reopen(store).session(w.id)
+        assert s.status == "interrupted" and len(s) == 1
+
+    def test_out_of_order_append(self, store):
+        w = store.create_session(base_meta())
+        w.append(make_frame(0))
+        with pytest.raises(StoreError, match="frame 2 appended at position 1"):
+            w.append(make_frame(2))
+        w.close()
+
+    def test_update_meta(self, store):
+        w = store.create_session(base_meta())
+        w.append(make_frame(0))
+        w.update_meta(stop_reason="eos", note={"a": [1, 2]})
+        w.close()
+        m = self.reopen(store).session(w.id).meta
+        assert m["stop_reason"] == "eos" and m["note"] == {"a": [1, 2]}
+        assert m["format_version"] == 1
+
+    def test_chat_only_session(self, store):
+        with store.create_session({"signals": [], "layers": [], "tile": [0, 0]}) as w:
+            for i in range(3):
+                w.append(make_frame(i, []))
+        s = self.reopen(store).session(w.id)
+        assert s.chat_only and len(s) == 3 and s.tokens.ids.tolist() == [100, 101, 102]
+        with pytest.raises(StoreError, match="chat-only"):
+            s.frames("resid")
+
+    def test_empty_session_reads(self, store):
+        w = store.create_session(base_meta())
+        s = self.reopen(store).session(w.id)
+        assert len(s) == 0 and s.frames("resid").shape == (0, L, H, W) and len(s.tokens) == 0
+        assert s.stats("resid")[0].shape == (0, L)
+        w.close()
+
+    def test_many_sessions_interleaved(self, store):
+        writers = [store.create_session(base_meta()) for _ in range(3)]
+        for i, w in itertools.product(range(20), writers):
+            w.append(make_frame(i))
+        for w in writers:
+            w.close()
+        st = self.reopen(store)
+        ids = st.session_ids()
+        assert sorted(ids) == sorted(w.id for w in writers) and len(set(ids)) == 3
+        listed = st.sessions()
+        assert [s.id for s in listed] == ids and all(len(s) == 20 for s in listed)
+        for s in listed:
+            np.testing.assert_array_equal(s.frames("mlp", 19, 20)[0], make_frame(19).tiles["mlp"])
+
+    def test_append_after_close_fails(self, store):
+        w = store.create_session(base_meta())
+        w.close()
+        with pytest.raises(StoreError, match="closed"):
+            w.append(make_frame(0))
+
+    def test_open_store_passes_store_through(self, store):
+        assert llmri.open_store(store) is store
+
+
+class TestMemoryFrameStore(StoreSuite):
+    buffers_appends = False
+
+    def make_store(self, tmp_path):
+        return MemoryFrameStore()
+
+
+class TestZarrLocal(StoreSuite):
+    def make_store(self, tmp_path):
+        return llmri.open_store(tmp_path / "run.zarr", create=True)
+
+    def reopen(self, store):
+        return ZarrFrameStore(store.url)
+
+
+class TestZarrFileURL(StoreSuite):
+    def make_store(self, tmp_path):
+        return ZarrFrameStore(f"file://{tmp_path}/run.zarr", create=True)
+
+    def reopen(self, store):
+        return ZarrFrameStore(store.url)
+
+
+class TestZarrMemoryURL(StoreSuite):
+    _n = itertools.count()
+
+    def make_store(self, tmp_path):
+        return ZarrFrameStore(f"memory://llmri-suite-{next(self._n)}-{tmp_path.name}/run.zarr", create=True)
+
+    def reopen(self, store):
+        return ZarrFrameStore(store.url)
