@@ -499,15 +499,16 @@ class ZarrFrameStore(FrameStore):
             if not create:
                 raise StoreError(f"{self.url}: no such store")
             try:
-                root = zarr.open_group(
-                    self._zstore,
-                    mode="w-",
-                    attributes={"llmri": {"kind": "store", "format_version": FORMAT_VERSION}},
-                )
-                root.create_group("sessions")
+                if local is not None:
+                    self._create_local(local)
+                else:
+                    self._init_root(self._zstore)
+            except StoreError:
+                raise
             except Exception as exc:
                 raise StoreError(f"{self.url}: cannot create store: {exc}") from exc
-            return
+            if local is None:
+                return
         attrs = self._read_attrs("zarr.json", self.url)
         llm = attrs.get("llmri")
         if not isinstance(llm, dict) or llm.get("kind") != "store":
@@ -522,6 +523,38 @@ class ZarrFrameStore(FrameStore):
             )
         if not self._exists("sessions/zarr.json"):
             zarr.open_group(self._zstore, path="sessions", mode="a")
+
+    @staticmethod
+    def _init_root(zstore: Any) -> None:
+        import zarr
+
+        root = zarr.open_group(
+            zstore, mode="w-", attributes={"llmri": {"kind": "store", "format_version": FORMAT_VERSION}}
+        )
+        root.create_group("sessions")
+
+    def _create_local(self, local: str) -> None:
+        """Build the new store in a sibling directory and rename it into place, so a crash never
+        leaves a half-made store, and two processes creating the same store both end up with one."""
+        import shutil
+        import tempfile
+
+        from zarr.storage import LocalStore
+
+        parent = os.path.dirname(os.path.abspath(local))
+        if not os.path.isdir(parent):
+            raise StoreError(f"{self.url}: no such directory {parent}")
+        tmp = tempfile.mkdtemp(prefix=os.path.basename(local) + ".tmp-", dir=parent)
+        try:
+            self._init_root(LocalStore(tmp))
+            try:
+                os.rename(tmp, local)  # replaces an empty directory; fails if someone else got there first
+            except OSError:
+                if not os.path.exists(os.path.join(local, "zarr.json")):
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self._zstore = LocalStore(local)
 
     def _exists(self, key: str) -> bool:
         try:
