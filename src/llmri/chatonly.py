@@ -177,7 +177,8 @@ def _network_error(exc: Exception, url: str, timeout: float | None) -> CaptureEr
         what = "connection refused" if "refused" in reason else _one_line(str(exc), 120) or "cannot connect"
         return CaptureError(f"cannot reach the OpenAI-compatible server at {url}: {what} (is it running?)")
     if isinstance(exc, httpx.ReadTimeout):
-        return CaptureError(f"{url} sent nothing for{after or ' too long'} (timeout; raise timeout= or --timeout)")
+        wait = f"{timeout:g} s" if timeout else "too long"
+        return CaptureError(f"{url} sent nothing for {wait} (timeout; raise timeout= or --timeout)")
     if isinstance(exc, httpx.TimeoutException):
         return CaptureError(f"timed out talking to {url}{after}")
     if isinstance(exc, httpx.RemoteProtocolError):
