@@ -290,6 +290,8 @@ def test_bad_arguments_fail_before_any_request(fake):
         llmri.chat_only_stream(base + "/ok/v1", "hi", top_p=0)
     with pytest.raises(llmri.CaptureError, match="timeout"):
         llmri.chat_only_stream(base + "/ok/v1", "hi", timeout=0)
+    with pytest.raises(llmri.CaptureError, match="stop must be"):
+        llmri.chat_only_stream(base + "/ok/v1", "hi", stop=[1])
     assert len(server.requests) == n
 
 
@@ -307,6 +309,7 @@ def test_fake_stream_rows_stats_and_request(fake):
         temperature=0.5,
         top_p=0.9,
         seed=3,
+        stop=["\n\n"],
         store=store,
     )
     frames = list(st)
@@ -315,6 +318,7 @@ def test_fake_stream_rows_stats_and_request(fake):
     body = req["body"]
     assert body["stream"] is True and body["logprobs"] is True and body["top_logprobs"] == 5
     assert (body["max_tokens"], body["temperature"], body["top_p"], body["seed"]) == (7, 0.5, 0.9, 3)
+    assert body["stop"] == ["\n\n"] and body["messages"][0] == {"role": "system", "content": "Be brief."}
     assert body["model"] == "fake-model"  # the server's only model, from /models
     assert [f.token.text for f in frames] == ["system: Be brief.\n", "user: Greet me\n", "assistant: ", "Hi", "!"]
     assert [f.token.role for f in frames] == ["prompt"] * 3 + ["generated"] * 2

@@ -380,8 +380,10 @@ class ChatOnlyStream:
                 temperature=float(temperature),
                 top_p=float(top_p),
                 seed=int(seed) if seed is not None else 0,
-                stop=list(stop) if isinstance(stop, (list, tuple)) else ([stop] if stop else []),
+                stop=[stop] if isinstance(stop, str) else list(stop or []),
             )
+            if not all(isinstance(x, str) for x in self.settings.stop):
+                raise CaptureError(f"stop must be a string or a list of strings, got {stop!r:.80}")
         except (TypeError, ValueError) as exc:
             self._close_client()
             raise CaptureError(f"bad generation setting: {exc}") from None
@@ -549,7 +551,9 @@ class ChatOnlyStream:
                 self._put(("error", _network_error(exc, c.url, c.timeout)))
         except Exception as exc:  # noqa: BLE001 - the consumer must hear of any failure, in one line
             if not self._stop_event.is_set():
-                self._put(("error", CaptureError(f"chat with {c.url} failed: {type(exc).__name__}: {_one_line(exc)}")))
+                self._put(
+                    ("error", CaptureError(f"chat with {c.url} failed: {type(exc).__name__}: {_one_line(str(exc))}"))
+                )
         finally:
             # Always end the consumer's wait, whatever happened above.
             self._put(("end", None))
