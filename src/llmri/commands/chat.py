@@ -87,8 +87,9 @@ def _num(x: float, fmt: str) -> str:
     return "-" if x != x else format(x, fmt)
 
 
-def print_table(tokens: list[Any], out: Any = sys.stdout) -> None:
+def print_table(tokens: list[Any], out: Any = None) -> None:
     """Per-token summary of the answer: logprob, probability, entropy (lower bound), top alternatives."""
+    out = out or sys.stdout
     print(f"{'#':>4}  {'token':<18} {'logprob':>8} {'prob':>6} {'entropy':>8}  top alternatives", file=out)
     for t in tokens:
         prob = math.exp(t.logprob) if t.logprob == t.logprob else math.nan
