@@ -1,0 +1,75 @@
+"""``llmri view PATH...``: browse the sessions of one or more stores in the browser."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .._errors import StoreError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "view",
+        help="scrub stored sessions in the browser",
+        description="Serve one or more stores on 127.0.0.1 and open the viewer: pick a session, scrub its frames, "
+        "change colour maps, hover to read values, compare sessions.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="a store (directory or fsspec URL); several may be given")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback --host; every request then needs the random token printed in the URL",
+    )
+    return p
+
+
+def open_stores(paths: list[str]) -> dict[str, Any]:
+    """``{label: FrameStore}`` for the given paths; a missing or unreadable store is one clear error."""
+    from ..store import open_store
+
+    out: dict[str, Any] = {}
+    for path in paths:
+        try:
+            out[path] = open_store(path)
+        except StoreError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from None
+    return out
+
+
+def live_plugin(args: argparse.Namespace) -> Any:
+    """The live chat plug-in for ``create_app(live=...)``; None until an option (e.g. --model) asks for it."""
+    return None
+
+
+def build_app(args: argparse.Namespace, live: Any = None) -> Any:
+    from ..viewer.app import create_app
+    from ..viewer.security import ViewerError, is_loopback, new_token
+
+    if not (0 <= args.port <= 65535):
+        raise ViewerError(f"--port {args.port} is out of range (0-65535)")
+    remote = not is_loopback(args.host)
+    if remote and not args.allow_remote:
+        raise ViewerError(f"--host {args.host} is not a loopback address: pass --allow-remote to expose the viewer")
+    stores = open_stores(args.paths)
+    return create_app(stores, port=args.port or None, token=new_token() if remote else None, remote=remote, live=live)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .._errors import require
+
+    require("fastapi", "viewer")
+    require("uvicorn", "viewer")
+    from ..viewer.serve import serve
+
+    app = build_app(args, live=live_plugin(args))
+    try:
+        serve(app, args.host, args.port, open_browser=not args.no_browser)
+    except KeyboardInterrupt:
+        pass
+    return 0

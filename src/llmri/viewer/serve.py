@@ -1,0 +1,73 @@
+"""``serve(app, host, port, open_browser)``: run a viewer app with uvicorn on an already-bound socket."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import webbrowser
+from typing import Any
+
+from .._errors import require
+from .security import ViewerError, is_loopback
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind a listening socket (port 0 picks a free one); errors become one-line ViewerErrors."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ViewerError(f"cannot resolve --host {host!r}: {exc.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        raise ViewerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_for(host: str, port: int, token: str | None = None) -> str:
+    """The URL to open: loopback binds show ``127.0.0.1``; wildcard binds show this machine's name."""
+    shown = host
+    if host in ("0.0.0.0", "::", ""):
+        shown = socket.gethostname()
+    if ":" in shown and not shown.startswith("["):
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+
+
+def serve(
+    app: Any, host: str = "127.0.0.1", port: int = 8000, open_browser: bool = True, *, quiet: bool = False
+) -> None:
+    """Serve ``app`` (from :func:`create_app`) until interrupted.
+
+    Binds first, so ``port=0`` works and the app's Host check learns the real port; prints the URL
+    (with the token for remote binds) on stdout, then opens a browser tab unless ``open_browser`` is
+    False. Raises :class:`ViewerError` if the address cannot be bound.
+    """
+    uvicorn = require("uvicorn", "viewer")
+    state = app.state.llmri
+    if not is_loopback(host) and not state.policy.remote:
+        raise ViewerError(f"--host {host} is not a loopback address: pass --allow-remote to expose the viewer")
+    sock = bind(host, port)
+    actual = sock.getsockname()[1]
+    state.policy.port = actual
+    url = url_for(host, actual, state.policy.token)
+    n = len(state.stores)
+    print(f"llmri view: serving {n} store{'s' if n != 1 else ''} at {url}  (Ctrl+C to stop)", flush=True)
+    if state.policy.remote:
+        print("llmri view: reachable from the network; anyone with the URL (token included) can read it", flush=True)
+    config = uvicorn.Config(app, log_level="warning" if not quiet else "error", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    if open_browser:
+        threading.Timer(0.6, lambda: webbrowser.open(url)).start()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        sys.stdout.flush()

@@ -1,0 +1,143 @@
+// Talking to the viewer server: JSON endpoints, the binary array format (see llmri/viewer/encoding.py),
+// and a frame cache that fetches ranges ahead of the playhead.
+
+const HALF = (() => {
+  // float16 bit pattern -> float32 value, for all 65536 patterns (faster than decoding bit by bit).
+  const t = new Float32Array(65536);
+  for (let h = 0; h < 65536; h++) {
+    const s = h >> 15, e = (h >> 10) & 31, f = h & 1023;
+    let v;
+    if (e === 0) v = f * 2 ** -24;
+    else if (e === 31) v = f ? NaN : Infinity;
+    else v = (1 + f / 1024) * 2 ** (e - 15);
+    t[h] = s ? -v : v;
+  }
+  return t;
+})();
+
+export class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+async function check(res) {
+  if (res.ok) return res;
+  let msg = `${res.status} ${res.statusText}`;
+  try { msg = (await res.json()).error || msg; } catch { /* not JSON */ }
+  throw new ApiError(res.status, msg);
+}
+
+export async function getJSON(url) {
+  return (await check(await fetch(url, { credentials: "same-origin" }))).json();
+}
+
+/** Decode one binary array message: {header, data: Float32Array}. */
+export function decodeArray(buf) {
+  const dv = new DataView(buf);
+  const magic = String.fromCharCode(dv.getUint8(0), dv.getUint8(1), dv.getUint8(2), dv.getUint8(3));
+  if (magic !== "LMRI") throw new Error("not an llmri array message");
+  const hlen = dv.getUint16(6, true);
+  const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 8, hlen)));
+  const count = header.shape.reduce((a, b) => a * b, 1);
+  const off = 8 + hlen;
+  let data;
+  if (header.dtype === "float16") {
+    const raw = new Uint16Array(buf, off, count);
+    data = new Float32Array(count);
+    for (let i = 0; i < count; i++) data[i] = HALF[raw[i]];
+  } else if (header.dtype === "float32") {
+    data = new Float32Array(buf, off, count);
+  } else if (header.dtype === "uint8") {
+    const raw = new Uint8Array(buf, off, count);
+    const k = (header.hi - header.lo) / 255;
+    data = new Float32Array(count);
+    for (let i = 0; i < count; i++) data[i] = header.lo + raw[i] * k;
+  } else {
+    throw new Error(`unknown dtype ${header.dtype}`);
+  }
+  return { header, data };
+}
+
+export async function getArray(url) {
+  const res = await check(await fetch(url, { credentials: "same-origin" }));
+  return decodeArray(await res.arrayBuffer());
+}
+
+export const sessionUrl = (s) => `/api/sessions/${encodeURIComponent(s.store)}/${encodeURIComponent(s.id)}`;
+
+/** An LRU of frame chunks shared by every open session, bounded in bytes. */
+class ChunkLRU {
+  constructor(maxBytes) { this.max = maxBytes; this.bytes = 0; this.map = new Map(); }
+  get(key) {
+    const v = this.map.get(key);
+    if (v) { this.map.delete(key); this.map.set(key, v); }
+    return v;
+  }
+  set(key, v) {
+    const old = this.map.get(key);
+    if (old) { this.bytes -= old.data.byteLength; this.map.delete(key); }
+    this.map.set(key, v);
+    this.bytes += v.data.byteLength;
+    for (const [k, c] of this.map) {
+      if (this.bytes <= this.max) break;
+      if (k === key) continue;
+      this.map.delete(k);
+      this.bytes -= c.data.byteLength;
+    }
+  }
+  clear() { this.map.clear(); this.bytes = 0; }
+}
+
+export const LRU = new ChunkLRU(384 * 1024 * 1024);
+
+/** Frames of one session, fetched in chunks of `chunk` frames per signal and cached. */
+export class FrameSource {
+  constructor(summary, meta, chunk = 32) {
+    this.s = summary;
+    this.url = sessionUrl(summary);
+    this.signals = meta.signals || [];
+    this.layers = (meta.layers || []).length;
+    [this.h, this.w] = meta.tile || [0, 0];
+    this.frameSize = this.layers * this.h * this.w;
+    this.total = summary.n_frames;
+    this.chunk = chunk;
+    this.pending = new Map();
+    this.onload = null;
+  }
+  key(signal, c) { return `${this.url}|${signal}|${c}`; }
+  /** The values of frame t (Float32Array [layers*H*W]) or null if not cached. */
+  get(signal, t) {
+    if (t < 0 || t >= this.total) return null;
+    const c = Math.floor(t / this.chunk);
+    const hit = LRU.get(this.key(signal, c));
+    if (!hit || t >= hit.stop) return null;
+    const o = (t - hit.start) * this.frameSize;
+    return hit.data.subarray(o, o + this.frameSize);
+  }
+  has(signal, t) { return this.get(signal, t) !== null; }
+  /** Fetch the chunk holding frame t (no-op if cached or in flight); resolves when it is cached. */
+  ensure(signal, t) {
+    if (t < 0 || t >= this.total) return Promise.resolve();
+    const c = Math.floor(t / this.chunk);
+    const key = this.key(signal, c);
+    const hit = LRU.get(key);
+    if (hit && t < hit.stop) return Promise.resolve();
+    if (this.pending.has(key)) return this.pending.get(key);
+    const start = c * this.chunk, stop = start + this.chunk;
+    const p = getArray(`${this.url}/frames?signal=${signal}&start=${start}&stop=${stop}`)
+      .then(({ header, data }) => {
+        LRU.set(key, { start: header.start, stop: header.stop, data });
+        if (header.total > this.total) this.total = header.total;
+        if (this.onload) this.onload();
+      })
+      .finally(() => this.pending.delete(key));
+    this.pending.set(key, p);
+    return p;
+  }
+  /** Prefetch `ahead` chunks from frame t in direction dir (+1 / -1). */
+  prefetch(signal, t, dir = 1, ahead = 2) {
+    for (let k = 1; k <= ahead; k++) {
+      const u = t + dir * k * this.chunk;
+      if (u >= 0 && u < this.total && this.pending.size < 6) this.ensure(signal, u).catch(() => {});
+    }
+  }
+}

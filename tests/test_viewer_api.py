@@ -1,0 +1,442 @@
+"""The viewer's HTTP/WebSocket API, in process: every endpoint, the binary format, and the security refusals."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+
+from starlette.testclient import TestClient  # noqa: E402
+from starlette.websockets import WebSocketDisconnect  # noqa: E402
+
+import llmri  # noqa: E402
+from llmri.frame import Frame, Token  # noqa: E402
+from llmri.viewer import create_app  # noqa: E402
+from llmri.viewer.encoding import MAGIC, decode_array, encode_array, quantise_u8  # noqa: E402
+from llmri.viewer.security import SecurityPolicy, is_loopback, split_host, valid_id  # noqa: E402
+
+BASE = "http://127.0.0.1:8000"
+ORIGIN = {"origin": BASE}
+WS = "ws://127.0.0.1:8000"
+
+
+@pytest.fixture(scope="module")
+def sessions(synthetic_model):
+    a = llmri.capture(synthetic_model, "Why is the sky blue?", chat=True, max_new_tokens=20)
+    b = llmri.capture(synthetic_model, "Why is grass green?", chat=True, max_new_tokens=12)
+    n = llmri.capture(synthetic_model, "Why is the sky blue?", chat=True, max_new_tokens=8, reducer="neurons")
+    return a, b, n
+
+
+@pytest.fixture()
+def store(sessions):
+    st = llmri.MemoryFrameStore()
+    for s in sessions:
+        st.add(s)
+    w = st.create_session(
+        {"signals": [], "layers": [], "tile": [0, 0], "chat_only": True, "backend": "openai", "model": {"name": "x"}}
+    )
+    for i, text in enumerate(["Hi", " there"]):
+        w.append(Frame(Token(i, 100 + i, text, "generated", -0.5, 1.0, (100 + i,), (0.6,), (text,))))
+    w.close()
+    st.chat_id = w.id
+    return st
+
+
+@pytest.fixture()
+def client(store):
+    return TestClient(create_app(store, port=8000), base_url=BASE)
+
+
+def _key(s) -> str:
+    return f"s0/{s.id}"
+
+
+# -- encoding ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.uint8])
+def test_encoding_round_trip_and_alignment(dtype):
+    arr = (np.arange(2 * 3 * 4 * 5) % 17).astype(dtype).reshape(2, 3, 4, 5)
+    msg = encode_array(arr, kind="frames", signal="resid", start=3, stop=5)
+    assert msg[:4] == MAGIC
+    hlen = int.from_bytes(msg[6:8], "little")
+    assert (8 + hlen) % 8 == 0, "payload must start 8-byte aligned"
+    assert len(msg) == 8 + hlen + arr.nbytes
+    head, back = decode_array(msg)
+    assert head["shape"] == [2, 3, 4, 5] and head["dtype"] == np.dtype(dtype).name
+    assert head["signal"] == "resid" and head["start"] == 3 and head["stop"] == 5
+    np.testing.assert_array_equal(back, arr)
+
+
+def test_encoding_refuses_bad_input():
+    with pytest.raises(ValueError):
+        encode_array(np.zeros(3, dtype=np.int64))
+    with pytest.raises(ValueError):
+        decode_array(b"NOPE" + bytes(20))
+    good = encode_array(np.zeros(4, np.float16))
+    with pytest.raises(ValueError):
+        decode_array(good[:-1])
+
+
+def test_quantise_u8_is_close():
+    x = np.linspace(-3, 5, 1000).astype(np.float32)
+    q, lo, hi = quantise_u8(x)
+    back = lo + q.astype(np.float32) * (hi - lo) / 255
+    assert np.abs(back - x).max() <= (hi - lo) / 255
+
+
+# -- pages and metadata --------------------------------------------------------------------------
+def test_index_and_static(client):
+    r = client.get("/")
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+    assert '<script type="module" src="/static/js/main.js">' in r.text
+    for name in ("js/main.js", "js/api.js", "js/render.js", "app.css", "favicon.svg"):
+        r = client.get(f"/static/{name}")
+        assert r.status_code == 200, name
+        assert r.headers["x-content-type-options"] == "nosniff"
+    assert client.get("/static/js/main.js").headers["content-type"].startswith("text/javascript")
+    assert client.get("/static/nope.js").status_code == 404
+
+
+def test_info_and_colormaps(client):
+    info = client.get("/api/info").json()
+    assert info["version"] == llmri.__version__
+    assert info["stores"] == [{"id": "s0", "label": "memory"}]
+    assert info["live"] is False
+    cm = client.get("/api/colormaps").json()
+    assert set(cm["names"]) == {"grayscale", "energy", "diverging"}
+    assert cm["kinds"]["diverging"] == "signed" and cm["kinds"]["grayscale"] == "magnitude"
+    for name in cm["names"]:
+        assert len(cm["luts"][name]) == 768
+    gray = np.array(cm["luts"]["grayscale"]).reshape(256, 3)
+    assert (np.diff(gray[:, 0]) >= 0).all() and gray[0, 0] == 0 and gray[255, 0] == 255
+    from llmri.colormaps import lut
+
+    np.testing.assert_array_equal(np.array(cm["luts"]["energy"]).reshape(256, 3), lut("energy"))
+
+
+def test_sessions_list(client, store, sessions):
+    body = client.get("/api/sessions").json()
+    assert body["stores"][0]["n_sessions"] == 4
+    by_id = {s["id"]: s for s in body["sessions"]}
+    a = by_id[sessions[0].id]
+    assert a["n_frames"] == len(sessions[0]) and a["signals"] == ["resid", "attn", "mlp"]
+    assert a["status"] == "complete" and a["title"] == "Why is the sky blue?" and a["key"] == _key(sessions[0])
+    assert by_id[sessions[2].id]["reducer"] == "neurons"
+    assert by_id[store.chat_id]["chat_only"] is True and by_id[store.chat_id]["n_frames"] == 2
+
+
+def test_session_detail_and_tokens(client, sessions):
+    a = sessions[0]
+    d = client.get(f"/api/sessions/{_key(a)}").json()
+    assert d["meta"]["id"] == a.id and d["summary"]["n_frames"] == len(a)
+    rows, cols = d["grid"]
+    assert rows * cols >= len(a.layers) and (rows - 1) * cols < len(a.layers)
+    t = client.get(f"/api/sessions/{_key(a)}/tokens").json()
+    assert t["total"] == len(a) and len(t["tokens"]) == len(a)
+    assert "".join(x["text"] for x in t["tokens"]) == "".join(a.tokens.text)
+    assert t["tokens"][0]["logprob"] is None  # NaN becomes null, not invalid JSON
+    gen = [x for x in t["tokens"] if x["role"] == "generated"]
+    assert gen and len(gen[0]["top"]) == 5 and math.isfinite(gen[0]["entropy"])
+    part = client.get(f"/api/sessions/{_key(a)}/tokens?start=3&stop=7").json()
+    assert [x["index"] for x in part["tokens"]] == [3, 4, 5, 6]
+    assert client.get(f"/api/sessions/{_key(a)}/tokens?start=-1").status_code == 400
+    assert client.get(f"/api/sessions/{_key(a)}/tokens?start=abc").status_code == 400
+
+
+# -- frames and stats ----------------------------------------------------------------------------
+@pytest.mark.parametrize("signal", ["resid", "attn", "mlp"])
+def test_frames_are_exact(client, sessions, signal):
+    a = sessions[0]
+    r = client.get(f"/api/sessions/{_key(a)}/frames", params={"signal": signal, "start": 2, "stop": 9})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-llmri-array"
+    head, arr = decode_array(r.content)
+    assert head["kind"] == "frames" and head["signal"] == signal
+    assert (head["start"], head["stop"], head["total"], head["status"]) == (2, 9, len(a), "complete")
+    assert arr.dtype == np.float16 and arr.shape == (7, len(a.layers), *a.tile)
+    np.testing.assert_array_equal(arr, a.frames(signal, 2, 9))
+
+
+def test_frames_ranges_and_quantised(client, sessions):
+    a = sessions[0]
+    url = f"/api/sessions/{_key(a)}/frames"
+    head, arr = decode_array(client.get(url, params={"signal": "resid"}).content)
+    assert head["start"] == 0 and head["stop"] == len(a) and arr.shape[0] == len(a)
+    head, arr = decode_array(client.get(url, params={"signal": "resid", "start": len(a) + 5}).content)
+    assert arr.shape[0] == 0 and head["start"] == len(a)
+    head, q = decode_array(client.get(url, params={"signal": "mlp", "start": 0, "stop": 4, "dtype": "uint8"}).content)
+    ref = a.frames("mlp", 0, 4).astype(np.float32)
+    back = head["lo"] + q.astype(np.float32) * (head["hi"] - head["lo"]) / 255
+    assert q.dtype == np.uint8 and np.abs(back - ref).max() <= (head["hi"] - head["lo"]) / 255 + 1e-6
+    assert client.get(url, params={"signal": "nope"}).status_code == 400
+    assert client.get(url).status_code == 400  # signal is required
+    assert client.get(url, params={"signal": "resid", "start": -2}).status_code == 400
+    assert client.get(url, params={"signal": "resid", "dtype": "int64"}).status_code == 400
+
+
+def test_neurons_frames_and_chat_only(client, store, sessions):
+    n = sessions[2]
+    head, arr = decode_array(client.get(f"/api/sessions/{_key(n)}/frames", params={"signal": "attn"}).content)
+    assert arr.shape[2:] == tuple(n.tile)
+    np.testing.assert_array_equal(arr, n.frames("attn"))
+    chat = f"/api/sessions/s0/{store.chat_id}"
+    r = client.get(f"{chat}/frames", params={"signal": "resid"})
+    assert r.status_code == 400 and "chat-only" in r.json()["error"]
+    assert client.get(f"{chat}/tokens").json()["total"] == 2
+
+
+def test_stats(client, sessions):
+    a = sessions[0]
+    head, arr = decode_array(client.get(f"/api/sessions/{_key(a)}/stats", params={"signal": "attn"}).content)
+    norm, sp = a.stats("attn")
+    assert head["kind"] == "stats" and arr.shape == (2, len(a), len(a.layers))
+    np.testing.assert_allclose(arr[0], norm)
+    np.testing.assert_allclose(arr[1], sp)
+
+
+# -- compare -------------------------------------------------------------------------------------
+def test_compare(client, store, sessions):
+    a, b, n = sessions
+    ok = client.get("/api/compare", params={"a": _key(a), "b": _key(b)})
+    assert ok.status_code == 200 and ok.json() == {"comparable": True, "n_frames": min(len(a), len(b))}
+    bad = client.get("/api/compare", params={"a": _key(a), "b": _key(n)})
+    assert bad.status_code == 409 and "reducer" in bad.json()["error"]
+    chat = client.get("/api/compare", params={"a": _key(a), "b": f"s0/{store.chat_id}"})
+    assert chat.status_code == 409 and "chat-only" in chat.json()["error"]
+    assert client.get("/api/compare", params={"a": _key(a), "b": "s0/nope"}).status_code == 404
+    assert client.get("/api/compare", params={"a": _key(a), "b": "../../etc"}).status_code == 404
+
+
+def test_compare_refuses_other_model(sessions):
+    from llmri.backends.synthetic import SyntheticModel
+
+    other = llmri.capture(SyntheticModel(reply="Another model."), "Why is the sky blue?", chat=True, max_new_tokens=5)
+    st = llmri.MemoryFrameStore()
+    st.add(sessions[0])
+    st.add(other)
+    c = TestClient(create_app(st, port=8000), base_url=BASE)
+    r = c.get("/api/compare", params={"a": _key(sessions[0]), "b": _key(other)})
+    assert r.status_code == 409 and "different models" in r.json()["error"]
+
+
+# -- live ----------------------------------------------------------------------------------------
+def test_live_websocket_pushes_new_frames(sessions):
+    src = sessions[1]
+    st = llmri.MemoryFrameStore()
+    w = st.create_session({k: v for k, v in src.meta.items() if k not in ("id", "status", "stop_reason")})
+    for i in range(3):
+        w.append(src.frame(i))
+    app = create_app(st, port=8000, poll_interval=0.05)
+    c = TestClient(app, base_url=BASE)
+    with c.websocket_connect(WS + f"/api/sessions/s0/{w.id}/live", headers=ORIGIN) as ws:
+        first = ws.receive_json()
+        assert first == {"type": "progress", "n_frames": 3, "status": "recording", "meta": {"stop_reason": ""}}
+        for i in range(3, 6):
+            w.append(src.frame(i))
+        msg = ws.receive_json()
+        while msg["n_frames"] < 6:
+            msg = ws.receive_json()
+        assert msg["n_frames"] == 6 and msg["status"] == "recording"
+        w.close()
+        msg = ws.receive_json()
+        assert msg["status"] == "complete"
+        with pytest.raises(WebSocketDisconnect):
+            ws.receive_json()
+    head, arr = decode_array(c.get(f"/api/sessions/s0/{w.id}/frames", params={"signal": "resid"}).content)
+    assert arr.shape[0] == 6 and head["status"] == "complete"
+
+
+def test_live_websocket_unknown_session(client):
+    with pytest.raises(WebSocketDisconnect):
+        with client.websocket_connect(WS + "/api/sessions/s0/nope/live", headers=ORIGIN) as ws:
+            ws.receive_json()
+
+
+# -- security ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "host", ["evil.example", "evil.example:8000", "127.0.0.1:9999", "localhost.evil.example:8000", "", "10.0.0.1:8000"]
+)
+def test_foreign_host_refused(client, host):
+    r = client.get("/api/sessions", headers={"host": host})
+    assert r.status_code == 403 and "Host" in r.json()["error"]
+    r = client.get("/", headers={"host": host})
+    assert r.status_code == 403
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:8000", "localhost:8000", "[::1]:8000", "127.0.0.2:8000"])
+def test_loopback_hosts_allowed(client, host):
+    assert client.get("/api/info", headers={"host": host}).status_code == 200
+
+
+def test_websocket_foreign_host_refused(client, sessions):
+    with pytest.raises(WebSocketDisconnect) as exc:
+        with client.websocket_connect(
+            f"/api/sessions/{_key(sessions[0])}/live", headers={"host": "evil.example:8000", "origin": BASE}
+        ):
+            pass
+    assert exc.value.code == 1008
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://evil.example",
+        "null",
+        "http://127.0.0.1:9999",
+        "https://127.0.0.1:8000",
+        "http://localhost:8000",  # another name for this server is another origin
+        "file://",
+        "",
+        None,
+    ],
+)
+def test_websocket_bad_origin_refused_before_accept(client, sessions, origin):
+    headers = {} if origin is None else {"origin": origin}
+    with pytest.raises(WebSocketDisconnect) as exc:
+        with client.websocket_connect(WS + f"/api/sessions/{_key(sessions[0])}/live", headers=headers):
+            pass
+    assert exc.value.code == 1008
+
+
+def test_websocket_same_origin_accepted(client, sessions):
+    with client.websocket_connect(WS + f"/api/sessions/{_key(sessions[0])}/live", headers=ORIGIN) as ws:
+        assert ws.receive_json()["status"] == "complete"
+
+
+TRAVERSAL = [
+    "/static/..%2F..%2Fviewer%2Fapp.py",
+    "/static/..%2f..%2f..%2fetc%2fpasswd",
+    "/static/%2Fetc%2Fpasswd",
+    "/static/..%5C..%5Capp.py",
+    "/static/js%2F..%2F..%2F__init__.py",
+    "/static/%2e%2e/%2e%2e/viewer/app.py",
+    "/static/index.html%00.js",
+    "/static/C:%5Cwindows%5Cwin.ini",
+    "/api/sessions/s0/..%2F..%2F..%2Fetc%2Fpasswd",
+    "/api/sessions/s0/%2Fetc%2Fpasswd",
+    "/api/sessions/s0/%2Fetc%2Fpasswd/tokens",
+    "/api/sessions/s0/%2e%2e/tokens",
+    "/api/sessions/%2e%2e/%2e%2e/frames?signal=resid",
+    "/api/sessions/s0/..%5C..%5Cwindows/tokens",
+    "/api/sessions/s0/abc%00def",
+    "/api/sessions/s0/abc%00def/frames?signal=resid",
+    "/api/sessions/s0/C:%5Cwindows",
+    "/api/sessions/%2Ftmp/x",
+    "/api/sessions/s0%00/x/tokens",
+    "/api/sessions/s9/x",
+    "/api/sessions/s0/~root/stats?signal=resid",
+    "/api/sessions/s0/%252e%252e%252f/tokens",
+    "/api/compare?a=..%2F..&b=s0%2Fx",
+    "/api/compare?a=%2Fetc%2Fpasswd&b=s0%2Fx",
+    "/etc/passwd",
+    "/%2e%2e/%2e%2e/etc/passwd",
+]
+
+
+@pytest.mark.parametrize("path", TRAVERSAL)
+def test_traversal_corpus_is_404(client, path):
+    r = client.get(path)
+    assert r.status_code == 404, (path, r.status_code, r.text[:200])
+    assert "root:" not in r.text and "import" not in r.text
+
+
+@pytest.mark.parametrize("sid", ["nope", "20261127-000000-abcdef", "x" * 200, "a.b", "-lead"])
+def test_bad_session_ids_are_404(client, sid):
+    for suffix in ("", "/tokens", "/frames?signal=resid", "/stats?signal=resid"):
+        assert client.get(f"/api/sessions/s0/{sid}{suffix}").status_code == 404
+    assert client.get(f"/api/sessions/nostore/{sid}").status_code == 404
+
+
+def test_unknown_route_is_404_json(client):
+    r = client.get("/api/nothing")
+    assert r.status_code == 404 and r.json()["error"]
+
+
+def test_token_mode(store, sessions):
+    app = create_app(store, port=8000, token="sekret-token", remote=True)
+    c = TestClient(app, base_url="http://box.lan:8000")
+    assert c.get("/api/info").status_code == 401
+    assert c.get("/api/info?token=wrong").status_code == 401
+    assert c.get("/api/info", headers={"x-llmri-token": "wrong"}).status_code == 401
+    assert c.get("/api/info", headers={"x-llmri-token": "sekret-token"}).status_code == 200
+    r = c.get("/?token=sekret-token")
+    assert r.status_code == 200
+    cookie = r.headers["set-cookie"]
+    assert "llmri_token=sekret-token" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    # the cookie jar now carries the token: static files and API calls work without it in the URL
+    assert c.get("/static/js/main.js").status_code == 200
+    assert c.get("/api/sessions").status_code == 200
+    ws_url = f"ws://box.lan:8000/api/sessions/{_key(sessions[0])}/live"
+    fresh = TestClient(app, base_url="http://box.lan:8000")
+    with pytest.raises(WebSocketDisconnect):
+        with fresh.websocket_connect(
+            f"/api/sessions/{_key(sessions[0])}/live", headers={"origin": "http://box.lan:8000"}
+        ):
+            pass
+    with c.websocket_connect(ws_url, headers={"origin": "http://box.lan:8000"}) as ws:
+        assert ws.receive_json()["type"] == "progress"
+    with pytest.raises(WebSocketDisconnect):  # the token does not excuse a foreign Origin
+        with c.websocket_connect(ws_url, headers={"origin": "http://evil.example"}):
+            pass
+
+
+def test_remote_without_token_is_refused(store):
+    with pytest.raises(ValueError):
+        create_app(store, remote=True)
+
+
+def test_security_helpers():
+    for ok in ("s0", "20261127-091500-abcdef", "abc_DEF-1"):
+        assert valid_id(ok)
+    for bad in ("", "..", "a/b", "a\\b", "a\x00b", "/etc", ".hidden", "a.b", "x" * 129, "C:", "é"):
+        assert not valid_id(bad), bad
+    for lo in ("127.0.0.1", "localhost", "::1", "[::1]", "127.8.9.10", "LOCALHOST"):
+        assert is_loopback(lo), lo
+    for far in ("0.0.0.0", "10.0.0.1", "example.com", "localhost.evil", "::", ""):
+        assert not is_loopback(far), far
+    assert split_host("[::1]:8000") == ("::1", 8000)
+    assert split_host("a b") == ("", None)
+    pol = SecurityPolicy(port=8000)
+    assert pol.host_ok("127.0.0.1:8000") and not pol.host_ok("127.0.0.1") and not pol.host_ok("127.0.0.1:80")
+    assert SecurityPolicy(port=80).host_ok("localhost")
+    assert not pol.origin_ok("http://127.0.0.1:8000", "localhost:8000")
+
+
+# -- stores on disk and the command line ---------------------------------------------------------
+def test_zarr_store_served(tmp_path, synthetic_model):
+    path = tmp_path / "run.zarr"
+    s = llmri.capture(synthetic_model, "Hello", chat=True, max_new_tokens=6, store=path)
+    c = TestClient(create_app([path], port=8000), base_url=BASE)
+    body = c.get("/api/sessions").json()
+    assert [x["id"] for x in body["sessions"]] == [s.id]
+    head, arr = decode_array(c.get(f"/api/sessions/s0/{s.id}/frames", params={"signal": "mlp"}).content)
+    np.testing.assert_array_equal(arr, s.frames("mlp"))
+    assert c.get(f"/api/sessions/s0/{s.id}/tokens").json()["total"] == len(s)
+
+
+def test_empty_store(tmp_path):
+    st = llmri.open_store(tmp_path / "empty.zarr", create=True)
+    c = TestClient(create_app({"empty.zarr": st}, port=8000), base_url=BASE)
+    body = c.get("/api/sessions").json()
+    assert body["sessions"] == [] and body["stores"][0]["label"] == "empty.zarr"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llmri", "view", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.slow
+def test_cli_refusals(tmp_path):
+    llmri.open_store(tmp_path / "ok.zarr", create=True)
+    r = _cli(str(tmp_path / "missing.zarr"), "--no-browser")
+    assert r.returncode == 1 and "missing.zarr" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = _cli(str(tmp_path / "ok.zarr"), "--host", "0.0.0.0", "--no-browser")
+    assert r.returncode == 1 and "--allow-remote" in r.stderr and "Traceback" not in r.stderr
+    r = _cli(str(tmp_path / "ok.zarr"), "--port", "70000", "--no-browser")
+    assert r.returncode == 1 and "port" in r.stderr and "Traceback" not in r.stderr
