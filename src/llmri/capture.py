@@ -23,15 +23,27 @@ from .store.base import FrameStore, SessionWriter
 
 
 def _as_model(model: Any) -> Any:
+    """A LoadedModel-like object: loaded from a spec, or adapted from a TransformerBridge or an
+    nnsight model the user already built (those then record with their own backend)."""
     if model is None or isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         return load_model(model)
+    from .backends import nnsight as nnsight_backend
+    from .backends import transformer_lens as tl_backend
+
+    if tl_backend.is_bridge(model):
+        return tl_backend.wrap(model)
+    if nnsight_backend.is_nnsight(model):
+        return nnsight_backend.wrap(model)
     return model
 
 
 def _backend_for(model: Any, backend: str | None) -> tuple[str, type[Capture]]:
     """Pick the backend class: by name, or from the kind of object the user passed."""
+    own = getattr(model, "llmri_backend", None)
     if backend is None:
-        backend = getattr(model, "llmri_backend", None) or "hf"
+        backend = own or "hf"
+    elif own and backend != own and own in ("transformer-lens", "nnsight"):
+        raise CaptureError(f"this model is wrapped for the {own!r} backend: it cannot record with {backend!r}")
     try:
         return backend, BACKENDS.get(backend)
     except KeyError as exc:
@@ -149,10 +161,10 @@ class CaptureStream:
         tiles: dict[str, np.ndarray] = {}
         norms: dict[str, np.ndarray] = {}
         sparsity: dict[str, np.ndarray] = {}
+        reduced = self.reducer.transform_many({s: pos.acts[s] for s in self.signals})
         for s in self.signals:
-            x = pos.acts[s]
-            xf = x.float()
-            tiles[s] = self.reducer.transform(x, s).to(torch.float16).cpu().numpy()
+            xf = pos.acts[s].float()
+            tiles[s] = reduced[s].to(torch.float16).cpu().numpy()
             norms[s] = xf.norm(dim=-1).cpu().numpy().astype(np.float32)
             sparsity[s] = hoyer_sparsity(xf).cpu().numpy().astype(np.float32)
         logp = torch.log_softmax(pos.pred_logits.float(), dim=-1)

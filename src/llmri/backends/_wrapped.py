@@ -1,0 +1,145 @@
+"""A model object llmri can capture from, around a wrapper the user already built (a
+TransformerLens bridge, an nnsight model): the LoadedModel-shaped view the capture needs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+_BUILD_LOCK = threading.Lock()
+_FINGERPRINTS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+@dataclass(eq=False)
+class WrappedModel:
+    """Stands in for :class:`~llmri.models.LoadedModel` when the user passes their own wrapper.
+
+    ``wrapper`` is the bridge / nnsight model, ``model`` the Hugging Face module it runs,
+    ``llmri_backend`` the backend that records it; ``options`` are passed to that backend
+    (``remote`` for nnsight).
+    """
+
+    wrapper: Any
+    model: Any
+    tokenizer: Any
+    name: str
+    llmri_backend: str
+    n_layers: int
+    d_model: int
+    fingerprint: str = ""
+    path: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> Any:
+        return getattr(self.model, "config", None)
+
+    @property
+    def device(self) -> Any:
+        try:
+            return next(self.model.parameters()).device
+        except (StopIteration, AttributeError):
+            return "cpu"
+
+    @property
+    def dtype(self) -> Any:
+        try:
+            return next(self.model.parameters()).dtype
+        except (StopIteration, AttributeError):
+            return None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": self.path,
+            "fingerprint": self.fingerprint,
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "architecture": type(self.model).__name__,
+            "wrapper": f"{type(self.wrapper).__module__}.{type(self.wrapper).__name__}",
+        }
+
+    def __repr__(self) -> str:
+        return f"<WrappedModel {self.name} via {self.llmri_backend} layers={self.n_layers} d_model={self.d_model}>"
+
+
+def hidden_size(config: Any) -> int:
+    for key in ("hidden_size", "n_embd", "d_model"):
+        v = getattr(config, key, None)
+        if isinstance(v, int):
+            return v
+    raise ValueError("the model config names no hidden size (hidden_size / n_embd / d_model)")
+
+
+_ORIGINAL = re.compile(r"(^|\.)_original_component(?=\.|$)")
+
+
+def module_fingerprint(module: Any, renamed: bool = False) -> str:
+    """:func:`weights_fingerprint` of a transformers module, computed once per module object."""
+    try:
+        return _FINGERPRINTS[module]
+    except (KeyError, TypeError):
+        pass
+    names = hf_param_names(module.config) if renamed else None
+    fp = weights_fingerprint(module.config, module.state_dict(), names)
+    try:
+        _FINGERPRINTS[module] = fp
+    except TypeError:  # not weak-referenceable
+        pass
+    return fp
+
+
+def weights_fingerprint(config: Any, state: dict[str, Any], hf_names: set[str] | None = None) -> str:
+    """:func:`llmri.models.fingerprint` for a model whose modules a wrapper renamed: bridge
+    names (``x._original_component.y``) are mapped back to the Hugging Face ones (``x.y``), so
+    the same weights give the same fingerprint whichever object holds them. Models on the meta
+    device (nnsight's remote models) have no weights here: their fingerprint is the config's."""
+    from ..models import fingerprint
+
+    renamed: dict[str, Any] = {}
+    for k, v in state.items():
+        name = _ORIGINAL.sub("", k).lstrip(".")
+        if (hf_names is None or name in hf_names) and name not in renamed:
+            renamed[name] = v
+    if any(getattr(v, "is_meta", False) for v in renamed.values()):
+        cfg = json.dumps(config.to_dict(), sort_keys=True, default=str)
+        return "cfg-" + hashlib.sha256(cfg.encode()).hexdigest()[:12]
+
+    class _View:
+        pass
+
+    view = _View()
+    view.config = config  # type: ignore[attr-defined]
+    view.state_dict = lambda: renamed  # type: ignore[attr-defined]
+    return fingerprint(view)
+
+
+def hf_param_names(config: Any) -> set[str] | None:
+    """The state-dict names transformers gives this config's causal LM (built on the meta device)."""
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        return set(model.state_dict())
+    except Exception:  # noqa: BLE001 - an unknown architecture: fall back to every renamed name
+        return None
+
+
+def cached_on(loaded: Any, key: str, build: Any) -> Any:
+    """``build()`` once per model object, kept on it (a LoadedModel is a mutable dataclass)."""
+    obj = getattr(loaded, key, None)
+    if obj is None:
+        with _BUILD_LOCK:
+            obj = getattr(loaded, key, None)
+            if obj is None:
+                obj = build()
+                setattr(loaded, key, obj)
+    return obj

@@ -1,0 +1,183 @@
+"""``nnsight``: nnsight 0.8 traces (``TransformersModel``), locally or on NDIF (``remote``)."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .._errors import CaptureError, require
+from ..frame import SIGNALS
+from ._wrapped import WrappedModel, cached_on, hidden_size, module_fingerprint
+from .base import BACKENDS, Capture, Step
+from .hf import find_layers, find_submodule
+
+EXTRA = "nnsight"
+_CACHE_KEY = "_llmri_nnsight_model"
+
+
+def _nnsight() -> Any:
+    return require("nnsight", EXTRA)
+
+
+def is_nnsight(obj: Any) -> bool:
+    """Whether ``obj`` is an nnsight model (without importing nnsight when it isn't)."""
+    if "nnsight" not in sys.modules:
+        return False
+    try:
+        return isinstance(obj, _nnsight().Envoy) and getattr(obj, "_module", None) is not None
+    except ImportError:
+        return False
+
+
+def _module(nn_model: Any) -> Any:
+    return nn_model._module
+
+
+def wrap(nn_model: Any, *, remote: bool | str = False) -> WrappedModel:
+    """The model object llmri captures from, around an nnsight model the user already built.
+
+    ``remote``: passed to every ``trace`` (``True`` runs on NDIF, a host string on that host,
+    ``"local"`` runs nnsight's local simulation of the remote path); see docs/backends.md.
+    """
+    hf = _module(nn_model)
+    tok = getattr(nn_model, "tokenizer", None)
+    if tok is None:
+        raise CaptureError(
+            "nnsight: this model has no tokenizer: wrap it as TransformersModel(model, tokenizer=tokenizer)"
+        )
+    config = getattr(hf, "config", None)
+    if config is None:
+        raise CaptureError(f"nnsight: {type(hf).__name__} has no transformers config")
+    _, layers = find_layers(hf)
+    repo = getattr(nn_model, "repo_id", None)
+    name = repo if isinstance(repo, str) else (getattr(config, "_name_or_path", "") or type(hf).__name__)
+    return WrappedModel(
+        wrapper=nn_model,
+        model=hf,
+        tokenizer=tok,
+        name=str(name),
+        llmri_backend="nnsight",
+        n_layers=len(layers),
+        d_model=hidden_size(config),
+        fingerprint=module_fingerprint(hf),
+        options={"remote": remote},
+    )
+
+
+def wrap_loaded(loaded: Any) -> Any:
+    """An nnsight ``TransformersModel`` around a *copy* of a LoadedModel's transformers model.
+
+    nnsight installs its own ``forward`` on every module it wraps; the copy keeps the user's
+    model exactly as it was (at the cost of its memory once more, kept for the life of ``loaded``).
+    """
+    _nnsight()
+    from nnsight.modeling.transformers import TransformersModel
+
+    return TransformersModel(copy.deepcopy(loaded.model), tokenizer=loaded.tokenizer, task="text-generation")
+
+
+def _first(out: Any) -> Any:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@BACKENDS.register("nnsight")
+class NNsightCapture(Capture):
+    """One nnsight trace per step, saving each decoder layer's output (``resid``), its attention
+    output (``attn``) and its MLP output (``mlp``), in the order the forward reaches them.
+
+    ``model``: a :class:`~llmri.models.LoadedModel` (wrapped once, as a copy, and kept on it) or
+    the wrapped model of ``llmri.capture(nnsight_model, ...)``. ``remote`` (or the wrapped
+    model's ``remote`` option) is passed to ``trace``: then the KV cache travels to the server
+    and back with every step. A trace leaves nothing on the model when it ends, also when it
+    raises. Activations come back detached in the model's dtype as ``[n, layers, d_model]``.
+    """
+
+    name = "nnsight"
+    provides = SIGNALS
+
+    def __init__(self, model: Any, signals: Sequence[str] = SIGNALS, *, remote: bool | str | None = None) -> None:
+        super().__init__(model, signals)
+        if isinstance(model, WrappedModel):
+            if model.llmri_backend != self.name:
+                raise CaptureError(f"nnsight cannot record a model wrapped for {model.llmri_backend!r}")
+            self.nn_model = model.wrapper
+            self.remote = model.options.get("remote", False) if remote is None else remote
+        else:
+            _nnsight()
+            if getattr(model, "model", None) is None:
+                raise CaptureError("nnsight needs a transformers model (a LoadedModel or an nnsight model)")
+            self.nn_model = cached_on(model, _CACHE_KEY, lambda: wrap_loaded(model))
+            self.remote = bool(remote) if remote is not None else False
+        hf = _module(self.nn_model)
+        path, layers = find_layers(hf)
+        envoy = self.nn_model
+        for part in path.split("."):
+            envoy = getattr(envoy, part)
+        # Execution order inside a block (attention, then MLP, then the block's output): nnsight
+        # serves values in the order the forward produces them.
+        self._order = [s for s in ("attn", "mlp", "resid") if s in self.signals]
+        self._envoys: list[list[Any]] = []
+        for i, layer in enumerate(layers):
+            row = []
+            for sig in self._order:
+                if sig == "resid":
+                    row.append(envoy[i])
+                else:
+                    sub, _ = find_submodule(layer, sig, f"{path}.{i}")
+                    row.append(getattr(envoy[i], sub))
+            self._envoys.append(row)
+        self._names = [f"{path}.{i}" for i in range(len(layers))]
+        self._d_model = hidden_size(hf.config)
+        import inspect
+
+        params = inspect.signature(type(hf).forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    @property
+    def layer_names(self) -> list[str]:
+        return self._names
+
+    @property
+    def d_model(self) -> int:
+        return self._d_model
+
+    def _trace_kwargs(self, input_ids: Any, cache: Any) -> dict[str, Any]:
+        import torch
+
+        past = int(cache.get_seq_length()) if cache is not None else 0
+        # A mask over the cached positions too: nnsight would otherwise build one over the new
+        # positions only, which transformers reads as a shorter sequence on some architectures.
+        kw: dict[str, Any] = {
+            "attention_mask": torch.ones((1, past + input_ids.shape[1]), dtype=torch.long, device=input_ids.device),
+            self._cache_kw: cache,
+            "use_cache": True,
+        }
+        if self.remote:
+            kw["remote"] = self.remote
+        return kw
+
+    def step(self, input_ids: Any, cache: Any = None, *, logits: bool = True) -> Step:
+        import torch
+
+        nn_model = self.nn_model
+        envoys = self._envoys
+        ids = input_ids.to(_module(nn_model).device) if not self.remote else input_ids
+        kw = self._trace_kwargs(ids, cache)
+        saved: list[list[Any]] = []
+        with torch.inference_mode():
+            with nn_model.trace(ids, **kw):
+                for row in envoys:
+                    saved.append([e.output.save() for e in row])
+                out = nn_model.output.save()
+        new_cache = getattr(out, "cache", None)
+        if new_cache is None:
+            new_cache = getattr(out, "past_key_values", None)
+        if new_cache is None:
+            raise CaptureError("nnsight: the model returned no KV cache")
+        acts = {
+            sig: torch.stack([_first(row[j])[0].detach() for row in saved], dim=1) for j, sig in enumerate(self._order)
+        }
+        lg = out.logits[0].float() if logits else None
+        return Step(logits=lg, acts={s: acts[s] for s in self.signals}, cache=new_cache)

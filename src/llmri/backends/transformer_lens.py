@@ -1,0 +1,188 @@
+"""``transformer-lens``: TransformerLens 4.x ``TransformerBridge`` hook points."""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .._errors import CaptureError, require
+from ..frame import SIGNALS
+from ._wrapped import WrappedModel, cached_on, module_fingerprint
+from .base import BACKENDS, Capture, Step
+
+EXTRA = "transformer-lens"
+#: The bridge's hook point for each signal in block ``{i}``.
+HOOK_POINTS = {
+    "resid": "blocks.{i}.hook_resid_post",
+    "attn": "blocks.{i}.hook_attn_out",
+    "mlp": "blocks.{i}.hook_mlp_out",
+}
+_CACHE_KEY = "_llmri_tl_bridge"
+
+
+def _bridge_class() -> Any:
+    require("transformer_lens", EXTRA)
+    from transformer_lens.model_bridge import TransformerBridge
+
+    return TransformerBridge
+
+
+def is_bridge(obj: Any) -> bool:
+    """Whether ``obj`` is a TransformerBridge (without importing TransformerLens when it isn't)."""
+    if "transformer_lens" not in sys.modules:
+        return False
+    try:
+        return isinstance(obj, _bridge_class())
+    except ImportError:
+        return False
+
+
+def wrap(bridge: Any) -> WrappedModel:
+    """The model object llmri captures from, around a bridge the user already booted."""
+    hf = bridge.original_model
+    tok = getattr(bridge, "tokenizer", None)
+    if tok is None:
+        raise CaptureError("transformer-lens: this bridge has no tokenizer (boot it with tokenizer=...)")
+    fp = module_fingerprint(hf, renamed=True)
+    raw = str(getattr(bridge.cfg, "model_name", "") or getattr(hf.config, "_name_or_path", "") or type(hf).__name__)
+    local = os.path.isdir(raw)
+    return WrappedModel(
+        wrapper=bridge,
+        model=hf,
+        tokenizer=tok,
+        name=os.path.basename(raw.rstrip("/\\")) if local else raw,
+        path=raw if local else "",
+        llmri_backend="transformer-lens",
+        n_layers=int(bridge.cfg.n_layers),
+        d_model=int(bridge.cfg.d_model),
+        fingerprint=fp,
+    )
+
+
+def boot_from_loaded(loaded: Any) -> Any:
+    """Boot a bridge around a *copy* of a LoadedModel's transformers model.
+
+    The bridge replaces the submodules of the model it wraps and switches it to eager attention,
+    so wrapping the user's own model would change what the ``hf`` backend records on it; the copy
+    costs the model's memory once more (kept for the life of ``loaded``).
+    """
+    TransformerBridge = _bridge_class()
+    try:
+        return TransformerBridge.boot_transformers(
+            str(getattr(loaded, "path", "") or loaded.name),
+            hf_model=copy.deepcopy(loaded.model),
+            tokenizer=copy.deepcopy(loaded.tokenizer),
+            device=str(loaded.device),
+            dtype=loaded.dtype,
+        )
+    except Exception as exc:  # noqa: BLE001 - an unsupported architecture, mostly
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CaptureError(f"transformer-lens cannot wrap {type(loaded.model).__name__}: {first}") from exc
+
+
+def _alias_cache(_mod: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+    # transformers 5 hands the KV cache to attention as ``cache=``; TransformerLens 4.3's
+    # attention bridges look only for ``past_key_values`` and would silently not extend it
+    # (every cached step attending to itself alone).
+    if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
+        kwargs = dict(kwargs)
+        kwargs["past_key_values"] = kwargs["cache"]
+        return args, kwargs
+    return None
+
+
+@BACKENDS.register("transformer-lens")
+class TransformerLensCapture(Capture):
+    """Hooks on a TransformerBridge's hook points: ``resid`` = ``blocks.N.hook_resid_post``,
+    ``attn`` = ``blocks.N.hook_attn_out``, ``mlp`` = ``blocks.N.hook_mlp_out``.
+
+    ``model``: a :class:`~llmri.models.LoadedModel` (a bridge is booted once around a copy of
+    its transformers model and kept on it) or the wrapped bridge of ``llmri.capture(bridge, ...)``.
+    Each ``step`` runs the bridge on the new positions with the transformers KV cache; hooks are
+    added for that step only and removed in ``finally`` (hooks the user put on the bridge stay).
+    Activations come back in the model's dtype, detached, as ``[n, layers, d_model]``.
+    """
+
+    name = "transformer-lens"
+    provides = SIGNALS
+
+    def __init__(self, model: Any, signals: Sequence[str] = SIGNALS) -> None:
+        super().__init__(model, signals)
+        if isinstance(model, WrappedModel):
+            if model.llmri_backend != self.name:
+                raise CaptureError(f"transformer-lens cannot record a model wrapped for {model.llmri_backend!r}")
+            self.bridge = model.wrapper
+        else:
+            _bridge_class()
+            if getattr(model, "model", None) is None:
+                raise CaptureError("transformer-lens needs a transformers model (a LoadedModel or a bridge)")
+            self.bridge = cached_on(model, _CACHE_KEY, lambda: boot_from_loaded(model))
+        hook_dict = self.bridge.hook_dict
+        n = int(self.bridge.cfg.n_layers)
+        self._points: dict[str, list[Any]] = {}
+        for sig in self.signals:
+            pts = []
+            for i in range(n):
+                hp = hook_dict.get(HOOK_POINTS[sig].format(i=i))
+                if hp is None:
+                    raise CaptureError(
+                        f"transformer-lens: no mapping for signal {sig!r} in this architecture: "
+                        f"looked for hook point {HOOK_POINTS[sig].format(i=i)!r}"
+                    )
+                pts.append(hp)
+            self._points[sig] = pts
+        self._attn = [b.attn for b in self.bridge.blocks if hasattr(getattr(b, "attn", None), "_update_kv_cache")]
+        import inspect
+
+        params = inspect.signature(type(self.bridge.original_model).forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._n = n
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [f"blocks.{i}" for i in range(self._n)]
+
+    @property
+    def d_model(self) -> int:
+        return int(self.bridge.cfg.d_model)
+
+    def step(self, input_ids: Any, cache: Any = None, *, logits: bool = True) -> Step:
+        import torch
+
+        bufs: dict[str, list[Any]] = {s: [None] * self._n for s in self.signals}
+        added: list[tuple[Any, Any]] = []
+
+        def make(slot: list[Any], i: int):  # noqa: ANN202
+            def hook(t: Any, hook: Any) -> None:
+                slot[i] = t.detach()
+
+            return hook
+
+        try:
+            for sig, pts in self._points.items():
+                for i, hp in enumerate(pts):
+                    added.append((hp, hp.add_hook(make(bufs[sig], i), dir="fwd")))
+            shims = [a.register_forward_pre_hook(_alias_cache, with_kwargs=True) for a in self._attn]
+            added.extend((None, h) for h in shims)
+            kw: dict[str, Any] = {"use_cache": True}
+            if cache is not None:
+                kw[self._cache_kw] = cache
+            with torch.inference_mode():
+                lg, new_cache = self.bridge(input_ids.to(self.bridge.cfg.device), return_type="logits_and_cache", **kw)
+        finally:
+            for hp, handle in added:
+                if hp is None:
+                    handle.remove()
+                else:
+                    handle.hook.remove()
+                    hp.fwd_hooks = [h for h in hp.fwd_hooks if h is not handle]
+        if new_cache is None:
+            raise CaptureError("transformer-lens: the bridge returned no KV cache")
+        missing = [s for s, b in bufs.items() if any(t is None for t in b)]
+        if missing:
+            raise CaptureError(f"transformer-lens: the forward did not reach the hook points for {', '.join(missing)}")
+        acts = {s: torch.stack([t[0] for t in b], dim=1) for s, b in bufs.items()}
+        return Step(logits=lg[0].float() if logits else None, acts=acts, cache=new_cache)
