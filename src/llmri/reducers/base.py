@@ -73,6 +73,11 @@ class Reducer(ABC):
     def transform(self, x: Any, signal: str) -> Any:
         """``x``: float Tensor ``[n, layers, d_model]`` -> float32 Tensor ``[n, layers, H, W]``."""
 
+    def transform_many(self, xs: dict[str, Any]) -> dict[str, Any]:
+        """Transform several signals at once (``{signal: [n, layers, d]}``); reducers whose
+        projection does not depend on the signal override this to read their weights once."""
+        return {s: self.transform(x, s) for s, x in xs.items()}
+
     # -- description --------------------------------------------------------------------
     @property
     def spec(self) -> dict[str, Any]:
