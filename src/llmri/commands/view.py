@@ -24,6 +24,25 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action="store_true",
         help="allow a non-loopback --host; every request then needs the random token printed in the URL",
     )
+    live = p.add_argument_group("live chat (sessions are recorded into the first PATH, created if missing)")
+    live.add_argument(
+        "--model",
+        default=None,
+        metavar="SPEC",
+        help="chat with this model and watch its activations: 'default' (the bundled model), a model directory, "
+        "a .gguf file or a Hugging Face id",
+    )
+    live.add_argument(
+        "--openai-url",
+        default=None,
+        metavar="URL",
+        help="chat-only mode (no activations): an OpenAI-compatible server, e.g. http://127.0.0.1:11434/v1 "
+        "(Ollama) or http://127.0.0.1:1234/v1 (LM Studio); fixed for the whole run",
+    )
+    live.add_argument("--openai-model", default=None, metavar="NAME", help="model name (default: the only one served)")
+    live.add_argument(
+        "--api-key-env", default=None, metavar="VAR", help="environment variable holding the API key (never shown)"
+    )
     return p
 
 
@@ -43,8 +62,20 @@ def open_stores(paths: list[str]) -> dict[str, Any]:
 
 
 def live_plugin(args: argparse.Namespace) -> Any:
-    """The live chat plug-in for ``create_app(live=...)``; None until an option (e.g. --model) asks for it."""
-    return None
+    """The live chat plug-in for ``create_app(live=...)`` (--model or --openai-url), or None."""
+    if not (getattr(args, "model", None) or getattr(args, "openai_url", None)):
+        return None
+    from ..store import open_store
+    from ..viewer.live import from_args
+
+    if args.paths:
+        try:  # live sessions are recorded into the first store: create it if it does not exist yet
+            open_store(args.paths[0], create=True)
+        except StoreError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"cannot open or create store {args.paths[0]}: {exc}") from None
+    return from_args(args)
 
 
 def build_app(args: argparse.Namespace, live: Any = None) -> Any:

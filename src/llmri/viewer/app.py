@@ -496,8 +496,9 @@ def create_app(
         except NotFound:
             await ws.close(code=4404)
 
-    if live is not None and hasattr(live, "attach"):
-        live.attach(app, state)
+    # state.live, not live: the WebSocket route above is a function named live that shadows the parameter
+    if state.live is not None and hasattr(state.live, "attach"):
+        state.live.attach(app, state)
 
     app.add_middleware(SecurityMiddleware, policy=state.policy)
     return app
