@@ -9,12 +9,14 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
+    """``T`` is what is registered: usually a class (``Registry[type[Capture]]``)."""
+
     def __init__(self, what: str) -> None:
         self.what = what
-        self._items: dict[str, Callable[..., T]] = {}
+        self._items: dict[str, T] = {}
 
-    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        def deco(factory: Callable[..., T]) -> Callable[..., T]:
+    def register(self, name: str) -> Callable[[T], T]:
+        def deco(factory: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.what} {name!r} is already registered")
             self._items[name] = factory
@@ -22,7 +24,7 @@ class Registry(Generic[T]):
 
         return deco
 
-    def get(self, name: str) -> Callable[..., T]:
+    def get(self, name: str) -> T:
         try:
             return self._items[name]
         except KeyError:

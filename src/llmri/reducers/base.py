@@ -12,7 +12,7 @@ import numpy as np
 from .._errors import ReducerError
 from .._registry import Registry
 
-REDUCERS: Registry[Reducer] = Registry("reducer")
+REDUCERS: Registry[type[Reducer]] = Registry("reducer")
 
 
 def parse_tile(tile: Any) -> tuple[int, int] | None:
