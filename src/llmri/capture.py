@@ -93,7 +93,7 @@ class CaptureStream:
             temperature=float(temperature),
             top_p=float(top_p),
             seed=int(seed),
-            stop=list(stop) if isinstance(stop, (list, tuple)) else ([stop] if stop else []),
+            stop=[str(stop)] if isinstance(stop, str) else [str(x) for x in (stop or [])],
             ignore_eos=ignore_eos,
         )
         self.model = _as_model(model)
