@@ -909,6 +909,8 @@ window.llmri = {
   setCmap,
   setDiff,
   openSession,
+  // for live.js (the live chat panel): the pieces it drives while a session streams in
+  internal: { refreshSessions, appendTokens, updateTotal, layout, showEmpty, loadStats, drawSparklines, banner, setBadge },
   clearCache: () => LRU.clear(),
   get drawCount() { return S.drawCount; },
   get drawn() { return S.drawn; },
