@@ -122,8 +122,43 @@ def test_partial_chunks_are_rewritten_whole(tmp_path):
     assert arr.shape == (36, 4, 3, 5)
 
 
-def test_reader_sees_only_committed_frames_while_writing(tmp_path):
+def test_synchronous_writer_commits_every_16_frames(tmp_path):
+    store = ZarrFrameStore(str(tmp_path / "r.zarr"), create=True, background=False)
+    w = store.create_session(base_meta())
+    w.commit_seconds = 10_000.0
+    for i in range(40):
+        w.append(make_frame(i))
+        assert len(store.session(w.id)) == (i + 1) // 16 * 16
+    w.close()
+    assert len(store.session(w.id)) == 40
+
+
+def test_idle_writer_refreshes_its_heartbeat(tmp_path, monkeypatch):
+    import llmri.store.zarr as zmod
+
+    monkeypatch.setattr(zmod, "HEARTBEAT_SECONDS", 0.2)
     store = ZarrFrameStore(str(tmp_path / "r.zarr"), create=True)
+    w = store.create_session(base_meta())
+    first = store.session(w.id).meta["writer"]["heartbeat"]
+    deadline = time.monotonic() + 10
+    while store.session(w.id).meta["writer"]["heartbeat"] == first and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.session(w.id).meta["writer"]["heartbeat"] > first
+    w.close()
+
+
+def test_background_write_error_is_raised(tmp_path):
+    store = ZarrFrameStore(str(tmp_path / "r.zarr"), create=True)
+    w = store.create_session(base_meta())
+    w._error = OSError("disk full")  # what the commit thread records when a write fails
+    with pytest.raises(StoreError, match="write failed: disk full"):
+        w.append(make_frame(0))
+    with pytest.raises(StoreError, match="disk full"):
+        w.close()
+
+
+def test_reader_sees_only_committed_frames_while_writing(tmp_path):
+    store = ZarrFrameStore(str(tmp_path / "r.zarr"), create=True, background=False)
     w = store.create_session(base_meta())
     w.commit_seconds = 10_000.0
     reader = store.session(w.id)

@@ -9,9 +9,11 @@ written only after the chunks it covers. Readers never look past ``n_committed``
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
+import threading
 import time
 from typing import Any
 
@@ -30,12 +32,18 @@ ROW_CHUNK = 256
 #: A recording session whose writer runs on another host reads as interrupted once its
 #: heartbeat (refreshed at every commit) is older than this many seconds.
 STALE_SECONDS = 600.0
+#: An idle writer still refreshes its heartbeat this often (seconds).
+HEARTBEAT_SECONDS = 10.0
 
 
 def _sync(coro: Any) -> Any:
     from zarr.core.sync import sync
 
     return sync(coro)
+
+
+async def _gather(coros: list[Any]) -> None:
+    await asyncio.gather(*coros)
 
 
 def _pid_start(pid: int) -> int | None:
@@ -158,38 +166,67 @@ def _stack(rows: list[Any], dtype: Any, row_shape: tuple[int, ...]) -> np.ndarra
 
 
 class _Column:
-    """One growing array: keeps the rows of its last, partial chunk so that every commit rewrites
-    whole chunks (zarr then never reads a chunk back, and each chunk file is replaced atomically)."""
+    """One growing array. Every commit writes whole chunks (the rows of the last, partial chunk are
+    kept in memory and padded with the fill value), so zarr never reads a chunk back and each chunk
+    file is replaced atomically. The array's shape grows ahead of the data (doubling), so most
+    commits write no array metadata; :meth:`trim` sets the exact length when the session closes."""
 
     def __init__(self, array: Any, dtype: Any, row_shape: tuple[int, ...], chunk: int) -> None:
-        self.array = array
+        self.array = array  # a zarr AsyncArray
         self.dtype = dtype
         self.row_shape = row_shape
         self.chunk = chunk
         self.n = 0
+        self.capacity = 0
         self.tail = _stack([], dtype, row_shape)
 
-    def write(self, rows: list[Any]) -> None:
+    async def write(self, rows: list[Any]) -> None:
         new = _stack(rows, self.dtype, self.row_shape)
         data = np.concatenate([self.tail, new]) if len(self.tail) else new
-        start = self.n - len(self.tail)
+        start = self.n - len(self.tail)  # a chunk boundary
         n_new = self.n + len(new)
-        self.array.resize((n_new, *self.row_shape))
-        self.array[start:n_new] = data
+        end = start + -(-len(data) // self.chunk) * self.chunk
+        if end > self.capacity:
+            self.capacity = max(end, 2 * self.capacity, 4 * self.chunk)
+            await self.array.resize((self.capacity, *self.row_shape))
+        padded = data
+        if end > n_new:
+            pad = np.full((end - n_new, *self.row_shape), _fill(self.dtype), dtype=data.dtype)
+            padded = np.concatenate([data, pad])
+        await self.array.setitem(slice(start, end), padded)
         self.n = n_new
-        keep = n_new - (n_new // self.chunk) * self.chunk
+        keep = n_new % self.chunk
         self.tail = data[len(data) - keep :] if keep else data[:0]
+
+    async def trim(self) -> None:
+        if self.capacity != self.n:
+            await self.array.resize((self.n, *self.row_shape), delete_outside_chunks=False)
+            self.capacity = self.n
 
 
 class ZarrSessionWriter(SessionWriter):
     """Appends frames to ``sessions/<id>`` of a :class:`ZarrFrameStore` (see docs/FORMAT.md).
 
     Commit order: chunks and array shapes first, then ``n_committed``, the status and the writer's
-    heartbeat in the session group's ``zarr.json``. Commits happen every ``commit_every`` frames
-    or ``commit_seconds`` seconds (checked at each append), on :meth:`commit` and on :meth:`close`.
+    heartbeat in the session group's ``zarr.json``. A commit is due when ``commit_every`` frames are
+    pending or the oldest pending frame waited ``commit_seconds``; :meth:`commit` and :meth:`close`
+    commit at once.
+
+    With ``background=True`` (the default) due commits run on a daemon thread, so ``append``
+    never waits for storage: while one commit runs the next frames queue up and go in the next
+    one, which keeps the store ahead of any generation rate. The thread also refreshes the
+    heartbeat every :data:`HEARTBEAT_SECONDS` while idle. A failed background write is raised
+    (as :class:`~llmri.StoreError`) by the next ``append``, ``commit`` or ``close``.
     """
 
-    def __init__(self, store: ZarrFrameStore, meta: dict[str, Any], reducer_state: dict[str, np.ndarray]) -> None:
+    def __init__(
+        self,
+        store: ZarrFrameStore,
+        meta: dict[str, Any],
+        reducer_state: dict[str, np.ndarray],
+        *,
+        background: bool = True,
+    ) -> None:
         import zarr
 
         self._store = store
@@ -201,7 +238,13 @@ class ZarrSessionWriter(SessionWriter):
         self._committed = 0
         self._closed = False
         self._meta_dirty = False
-        self._last_commit = time.monotonic()
+        self._first_pending = 0.0
+        self._last_write = time.monotonic()
+        self._lock = threading.Lock()  # guards _pending, _meta and the counters
+        self._write_lock = threading.Lock()  # one commit at a time, in order
+        self._wake = threading.Event()
+        self._stopping = False
+        self._error: BaseException | None = None
         self._meta["writer"] = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -221,7 +264,8 @@ class ZarrSessionWriter(SessionWriter):
                     fill_value=_fill(dtype),
                     compressors=store._compressors(name),
                 )
-                self._columns[name] = _Column(arr, dtype, row_shape, chunk)
+                # the async array lets one commit write every column concurrently, in one event-loop trip
+                self._columns[name] = _Column(arr._async_array, dtype, row_shape, chunk)
             for key, value in (reducer_state or {}).items():
                 value = np.asarray(value)
                 if "/" in key or key in (".", ".."):
@@ -231,6 +275,10 @@ class ZarrSessionWriter(SessionWriter):
             raise
         except Exception as exc:
             raise StoreError(f"{store.url}: cannot create session {meta['id']}: {exc}") from exc
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._run, name=f"llmri-commit-{self.id}", daemon=True)
+            self._thread.start()
 
     def _attrs(self) -> dict[str, Any]:
         return {
@@ -247,42 +295,82 @@ class ZarrSessionWriter(SessionWriter):
     def meta(self) -> dict[str, Any]:
         return self._meta
 
+    @property
+    def n_committed(self) -> int:
+        return self._committed
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise StoreError(f"{self._store.url}: session {self.id}: write failed: {self._error}") from self._error
+
+    def _due(self) -> bool:
+        n = len(self._pending)
+        return n >= self.commit_every or (n > 0 and time.monotonic() - self._first_pending >= self.commit_seconds)
+
     def append(self, frame: Frame) -> None:
         if self._closed:
             raise StoreError(f"{self._store.url}: session {self.id} is closed")
+        self._raise_error()
         if frame.index != self._appended:
             raise StoreError(f"session {self.id}: frame {frame.index} appended at position {self._appended}")
         for s in self._meta["signals"]:
             if s not in frame.tiles:
                 raise StoreError(f"session {self.id}: frame {frame.index} has no signal {s!r}")
-        self._pending.append(frame)
-        self._appended += 1
-        if len(self._pending) >= self.commit_every or time.monotonic() - self._last_commit >= self.commit_seconds:
-            self.commit()
+        with self._lock:
+            if not self._pending:
+                self._first_pending = time.monotonic()
+            self._pending.append(frame)
+            self._appended += 1
+            due = self._due()
+        if due:
+            if self._thread is None:
+                self.commit()
+            else:
+                self._wake.set()
 
-    def _write_attrs(self) -> None:
-        self._meta["writer"]["heartbeat"] = time.time()
-        self._group.attrs.put(json.loads(json.dumps(self._attrs(), allow_nan=False, default=_json_default)))
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.wait(timeout=min(self.commit_seconds, HEARTBEAT_SECONDS) / 2)
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                with self._lock:
+                    due = self._due()
+                if due or time.monotonic() - self._last_write >= HEARTBEAT_SECONDS:
+                    self._commit_now(heartbeat=True)
+            except BaseException as exc:  # noqa: BLE001 - reported by the next append/commit/close
+                self._error = exc
+                return
+
+    def _commit_now(self, heartbeat: bool = False) -> None:
+        with self._write_lock:
+            with self._lock:
+                batch, self._pending = self._pending, []
+                dirty, self._meta_dirty = self._meta_dirty, False
+            if batch:
+                rows = [_frame_rows(f, self._meta, self._k) for f in batch]
+                _sync(_gather([col.write([r[name] for r in rows]) for name, col in self._columns.items()]))
+            if batch or dirty or heartbeat:
+                with self._lock:
+                    self._committed += len(batch)
+                    self._meta["writer"]["heartbeat"] = time.time()
+                    doc = json.loads(json.dumps(self._attrs(), allow_nan=False, default=_json_default))
+                self._group.attrs.put(doc)
+                self._last_write = time.monotonic()
 
     def commit(self) -> None:
-        if self._pending:
-            rows = [_frame_rows(f, self._meta, self._k) for f in self._pending]
-            try:
-                for name, col in self._columns.items():
-                    col.write([r[name] for r in rows])
-            except Exception as exc:
-                raise StoreError(f"{self._store.url}: session {self.id}: write failed: {exc}") from exc
-            self._committed += len(self._pending)
-            self._pending = []
-            self._write_attrs()
-        elif self._meta_dirty:
-            self._write_attrs()
-        self._meta_dirty = False
-        self._last_commit = time.monotonic()
+        self._raise_error()
+        try:
+            self._commit_now()
+        except Exception as exc:
+            self._error = exc
+            raise StoreError(f"{self._store.url}: session {self.id}: write failed: {exc}") from exc
 
     def update_meta(self, **kw: Any) -> None:
-        self._meta.update(kw)
-        self._meta_dirty = True
+        with self._lock:
+            self._meta.update(kw)
+            self._meta_dirty = True
 
     def close(self, status: str = "complete") -> None:
         if self._closed:
@@ -290,9 +378,20 @@ class ZarrSessionWriter(SessionWriter):
         if status not in STATUSES:
             raise ValueError(f"bad status {status!r}")
         self._closed = True
-        self._meta["status"] = status
-        self._meta_dirty = True
-        self.commit()
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            self._meta["status"] = status
+            self._meta_dirty = True
+        try:
+            self._commit_now()
+            # exact shapes for plain-zarr readers; rows past n_committed are never read anyway
+            _sync(_gather([col.trim() for col in self._columns.values()]))
+        except Exception as exc:
+            raise StoreError(f"{self._store.url}: session {self.id}: write failed: {exc}") from exc
+        self._raise_error()
 
 
 def _json_default(x: Any) -> Any:
@@ -461,14 +560,18 @@ class ZarrFrameStore(FrameStore):
     one written by a newer format version, raises :class:`~llmri.StoreError` naming the path.
     ``compress`` chooses the chunk compression of ``frames/*``: ``None`` keeps zarr's default
     (zstd); ``False`` stores them raw. See ``benchmarks/store.py`` for what each costs.
+    ``background=False`` makes writers commit on the appending thread (see :class:`ZarrSessionWriter`).
     """
 
-    def __init__(self, path_or_url: str, *, create: bool = False, compress: bool | None = None) -> None:
+    def __init__(
+        self, path_or_url: str, *, create: bool = False, compress: bool | None = None, background: bool = True
+    ) -> None:
         super().__init__()
         from zarr.storage import FsspecStore, LocalStore
 
         self.url = str(path_or_url)
         self._compress = compress
+        self._background = background
         local: str | None = None
         if "://" not in self.url:
             local = self.url
@@ -598,7 +701,7 @@ class ZarrFrameStore(FrameStore):
             raise StoreError(f"{self.url}: bad session metadata ({problem})")
         while self._exists(f"sessions/{meta['id']}/zarr.json"):
             meta["id"] = new_session_id()
-        return ZarrSessionWriter(self, meta, reducer_state or {})
+        return ZarrSessionWriter(self, meta, reducer_state or {}, background=self._background)
 
     def session_ids(self) -> list[str]:
         async def names() -> list[str]:
