@@ -35,9 +35,9 @@ CHILD = textwrap.dedent(
     else:
         model, kw = llmri.load_model(), {"max_new_tokens": 2000, "ignore_eos": True}
     st = llmri.stream(model, "Why is the sky blue?", chat=True, store=path, **kw)
-    print("started", st.session_id, flush=True)
-    for frame in st:
-        pass
+    for i, frame in enumerate(st):
+        if i == 0:
+            print("started", st.session_id, flush=True)  # frames are flowing
     print("done", flush=True)
     """
 )
@@ -145,7 +145,7 @@ def test_sigkill_real_model_capture(tmp_path, real_model):
     committed: list[tuple[str, int]] = []
     seen: set[str] = set()
     for _ in range(3):
-        proc_sid = _kill_at_random(script, path, "real", _AfterStart(rng, 2.0, 6.0), ready_timeout=300)
+        proc_sid = _kill_at_random(script, path, "real", _AfterStart(rng, 1.0, 5.0), ready_timeout=300)
         seen = _check(path, seen, proc_sid, reference, committed)
     assert all(n > 0 for _, n in committed), committed
 
