@@ -57,8 +57,8 @@ export function decodeArray(buf) {
   return { header, data };
 }
 
-export async function getArray(url) {
-  const res = await check(await fetch(url, { credentials: "same-origin" }));
+export async function getArray(url, init = {}) {
+  const res = await check(await fetch(url, { credentials: "same-origin", ...init }));
   return decodeArray(await res.arrayBuffer());
 }
 
@@ -114,30 +114,42 @@ export class FrameSource {
     return hit.data.subarray(o, o + this.frameSize);
   }
   has(signal, t) { return this.get(signal, t) !== null; }
-  /** Fetch the chunk holding frame t (no-op if cached or in flight); resolves when it is cached. */
-  ensure(signal, t) {
+  /** Fetch the chunk holding frame t (no-op if cached or in flight); resolves when it is cached.
+   * A demand fetch (low=false) first cancels speculative prefetches, so a jump never queues behind them. */
+  ensure(signal, t, low = false) {
     if (t < 0 || t >= this.total) return Promise.resolve();
     const c = Math.floor(t / this.chunk);
     const key = this.key(signal, c);
     const hit = LRU.get(key);
     if (hit && t < hit.stop) return Promise.resolve();
-    if (this.pending.has(key)) return this.pending.get(key);
+    const inflight = this.pending.get(key);
+    if (inflight) {
+      if (!low) inflight.low = false; // now wanted: never cancel it
+      return inflight.promise;
+    }
+    if (!low) {
+      for (const [k, p] of this.pending) if (p.low) { p.ctl.abort(); this.pending.delete(k); }
+    }
     const start = c * this.chunk, stop = start + this.chunk;
-    const p = getArray(`${this.url}/frames?signal=${signal}&start=${start}&stop=${stop}`)
+    const ctl = new AbortController();
+    const init = { signal: ctl.signal, priority: low ? "low" : "high" };
+    const promise = getArray(`${this.url}/frames?signal=${signal}&start=${start}&stop=${stop}`, init)
       .then(({ header, data }) => {
         LRU.set(key, { start: header.start, stop: header.stop, data });
         if (header.total > this.total) this.total = header.total;
         if (this.onload) this.onload();
       })
-      .finally(() => this.pending.delete(key));
-    this.pending.set(key, p);
-    return p;
+      .finally(() => { if (this.pending.get(key) === entry) this.pending.delete(key); });
+    const entry = { promise, ctl, low };
+    this.pending.set(key, entry);
+    return promise;
   }
   /** Prefetch `ahead` chunks from frame t in direction dir (+1 / -1). */
   prefetch(signal, t, dir = 1, ahead = 2) {
-    for (let k = 1; k <= ahead; k++) {
-      const u = t + dir * k * this.chunk;
-      if (u >= 0 && u < this.total && this.pending.size < 6) this.ensure(signal, u).catch(() => {});
+    for (let k = 0; k <= ahead; k++) {
+      // k = 0 covers the neighbour chunk when t sits at a chunk's edge
+      const u = k === 0 ? t + dir * Math.ceil(this.chunk / 4) : t + dir * k * this.chunk;
+      if (u >= 0 && u < this.total && this.pending.size < 6) this.ensure(signal, u, true).catch(() => {});
     }
   }
 }

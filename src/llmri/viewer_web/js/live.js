@@ -356,8 +356,16 @@ function finishRun(m) {
   b.querySelector(".meta").textContent = `${gen} token${gen === 1 ? "" : "s"}${rate} · ${why}`;
   if (m.status !== "complete") b.classList.add("failed");
   if (run.error) b.querySelector(".meta").textContent += ` — ${run.error}`;
-  if (run.mine || text) C.conv.push({ role: "assistant", content: text });
-  C.turn += 1;
+  if (m.status === "complete" || text) {
+    C.conv.push({ role: "assistant", content: text });
+    C.turn += 1;
+  } else if (run.mine && C.conv.length && C.conv[C.conv.length - 1].role === "user") {
+    // nothing was answered: take the message back so the next send does not carry it twice
+    const last = C.conv.pop();
+    const userBubbles = $("chat-log").querySelectorAll(".chat-msg.user");
+    if (userBubbles.length) userBubbles[userBubbles.length - 1].classList.add("failed");
+    if (!$("chat-input").value) $("chat-input").value = last.content;
+  }
   C.run = null;
   C.opened = false;
   setBusy(false);

@@ -151,6 +151,7 @@ function emptyStoreState() {
 
 async function openSession(key, t0 = 0) {
   const seq = ++S.openSeq;
+  S.loaded = null;
   const summary = S.sessions.find((s) => s.key === key);
   if (!summary) return;
   stop();
@@ -201,9 +202,13 @@ async function openSession(key, t0 = 0) {
   layout();
   await loadStats();
   if (seq !== S.openSeq) return;
-  if (detail.summary.status === "recording") followLive(detail.summary);
+  if (detail.summary.status === "recording") {
+    followLive(detail.summary);
+    t0 = n - 1; // a session being recorded opens on its newest frame and follows it
+  }
   seek(Math.min(Math.max(0, t0), Math.max(0, n - 1)));
   drawSparklines();
+  S.loaded = key; // fully open: tokens, layout, stats and the first frame requested
 }
 
 function setBadge(status) {
@@ -226,7 +231,7 @@ function buildSignalModes() {
     el.appendChild(b);
   }
   if (!modes.includes(S.mode)) S.mode = modes[0] || "all";
-  segment(el, S.mode, (v) => { S.mode = v; setSeg(el, v); layout(); drawSparklines(); redraw(); });
+  segment(el, S.mode, (v) => { S.mode = v; setSeg(el, v); layout(); drawSparklines(); updateColorbar(); redraw(); });
 }
 
 function shownSignals() {
@@ -315,7 +320,7 @@ function drawSparklines() {
   const st = s && S.stats[s];
   const L = S.cur ? (S.cur.meta.layers || []).length : 0;
   const rowH = L ? Math.max(3, Math.min(10, Math.floor(110 / L))) : 0;
-  const top = 18;
+  const top = 22; // surprisal row above the per-layer rows
   const cssH = L ? top + L * rowH + 2 : 40;
   c.style.height = `${cssH}px`;
   c.width = Math.round(cssW * dpr);
@@ -330,7 +335,7 @@ function drawSparklines() {
   ctx.textBaseline = "middle";
   ctx.fillStyle = "#7d8a9b";
   // surprisal row: -logprob of each token (how unexpected it was)
-  ctx.fillText("surp", 0, top / 2);
+  ctx.fillText("surp", 0, (top - 4) / 2);
   if (n > 0 && S.tokens.length) {
     for (let x = 0; x < W; x++) {
       const a = Math.floor((x / W) * S.tokens.length), b = Math.max(a + 1, Math.floor(((x + 1) / W) * S.tokens.length));
@@ -339,9 +344,9 @@ function drawSparklines() {
         const lp = S.tokens[i].logprob;
         if (lp !== null) v = Math.max(v, -lp);
       }
-      const h = Math.min(1, v / 8) * (top - 4);
-      ctx.fillStyle = S.tokens[a] && S.tokens[a].role === "prompt" ? "#5a6b80" : "#ffb74d";
-      ctx.fillRect(left + x, top - 2 - h, 1, h);
+      const h = Math.min(1, v / 10) * (top - 6);
+      ctx.fillStyle = S.tokens[a] && S.tokens[a].role === "prompt" ? "#3d4a5a" : "#ffb74d";
+      ctx.fillRect(left + x, top - 4 - h, 1, h);
     }
   }
   if (!st || !L) {
@@ -352,8 +357,11 @@ function drawSparklines() {
   const lut = S.luts.energy || S.luts.grayscale;
   const N = st.n;
   for (let l = 0; l < L; l++) {
-    let lo = Infinity, hi = -Infinity;
-    for (let t = 0; t < N; t++) { const v = st.norm[t * L + l]; if (v < lo) lo = v; if (v > hi) hi = v; }
+    // Robust range (5th-95th percentile): the first token's huge norm (an attention sink) would flatten the rest.
+    const col = new Float32Array(N);
+    for (let t = 0; t < N; t++) col[t] = st.norm[t * L + l];
+    col.sort();
+    const lo = col[Math.floor(0.05 * (N - 1))], hi = col[Math.ceil(0.95 * (N - 1))];
     const span = hi > lo ? hi - lo : 1;
     const y0 = top + l * rowH;
     for (let x = 0; x < W; x++) {
@@ -361,7 +369,7 @@ function drawSparklines() {
       let v = -Infinity;
       for (let t = a; t < b && t < N; t++) v = Math.max(v, st.norm[t * L + l]);
       if (v === -Infinity) continue;
-      const u = (v - lo) / span;
+      const u = Math.max(0, Math.min(1, (v - lo) / span));
       const i = Math.max(0, Math.min(255, Math.round(u * 255)));
       ctx.fillStyle = `rgb(${lut[3 * i]},${lut[3 * i + 1]},${lut[3 * i + 2]})`;
       const h = Math.max(1, u * (rowH - 1));
@@ -372,9 +380,13 @@ function drawSparklines() {
       ctx.fillText(`L${l}`, 0, y0 + rowH / 2);
     }
   }
-  ctx.fillStyle = "#7d8a9b";
   ctx.textAlign = "right";
-  ctx.fillText(`‖${s}‖ per layer`, cssW - 4, top / 2);
+  const label = `surprisal −log p  ·  ‖${s}‖ per layer (5–95th pct)`;
+  const lw = ctx.measureText(label).width;
+  ctx.fillStyle = "#121820";
+  ctx.fillRect(cssW - lw - 10, 0, lw + 10, top - 5);
+  ctx.fillStyle = "#7d8a9b";
+  ctx.fillText(label, cssW - 4, (top - 4) / 2);
   ctx.textAlign = "left";
   sparkBg.img = ctx.getImageData(0, 0, c.width, c.height);
   drawPlayhead();
@@ -430,9 +442,19 @@ function highlightToken(t) {
   S.curSpan = span || null;
   if (!span) return;
   span.classList.add("cur");
-  const top = span.offsetTop - el.offsetTop, bottom = top + span.offsetHeight;
-  if (top < el.scrollTop || bottom > el.scrollTop + el.clientHeight) el.scrollTop = top - el.clientHeight / 2;
+  // Scrolling reads layout; do it once per animation frame, off the slider -> frame path.
+  if (!scrollPending) {
+    scrollPending = true;
+    requestAnimationFrame(() => {
+      scrollPending = false;
+      const cur = S.curSpan;
+      if (!cur) return;
+      const top = cur.offsetTop - el.offsetTop, bottom = top + cur.offsetHeight;
+      if (top < el.scrollTop || bottom > el.scrollTop + el.clientHeight) el.scrollTop = top - el.clientHeight / 2;
+    });
+  }
 }
+let scrollPending = false;
 
 /** Inline styles are blocked by the page's CSP, so bar widths are set through the CSSOM. */
 function setBars(el) {
@@ -499,13 +521,6 @@ function redraw() {
   tryDraw();
 }
 
-let rafPending = false;
-function scheduleDraw() {
-  if (rafPending) return;
-  rafPending = true;
-  requestAnimationFrame(() => { rafPending = false; tryDraw(); });
-}
-
 function tryDraw() {
   if (!S.cur || !S.src || !renderer.layout || !(S.cur.meta.signals || []).length) return false;
   const t = S.t;
@@ -513,7 +528,10 @@ function tryDraw() {
   const miss = needed(t).filter(([src, s, u]) => !src.has(s, u));
   if (miss.length) {
     $("loading").hidden = false;
-    for (const [src, s, u] of miss) src.ensure(s, u).then(scheduleDraw, fetchFailed);
+    // Draw as soon as the last missing chunk lands (not on the next animation frame: that adds up to 16 ms).
+    for (const [src, s, u] of miss) {
+      src.ensure(s, u).then(() => { if (S.t === t && S.drawn !== t) tryDraw(); }, fetchFailed);
+    }
     return false;
   }
   $("loading").hidden = true;
@@ -534,7 +552,9 @@ function tryDraw() {
     }
     return { values, scales, sat };
   });
+  const t0 = performance.now();
   renderer.draw(data, opts());
+  S.lastDrawMs = performance.now() - t0;
   S.drawn = t;
   S.drawCount++;
   const ready = S.waiters.filter((w) => w.t === t);
@@ -550,6 +570,7 @@ function tryDraw() {
 }
 
 function fetchFailed(e) {
+  if (e && e.name === "AbortError") return;
   banner(`could not load frames: ${e instanceof ApiError ? e.message : e}`, "error");
 }
 
@@ -622,7 +643,7 @@ function updateReadout() {
       if (!headline) headline = fmt(dv);
     } else if (!headline) headline = fmt(val);
     rows += `<span>${s}</span><span>${line}</span>`;
-    rows += `<span>÷ scale</span><span>${fmt(val / sc, 2)} × ${fmt(sc, 2)}</span>`;
+    rows += `<span>÷ scale</span><span>${fmt(val / sc, 3)} <span class="dim">(scale ${fmt(sc, 2)})</span></span>`;
     const st = S.stats[s];
     if (st && S.t < st.n) {
       const Ls = S.cur.meta.layers.length;
@@ -905,6 +926,7 @@ async function main() {
 window.llmri = {
   ready: false,
   state: S,
+  renderer,
   seek,
   setCmap,
   setDiff,
@@ -912,6 +934,8 @@ window.llmri = {
   // for live.js (the live chat panel): the pieces it drives while a session streams in
   internal: { refreshSessions, appendTokens, updateTotal, layout, showEmpty, loadStats, drawSparklines, banner, setBadge },
   clearCache: () => LRU.clear(),
+  /** Resolves when frame t has been drawn (for tests and benchmarks). */
+  whenDrawn: (t) => (S.drawn === t ? Promise.resolve(t) : new Promise((resolve) => S.waiters.push({ t, resolve }))),
   get drawCount() { return S.drawCount; },
   get drawn() { return S.drawn; },
 };
