@@ -114,8 +114,13 @@ def weights_fingerprint(config: Any, state: dict[str, Any], hf_names: set[str] |
     class _View:
         pass
 
+    cfg_dict = config.to_dict()
+    if hf_names is not None:
+        # TransformerLens boots with output_attentions=True, a run-time flag, not the model's identity.
+        cfg_dict["output_attentions"] = False
     view = _View()
-    view.config = config  # type: ignore[attr-defined]
+    view.config = _View()  # type: ignore[attr-defined]
+    view.config.to_dict = lambda: dict(cfg_dict)  # type: ignore[attr-defined]
     view.state_dict = lambda: renamed  # type: ignore[attr-defined]
     return fingerprint(view)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -14,6 +16,7 @@ from .base import BACKENDS, Capture, Step
 from .hf import find_layers, find_submodule
 
 EXTRA = "nnsight"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _CACHE_KEY = "_llmri_nnsight_model"
 
 
@@ -52,12 +55,14 @@ def wrap(nn_model: Any, *, remote: bool | str = False) -> WrappedModel:
         raise CaptureError(f"nnsight: {type(hf).__name__} has no transformers config")
     _, layers = find_layers(hf)
     repo = getattr(nn_model, "repo_id", None)
-    name = repo if isinstance(repo, str) else (getattr(config, "_name_or_path", "") or type(hf).__name__)
+    name = str(repo if isinstance(repo, str) else (getattr(config, "_name_or_path", "") or type(hf).__name__))
+    local = os.path.isdir(name)
     return WrappedModel(
         wrapper=nn_model,
         model=hf,
         tokenizer=tok,
-        name=str(name),
+        name=os.path.basename(name.rstrip("/\\")) if local else name,
+        path=name if local else "",
         llmri_backend="nnsight",
         n_layers=len(layers),
         d_model=hidden_size(config),
@@ -110,6 +115,13 @@ class NNsightCapture(Capture):
                 raise CaptureError("nnsight needs a transformers model (a LoadedModel or an nnsight model)")
             self.nn_model = cached_on(model, _CACHE_KEY, lambda: wrap_loaded(model))
             self.remote = bool(remote) if remote is not None else False
+        if self.remote and self.remote != "local":
+            repo = getattr(self.nn_model, "repo_id", None)
+            if not isinstance(repo, str) or os.path.exists(repo) or not _HUB_ID.match(repo):
+                raise CaptureError(
+                    "nnsight remote execution (NDIF) runs models named by their Hugging Face hub id: build "
+                    f"the model as TransformersModel('org/name') (this one is {repo!r}); see docs/backends.md"
+                )
         hf = _module(self.nn_model)
         path, layers = find_layers(hf)
         envoy = self.nn_model
@@ -165,12 +177,12 @@ class NNsightCapture(Capture):
         envoys = self._envoys
         ids = input_ids.to(_module(nn_model).device) if not self.remote else input_ids
         kw = self._trace_kwargs(ids, cache)
-        saved: list[list[Any]] = []
+        save = _nnsight().save
         with torch.inference_mode():
             with nn_model.trace(ids, **kw):
-                for row in envoys:
-                    saved.append([e.output.save() for e in row])
-                out = nn_model.output.save()
+                # One saved container bound to a local name: what a remote run sends back.
+                saved = save([[e.output for e in row] for row in envoys])
+                out = save(nn_model.output)
         new_cache = getattr(out, "cache", None)
         if new_cache is None:
             new_cache = getattr(out, "past_key_values", None)
