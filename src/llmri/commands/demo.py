@@ -17,8 +17,9 @@ _BARS = " ▁▂▃▄▅▆▇█"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("demo", help="capture an example chat with the bundled model and open the viewer",
-                       description=__doc__)
+    p = sub.add_parser(
+        "demo", help="capture an example chat with the bundled model and open the viewer", description=__doc__
+    )
     p.add_argument("--store", default="llmri-demo.zarr", help="demo store (default ./llmri-demo.zarr)")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--recapture", action="store_true", help="capture again even if the store has a session")
@@ -40,12 +41,18 @@ def summarise(session: Any, seconds: float | None = None, out: Any = sys.stdout)
     n_gen = t.role.count("generated")
     model = session.meta.get("model", {})
     print(f"session   {session.id} ({session.status})", file=out)
-    print(f"model     {model.get('name')}  {model.get('n_layers')} layers x {model.get('d_model')}  "
-          f"backend={session.meta.get('backend')}", file=out)
+    print(
+        f"model     {model.get('name')}  {model.get('n_layers')} layers x {model.get('d_model')}  "
+        f"backend={session.meta.get('backend')}",
+        file=out,
+    )
     rate = f", {n_gen / seconds:.1f} tokens/s" if seconds else ""
     print(f"tokens    {len(t) - n_gen} prompt + {n_gen} generated{rate}", file=out)
-    print(f"frames    {', '.join(session.signals)}: {len(session)} x {len(session.layers)} layers x "
-          f"{session.tile[0]}x{session.tile[1]} ({session.meta['reducer']['kind']} reducer)", file=out)
+    print(
+        f"frames    {', '.join(session.signals)}: {len(session)} x {len(session.layers)} layers x "
+        f"{session.tile[0]}x{session.tile[1]} ({session.meta['reducer']['kind']} reducer)",
+        file=out,
+    )
     print(f"answer    {session.text.strip()!r}", file=out)
     if n_gen and "resid" in session.signals:
         norms = session.norms("resid")
@@ -56,8 +63,11 @@ def summarise(session: Any, seconds: float | None = None, out: Any = sys.stdout)
         if scored:
             lp, i = min(scored)
             alts = ", ".join(f"{x!r} {p:.2f}" for x, p in zip(t[i].top_texts, t[i].top_probs, strict=False))
-            print(f"surprise  the least likely answer token was {t.text[i]!r} (p={math.exp(lp):.2f}; "
-                  f"the model considered: {alts})", file=out)
+            print(
+                f"surprise  the least likely answer token was {t.text[i]!r} (p={math.exp(lp):.2f}; "
+                f"the model considered: {alts})",
+                file=out,
+            )
 
 
 def capture_demo(store_path: str, max_new_tokens: int, recapture: bool) -> Any:
@@ -85,7 +95,18 @@ def run(args: argparse.Namespace) -> int:
         from . import view
     except ImportError:  # pragma: no cover - the viewer module ships with llmri
         return 0
-    view_args = argparse.Namespace(paths=[args.store], host=args.host, port=args.port, no_browser=args.no_browser,
-                                   allow_remote=False, model="default")
-    print("starting the viewer (Ctrl-C to stop)...", flush=True)
+    view_args = argparse.Namespace(
+        paths=[args.store],
+        host=args.host,
+        port=args.port,
+        no_browser=args.no_browser,
+        allow_remote=False,
+        model="default",
+        openai_url=None,
+    )
+    print(
+        "starting the viewer with live chat on the bundled model (Ctrl-C to stop): type a message in the chat "
+        "panel and watch every layer light up as the answer streams in...",
+        flush=True,
+    )
     return int(view.run(view_args) or 0)
