@@ -174,8 +174,17 @@ def test_reader_sees_only_committed_frames_while_writing(tmp_path):
     assert len(reader) == 20 and reader.status == "complete" and len(reader.tokens) == 20
 
 
-def test_no_compression_option(tmp_path):
-    raw = ZarrFrameStore(str(tmp_path / "raw.zarr"), create=True, compress=False)
+def test_compression_option(tmp_path):
+    zst = ZarrFrameStore(str(tmp_path / "z.zarr"), create=True, compress=True)
+    with zst.create_session(base_meta()) as w:
+        w.append(make_frame(0))
+    meta = json.loads((tmp_path / "z.zarr" / "sessions" / w.id / "frames" / "resid" / "zarr.json").read_text())
+    assert [c["name"] for c in meta["codecs"]] == ["bytes", "zstd"]
+    np.testing.assert_array_equal(zst.session(w.id).frames("resid")[0], make_frame(0).tiles["resid"])
+
+
+def test_frames_are_stored_raw_by_default(tmp_path):
+    raw = ZarrFrameStore(str(tmp_path / "raw.zarr"), create=True)
     with raw.create_session(base_meta()) as w:
         for i in range(16):
             w.append(make_frame(i))

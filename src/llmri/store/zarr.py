@@ -558,13 +558,15 @@ class ZarrFrameStore(FrameStore):
     ``create=True`` makes the store when the location is missing or an empty directory; an existing
     store is opened (and appended to) either way. Opening something that is not an llmri store, or
     one written by a newer format version, raises :class:`~llmri.StoreError` naming the path.
-    ``compress`` chooses the chunk compression of ``frames/*``: ``None`` keeps zarr's default
-    (zstd); ``False`` stores them raw. See ``benchmarks/store.py`` for what each costs.
+    ``compress=True`` compresses the chunks of ``frames/*`` with zstd; by default they are stored
+    raw, because the reduced float16 tiles are noise-like: zstd saved about 6% of their bytes while
+    halving append throughput and doubling read latency (``benchmarks/store.py``,
+    docs/benchmarks.md). The other arrays are small and keep zarr's default (zstd).
     ``background=False`` makes writers commit on the appending thread (see :class:`ZarrSessionWriter`).
     """
 
     def __init__(
-        self, path_or_url: str, *, create: bool = False, compress: bool | None = None, background: bool = True
+        self, path_or_url: str, *, create: bool = False, compress: bool = False, background: bool = True
     ) -> None:
         super().__init__()
         from zarr.storage import FsspecStore, LocalStore
@@ -689,7 +691,7 @@ class ZarrFrameStore(FrameStore):
         return attrs
 
     def _compressors(self, name: str) -> Any:
-        if name.startswith("frames/") and self._compress is False:
+        if name.startswith("frames/") and not self._compress:
             return None
         return "auto"
 
