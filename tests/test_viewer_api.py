@@ -179,6 +179,18 @@ def test_frames_ranges_and_quantised(client, sessions):
     assert client.get(url, params={"signal": "resid", "dtype": "int64"}).status_code == 400
 
 
+def test_frames_several_signals_in_one_message(client, sessions):
+    a = sessions[0]
+    url = f"/api/sessions/{_key(a)}/frames"
+    head, arr = decode_array(client.get(url, params={"signal": "mlp,resid", "start": 4, "stop": 10}).content)
+    assert head["signal"] == "mlp,resid" and (head["start"], head["stop"]) == (4, 10)
+    assert arr.shape == (2, 6, len(a.layers), *a.tile)
+    np.testing.assert_array_equal(arr[0], a.frames("mlp", 4, 10))
+    np.testing.assert_array_equal(arr[1], a.frames("resid", 4, 10))
+    assert client.get(url, params={"signal": "resid,resid"}).status_code == 400
+    assert client.get(url, params={"signal": "resid,"}).status_code == 400
+
+
 def test_neurons_frames_and_chat_only(client, store, sessions):
     n = sessions[2]
     head, arr = decode_array(client.get(f"/api/sessions/{_key(n)}/frames", params={"signal": "attn"}).content)

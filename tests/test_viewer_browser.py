@@ -322,6 +322,13 @@ def test_diff_modes(page):
     page.wait_for_function("window.llmri.state.diffSrc && window.llmri.drawn === 6")
     s = pixels(page)
     assert s["hash"] != d["hash"]
+    # both prompts start with the same system prompt: identical frames, so A - B is exactly 0 there
+    assert page.evaluate("Array.from(window.llmri.state.src.get('resid', 6)).join()") == page.evaluate(
+        "Array.from(window.llmri.state.diffSrc.get('resid', 6)).join()"
+    )
+    late = page.evaluate("window.llmri.state.diffSrc.total") - 2
+    seek(page, late)  # past the shared prefix the two sessions differ
+    assert pixels(page)["hash"] != s["hash"]
     shot(page, "diff_session")
     neurons = page.evaluate("window.llmri.state.sessions.find(s => s.title === 'Hi!').key")
     page.select_option("#diff-session", neurons)
@@ -412,3 +419,47 @@ def test_empty_store_then_live_session(browser, tmp_path):
     finally:
         ctx.close()
         v.close()
+
+
+def test_chat_only_and_interrupted_states(browser, tmp_path, real_session):
+    """A chat-only session (no frames) and an interrupted one each show a clear state, not a broken page."""
+    from llmri.frame import Frame, Token
+
+    path = tmp_path / "states.zarr"
+    store = llmri.open_store(path, create=True)
+    meta = {"signals": [], "layers": [], "tile": [0, 0], "chat_only": True, "backend": "openai",
+            "model": {"name": "llama3.2"}, "messages": [{"role": "user", "content": "Chat only please"}]}  # fmt: skip
+    w = store.create_session(meta)
+    for i, text in enumerate(["The", " sky", " is", " blue", "."]):
+        w.append(Frame(Token(i, i, text, "generated", -0.2 * (i + 1), 0.5, (i, 99), (0.8, 0.1), (text, " x"))))
+    w.close()
+    meta = {k: v for k, v in real_session.meta.items() if k not in ("id", "status", "stop_reason")}
+    meta["messages"] = [{"role": "user", "content": "Interrupted one"}]
+    w = store.create_session(meta, real_session.reducer_state)
+    for i in range(10):
+        w.append(real_session.frame(i))
+    w.update_meta(stop_reason="closed")
+    w.close("interrupted")
+    v = Viewer(path)
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800}, bypass_csp=True)
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        pg.goto(v.url)
+        pg.wait_for_function("window.llmri && window.llmri.ready", timeout=30000)
+        open_session(pg, "Chat only please")
+        assert "Chat-only session" in pg.locator("#empty").inner_text()
+        assert pg.locator("#tokens .t").count() == 5
+        pg.locator("#tokens .t").nth(3).click()
+        assert "logprob" in pg.locator("#token-info").inner_text()
+        shot(pg, "chat_only")
+        open_session(pg, "Interrupted one")
+        assert "interrupted after 10 tokens" in pg.locator("#banner").inner_text()
+        assert pg.locator("#status-badge").inner_text().lower() == "interrupted"
+        assert pg.locator("#empty").is_hidden() and pixels(pg)["colours"] > 50
+        shot(pg, "interrupted")
+    finally:
+        ctx.close()
+        v.close()
+    assert not errors, errors

@@ -11,7 +11,8 @@ Endpoints (every one behind :class:`~llmri.viewer.security.SecurityMiddleware`):
 ``GET /api/sessions/{store}/{session}``                  one session: summary, full metadata, layer grid
 ``GET /api/sessions/{store}/{session}/tokens``           token table records (``?start=&stop=``)
 ``GET /api/sessions/{store}/{session}/frames``           a frame range, binary (``?signal=&start=&stop=``,
-                                                         ``&dtype=uint8`` for quantised); see encoding.py
+                                                         ``&dtype=uint8`` for quantised; ``signal=resid,mlp``
+                                                         stacks several: ``[signals, n, ...]``); see encoding.py
 ``GET /api/sessions/{store}/{session}/stats``            ``[2, n, layers]`` float32 norm/sparsity, binary
 ``GET /api/compare?a={store}/{session}&b=...``           whether two sessions can be diffed (409 if not)
 ``WS  /api/sessions/{store}/{session}/live``             JSON progress messages while a session records
@@ -421,13 +422,22 @@ def create_app(
         dtype: str = "float16",
     ) -> Any:
         r = state.reader(store_id, session_id)
-        _signal(r, signal)
+        names = signal.split(",")
+        for name in names:
+            _signal(r, name)
+        if len(set(names)) != len(names):
+            raise BadRequest("a signal is named twice")
         if dtype not in ("float16", "uint8"):
             raise BadRequest("dtype must be float16 or uint8")
         total = len(r)
         s, e = _range(start, stop, total)
-        arr = np.asarray(r.frames(signal, s, e), dtype=np.float16)
-        head = {"kind": "frames", "signal": signal, "start": s, "stop": s + len(arr), "total": total}
+        if len(names) == 1:
+            arr = np.asarray(r.frames(signal, s, e), dtype=np.float16)
+            n = len(arr)
+        else:  # several signals in one message: [signals, n, layers, H, W], one round trip for a cold jump
+            arr = np.stack([np.asarray(r.frames(name, s, e), dtype=np.float16) for name in names])
+            n = arr.shape[1]
+        head = {"kind": "frames", "signal": signal, "start": s, "stop": s + n, "total": total}
         head["status"], head["session"] = r.status, r.id
         if dtype == "uint8":
             q, lo, hi = quantise_u8(arr)

@@ -21,9 +21,10 @@ The header always has:
 ``dtype``   ``"float16"``, ``"float32"`` or ``"uint8"`` (quantised: ``value = lo + q * (hi - lo) / 255``,
             with ``lo``/``hi`` in the header)
 ``kind``    what the array is: ``"frames"`` (reduced tiles) or ``"stats"`` (``[2, n, layers]``: norm, sparsity)
-``signal``  ``"resid"``, ``"attn"`` or ``"mlp"``
+``signal``  ``"resid"``, ``"attn"`` or ``"mlp"``; several comma-separated (``"resid,attn,mlp"``) when one
+            message stacks several signals, in that order, as ``[signals, n, layers, H, W]``
 ``start``   first token index of the range; ``stop`` one past the last (``stop - start == shape[0]`` for
-            frames, ``shape[1]`` for stats)
+            one signal's frames, ``shape[1]`` for stacked signals and for stats)
 
 and may carry more keys (``total``: frames committed in the session when the range was read,
 ``status``: the session's status then, ``session``: its id). Readers ignore keys they do not know.

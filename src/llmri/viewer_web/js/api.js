@@ -91,7 +91,7 @@ export const LRU = new ChunkLRU(384 * 1024 * 1024);
 
 /** Frames of one session, fetched in chunks of `chunk` frames per signal and cached. */
 export class FrameSource {
-  constructor(summary, meta, chunk = 32) {
+  constructor(summary, meta, chunk = 16) {
     this.s = summary;
     this.url = sessionUrl(summary);
     this.signals = meta.signals || [];
@@ -114,42 +114,61 @@ export class FrameSource {
     return hit.data.subarray(o, o + this.frameSize);
   }
   has(signal, t) { return this.get(signal, t) !== null; }
-  /** Fetch the chunk holding frame t (no-op if cached or in flight); resolves when it is cached.
-   * A demand fetch (low=false) first cancels speculative prefetches, so a jump never queues behind them. */
+  /** Fetch the chunk holding frame t for one signal (see ensureMany). */
   ensure(signal, t, low = false) {
+    return this.ensureMany([signal], t, low);
+  }
+  /** Fetch the chunk holding frame t for every signal in `signals` that lacks it: one request, several signals.
+   * Resolves when all are cached. A demand fetch (low=false) first cancels speculative prefetches, so a jump
+   * never queues behind them. */
+  ensureMany(signals, t, low = false) {
     if (t < 0 || t >= this.total) return Promise.resolve();
     const c = Math.floor(t / this.chunk);
-    const key = this.key(signal, c);
-    const hit = LRU.get(key);
-    if (hit && t < hit.stop) return Promise.resolve();
-    const inflight = this.pending.get(key);
-    if (inflight) {
-      if (!low) inflight.low = false; // now wanted: never cancel it
-      return inflight.promise;
+    const waits = [];
+    const want = [];
+    for (const s of signals) {
+      const key = this.key(s, c);
+      const hit = LRU.get(key);
+      if (hit && t < hit.stop) continue;
+      const inflight = this.pending.get(key);
+      if (inflight) {
+        if (!low) inflight.low = false; // now wanted: never cancel it
+        waits.push(inflight.promise);
+      } else want.push(s);
     }
-    if (!low) {
-      for (const [k, p] of this.pending) if (p.low) { p.ctl.abort(); this.pending.delete(k); }
+    if (want.length) {
+      if (!low) {
+        for (const [k, p] of this.pending) if (p.low) { p.ctl.abort(); this.pending.delete(k); }
+      }
+      const start = c * this.chunk, stop = start + this.chunk;
+      const ctl = new AbortController();
+      const init = { signal: ctl.signal, priority: low ? "low" : "high" };
+      const keys = want.map((s) => this.key(s, c));
+      const entry = { ctl, low };
+      entry.promise = getArray(`${this.url}/frames?signal=${want.join(",")}&start=${start}&stop=${stop}`, init)
+        .then(({ header, data }) => {
+          const n = header.stop - header.start;
+          want.forEach((s, i) => {
+            const part = want.length === 1 ? data : data.subarray(i * n * this.frameSize, (i + 1) * n * this.frameSize);
+            LRU.set(keys[i], { start: header.start, stop: header.stop, data: part });
+          });
+          if (header.total > this.total) this.total = header.total;
+          if (this.onload) this.onload();
+        })
+        .finally(() => {
+          for (const k of keys) if (this.pending.get(k) === entry) this.pending.delete(k);
+        });
+      for (const k of keys) this.pending.set(k, entry);
+      waits.push(entry.promise);
     }
-    const start = c * this.chunk, stop = start + this.chunk;
-    const ctl = new AbortController();
-    const init = { signal: ctl.signal, priority: low ? "low" : "high" };
-    const promise = getArray(`${this.url}/frames?signal=${signal}&start=${start}&stop=${stop}`, init)
-      .then(({ header, data }) => {
-        LRU.set(key, { start: header.start, stop: header.stop, data });
-        if (header.total > this.total) this.total = header.total;
-        if (this.onload) this.onload();
-      })
-      .finally(() => { if (this.pending.get(key) === entry) this.pending.delete(key); });
-    const entry = { promise, ctl, low };
-    this.pending.set(key, entry);
-    return promise;
+    return waits.length === 1 ? waits[0] : Promise.all(waits);
   }
-  /** Prefetch `ahead` chunks from frame t in direction dir (+1 / -1). */
-  prefetch(signal, t, dir = 1, ahead = 2) {
+  /** Prefetch the chunks around frame t in direction dir (+1 / -1), `ahead` chunks deep. */
+  prefetch(signals, t, dir = 1, ahead = 2) {
     for (let k = 0; k <= ahead; k++) {
       // k = 0 covers the neighbour chunk when t sits at a chunk's edge
       const u = k === 0 ? t + dir * Math.ceil(this.chunk / 4) : t + dir * k * this.chunk;
-      if (u >= 0 && u < this.total && this.pending.size < 6) this.ensure(signal, u, true).catch(() => {});
+      if (u >= 0 && u < this.total && this.pending.size < 12) this.ensureMany(signals, u, true).catch(() => {});
     }
   }
 }

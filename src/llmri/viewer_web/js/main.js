@@ -171,9 +171,14 @@ async function openSession(key, t0 = 0) {
   const m = detail.meta;
   const model = m.model || {};
   const red = m.reducer || {};
+  const chatOnly = detail.summary.chat_only;
+  document.body.classList.toggle("chat-only", chatOnly);
+  const shape = chatOnly
+    ? "chat-only, no activations"
+    : `${m.layers ? m.layers.length : 0} layers · ${esc(red.kind || "–")} ${m.tile ? m.tile.join("×") : ""}`;
   $("session-info").innerHTML =
-    `<b>${esc(model.name || "?")}</b> · ${esc(m.backend || "")} · ${m.layers ? m.layers.length : 0} layers · ` +
-    `${esc(red.kind || "–")} ${m.tile ? m.tile.join("×") : ""} · <span id="ntok">${detail.summary.n_frames}</span> tokens · ${esc(
+    `<b>${esc(model.name || "?")}</b> · ${esc(m.backend || "")} · ${shape} · ` +
+    `<span id="ntok">${detail.summary.n_frames}</span> tokens · ${esc(
       (m.created || "").replace("T", " ").replace("+00:00", " UTC"),
     )}`;
   setBadge(detail.summary.status);
@@ -529,8 +534,14 @@ function tryDraw() {
   if (miss.length) {
     $("loading").hidden = false;
     // Draw as soon as the last missing chunk lands (not on the next animation frame: that adds up to 16 ms).
+    const groups = new Map(); // one request per (source, frame): every missing signal at once
     for (const [src, s, u] of miss) {
-      src.ensure(s, u).then(() => { if (S.t === t && S.drawn !== t) tryDraw(); }, fetchFailed);
+      const k = `${src.url}|${u}`;
+      if (!groups.has(k)) groups.set(k, [src, u, []]);
+      groups.get(k)[2].push(s);
+    }
+    for (const [src, u, sigs] of groups.values()) {
+      src.ensureMany(sigs, u).then(() => { if (S.t === t && S.drawn !== t) tryDraw(); }, fetchFailed);
     }
     return false;
   }
@@ -561,10 +572,8 @@ function tryDraw() {
   S.waiters = S.waiters.filter((w) => w.t !== t);
   for (const w of ready) w.resolve(t);
   const dir = S.lastDir || 1;
-  for (const s of shownSignals()) {
-    S.src.prefetch(s, t, dir, S.playing ? 3 : 1);
-    if (S.diffSrc) S.diffSrc.prefetch(s, t, dir, 1);
-  }
+  S.src.prefetch(shownSignals(), t, dir, S.playing ? 3 : 1);
+  if (S.diffSrc) S.diffSrc.prefetch(shownSignals(), t, dir, 1);
   updateReadout();
   return true;
 }
@@ -595,7 +604,10 @@ function seek(t, { fromSlider = false } = {}) {
     else S.waiters.push({ t, resolve });
   });
   if (S.drawn !== t) tryDraw();
-  if (!(S.cur.meta.signals || []).length) for (const w of S.waiters.splice(0)) w.resolve(w.t);
+  if (!(S.cur.meta.signals || []).length) {
+    S.drawn = t; // a chat-only session has nothing to draw: the token panel is the whole frame
+    for (const w of S.waiters.splice(0)) w.resolve(w.t);
+  }
   return p;
 }
 
