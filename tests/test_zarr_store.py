@@ -395,3 +395,13 @@ def test_two_processes_write_different_sessions(tmp_path, synthetic_model):
         for sig in want.signals:
             np.testing.assert_array_equal(got.frames(sig), want.frames(sig))
         assert got.tokens.text == want.tokens.text
+
+
+def test_learned_reducer_state_is_saved_with_the_session(tmp_path, synthetic_model):
+    s = llmri.capture(synthetic_model, "hi", max_new_tokens=3, reducer="ipca", tile="4x4", store=tmp_path / "i.zarr")
+    z = llmri.open_store(tmp_path / "i.zarr").session(s.id)
+    assert set(z.reducer_state) == set(s.reducer_state) and "resid.components" in z.reducer_state
+    for k, v in s.reducer_state.items():
+        np.testing.assert_array_equal(z.reducer_state[k], v)
+    assert z.meta["reducer"]["kind"] == "ipca"
+    np.testing.assert_array_equal(z.frames("attn"), s.frames("attn"))

@@ -91,7 +91,7 @@ def export_npz(session: SessionReader, out: Path) -> Path:
     for k, v in session.reducer_state.items():
         arrays[f"reducer_state_{k}"] = np.asarray(v)
     with open(out, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
+        np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub types the kwargs as bool
     return out
 
 

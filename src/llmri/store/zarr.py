@@ -270,7 +270,8 @@ class ZarrSessionWriter(SessionWriter):
                 value = np.asarray(value)
                 if "/" in key or key in (".", ".."):
                     raise StoreError(f"{store.url}: bad reducer state name {key!r}")
-                group.create_array(f"reducer_state/{key}", data=value, chunks=value.shape or None)
+                chunks: Any = tuple(max(1, d) for d in value.shape) if value.ndim else "auto"
+                group.create_array(f"reducer_state/{key}", data=value, chunks=chunks)
         except StoreError:
             raise
         except Exception as exc:
@@ -574,6 +575,7 @@ class ZarrFrameStore(FrameStore):
         self.url = str(path_or_url)
         self._compress = compress
         self._background = background
+        self._zstore: Any = None
         local: str | None = None
         if "://" not in self.url:
             local = self.url
