@@ -452,3 +452,19 @@ def test_cli_refusals(tmp_path):
     assert r.returncode == 1 and "--allow-remote" in r.stderr and "Traceback" not in r.stderr
     r = _cli(str(tmp_path / "ok.zarr"), "--port", "70000", "--no-browser")
     assert r.returncode == 1 and "port" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_live_plugin_is_attached(store):
+    class Plugin:
+        def attach(self, app, state):
+            self.state = state
+
+            @app.get("/api/plugin-ping")
+            def ping() -> dict:
+                return {"sessions": len(state.stores["s0"].store.session_ids())}
+
+    plugin = Plugin()
+    c = TestClient(create_app(store, port=8000, live=plugin), base_url=BASE)
+    assert c.get("/api/info").json()["live"] is True
+    assert c.get("/api/plugin-ping").json() == {"sessions": 4}
+    assert c.get("/api/plugin-ping", headers={"host": "evil.example"}).status_code == 403  # guarded too

@@ -122,11 +122,11 @@ def grid_shape(n_layers: int) -> tuple[int, int]:
     """``(rows, cols)`` of the layer grid: the shared rule of llmri.colormaps when present."""
     try:
         from ..render import grid_shape as shared
-    except ImportError:
-        shared = None
-    if shared is not None:
+
         rows, cols = shared(n_layers)
         return int(rows), int(cols)
+    except ImportError:
+        pass
     cols = max(1, math.ceil(math.sqrt(max(n_layers, 1))))
     return max(1, math.ceil(n_layers / cols)), cols
 
@@ -473,7 +473,7 @@ def create_app(
         return {"comparable": True, "n_frames": min(len(ra), len(rb))}
 
     @app.websocket("/api/sessions/{store_id}/{session_id}/live")
-    async def live(ws: WebSocket, store_id: str, session_id: str) -> None:
+    async def live_progress(ws: WebSocket, store_id: str, session_id: str) -> None:
         try:
             r = await asyncio.to_thread(state.reader, store_id, session_id, True)
         except NotFound:
