@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 
@@ -468,3 +469,79 @@ def test_live_plugin_is_attached(store):
     assert c.get("/api/info").json()["live"] is True
     assert c.get("/api/plugin-ping").json() == {"sessions": 4}
     assert c.get("/api/plugin-ping", headers={"host": "evil.example"}).status_code == 403  # guarded too
+
+
+def test_several_stores(sessions, tmp_path):
+    one, two = llmri.MemoryFrameStore(), llmri.MemoryFrameStore()
+    one.add(sessions[0])
+    two.add(sessions[1])
+    c = TestClient(create_app({"a.zarr": one, "b.zarr": two}, port=8000), base_url=BASE)
+    body = c.get("/api/sessions").json()
+    assert {(s["store"], s["id"]) for s in body["sessions"]} == {("s0", sessions[0].id), ("s1", sessions[1].id)}
+    assert [s["label"] for s in body["stores"]] == ["a.zarr", "b.zarr"]
+    assert c.get(f"/api/sessions/s1/{sessions[1].id}/tokens").status_code == 200
+    assert c.get(f"/api/sessions/s0/{sessions[1].id}/tokens").status_code == 404  # ids are per store
+    r = c.get("/api/compare", params={"a": f"s0/{sessions[0].id}", "b": f"s1/{sessions[1].id}"})
+    assert r.status_code == 200
+
+
+class _Server:
+    """``llmri view`` in a subprocess (the real uvicorn server), with the URL it printed."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llmri", "view", *args, "--no-browser"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.line = self.proc.stdout.readline() if self.proc.stdout else ""
+        m = re.search(r"http://(\S+?):(\d+)/(\S*)", self.line)
+        assert m, self.line
+        self.port = int(m.group(2))
+        self.query = m.group(3)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.mark.slow
+def test_real_server_guards(tmp_path, synthetic_model):
+    import httpx
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    path = tmp_path / "run.zarr"
+    s = llmri.capture(synthetic_model, "Hello", chat=True, max_new_tokens=3, store=path)
+    srv = _Server(str(path), "--port", "0")
+    try:
+        base = f"http://127.0.0.1:{srv.port}"
+        assert httpx.get(f"{base}/api/info").status_code == 200
+        assert httpx.get(f"{base}/api/info", headers={"host": f"evil.example:{srv.port}"}).status_code == 403
+        ws = f"ws://127.0.0.1:{srv.port}/api/sessions/s0/{s.id}/live"
+        with connect(ws, origin=base) as conn:
+            assert '"progress"' in conn.recv(timeout=10)
+        for origin in ("http://evil.example", "null"):
+            with pytest.raises(InvalidStatus) as exc:
+                connect(ws, origin=origin)
+            assert exc.value.response.status_code == 403
+    finally:
+        srv.close()
+
+
+@pytest.mark.slow
+def test_remote_bind_needs_token(tmp_path):
+    llmri.open_store(tmp_path / "run.zarr", create=True)
+    import httpx
+
+    srv = _Server(str(tmp_path / "run.zarr"), "--host", "0.0.0.0", "--port", "0", "--allow-remote")
+    try:
+        assert srv.query.startswith("?token=") and len(srv.query) > 20
+        token = srv.query.split("=", 1)[1]
+        base = f"http://127.0.0.1:{srv.port}"
+        assert httpx.get(f"{base}/api/info").status_code == 401
+        assert httpx.get(f"{base}/api/info", params={"token": token}).status_code == 200
+        assert httpx.get(f"{base}/api/info", headers={"x-llmri-token": token}).status_code == 200
+    finally:
+        srv.close()
