@@ -208,6 +208,8 @@ def test_export_refuses_to_overwrite_without_force(store_with_session, tmp_path,
         (["capture", "x", "-o", "{tmp}/c.zarr", "--backend", "synthetic", "--tile", "16y"], "capture", "bad tile"),
         (["capture", "x", "-o", "{tmp}/c.zarr", "--backend", "synthetic", "--signals", "foo"], "capture", "signal"),
         (["capture", "x", "-o", "{tmp}/c.zarr", "--backend", "nope"], "capture", "unknown backend 'nope'"),
+        (["capture", "x", "-o", "{tmp}/c.zarr", "--reducer", "pca9"], "capture", "unknown reducer 'pca9'"),
+        (["capture", "x", "-o", "{tmp}/c.zarr", "--backend", "synthetic", "--model", "m"], "capture", "drop --model"),
         (["capture", "-o", "{tmp}/c.zarr", "--backend", "synthetic"], "capture", "no prompt"),
         (["capture", "x", "-o", "{tmp}/file.txt", "--backend", "synthetic"], "capture", "not an llmri store"),
         (["capture", "--messages", "{tmp}/none.json", "-o", "{tmp}/c.zarr"], "capture", "no such file"),
@@ -221,6 +223,7 @@ def test_bad_input_gives_one_line_and_exit_1(store_with_session, tmp_path, capsy
     argv = [a.format(tmp=tmp_path, store=path) for a in argv]
     rc, _, err = run_cli(capsys, *argv)
     assert_one_line_error(rc, err, command, match)
+    assert not (tmp_path / "c.zarr").exists()  # a capture that cannot start leaves no store behind
 
 
 def test_usage_errors_exit_2(store_with_session, capsys):
@@ -274,3 +277,20 @@ def test_capture_with_the_real_model(tmp_path, real_model):
     assert s.meta["model"]["name"] == "SmolLM2-135M-Instruct" and s.frames("resid").shape[1:] == (30, 16, 16)
     q = _cli("info", tmp_path / "r.zarr", s.id, capture_output=True, text=True)
     assert q.returncode == 0 and s.text in q.stdout and "SmolLM2-135M-Instruct" in q.stdout
+
+
+def test_chat_only_session_exports(tmp_path, capsys):
+    from test_store_suite import make_frame
+
+    store = llmri.open_store(tmp_path / "chat.zarr", create=True)
+    with store.create_session({"signals": [], "layers": [], "tile": [0, 0], "backend": "openai"}) as w:
+        for i in range(4):
+            w.append(make_frame(i, [], role="generated"))
+    rc, out, _ = run_cli(capsys, "info", tmp_path / "chat.zarr")
+    assert rc == 0 and w.id in out and " - " in out
+    rc, _, _ = run_cli(capsys, "export", tmp_path / "chat.zarr", w.id, "-f", "json", "-o", tmp_path / "c.json")
+    assert rc == 0 and len(json.loads((tmp_path / "c.json").read_text())["tokens"]) == 4
+    rc, _, _ = run_cli(capsys, "export", tmp_path / "chat.zarr", w.id, "-f", "npz", "-o", tmp_path / "c.npz")
+    assert rc == 0 and np.load(tmp_path / "c.npz")["token_ids"].tolist() == [100, 101, 102, 103]
+    rc, _, err = run_cli(capsys, "export", tmp_path / "chat.zarr", w.id, "-f", "gif", "-o", tmp_path / "c.gif")
+    assert_one_line_error(rc, err, "export", "chat-only")

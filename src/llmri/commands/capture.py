@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._errors import CaptureError, LlmriError
+from .._errors import CaptureError, LlmriError, StoreError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -52,6 +52,24 @@ def _messages(path: str) -> list[dict[str, Any]]:
     if not isinstance(data, list) or not data:
         raise CaptureError(f"{path}: expected a non-empty JSON list of {{role, content}} messages")
     return data
+
+
+def _check_store(output: str) -> Any:
+    """An existing store is opened (and checked) now; a new one is created by the capture itself,
+    once the model and reducer are ready, so a capture that cannot start leaves nothing behind."""
+    import os
+
+    import llmri
+
+    if "://" in output and not output.startswith("file://"):
+        return llmri.open_store(output, create=True)
+    local = output[len("file://") :] if output.startswith("file://") else output
+    if os.path.exists(local):
+        return llmri.open_store(output)
+    parent = os.path.dirname(os.path.abspath(local))
+    if not os.path.isdir(parent):
+        raise StoreError(f"{output}: no such directory {parent}")
+    return output
 
 
 class _Progress:
@@ -101,7 +119,10 @@ class _Progress:
 def run(args: argparse.Namespace) -> int:
     import llmri
     from llmri.backends import BACKENDS
-    from llmri.reducers.base import parse_tile
+    from llmri.backends.base import check_signals
+    from llmri.decode import GenerationSettings
+    from llmri.frame import SIGNALS
+    from llmri.reducers.base import REDUCERS, parse_tile
 
     if args.messages and args.prompt:
         raise CaptureError("give either PROMPT or --messages, not both")
@@ -110,13 +131,22 @@ def run(args: argparse.Namespace) -> int:
     prompt: Any = _messages(args.messages) if args.messages else args.prompt
     if args.backend is not None and args.backend not in BACKENDS:
         raise CaptureError(f"unknown backend {args.backend!r} (known: {', '.join(BACKENDS.names())})")
-    parse_tile(args.tile)  # a bad tile fails before the model loads
-    store = llmri.open_store(args.output, create=True)
+    # what can fail without the model fails before it loads and before the store is created
+    parse_tile(args.tile)
+    check_signals(args.signals, SIGNALS, args.backend or "hf")
+    if args.reducer not in REDUCERS:
+        raise CaptureError(f"unknown reducer {args.reducer!r} (known: {', '.join(REDUCERS.names())})")
     model: Any = args.model
-    if args.backend == "synthetic" and model is None:
+    if args.backend == "synthetic":
+        if model is not None:
+            raise CaptureError("the synthetic backend brings its own fake model: drop --model")
         from llmri.backends.synthetic import SyntheticModel
 
         model = SyntheticModel()
+    GenerationSettings(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
+    )
+    store = _check_store(args.output)
     try:
         st = llmri.stream(
             model,
