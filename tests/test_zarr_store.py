@@ -50,6 +50,7 @@ PLAIN_READER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_plain_zarr_reads_a_session_as_documented(tmp_path, synthetic_model):
     path = tmp_path / "run.zarr"
     sess = llmri.capture(synthetic_model, "Why is the sky blue?", chat=True, max_new_tokens=25, store=path)
