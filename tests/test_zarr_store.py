@@ -406,3 +406,20 @@ def test_learned_reducer_state_is_saved_with_the_session(tmp_path, synthetic_mod
         np.testing.assert_array_equal(z.reducer_state[k], v)
     assert z.meta["reducer"]["kind"] == "ipca"
     np.testing.assert_array_equal(z.frames("attn"), s.frames("attn"))
+
+
+def test_a_dropped_writer_releases_its_thread(tmp_path):
+    import gc
+    import threading
+
+    store = ZarrFrameStore(str(tmp_path / "d.zarr"), create=True)
+    w = store.create_session(base_meta())
+    w.append(make_frame(0))
+    name = f"llmri-commit-{w.id}"
+    assert any(t.name == name for t in threading.enumerate())
+    del w
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while any(t.name == name for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == name for t in threading.enumerate())

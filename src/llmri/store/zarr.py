@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -278,7 +279,9 @@ class ZarrSessionWriter(SessionWriter):
             raise StoreError(f"{store.url}: cannot create session {meta['id']}: {exc}") from exc
         self._thread: threading.Thread | None = None
         if background:
-            self._thread = threading.Thread(target=self._run, name=f"llmri-commit-{self.id}", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, args=(weakref.ref(self), self._wake), name=f"llmri-commit-{self.id}", daemon=True
+            )
             self._thread.start()
 
     def _attrs(self) -> dict[str, Any]:
@@ -329,20 +332,30 @@ class ZarrSessionWriter(SessionWriter):
             else:
                 self._wake.set()
 
-    def _run(self) -> None:
-        while not self._stopping:
-            self._wake.wait(timeout=min(self.commit_seconds, HEARTBEAT_SECONDS) / 2)
-            self._wake.clear()
-            if self._stopping:
+    @staticmethod
+    def _run(ref: weakref.ref[ZarrSessionWriter], wake: threading.Event) -> None:
+        # holds the writer only weakly between rounds, so a writer dropped without close() is
+        # collected and its thread ends (the session then reads interrupted once the process exits)
+        while True:
+            w = ref()
+            if w is None or w._stopping:
+                return
+            timeout = min(w.commit_seconds, HEARTBEAT_SECONDS) / 2
+            del w
+            wake.wait(timeout=timeout)
+            wake.clear()
+            w = ref()
+            if w is None or w._stopping:
                 return
             try:
-                with self._lock:
-                    due = self._due()
-                if due or time.monotonic() - self._last_write >= HEARTBEAT_SECONDS:
-                    self._commit_now(heartbeat=True)
+                with w._lock:
+                    due = w._due()
+                if due or time.monotonic() - w._last_write >= HEARTBEAT_SECONDS:
+                    w._commit_now(heartbeat=True)
             except BaseException as exc:  # noqa: BLE001 - reported by the next append/commit/close
-                self._error = exc
+                w._error = exc
                 return
+            del w
 
     def _commit_now(self, heartbeat: bool = False) -> None:
         with self._write_lock:
