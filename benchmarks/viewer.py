@@ -120,6 +120,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=1000)
     ap.add_argument("--jumps", type=int, default=60)
+    ap.add_argument("--screenshot", help="save a screenshot of the page (PNG path)")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -155,6 +156,10 @@ def main() -> int:
                     ".map(e => e.responseEnd - e.startTime)"
                 )
                 page.evaluate(PRELOAD_JS)
+                if args.screenshot:
+                    page.evaluate("window.llmri.seek(600)")
+                    page.wait_for_timeout(300)
+                    page.screenshot(path=args.screenshot)
                 cached = page.evaluate(JUMPS_JS, [targets, False])
                 steps = list(range(1, min(args.tokens, 200)))
                 scrub = page.evaluate(JUMPS_JS, [steps, False])

@@ -346,6 +346,24 @@ def test_sparklines_seek(page):
     page.wait_for_function(f"window.llmri.drawn >= {last - 1}")
 
 
+def test_url_remembers_session_and_token(page):
+    seek(page, 9)
+    key = page.evaluate("window.llmri.state.cur.summary.key")
+    page.wait_for_function(f"location.hash === '#{key}/9'")
+    page.reload()
+    page.wait_for_function("window.llmri && window.llmri.ready", timeout=30000)
+    page.wait_for_function("window.llmri.drawn === 9")
+    assert page.evaluate("window.llmri.state.cur.summary.key") == key
+    assert "Why is the sky blue?" in page.title()
+
+
+def test_sparkline_hover(page):
+    box = page.locator("#sparklines").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] - 6)
+    tip = page.locator("#tooltip").inner_text()
+    assert re.search(r"token \d+", tip) and re.search(r"L2\d ‖resid‖ [\d.]+ · sparsity", tip), tip
+
+
 def test_strict_csp_page_works(browser, viewer):
     """Without bypassing the page's Content-Security-Policy, nothing is blocked and the page draws."""
     ctx = browser.new_context(viewport={"width": 1280, "height": 800})

@@ -285,7 +285,8 @@ function onJSON(m) {
 
 function describeMode(h) {
   const chatOnly = h.mode === "chat-only";
-  $("chat-model").textContent = chatOnly ? `${h.model} · chat-only` : `${h.model} · ${h.n_layers || "?"} layers`;
+  const name = String(h.model || "model").split("/").pop(); // servers may name a model by its file path
+  $("chat-model").textContent = chatOnly ? `${name} · chat-only` : `${name} · ${h.n_layers || "?"} layers`;
   $("chat-model").title = chatOnly ? `OpenAI-compatible server ${h.url}` : `${h.model} (${h.backend} backend)`;
   for (const x of document.querySelectorAll(".cs-model-only")) x.hidden = chatOnly;
   for (const b of document.querySelectorAll("[data-sig]")) {
@@ -301,7 +302,7 @@ function describeMode(h) {
         "entropy and top alternatives show in the timeline and the Token panel."),
     );
   }
-  $("chat-input").placeholder = `Message ${h.model}…  (Enter to send, Shift+Enter for a new line)`;
+  $("chat-input").placeholder = `Message ${name}…  (Enter to send, Shift+Enter for a new line)`;
 }
 
 async function startRun(m) {
@@ -313,7 +314,7 @@ async function startRun(m) {
     $("chat-log").innerHTML = "";
     for (const x of C.conv) bubble(x.role, x.content, x.role === "user" ? "user (another tab)" : undefined);
   }
-  const model = m.model || (C.hello && C.hello.model) || "model";
+  const model = String(m.model || (C.hello && C.hello.model) || "model").split("/").pop();
   const b = bubble("assistant", "", model);
   b.classList.add("streaming");
   const open = el("button", "chat-link", "open session");

@@ -171,6 +171,7 @@ async function openSession(key, t0 = 0) {
   const m = detail.meta;
   const model = m.model || {};
   const red = m.reducer || {};
+  document.title = `${detail.summary.title || detail.summary.id} · llmri`;
   const chatOnly = detail.summary.chat_only;
   document.body.classList.toggle("chat-only", chatOnly);
   const shape = chatOnly
@@ -882,6 +883,30 @@ function wire() {
   };
   spark.addEventListener("mousedown", (e) => { sparkSeek(e); spark.onmousemove = (ev) => ev.buttons && sparkSeek(ev); });
   spark.addEventListener("mouseup", () => { spark.onmousemove = null; });
+  spark.addEventListener("mousemove", (e) => {
+    const tip = $("tooltip");
+    const b = sparkBg;
+    if (!b || !b.n || !S.cur) { tip.hidden = true; return; }
+    const r = spark.getBoundingClientRect();
+    const u = (e.clientX - r.left - b.left) / b.W;
+    const t = Math.floor(u * b.n);
+    if (u < 0 || u > 1 || t >= b.n) { tip.hidden = true; return; }
+    const y = e.clientY - r.top;
+    const tok = S.tokens[t];
+    let html = `<span class="h">token ${t}</span> ${esc(oneLine(tok ? tok.text : ""))}`;
+    if (y < b.top) {
+      html += `<br>surprisal ${tok && tok.logprob !== null ? fmt(-tok.logprob, 2) : "–"} nats`;
+    } else {
+      const l = Math.min(b.L - 1, Math.floor((y - b.top) / b.rowH));
+      const s = sparkSignal();
+      const st = S.stats[s];
+      if (st && t < st.n) html += `<br>L${l} ‖${s}‖ ${fmt(st.norm[t * b.L + l], 1)} · sparsity ${fmt(st.sp[t * b.L + l], 2)}`;
+    }
+    tip.innerHTML = html;
+    tip.hidden = false;
+    placeTip(e);
+  });
+  spark.addEventListener("mouseleave", () => { $("tooltip").hidden = true; });
   document.addEventListener("keydown", (e) => {
     if (!S.cur) return;
     const tag = e.target.tagName;
