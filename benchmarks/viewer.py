@@ -5,7 +5,11 @@ written to a Zarr store on disk; ``llmri view`` serves it from a subprocess, as 
 
 - cold: the client cache is cleared before every random jump (fetch + decode + draw);
 - cached: every chunk is loaded first, then random jumps (decode-free draw only);
-- fetch: frames/s of ``GET .../frames`` for one signal, in ranges of 32 (the client's chunk) and 256.
+- fetch: frames/s of ``GET .../frames`` for one signal, in ranges of 32 and 256 (the client asks for 16
+  frames of every signal at once).
+
+Times run from the slider's ``input`` event to the frame drawn on the canvas (``draw_*``: the drawing
+alone, i.e. colour mapping 3 x 30 tiles and blitting them).
 
 Targets from the issue: p95 <= 16 ms once cached, <= 100 ms cold.
 
@@ -105,7 +109,7 @@ JUMPS_JS = """async ([targets, cold]) => {
     s.value = String(t);
     s.dispatchEvent(new Event('input'));
     await window.llmri.whenDrawn(t);
-    out.push(performance.now() - t0);
+    out.push([performance.now() - t0, window.llmri.state.lastDrawMs]);
   }
   return out;
 }"""
@@ -167,15 +171,16 @@ def main() -> int:
         finally:
             proc.terminate()
             proc.wait(10)
-    rows = [
-        {"case": "cold random jump", "n": len(cold), "p50_ms": statistics.median(cold), "p95_ms": pct(cold, 95),
-         "target_p95_ms": 100, "ok": pct(cold, 95) <= 100},
-        {"case": "cached random jump", "n": len(cached), "p50_ms": statistics.median(cached),
-         "p95_ms": pct(cached, 95), "target_p95_ms": 16, "ok": pct(cached, 95) <= 16},
-        {"case": "cached scrub (+1 steps)", "n": len(scrub), "p50_ms": statistics.median(scrub),
-         "p95_ms": pct(scrub, 95), "target_p95_ms": 16, "ok": pct(scrub, 95) <= 16},
-    ]  # fmt: skip
-    print(table(rows, ["case", "n", "p50_ms", "p95_ms", "target_p95_ms", "ok"]))
+
+    def row(case: str, runs: list[list[float]], target: float) -> dict:
+        total, draw = [r[0] for r in runs], [r[1] for r in runs]
+        return {"case": case, "n": len(runs), "p50_ms": statistics.median(total), "p95_ms": pct(total, 95),
+                "target_p95_ms": target, "ok": pct(total, 95) <= target,
+                "draw_p50_ms": statistics.median(draw), "draw_p95_ms": pct(draw, 95)}  # fmt: skip
+
+    rows = [row("cold random jump", cold, 100), row("cached random jump", cached, 16),
+            row("cached scrub (+1 steps)", scrub, 16)]  # fmt: skip
+    print(table(rows, ["case", "n", "p50_ms", "p95_ms", "target_p95_ms", "ok", "draw_p50_ms", "draw_p95_ms"]))
     if fetch_ms:
         print(
             f"cold jumps: the frame request itself (browser fetch, server, transfer) p50 "
