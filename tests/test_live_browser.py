@@ -189,9 +189,15 @@ def test_live_chat_streams_frames_stops_and_is_saved(browser, tmp_path, real_mod
         # reload: the stopped answer is a saved session, and it scrubs
         pg.reload()
         wait_for(pg, "() => !!(window.llmri && window.llmri.ready)", 60)
+        # the page reopens on the last turn, and the chat panel picks its conversation up again
+        wait_for(pg, "() => document.querySelectorAll('#chat-log .chat-msg').length === 4", 20, "restored chat")
         pg.select_option("#session-select", key)
         wait_for(pg, f"() => window.llmri.state.cur && window.llmri.state.cur.summary.key === {key!r}", 20)
         wait_for(pg, f"() => window.llmri.state.tokens.length === {n_frames}", 20, f"{n_frames} tokens after reload")
+        wait_for(pg, "() => !document.getElementById('chat-continue').hidden", 10, "the continue button")
+        pg.click("#chat-continue")
+        assert pg.locator("#chat-log .chat-msg").count() == 2
+        assert pg.inner_text("#chat-log .chat-msg.assistant .body").strip() == kept.strip()
         assert pg.evaluate("() => window.llmri.state.cur.summary.status") == "complete"
         hashes = []
         for t in (3, n_frames - 1):

@@ -27,7 +27,7 @@ Client to server, JSON text messages:
 ``{"type": "chat", "messages": [{"role", "content"}, ...], "settings": {...}}``
     Start a turn. ``messages`` is the whole conversation (roles ``system``/``user``/``assistant``),
     ending with the user's new message. ``settings``: ``max_new_tokens``, ``temperature``,
-    ``top_p``, ``seed``, ``signals`` (list) and ``reducer`` (model mode), ``conversation`` and
+    ``top_p``, ``seed``, ``signals`` (list), ``reducer`` and ``ignore_eos`` (model mode), ``conversation`` and
     ``turn`` (echoed into the session's meta). Refused with ``busy`` while another turn runs (one
     generation per model at a time; every tab sees the running turn and may stop it).
 ``{"type": "stop"}``
@@ -140,6 +140,7 @@ class ModelEngine:
             signals=settings["signals"],
             reducer=settings["reducer"],
             backend=self.backend,
+            ignore_eos=settings.get("ignore_eos", False),
             store=store,
             meta=meta,
         )
@@ -245,6 +246,7 @@ def check_request(data: Any, engine: Any) -> tuple[list[dict[str, str]], dict[st
         if reducer not in REDUCERS:
             raise CaptureError(f"reducer must be one of {', '.join(REDUCERS)}")
         settings["reducer"] = reducer
+        settings["ignore_eos"] = raw.get("ignore_eos") is True  # benchmarks: every run makes max_new_tokens
     conv = raw.get("conversation")
     settings["conversation"] = conv if isinstance(conv, str) and len(conv) <= 64 else secrets.token_hex(6)
     turn = raw.get("turn")
@@ -636,6 +638,10 @@ def from_args(args: Any) -> LiveChat | None:
             if not key:
                 raise CaptureError(f"--api-key-env {var}: that environment variable is not set")
         client = ChatOnlyClient(url, model=getattr(args, "openai_model", None), api_key=key)
+        try:  # learn the model's name now, so the page can show it; a server that is down is asked again later
+            client.resolve_model()
+        except CaptureError as exc:
+            print(f"llmri view: warning: {exc} (asking again at the first message)", flush=True)
         return LiveChat(ChatOnlyEngine(client))
     if model:
         from ..models import load_model

@@ -56,6 +56,7 @@ function buildPanel() {
     <div class="chat-head">
       <h2>Live chat</h2>
       <span id="chat-model" class="chat-model"></span>
+      <button id="chat-continue" class="chat-link" title="continue the conversation of the session shown in the viewer" hidden>continue this chat</button>
       <button id="chat-new" class="chat-link" title="start a new conversation">new chat</button>
       <button id="chat-gear" class="icon-btn" title="generation settings" aria-label="settings" aria-expanded="false">⚙</button>
     </div>
@@ -99,6 +100,8 @@ function buildPanel() {
   $("chat-settings").addEventListener("change", saveSettings);
   $("chat-settings").addEventListener("submit", (e) => e.preventDefault());
   $("chat-new").onclick = newChat;
+  $("chat-continue").onclick = () => restore(C.L.state.cur);
+  setInterval(updateContinue, 700);
   $("chat-form").addEventListener("submit", (e) => { e.preventDefault(); send(); });
   $("chat-stop").onclick = () => wsSend({ type: "stop" });
   $("chat-follow").onchange = (e) => {
@@ -196,11 +199,48 @@ function setBusy(busy) {
 function newChat() {
   if (C.run && C.run.mine) return;
   C.conv = [];
+  C.shownKey = null;
   C.conversation = newId();
   C.turn = 0;
   emptyLog();
   showError("");
   $("chat-input").focus();
+}
+
+/** The conversation of a recorded session (its messages, then its answer), ready to continue. */
+function restore(cur) {
+  const S = C.L.state;
+  if (!cur || C.run || C.pendingSend || !S.cur || S.cur.summary.key !== cur.summary.key) return;
+  const m = cur.meta || {};
+  const specials = new Set((m.special_ids || []).map(Number));
+  const answer = S.tokens.filter((t) => t.role === "generated" && !specials.has(t.id)).map((t) => t.text).join("");
+  const msgs = (m.messages || []).filter((x) => x && x.role !== "system" && typeof x.content === "string");
+  if (!msgs.length) return;
+  const system = (m.messages || []).find((x) => x && x.role === "system");
+  if (system && !$("cs-system").value) $("cs-system").value = system.content;
+  C.conv = [...msgs.map((x) => ({ role: x.role, content: x.content })), { role: "assistant", content: answer }];
+  C.conversation = typeof m.conversation === "string" ? m.conversation : newId();
+  C.turn = Number.isInteger(m.turn) ? m.turn + 1 : msgs.filter((x) => x.role === "user").length;
+  C.shownKey = cur.summary.key;
+  $("chat-log").innerHTML = "";
+  const name = String((m.model || {}).name || "model").split("/").pop();
+  for (const x of C.conv) {
+    const b = bubble(x.role, x.content, x.role === "assistant" ? name : undefined);
+    if (x.role === "assistant") {
+      const why = m.stop_reason ? ` · ${m.stop_reason}` : "";
+      b.querySelector(".meta").textContent = `saved session${why}`;
+    }
+  }
+  updateContinue();
+}
+
+function updateContinue() {
+  const S = C.L.state;
+  const cur = S.cur;
+  const can = !!cur && !C.run && !C.pendingSend && S.tokens.length > 0 && cur.summary.status !== "recording" &&
+    Array.isArray((cur.meta || {}).messages) && cur.meta.messages.length > 0 && C.shownKey !== cur.summary.key &&
+    (!!cur.meta.chat_only === (C.hello && C.hello.mode === "chat-only"));
+  $("chat-continue").hidden = !can;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -323,6 +363,7 @@ async function startRun(m) {
   C.run = { key: m.session, mine, bubble: b, specials: new Set((m.special_ids || []).map(Number)), answer: new Map(),
     n: 0, t0: performance.now(), first: 0, signals: m.signals || [], error: null };
   C.opened = false;
+  C.shownKey = m.session;
   C.queue = [];
   C.buf.clear();
   setBusy(true);
@@ -527,6 +568,8 @@ async function main() {
   for (let i = 0; i < 500 && !C.L.ready; i++) await new Promise((r) => setTimeout(r, 20));
   // the page is laid out again now that the chat panel takes a column
   window.dispatchEvent(new Event("resize"));
+  const cur = C.L.state.cur;
+  if (cur && cur.meta && cur.meta.live && cur.summary.status !== "recording") restore(cur);
   connect();
 }
 

@@ -1,0 +1,225 @@
+"""Live chat: tokens/s through the viewer's WebSocket against plain ``model.generate()``, and frame latency.
+
+On the bundled model, greedy, the same chat prompt for both, EOS ignored so every run makes
+``--new-tokens`` tokens:
+
+* ``generate``: ``model.model.generate()`` on the chat-templated prompt (no capture at all).
+* ``live-ws``: a real viewer (uvicorn, zarr store on disk) with live chat; a WebSocket client sends the
+  chat message and reads every frame (all three signals, random reducer) until ``done``.
+
+The two alternate for ``--rounds`` rounds after a warm-up; medians of wall time from request to last
+token. Then the delay from a token's frame leaving the model (``t_model`` in its message) to its
+arrival: in the Python client during the throughput runs, and in a real page (headless Chromium, the
+chat panel, ``--page-turns`` answers) both on arrival and once drawn and shown (p50/p95).
+
+    python benchmarks/live.py [--rounds 5] [--new-tokens 64] [--threads 2] [--page-turns 2] [--no-page]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import alternate, median, save, table  # noqa: E402
+
+PROMPT = [{"role": "user", "content": "Tell me a short story about a lighthouse keeper and a storm."}]
+CHROMIUM = os.environ.get("LLMRI_CHROMIUM", "/usr/bin/chromium")
+BROWSER_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+class Served:
+    """A viewer app served by uvicorn on a free loopback port in a thread."""
+
+    def __init__(self, app) -> None:  # noqa: ANN001
+        import uvicorn
+
+        from llmri.viewer.serve import bind
+
+        self.sock = bind("127.0.0.1", 0)
+        self.port = self.sock.getsockname()[1]
+        app.state.llmri.policy.port = self.port
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="error", access_log=False, lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--page-turns", type=int, default=2)
+    ap.add_argument("--no-page", action="store_true", help="skip the Chromium latency phase")
+    args = ap.parse_args()
+
+    import torch
+    from websockets.sync.client import connect
+
+    import llmri
+    from llmri.viewer import create_app
+    from llmri.viewer.live import LiveChat, ModelEngine
+
+    torch.set_num_threads(args.threads)
+    model = llmri.load_model()
+    n = args.new_tokens
+    ids = model.tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    inp = torch.tensor([list(ids)])
+
+    tmp = tempfile.TemporaryDirectory(prefix="llmri-bench-live-")
+    store = llmri.open_store(Path(tmp.name) / "live.zarr", create=True)
+    live = LiveChat(ModelEngine(model))
+    served = Served(create_app(store, live=live))
+    url = f"http://127.0.0.1:{served.port}"
+    ws_latency: list[float] = []
+    request = {
+        "type": "chat",
+        "messages": PROMPT,
+        "settings": {"max_new_tokens": n, "ignore_eos": True, "signals": ["resid", "attn", "mlp"], "reducer": "random"},
+    }
+
+    def plain() -> None:
+        with torch.inference_mode():
+            out = model.model.generate(inp, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        assert out.shape[1] == inp.shape[1] + n
+
+    def live_ws() -> None:
+        from llmri.viewer.encoding import decode_array
+
+        with connect(url.replace("http", "ws") + "/api/live", origin=url, max_size=None, compression=None) as ws:
+            assert json.loads(ws.recv(timeout=30))["type"] == "hello"
+            ws.send(json.dumps(request))
+            gen = 0
+            while True:
+                msg = ws.recv(timeout=120)
+                if isinstance(msg, bytes):
+                    h, _ = decode_array(msg)
+                    if h["tokens"][0]["role"] == "generated":
+                        gen += 1
+                        ws_latency.append(time.time() - h["t_model"])
+                    continue
+                data = json.loads(msg)
+                if data["type"] == "done":
+                    assert data["status"] == "complete", data
+                    break
+                if data["type"] in ("error", "busy"):
+                    raise RuntimeError(data["message"])
+        assert gen == n, gen
+
+    times = alternate({"generate": plain, "live-ws": live_ws}, args.rounds)
+    base = median(times["generate"])
+    rows = []
+    for name, ts in times.items():
+        m = median(ts)
+        rows.append({"variant": name, "median_s": m, "tokens_per_s": n / m, "vs_generate": base / m, "runs": len(ts)})
+    load = os.getloadavg()
+    print(
+        f"live chat throughput: {len(ids)}-token chat prompt, {n} new tokens (EOS ignored), greedy, "
+        f"{args.threads} threads, {args.rounds} alternating rounds after a warm-up (medians); "
+        f"load average {load[0]:.1f}/{load[1]:.1f}"
+    )
+    print(table(rows, ["variant", "median_s", "tokens_per_s", "vs_generate", "runs"]))
+    ws_ms = [x * 1000 for x in ws_latency]
+    lat_rows = [
+        {"where": "python ws client (arrival)", "n": len(ws_ms), "p50_ms": pct(ws_ms, 0.5), "p95_ms": pct(ws_ms, 0.95)}
+    ]
+
+    page: dict[str, list[float]] = {}
+    if not args.no_page and os.path.exists(CHROMIUM):
+        page = page_latency(url, args.page_turns, n)
+        for key, label in (("arrive", "page (arrival)"), ("shown", "page (frame drawn, text shown)")):
+            xs = page.get(key, [])
+            lat_rows.append({"where": label, "n": len(xs), "p50_ms": pct(xs, 0.5), "p95_ms": pct(xs, 0.95)})
+    print("frame latency: a generated token's frame leaving the model -> arriving / on screen")
+    print(table(lat_rows, ["where", "n", "p50_ms", "p95_ms"]))
+    served.close()
+    live.close()
+    path = save(
+        "live",
+        {
+            "args": vars(args),
+            "load_average": load,
+            "prompt_tokens": len(ids),
+            "rows": rows,
+            "times": times,
+            "latency": lat_rows,
+            "page_latency_ms": page,
+            "ws_latency_ms": ws_ms,
+            "mean_tokens_per_s_live": statistics.fmean(n / t for t in times["live-ws"]),
+        },
+    )
+    print("saved", path)
+    tmp.cleanup()
+
+
+def page_latency(url: str, turns: int, n: int) -> dict[str, list[float]]:
+    """Chat ``turns`` times in a real page; per generated token: arrival and on-screen delay (ms)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        pg = b.new_page(viewport={"width": 1440, "height": 900})
+        pg.goto(url)
+        deadline = time.monotonic() + 60
+        while not pg.evaluate(
+            "() => !!(window.llmri && window.llmri.ready && window.llmri.live && window.llmri.live.hello)"
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the page did not get ready")
+            time.sleep(0.05)
+        pg.click("#chat-gear")
+        pg.fill("#cs-max", str(n))
+        pg.click("#chat-gear")
+        for i in range(turns):
+            pg.evaluate("() => { window.llmri.live.arrivals = []; }") if i == 0 else None
+            pg.fill(
+                "#chat-input", "Tell me a short story about a lighthouse keeper and a storm." if i == 0 else "Go on."
+            )
+            pg.press("#chat-input", "Enter")
+            time.sleep(0.5)
+            deadline = time.monotonic() + 300
+            while pg.evaluate("() => !!window.llmri.live.run || !!window.llmri.live.pendingSend"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the page's turn did not end")
+                time.sleep(0.1)
+        recs = pg.evaluate("() => window.llmri.live.arrivals.filter(r => r.stop - r.start === 1)")
+        b.close()
+    return {
+        "arrive": [r["t_arrive"] - r["t_model"] for r in recs],
+        "shown": [r["t_shown"] - r["t_model"] for r in recs if r["t_shown"]],
+    }
+
+
+if __name__ == "__main__":
+    main()
