@@ -376,6 +376,16 @@ def test_strict_csp_page_works(browser, viewer):
     while time.time() < deadline and not pg.evaluate("window.llmri && window.llmri.drawCount > 0"):
         time.sleep(0.2)
     assert pg.evaluate("window.llmri.drawCount") > 0
+    # the CSP's connect-src 'self' must admit this page's own WebSocket (the live endpoints)
+    msg = pg.evaluate(
+        """() => new Promise((resolve) => {
+          const key = window.llmri.state.cur.summary.key;
+          const ws = new WebSocket(`ws://${location.host}/api/sessions/${key}/live`);
+          ws.onmessage = (e) => resolve(e.data);
+          ws.onerror = () => resolve('error');
+        })"""
+    )
+    assert '"progress"' in msg, msg
     assert not [p for p in problems if "Content Security Policy" in p or "Refused" in p], problems
     assert not problems, problems
     ctx.close()

@@ -506,7 +506,6 @@ def create_app(
         except NotFound:
             await ws.close(code=4404)
 
-    # state.live, not live: the WebSocket route above is a function named live that shadows the parameter
     if state.live is not None and hasattr(state.live, "attach"):
         state.live.attach(app, state)
 
