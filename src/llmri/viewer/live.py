@@ -275,7 +275,8 @@ class _Conn:
         if self.closed:
             return
         size = len(item)
-        if self.queue and self.bytes + size > self.limit:
+        # Bound: ``limit`` plus the one message that crossed it (a prompt batch may exceed a small limit alone).
+        if self.bytes >= self.limit:
             # Too far behind: drop what is queued and say so once; the frames are in the store.
             self.queue.clear()
             self.bytes = 0
