@@ -137,11 +137,19 @@ function showEmpty(html) {
   $("canvas-wrap").hidden = !!html;
 }
 
+function shellQuote(s) {
+  return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, "'\\''")}'`;
+}
+
 function emptyStoreState() {
   const label = S.stores.map((s) => s.label).join(", ") || "this store";
   showEmpty(`<h1>No sessions yet</h1><p>${esc(label)} holds no sessions. Record one and it shows up here:</p>
-    <code>llmri capture "Why is the sky blue?" --store ${esc(S.stores[0] ? S.stores[0].label : "run.zarr")}</code>
+    <code>llmri capture "Why is the sky blue?" -o ${esc(shellQuote(S.stores[0] ? S.stores[0].label : "run.zarr"))}</code>
     <p class="dim">This page checks for new sessions every few seconds.</p>`);
+  document.body.classList.add("no-session");
+  const sel = $("session-select");
+  sel.innerHTML = "<option>(no sessions yet)</option>";
+  sel.disabled = true;
   $("session-info").textContent = "";
   $("status-badge").hidden = true;
   $("tokens").innerHTML = "";
@@ -159,6 +167,8 @@ async function openSession(key, t0 = 0) {
   const detail = await getJSON(sessionUrl(summary));
   if (seq !== S.openSeq) return;
   S.cur = { summary: detail.summary, meta: detail.meta, grid: detail.grid };
+  document.body.classList.remove("no-session");
+  $("session-select").disabled = false;
   S.src = new FrameSource(detail.summary, detail.meta);
   S.src.onload = () => updateTotal(S.src.total);
   S.stats = {};
