@@ -161,3 +161,35 @@ class _AfterStart:
 
     def uniform(self, a, b):
         return self.rng.uniform(self.lo, self.hi)
+
+
+def test_a_live_reader_sees_only_committed_frames(tmp_path, synthetic_model):
+    """Read a session over and over while another process writes it: every read is a clean prefix."""
+    path = tmp_path / "live.zarr"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    reference = _Reference(synthetic_model)
+    reference(400)  # computed up front, so the reads below keep pace with the writer
+    proc = subprocess.Popen([sys.executable, str(script), str(path), "synthetic"], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("started"), line
+        sid = line.split()[1]
+        seen = []
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline and len(set(seen)) < 5:
+            s = ZarrFrameStore(str(path)).session(sid)
+            n = len(s)
+            assert s.status == "recording"
+            frames = s.frames("resid")
+            assert frames.shape[0] == n and not np.isnan(frames).any()  # never a frame of fill values
+            if n:
+                np.testing.assert_array_equal(frames, reference(n).frames("resid")[:n])
+                assert s.tokens.text == reference(n).tokens.text[:n]
+            seen.append(n)
+        assert proc.poll() is None
+        assert seen == sorted(seen) and len(set(seen)) >= 5, seen  # it grew while we read
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert ZarrFrameStore(str(path)).session(sid).status == "interrupted"
