@@ -682,7 +682,22 @@ function updateReadout() {
     rows +
     `</div>`;
   const tip = $("tooltip");
-  tip.innerHTML = `<span class="h">${grid.signals.join("+")} · L${h.layer} · ${pixelName}</span><br>${S.diff !== "off" ? "Δ " : ""}value ${headline}`;
+  let extra = "";
+  if (grid.signals.length === 1) {
+    const s = grid.signals[0];
+    const a = S.src.get(s, S.t);
+    const sc = ((S.norm === "global" ? S.globalScale[s] : S.scales[s]) || [1])[h.layer] || 1;
+    if (a) extra += `<br><span class="dim">÷ scale</span> ${fmt(a[h.layer * per + idx] / sc, 3)}`;
+    const st = S.stats[s];
+    if (st && S.t < st.n) {
+      const Ls = S.cur.meta.layers.length;
+      extra += `<br><span class="dim">layer ‖x‖</span> ${fmt(st.norm[S.t * Ls + h.layer], 1)}`;
+      extra += ` <span class="dim">sparsity</span> ${fmt(st.sp[S.t * Ls + h.layer], 2)}`;
+    }
+  }
+  tip.innerHTML =
+    `<span class="h">${grid.signals.join("+")} · L${h.layer} · ${pixelName}</span> <span class="dim">(r${h.y}, c${h.x})</span>` +
+    `<br>${S.diff !== "off" ? "Δ " : ""}value <b>${headline}</b>${extra}`;
   tip.hidden = false;
 }
 
@@ -813,6 +828,11 @@ function followLive(summary) {
   const ws = new WebSocket(`${proto}://${location.host}${sessionUrl(summary)}/live`);
   S.ws = ws;
   let statsTimer = 0;
+  ws.onclose = (e) => {
+    // the server closes with 1000 once the session is no longer recording; anything else: try again
+    const still = S.ws === ws && S.cur && S.cur.summary.key === summary.key && S.cur.summary.status === "recording";
+    if (still && e.code !== 1000) setTimeout(() => { if (S.ws === ws) followLive(summary); }, 1500);
+  };
   ws.onmessage = async (ev) => {
     const msg = JSON.parse(ev.data);
     if (msg.type !== "progress" || !S.cur || S.cur.summary.key !== summary.key) return;
