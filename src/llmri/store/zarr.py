@@ -32,7 +32,7 @@ FRAME_CHUNK = 16
 ROW_CHUNK = 256
 #: A recording session whose writer runs on another host reads as interrupted once its
 #: heartbeat (refreshed at every commit) is older than this many seconds.
-STALE_SECONDS = 600.0
+STALE_SECONDS = 120.0
 #: An idle writer still refreshes its heartbeat this often (seconds).
 HEARTBEAT_SECONDS = 10.0
 
