@@ -167,15 +167,19 @@ class CaptureStream:
             tiles[s] = reduced[s].to(torch.float16).cpu().numpy()
             norms[s] = xf.norm(dim=-1).cpu().numpy().astype(np.float32)
             sparsity[s] = hoyer_sparsity(xf).cpu().numpy().astype(np.float32)
-        logp = torch.log_softmax(pos.pred_logits.float(), dim=-1)
+        # one pass over the vocabulary: p = exp(l - lse); entropy = lse - sum(p * l); log p(id) = l[id] - lse
+        # (shifted by the max for precision; -inf of masked tokens clamped, as 0 * -inf would be NaN)
+        logits = pos.pred_logits.float()
+        logits = (logits - logits.max(dim=-1, keepdim=True).values).clamp_min(-1e30)
+        lse = torch.logsumexp(logits, dim=-1)
+        p = torch.exp(logits - lse[:, None])
+        ent = (lse - (p * logits).sum(-1)).clamp_min(0)
         ids_t = torch.tensor(pos.ids, dtype=torch.long)
-        chosen = logp.gather(1, ids_t[:, None])[:, 0]
-        p = logp.exp()
-        ent = -(torch.nan_to_num(p * logp)).sum(-1)
+        chosen = logits.gather(1, ids_t[:, None])[:, 0] - lse
         top_p, top_i = p.topk(TOP_K, dim=-1)
         out = []
         for j in range(n):
-            first = bool(torch.isnan(logp[j, 0]))
+            first = bool(torch.isnan(lse[j]))
             tid = pos.ids[j]
             tops = () if first else tuple(int(t) for t in top_i[j])
             token = Token(
