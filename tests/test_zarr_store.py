@@ -229,6 +229,11 @@ def test_not_an_llmri_store(tmp_path):
     one_line_error(lambda: llmri.open_store(tmp_path / "arr.zarr"), "is not a group")
 
 
+def test_a_session_directory_is_not_a_store(tmp_path):
+    store, ids = _store_with_sessions(tmp_path, 1)
+    one_line_error(lambda: llmri.open_store(os.path.join(store.url, "sessions", ids[0])), "two levels up")
+
+
 def test_store_from_a_newer_format(tmp_path):
     zarr.open_group(str(tmp_path / "new.zarr"), mode="w", attributes={"llmri": {"kind": "store", "format_version": 99}})
     one_line_error(lambda: llmri.open_store(tmp_path / "new.zarr"), r"newer llmri \(format 99.*upgrade")

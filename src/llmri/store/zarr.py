@@ -631,6 +631,8 @@ class ZarrFrameStore(FrameStore):
                 return
         attrs = self._read_attrs("zarr.json", self.url)
         llm = attrs.get("llmri")
+        if isinstance(llm, dict) and llm.get("kind") == "session":
+            raise StoreError(f"{self.url}: this is one session of a store: open the store two levels up")
         if not isinstance(llm, dict) or llm.get("kind") != "store":
             raise StoreError(f"{self.url}: not an llmri store (a Zarr group without llmri attributes)")
         fv = llm.get("format_version")
