@@ -179,6 +179,22 @@ def test_tiles_draw_and_change_between_tokens(page):
     assert page.locator("#counter").inner_text().startswith("token 7 /")
 
 
+def test_save_png(page, tmp_path):
+    seek(page, 5)
+    with page.expect_download() as info:
+        page.click("#save-png")
+    dl = info.value
+    assert re.fullmatch(r"llmri-[0-9]{8}-[0-9]{6}-[0-9a-f]{6}-t5-all-grayscale\.png", dl.suggested_filename)
+    out = tmp_path / dl.suggested_filename
+    dl.save_as(out)
+    from PIL import Image
+
+    img = Image.open(out)
+    w, h = page.evaluate("[document.getElementById('view').width, document.getElementById('view').height]")
+    assert img.size == (w, h)  # devicePixelRatio 1 here
+    assert len(img.convert("RGB").getcolors(maxcolors=1 << 16) or []) > 50
+
+
 def test_slider(page):
     n = page.evaluate("window.llmri.state.src.total")
     box = page.locator("#slider").bounding_box()

@@ -709,6 +709,19 @@ function placeTip(ev) {
   tip.style.top = `${y}px`;
 }
 
+async function savePng() {
+  if (!S.cur || !renderer.layout || !(S.cur.meta.signals || []).length) return;
+  const blob = await renderer.snapshot();
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  const diff = S.diff === "off" ? "" : S.diff === "prev" ? "-dprev" : "-dsession";
+  a.download = `llmri-${S.cur.summary.id}-t${S.t}-${S.mode}-${S.cmap}${diff}.png`;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 5000);
+}
+
 // ---------------------------------------------------------------------------------------------
 // playback
 let playTimer = 0;
@@ -880,6 +893,7 @@ function wire() {
     updateColorbar(); redraw();
   };
   $("help-btn").onclick = () => { $("help").hidden = !$("help").hidden; };
+  $("save-png").onclick = savePng;
   $("tokens").addEventListener("click", (e) => {
     const i = e.target.dataset && e.target.dataset.i;
     if (i !== undefined) { stop(); seek(Number(i)); }
@@ -953,6 +967,7 @@ function wire() {
     else if (e.key === "e") setCmap("energy");
     else if (e.key === "d") setCmap("diverging");
     else if (e.key === "p") setDiff(S.diff === "prev" ? "off" : "prev");
+    else if (e.key === "s") savePng();
     else if (e.key === "Escape") $("help").hidden = true;
     else if (e.key === "?") $("help").hidden = !$("help").hidden;
     else handled = false;

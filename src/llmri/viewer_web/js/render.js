@@ -57,10 +57,13 @@ export class Renderer {
     const width = Math.ceil(horizontal ? nG * gridW + (nG - 1) * GRID_GAP : gridW);
     const height = Math.ceil(horizontal ? gridH : nG * gridH + (nG - 1) * GRID_GAP);
     this.layout = { grids: pos, rows, cols, layers, h, w, k, D, E, width, height, meta };
-    for (const c of [this.view, this.overlay]) {
-      c.width = width; c.height = height;
-      c.style.width = `${width}px`; c.style.height = `${height}px`;
-    }
+    // Tiles are drawn at CSS-pixel resolution (the browser scales them, pixelated); the labels on the
+    // overlay are drawn at device resolution so they stay sharp on HiDPI screens.
+    const dpr = window.devicePixelRatio || 1;
+    this.dpr = dpr;
+    this.view.width = width; this.view.height = height;
+    this.overlay.width = Math.round(width * dpr); this.overlay.height = Math.round(height * dpr);
+    for (const c of [this.view, this.overlay]) { c.style.width = `${width}px`; c.style.height = `${height}px`; }
     this.ctx.imageSmoothingEnabled = false;
     this.off = pos.map(() => {
       const c = document.createElement("canvas");
@@ -148,6 +151,7 @@ export class Renderer {
     const L = this.layout;
     if (!L) return;
     const o = this.octx;
+    o.setTransform(this.dpr || 1, 0, 0, this.dpr || 1, 0, 0);
     o.clearRect(0, 0, L.width, L.height);
     o.textBaseline = "bottom";
     for (const g of L.grids) {
@@ -199,6 +203,23 @@ export class Renderer {
     this.drawOverlay();
   }
 
+  /** The frame as the user sees it (tiles + labels), as a PNG blob. */
+  snapshot() {
+    const L = this.layout;
+    const c = document.createElement("canvas");
+    c.width = this.overlay.width; c.height = this.overlay.height;
+    const ctx = c.getContext("2d");
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(this.view, 0, 0, c.width, c.height);
+    const hover = this.hover;
+    this.hover = null; // no hover outline in the picture
+    this.drawOverlay();
+    ctx.drawImage(this.overlay, 0, 0);
+    this.hover = hover;
+    this.drawOverlay();
+    return new Promise((resolve) => c.toBlob(resolve, "image/png"));
+  }
+
   /** Canvas CSS coordinates -> {grid, layer, x, y} or null. */
   hit(cx, cy) {
     const L = this.layout;
@@ -240,7 +261,10 @@ function tinted(lut, s, grayscale) {
 /** Horizontal colour bar with tick values. */
 export function drawColorbar(canvas, lut, opts, label, composite, unit = 1) {
   const ctx = canvas.getContext("2d");
-  const W = canvas.width, H = canvas.height, bh = 14;
+  const W = canvas.clientWidth || 260, H = canvas.clientHeight || 46, bh = 14;
+  const dpr = window.devicePixelRatio || 1;
+  if (canvas.width !== Math.round(W * dpr)) { canvas.width = Math.round(W * dpr); canvas.height = Math.round(H * dpr); }
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, W, H);
   const [lo, hi] = windowRange(opts);
   if (composite) {
