@@ -474,7 +474,7 @@ def test_chat_only_and_interrupted_states(browser, tmp_path, real_session):
     meta = {"signals": [], "layers": [], "tile": [0, 0], "chat_only": True, "backend": "openai",
             "model": {"name": "llama3.2"}, "messages": [{"role": "user", "content": "Chat only please"}]}  # fmt: skip
     w = store.create_session(meta)
-    for i, text in enumerate(["The", " sky", " is", " blue", "."]):
+    for i, text in enumerate(["The", " sky", " is", " <i>blue</i>", "."]):
         w.append(Frame(Token(i, i, text, "generated", -0.2 * (i + 1), 0.5, (i, 99), (0.8, 0.1), (text, " x"))))
     w.close()
     meta = {k: v for k, v in real_session.meta.items() if k not in ("id", "status", "stop_reason")}
@@ -497,6 +497,9 @@ def test_chat_only_and_interrupted_states(browser, tmp_path, real_session):
         assert pg.locator("#tokens .t").count() == 5
         pg.locator("#tokens .t").nth(3).click()
         assert "logprob" in pg.locator("#token-info").inner_text()
+        # model text is shown as text, never parsed as HTML
+        assert pg.locator("#tokens i, #token-info i").count() == 0
+        assert "<i>blue</i>" in pg.locator("#token-info .tok").inner_text()
         shot(pg, "chat_only")
         open_session(pg, "Interrupted one")
         assert "interrupted after 10 tokens" in pg.locator("#banner").inner_text()

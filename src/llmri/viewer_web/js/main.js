@@ -665,7 +665,7 @@ function updateReadout() {
       line = `Δ ${fmt(dv)}  (this ${fmt(val)})`;
       if (!headline) headline = fmt(dv);
     } else if (!headline) headline = fmt(val);
-    rows += `<span>${s}</span><span>${line}</span>`;
+    rows += `<span>${esc(s)}</span><span>${line}</span>`;
     rows += `<span>÷ scale</span><span>${fmt(val / sc, 3)} <span class="dim">(scale ${fmt(sc, 2)})</span></span>`;
     const st = S.stats[s];
     if (st && S.t < st.n) {
@@ -677,7 +677,7 @@ function updateReadout() {
   el.innerHTML =
     `<div class="big">${headline}</div>` +
     `<div class="kv"><span>layer</span><span>${h.layer} <span class="dim">${esc(S.cur.meta.layers[h.layer] || "")}</span></span>` +
-    `<span>signal</span><span>${grid.signals.join(" + ")}</span>` +
+    `<span>signal</span><span>${esc(grid.signals.join(" + "))}</span>` +
     `<span>${isNeurons() ? "neuron" : "pixel"}</span><span>${pixelName.replace(/^(neuron|pixel) /, "")} <span class="dim">(row ${h.y}, col ${h.x})</span></span>` +
     rows +
     `</div>`;
@@ -696,7 +696,7 @@ function updateReadout() {
     }
   }
   tip.innerHTML =
-    `<span class="h">${grid.signals.join("+")} · L${h.layer} · ${pixelName}</span> <span class="dim">(r${h.y}, c${h.x})</span>` +
+    `<span class="h">${esc(grid.signals.join("+"))} · L${h.layer} · ${pixelName}</span> <span class="dim">(r${h.y}, c${h.x})</span>` +
     `<br>${S.diff !== "off" ? "Δ " : ""}value <b>${headline}</b>${extra}`;
   tip.hidden = false;
 }
@@ -944,7 +944,7 @@ function wire() {
       const l = Math.min(b.L - 1, Math.floor((y - b.top) / b.rowH));
       const s = sparkSignal();
       const st = S.stats[s];
-      if (st && t < st.n) html += `<br>L${l} ‖${s}‖ ${fmt(st.norm[t * b.L + l], 1)} · sparsity ${fmt(st.sp[t * b.L + l], 2)}`;
+      if (st && t < st.n) html += `<br>L${l} ‖${esc(s)}‖ ${fmt(st.norm[t * b.L + l], 1)} · sparsity ${fmt(st.sp[t * b.L + l], 2)}`;
     }
     tip.innerHTML = html;
     tip.hidden = false;
