@@ -765,6 +765,8 @@ function setCmap(name) {
 function updateColorbar() {
   const o = opts();
   const composite = S.mode === "composite";
+  $("cmap").classList.toggle("inert", composite); // the composite colours by signal, not by a colour map
+  $("cmap").title = composite ? "the composite view colours each signal by its own hue" : "";
   const unitLabel = S.norm === "global" ? "absolute value (global scale)" : "× each layer's scale";
   let label = `${S.diff !== "off" ? "Δ " : ""}${o.signed ? "signed value" : "|value|"}, ${unitLabel}`;
   if (composite) label = `|value| per channel, ${unitLabel}`;
