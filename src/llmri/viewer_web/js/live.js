@@ -303,10 +303,15 @@ function onJSON(m) {
     C.hello = m;
     C.me = m.you;
     describeMode(m);
-    setBusy(false);
-    if (m.running && m.running.session) {
-      startRun({ session: m.running.session, by: -1, messages: m.running.messages, special_ids: [], signals: [] });
+    const running = m.running && m.running.session;
+    if (C.run && C.run.key === running) {
+      fillGap(true); // reconnected mid-answer: what streamed meanwhile is in the store
+    } else {
+      // the answer this page was showing ended while it was disconnected
+      if (C.run) finishRun({ session: C.run.key, status: "complete", stop_reason: "" });
+      if (running) startRun({ session: running, by: -1, messages: m.running.messages, special_ids: [], signals: [] });
     }
+    setBusy(!!C.run);
   } else if (m.type === "started") {
     startRun(m);
   } else if (m.type === "done") {
@@ -392,12 +397,13 @@ function finishRun(m) {
   const text = answerText(run);
   const secs = (performance.now() - (run.first || run.t0)) / 1000;
   const gen = run.answer.size;
-  const why = { eos: "finished", max_new_tokens: "max tokens reached", stopped: "stopped", stop_string: "stop string" }[m.stop_reason] ||
-    (m.stop_reason || "").replace(/^error: /, "error: ");
+  const reasons = { eos: "finished", max_new_tokens: "max tokens reached", stopped: "stopped", stop_string: "stop string" };
+  // an error's words are in the error box below the log: the bubble only says that it failed
+  const why = m.status !== "complete" || (m.stop_reason || "").startsWith("error") ? "failed" : reasons[m.stop_reason] || "done";
   const rate = gen > 1 && secs > 0 ? ` · ${(gen / secs).toFixed(1)} tok/s` : "";
   b.querySelector(".meta").textContent = `${gen} token${gen === 1 ? "" : "s"}${rate} · ${why}`;
-  if (m.status !== "complete") b.classList.add("failed");
-  if (run.error) b.querySelector(".meta").textContent += ` — ${run.error}`;
+  if (why === "failed") b.classList.add("failed");
+  if (why === "failed" && !text) b.remove(); // nothing was answered: the error box says why
   if (m.status === "complete" || text) {
     C.conv.push({ role: "assistant", content: text });
     C.turn += 1;
