@@ -132,6 +132,16 @@ def test_sessions_list(client, store, sessions):
     assert by_id[store.chat_id]["chat_only"] is True and by_id[store.chat_id]["n_frames"] == 2
 
 
+def test_stores_endpoints(client, store):
+    assert client.get("/api/stores").json() == {
+        "stores": [{"id": "s0", "label": "memory", "n_sessions": 4, "problems": []}]
+    }
+    body = client.get("/api/stores/s0/sessions").json()
+    assert body["store"] == "s0" and len(body["sessions"]) == 4
+    assert client.get("/api/stores/s1/sessions").status_code == 404
+    assert client.get("/api/stores/..%2F/sessions").status_code == 404
+
+
 def test_session_detail_and_tokens(client, sessions):
     a = sessions[0]
     d = client.get(f"/api/sessions/{_key(a)}").json()

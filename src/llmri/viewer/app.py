@@ -7,6 +7,8 @@ Endpoints (every one behind :class:`~llmri.viewer.security.SecurityMiddleware`):
 ``GET /static/{file}``                                   the client's JS/CSS (an allow-list built at start)
 ``GET /api/info``                                        version, stores, features
 ``GET /api/colormaps``                                   colour-map LUTs (``uint8[256,3]`` each, flattened)
+``GET /api/stores``                                      the stores given on the command line (ids, labels)
+``GET /api/stores/{store}/sessions``                     one store's sessions (summaries)
 ``GET /api/sessions``                                    every session of every store (summaries)
 ``GET /api/sessions/{store}/{session}``                  one session: summary, full metadata, layer grid
 ``GET /api/sessions/{store}/{session}/tokens``           token table records (``?start=&stop=``)
@@ -371,6 +373,23 @@ def create_app(
     @app.get("/api/colormaps")
     def colormaps() -> Any:
         return colormap_luts()
+
+    @app.get("/api/stores")
+    def stores_list() -> Any:
+        out = []
+        for e in state.stores.values():
+            try:
+                n, problems = len(e.store.session_ids()), []
+            except LlmriError as exc:
+                n, problems = 0, [str(exc)]
+            out.append({"id": e.id, "label": e.label, "n_sessions": n, "problems": problems})
+        return {"stores": out}
+
+    @app.get("/api/stores/{store_id}/sessions")
+    def store_sessions(store_id: str) -> Any:
+        e = state.store(store_id)
+        readers = e.store.sessions()
+        return {"store": e.id, "sessions": [summary(e.id, r) for r in readers], "problems": list(e.store.problems)}
 
     @app.get("/api/sessions")
     def sessions() -> Any:
