@@ -4,7 +4,7 @@
 Variants alternate; medians of wall time; tokens/s counts the 128 new tokens. Peak RSS is
 measured per variant in a fresh subprocess (ru_maxrss is per process and only grows).
 
-    python benchmarks/capture_overhead.py [--rounds 5] [--backends hf] [--new-tokens 128]
+    python benchmarks/capture_overhead.py [--rounds 5] [--backends hf,transformer-lens,nnsight] [--new-tokens 128]
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--backends", default="hf")
+    ap.add_argument("--backends", default="hf,transformer-lens,nnsight")
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     backends = [b for b in args.backends.split(",") if b]
