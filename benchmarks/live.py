@@ -5,6 +5,7 @@ On the bundled model, greedy, the same chat prompt for both, EOS ignored so ever
 
 * ``generate``: ``model.model.generate()`` on the chat-templated prompt (no capture at all), run on a
   worker thread as the live engine runs (see the comment in ``plain``).
+* ``capture``: ``llmri.capture()`` of the same prompt into the same store, no viewer (what streaming adds).
 * ``live-ws``: a real viewer (uvicorn, zarr store on disk) with live chat; a WebSocket client sends the
   chat message and reads every frame (all three signals, random reducer) until ``done``.
 
@@ -124,6 +125,15 @@ def main() -> None:
         th.join()
         assert out[0].shape[1] == inp.shape[1] + n
 
+    def capture_only() -> None:
+        # the same capture (all signals, random reducer, zarr store) without the viewer: what streaming adds
+        out = []
+        kw = {"max_new_tokens": n, "ignore_eos": True, "reducer": "random", "store": store}
+        th = threading.Thread(target=lambda: out.append(llmri.capture(model, PROMPT, **kw)))
+        th.start()
+        th.join()
+        assert out[0].tokens.role.count("generated") == n
+
     def live_ws() -> None:
         from llmri.viewer.encoding import decode_array
 
@@ -147,7 +157,7 @@ def main() -> None:
                     raise RuntimeError(data["message"])
         assert gen == n, gen
 
-    times = alternate({"generate": plain, "live-ws": live_ws}, args.rounds)
+    times = alternate({"generate": plain, "capture": capture_only, "live-ws": live_ws}, args.rounds)
     base = median(times["generate"])
     rows = []
     for name, ts in times.items():

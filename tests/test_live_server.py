@@ -9,7 +9,9 @@ import base64
 import json
 import os
 import socket
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -434,3 +436,122 @@ def test_chat_only_upstream_down_is_a_clear_message(tmp_path):
     finally:
         live.close()
         served.close()
+
+
+# -- llmri demo: the README's first command ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_llmri_demo_starts_the_viewer_with_live_chat(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    import httpx
+    from websockets.sync.client import connect
+
+    store = tmp_path / "demo.zarr"
+    cmd = [
+        sys.executable,
+        "-m",
+        "llmri",
+        "demo",
+        "--store",
+        str(store),
+        "--no-browser",
+        "--port",
+        "0",
+        "--max-new-tokens",
+        "4",
+    ]
+    proc = subprocess.Popen(
+        [*cmd, "--max-new-tokens", "4"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 300
+        url = ""
+        while time.monotonic() < deadline and not url:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            m = re.search(r"serving .* at (http://\S+)", line)
+            url = m.group(1) if m else ""
+        assert url.startswith("http://127.0.0.1:"), "".join(lines)
+        text = "".join(lines)
+        assert "capturing an example conversation" in text and "live chat" in text
+        assert httpx.get(url + "api/info").json()["live"] is True
+        ws_url = url.replace("http://", "ws://") + "api/live"
+        with connect(ws_url, origin=url.rstrip("/"), max_size=None) as ws:
+            hello = json.loads(ws.recv(timeout=10))
+            assert hello["mode"] == "model" and hello["model"] == "SmolLM2-135M-Instruct" and hello["n_layers"] == 30
+            _chat(ws, max_new_tokens=3)
+            assert receive_turn(ws, timeout=120)["done"]["status"] == "complete"
+        assert len(llmri.open_store(store).session_ids()) == 2  # the demo's capture, then the live turn
+    finally:
+        kill(proc)
+
+
+class _Upstream(BaseHTTPRequestHandler):
+    """A scripted OpenAI-compatible server for failures a real one will not produce on cue."""
+
+    mode = "malformed"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        body = json.dumps({"data": [{"id": "scripted"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.mode == "missing-model":
+            body = json.dumps({"error": {"message": "model 'scripted' not found"}}).encode()
+            self.send_response(404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        chunk = {"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]}
+        self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        self.wfile.write(b"data: {this is not json\n\n")
+        self.wfile.flush()
+
+
+@pytest.mark.parametrize(
+    ("mode", "needles"), [("malformed", ["malformed stream", "not JSON"]), ("missing-model", ["HTTP 404", "not found"])]
+)
+def test_chat_only_upstream_failures_show_one_line(tmp_path, mode, needles):
+    from llmri.chatonly import ChatOnlyClient
+
+    handler = type("Upstream", (_Upstream,), {"mode": mode})
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    client = ChatOnlyClient(f"http://127.0.0.1:{upstream.server_address[1]}/v1", timeout=10)
+    served, live, store = _serve(tmp_path, ChatOnlyEngine(client))
+    try:
+        with served.connect() as ws:
+            _hello(ws)
+            _chat(ws, max_new_tokens=4)
+            turn = receive_turn(ws, timeout=30)
+            (err,) = [m for m in turn["json"] if m["type"] == "error"]
+            assert all(x in err["message"] for x in needles) and "\n" not in err["message"], err
+            assert turn["done"]["status"] == "interrupted"
+            s = store.session(sid_of(turn))
+            assert s.chat_only and s.status == "interrupted"
+            ws.send(json.dumps({"type": "ping"}))
+            assert json.loads(ws.recv(timeout=5))["type"] == "pong"
+    finally:
+        live.close()
+        served.close()
+        upstream.shutdown()
