@@ -22,8 +22,9 @@ def _structured(n: int, layers: int, d: int, rank: int = 40, seed: int = 0) -> t
     return torch.einsum("nlr,lrd->nld", coef, basis) + noise + 3.0
 
 
-def test_random_projection_preserves_pairwise_distances():
-    r = make_reducer("random", tile="16x16", seed=3)
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_random_projection_preserves_pairwise_distances(per_layer):
+    r = make_reducer("random", tile="16x16", seed=3, per_layer=per_layer)
     r.setup(n_layers=2, d_model=576)
     x = _structured(60, 2, 576)
     y = r.transform(x, "resid").reshape(60, 2, -1)
@@ -49,6 +50,20 @@ def test_random_projection_is_deterministic_per_seed():
     assert torch.equal(a.transform(x, "resid"), b.transform(x, "resid"))
     assert not torch.equal(a.transform(x, "resid"), c.transform(x, "resid"))
     assert a.spec == b.spec and a.spec["seed"] == 1 and a.spec["model_fingerprint"] == "fp"
+    assert a.spec["per_layer"] is False
+
+
+def test_random_projection_shared_or_per_layer():
+    x = torch.randn(4, 1, 64).expand(4, 3, 64).contiguous()  # the same vector in every layer
+    shared = make_reducer("random", tile=(4, 4), seed=1)
+    own = make_reducer("random", tile=(4, 4), seed=1, per_layer=True)
+    for r in (shared, own):
+        r.setup(3, 64)
+    ys, yo = shared.transform(x, "resid"), own.transform(x, "resid")
+    assert torch.equal(ys[:, 0], ys[:, 2])  # one space for all layers: same vector, same picture
+    assert not torch.allclose(yo[:, 0], yo[:, 2])
+    many = shared.transform_many({"resid": x, "mlp": 2 * x})
+    torch.testing.assert_close(many["mlp"], 2 * ys)
 
 
 def _reference_pca(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""``random``: a fixed, seeded Gaussian projection per layer (Johnson-Lindenstrauss)."""
+"""``random``: a fixed, seeded Gaussian projection d_model -> H*W (Johnson-Lindenstrauss)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,24 @@ from .base import REDUCERS, Reducer
 
 @REDUCERS.register("random")
 class RandomProjection(Reducer):
-    """Each layer gets its own ``d_model x H*W`` matrix with N(0, 1/k) entries, drawn from
-    ``torch.Generator().manual_seed(seed)``; all layers are projected in one batched matmul.
-    Squared norms and pairwise distances are preserved in expectation."""
+    """A ``d_model x H*W`` matrix with N(0, 1/k) entries drawn from
+    ``torch.Generator().manual_seed(seed)``; squared norms and pairwise distances are preserved in
+    expectation, within JL bounds.
+
+    By default every layer (and signal) is projected by the *same* matrix: the residual stream is
+    one space that all layers read from and write to, so a direction keeps its pixel pattern from
+    layer to layer and the user can follow it through depth. It is also ~5x faster at decode time
+    (one 0.6 MB matrix stays in cache instead of streaming 30 x 0.6 MB per token). With
+    ``per_layer=True`` each layer gets its own independent matrix (drawn in layer order from the
+    same generator). All layers and signals are reduced in one matmul either way.
+    """
 
     kind = "random"
 
-    def __init__(self, tile: Any = None, seed: int = 0) -> None:
+    def __init__(self, tile: Any = None, seed: int = 0, per_layer: bool = False) -> None:
         super().__init__(tile, seed)
-        self._proj: Any = None  # Tensor [layers, d_model, k]
+        self.per_layer = bool(per_layer)
+        self._proj: Any = None  # Tensor [d_model, k], or [layers, d_model, k] per layer
 
     def setup(self, n_layers: int, d_model: int, fingerprint: str = "") -> None:
         import torch
@@ -27,19 +36,27 @@ class RandomProjection(Reducer):
         super().setup(n_layers, d_model, fingerprint)
         k = self.tile[0] * self.tile[1]
         g = torch.Generator().manual_seed(self.seed)
-        self._proj = torch.randn(n_layers, d_model, k, generator=g, dtype=torch.float32) / k**0.5
+        shape = (n_layers, d_model, k) if self.per_layer else (d_model, k)
+        self._proj = torch.randn(*shape, generator=g, dtype=torch.float32) / k**0.5
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return {**super().spec, "per_layer": self.per_layer}
 
     def transform(self, x: Any, signal: str) -> Any:
         self._check(x)
         proj = self._proj
         if proj.device != x.device or proj.dtype != x.dtype:
             proj = self._proj = proj.to(device=x.device, dtype=x.dtype)
-        y = (x.transpose(0, 1) @ proj).transpose(0, 1)  # [n, L, k]
-        return y.float().reshape(x.shape[0], self.n_layers, *self.tile)
+        n = x.shape[0]
+        if self.per_layer:
+            y = (x.transpose(0, 1) @ proj).transpose(0, 1)  # [n, L, k]
+        else:
+            y = x.reshape(n * self.n_layers, self.d_model) @ proj
+        return y.float().reshape(n, self.n_layers, *self.tile)
 
     def transform_many(self, xs: dict[str, Any]) -> dict[str, Any]:
-        # One matmul for all signals: the projection (layers x d x k floats) is read from memory
-        # once per token instead of once per signal, which is what dominates at decode time.
+        # One matmul for all signals: the projection is read from memory once per token.
         if len(xs) <= 1:
             return {s: self.transform(x, s) for s, x in xs.items()}
         import torch
@@ -53,4 +70,4 @@ class RandomProjection(Reducer):
         return dict(zip(names, torch.split(y, sizes, dim=0), strict=True))
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {}  # fully determined by the spec (seed, shape)
+        return {}  # fully determined by the spec (seed, shape, per_layer)
