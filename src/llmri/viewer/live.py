@@ -264,7 +264,7 @@ class _Conn:
     id: int
     limit: int
     queue: deque = field(default_factory=deque)
-    bytes: int = 0
+    nbytes: int = 0
     peak_bytes: int = 0
     dropped: int = 0
     sent: int = 0
@@ -276,25 +276,25 @@ class _Conn:
             return
         size = len(item)
         # Bound: ``limit`` plus the one message that crossed it (a prompt batch may exceed a small limit alone).
-        if self.bytes >= self.limit:
+        if self.nbytes >= self.limit:
             # Too far behind: drop what is queued and say so once; the frames are in the store.
             self.queue.clear()
-            self.bytes = 0
+            self.nbytes = 0
             self.dropped += 1
             note = json.dumps({"type": "resync", "session": session, "reason": "this page fell behind the stream"})
             self.queue.append(note)
-            self.bytes += len(note)
+            self.nbytes += len(note)
             if isinstance(item, bytes):
                 self._peak()
                 self.wake.set()
                 return
         self.queue.append(item)
-        self.bytes += size
+        self.nbytes += size
         self._peak()
         self.wake.set()
 
     def _peak(self) -> None:
-        self.peak_bytes = max(self.peak_bytes, self.bytes)
+        self.peak_bytes = max(self.peak_bytes, self.nbytes)
 
 
 @dataclass
@@ -467,7 +467,7 @@ class LiveChat:
                 await conn.wake.wait()
                 continue
             item = conn.queue.popleft()
-            conn.bytes -= len(item)
+            conn.nbytes -= len(item)
             if isinstance(item, bytes):
                 await ws.send_bytes(item)
             else:
@@ -604,10 +604,10 @@ class LiveChat:
             return
         self._post(msg, key)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[int, dict[str, int]]:
         """Per-client queue figures (tests and diagnostics)."""
         return {
-            c.id: {"bytes": c.bytes, "peak_bytes": c.peak_bytes, "dropped": c.dropped, "sent": c.sent}
+            c.id: {"bytes": c.nbytes, "peak_bytes": c.peak_bytes, "dropped": c.dropped, "sent": c.sent}
             for c in self.conns.values()
         }
 
