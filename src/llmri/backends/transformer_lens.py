@@ -165,8 +165,8 @@ class TransformerLensCapture(Capture):
             for sig, pts in self._points.items():
                 for i, hp in enumerate(pts):
                     added.append((hp, hp.add_hook(make(bufs[sig], i), dir="fwd")))
-            shims = [a.register_forward_pre_hook(_alias_cache, with_kwargs=True) for a in self._attn]
-            added.extend((None, h) for h in shims)
+            for a in self._attn:
+                added.append((None, a.register_forward_pre_hook(_alias_cache, with_kwargs=True)))
             kw: dict[str, Any] = {"use_cache": True}
             if cache is not None:
                 kw[self._cache_kw] = cache
