@@ -142,7 +142,9 @@ class NNsightCapture(Capture):
             self._envoys.append(row)
         self._names = [f"{path}.{i}" for i in range(len(layers))]
         self._flat = [e for row in self._envoys for e in row]
-        self._paths = {sig: [row[j].path for row in self._envoys] for j, sig in enumerate(self._order)}
+        self._paths: dict[str, list[str]] = {
+            sig: [row[j].path for row in self._envoys] for j, sig in enumerate(self._order)
+        }
         self._d_model = hidden_size(hf.config)
         import inspect
 
