@@ -40,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _messages(path: str) -> list[dict[str, Any]]:
+def read_messages(path: str) -> list[dict[str, Any]]:
+    """A conversation from a JSON file: a list of {role, content}, or {"messages": [...]}."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         raise CaptureError("give either PROMPT or --messages, not both")
     if not args.messages and args.prompt is None:
         raise CaptureError("no prompt: give PROMPT or --messages CHAT.json")
-    prompt: Any = _messages(args.messages) if args.messages else args.prompt
+    prompt: Any = read_messages(args.messages) if args.messages else args.prompt
     if args.backend is not None and args.backend not in BACKENDS:
         raise CaptureError(f"unknown backend {args.backend!r} (known: {', '.join(BACKENDS.names())})")
     # what can fail without the model fails before it loads and before the store is created

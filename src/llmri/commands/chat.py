@@ -8,7 +8,6 @@ import json
 import math
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from .._errors import CaptureError
@@ -47,18 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def _load_messages(args: argparse.Namespace) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     if args.messages:
-        path = args.messages
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise CaptureError(f"{path}: no such file") from None
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise CaptureError(f"{path}: not a JSON file ({exc})") from None
-        if isinstance(data, dict) and isinstance(data.get("messages"), list):
-            data = data["messages"]
-        if not isinstance(data, list) or not data:
-            raise CaptureError(f"{path}: expected a non-empty JSON list of {{role, content}} messages")
-        messages = list(data)
+        from .capture import read_messages
+
+        messages = list(read_messages(args.messages))
     if args.system is not None:
         messages.insert(0, {"role": "system", "content": args.system})
     if args.prompt is not None:
