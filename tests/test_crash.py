@@ -136,7 +136,10 @@ def test_sigkill_synthetic_capture_20_times(tmp_path, synthetic_model):
     seen: set[str] = set()
     prompt_len = sum(r == "prompt" for r in reference(1).tokens.role)
     kills = 0
-    for _ in range(int(os.environ.get("LLMRI_CRASH_RUNS", "24"))):  # raise it for a stress run
+    target = int(os.environ.get("LLMRI_CRASH_RUNS", "20"))  # raise it for a stress run
+    for _ in range(3 * target):  # short captures may finish before their kill: go on until `target` kills
+        if kills >= target:
+            break
         # mostly long captures killed mid-way; some short ones, so kills also land while closing
         max_new = rng.randint(10, 120) if rng.random() < 0.3 else 4000
         sid, finished = _kill_at_random(script, path, "synthetic", rng, ready_timeout=120, max_new=max_new)
@@ -144,7 +147,7 @@ def test_sigkill_synthetic_capture_20_times(tmp_path, synthetic_model):
         if not path.exists():
             continue  # killed before the store existed: nothing to check
         seen = _check(path, seen, sid, reference, committed, total=prompt_len + max_new)
-    assert kills >= 20
+    assert kills >= max(20, target)
     counts = [n for _, n in committed]
     assert len(counts) >= 15, counts
     assert sum(n > 0 for n in counts) >= 10, counts  # most kills hit a capture with committed frames
