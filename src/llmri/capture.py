@@ -171,8 +171,10 @@ class CaptureStream:
         # (shifted by the max for precision; -inf of masked tokens clamped, as 0 * -inf would be NaN)
         logits = pos.pred_logits.float()
         logits = (logits - logits.max(dim=-1, keepdim=True).values).clamp_min(-1e30)
-        lse = torch.logsumexp(logits, dim=-1)
-        p = torch.exp(logits - lse[:, None])
+        e = torch.exp(logits)  # one exp pass gives the probabilities, log Z and the entropy
+        z = e.sum(-1)
+        lse = torch.log(z)
+        p = e / z[:, None]
         ent = (lse - (p * logits).sum(-1)).clamp_min(0)
         ids_t = torch.tensor(pos.ids, dtype=torch.long)
         chosen = logits.gather(1, ids_t[:, None])[:, 0] - lse

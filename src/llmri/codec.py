@@ -20,6 +20,7 @@ class TextCodec:
                 eos.update(int(x) for x in src)
         self.eos_ids = eos
         self.special_ids = set(int(x) for x in getattr(tokenizer, "all_special_ids", []) or [])
+        self._pieces: dict[int, str] = {}
 
     def encode(self, prompt: Any, chat: bool | None) -> tuple[list[int], list[dict[str, str]] | None]:
         """Returns ``(ids, messages)``; ``messages`` is None for raw text."""
@@ -48,8 +49,12 @@ class TextCodec:
         return self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def piece(self, token_id: int) -> str:
-        """A single token's text on its own (for top-k alternatives)."""
-        return self.decode([int(token_id)])
+        """A single token's text on its own (for top-k alternatives; cached: asked 5 times per step)."""
+        tid = int(token_id)
+        text = self._pieces.get(tid)
+        if text is None:
+            text = self._pieces[tid] = self.decode([tid])
+        return text
 
 
 def _check_message(m: Any, i: int) -> dict[str, str]:
