@@ -820,7 +820,24 @@ class ChatOnlyStream:
 
 
 def _collect(st: ChatOnlyStream) -> Session:
-    return Session.collect(st)
+    meta = dict(st.meta)
+    session = Session(meta)
+    if st.session_id:
+        session.update_meta(id=st.session_id)
+    else:
+        from .store.ids import prepare_meta
+
+        session.update_meta(**{k: v for k, v in prepare_meta(meta).items() if k not in meta})
+    try:
+        for frame in st:
+            session.append(frame)
+    except BaseException:
+        session.update_meta(**{k: v for k, v in st.meta.items() if k != "id"})
+        session.set_status("interrupted")
+        raise
+    session.update_meta(**{k: v for k, v in st.meta.items() if k != "id"})
+    session.set_status("complete")
+    return session
 
 
 def chat_only_stream(
