@@ -4,15 +4,23 @@ On the bundled model, greedy, the same chat prompt for both, EOS ignored so ever
 ``--new-tokens`` tokens:
 
 * ``generate``: ``model.model.generate()`` on the chat-templated prompt (no capture at all), run on a
-  worker thread as the live engine runs (see the comment in ``plain``).
-* ``capture``: ``llmri.capture()`` of the same prompt into the same store, no viewer (what streaming adds).
+  worker thread as the live engine runs (see the comment in ``plain``); a streamer stamps each token.
+* ``capture``: ``llmri.stream()`` of the same prompt into the same zarr store, no viewer (what
+  streaming adds).
 * ``live-ws``: a real viewer (uvicorn, zarr store on disk) with live chat; a WebSocket client sends the
   chat message and reads every frame (all three signals, random reducer) until ``done``.
 
-The two alternate for ``--rounds`` rounds after a warm-up; medians of wall time from request to last
-token. Then the delay from a token's frame leaving the model (``t_model`` in its message) to its
-arrival: in the Python client during the throughput runs, and in a real page (headless Chromium, the
-chat panel, ``--page-turns`` answers) both on arrival and once drawn and shown (p50/p95).
+The three alternate for ``--rounds`` rounds after a warm-up. Per variant (medians):
+
+* end to end: wall time from request to the end of the turn (the last token, ``done`` for live-ws,
+  the store closed for capture), and ``n / time`` as tokens/s;
+* first token: from request to the first generated token (generate: when the streamer gets it;
+  capture and live: when its frame exists, which takes that token's own forward);
+* streaming: ``(n - 1) / (last token - first token)``, the rate at which the answer appears.
+
+Then the delay from a token's frame leaving the model (``t_model`` in its message) to its arrival: in
+the Python client during the throughput runs, and in a real page (headless Chromium, the chat panel,
+``--page-turns`` answers) both on arrival and once drawn and shown (p50/p95).
 
     python benchmarks/live.py [--rounds 5] [--new-tokens 64] [--threads 2] [--page-turns 2] [--no-page]
 """
@@ -59,12 +67,12 @@ class Served:
     def __init__(self, app) -> None:  # noqa: ANN001
         import uvicorn
 
-        from llmri.viewer.serve import bind
+        from llmri.viewer.serve import bind, server_config
 
         self.sock = bind("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
         app.state.llmri.policy.port = self.port
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="error", access_log=False, lifespan="off"))
+        self.server = uvicorn.Server(server_config(app, quiet=True))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()
         while not self.server.started:
@@ -85,6 +93,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+    from transformers.generation.streamers import BaseStreamer
     from websockets.sync.client import connect
 
     import llmri
@@ -111,34 +120,65 @@ def main() -> None:
         "settings": {"max_new_tokens": n, "ignore_eos": True, "signals": ["resid", "attn", "mlp"], "reducer": "random"},
     }
 
+    # per variant and run: (request time, [time each generated token appeared], end time)
+    stamps: dict[str, list[tuple[float, list[float], float]]] = {"generate": [], "capture": [], "live-ws": []}
+
+    class Stamps(BaseStreamer):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.prompt_seen = False
+
+        def put(self, value) -> None:  # noqa: ANN001 - the prompt first, then each new token
+            if self.prompt_seen:
+                self.times.append(time.perf_counter())
+            self.prompt_seen = True
+
+        def end(self) -> None:
+            pass
+
     def plain() -> None:
         # On a worker thread, like the live engine: on this oversubscribed 2-core machine torch ran about 5x
         # slower on the main thread than on a worker thread, which would flatter live chat unfairly.
         out = []
+        streamer = Stamps()
+        t0 = time.perf_counter()
 
         def work() -> None:
             with torch.inference_mode():
-                out.append(model.model.generate(inp, max_new_tokens=n, min_new_tokens=n, do_sample=False))
+                out.append(
+                    model.model.generate(inp, max_new_tokens=n, min_new_tokens=n, do_sample=False, streamer=streamer)
+                )
 
         th = threading.Thread(target=work)
         th.start()
         th.join()
-        assert out[0].shape[1] == inp.shape[1] + n
+        stamps["generate"].append((t0, streamer.times, time.perf_counter()))
+        assert out[0].shape[1] == inp.shape[1] + n and len(streamer.times) == n
 
     def capture_only() -> None:
         # the same capture (all signals, random reducer, zarr store) without the viewer: what streaming adds
-        out = []
+        times: list[float] = []
         kw = {"max_new_tokens": n, "ignore_eos": True, "reducer": "random", "store": store}
-        th = threading.Thread(target=lambda: out.append(llmri.capture(model, PROMPT, **kw)))
+        t0 = time.perf_counter()
+
+        def work() -> None:
+            for frame in llmri.stream(model, PROMPT, **kw):
+                if frame.token.role == "generated":
+                    times.append(time.perf_counter())
+
+        th = threading.Thread(target=work)
         th.start()
         th.join()
-        assert out[0].tokens.role.count("generated") == n
+        stamps["capture"].append((t0, times, time.perf_counter()))
+        assert len(times) == n
 
     def live_ws() -> None:
         from llmri.viewer.encoding import decode_array
 
+        times: list[float] = []
         with connect(url.replace("http", "ws") + "/api/live", origin=url, max_size=None, compression=None) as ws:
             assert json.loads(ws.recv(timeout=30))["type"] == "hello"
+            t0 = time.perf_counter()
             ws.send(json.dumps(request))
             gen = 0
             while True:
@@ -147,6 +187,7 @@ def main() -> None:
                     h, _ = decode_array(msg)
                     if h["tokens"][0]["role"] == "generated":
                         gen += 1
+                        times.append(time.perf_counter())
                         ws_latency.append(time.time() - h["t_model"])
                     continue
                 data = json.loads(msg)
@@ -155,21 +196,38 @@ def main() -> None:
                     break
                 if data["type"] in ("error", "busy"):
                     raise RuntimeError(data["message"])
+            stamps["live-ws"].append((t0, times, time.perf_counter()))
         assert gen == n, gen
 
     times = alternate({"generate": plain, "capture": capture_only, "live-ws": live_ws}, args.rounds)
+    runs = {name: st[-args.rounds :] for name, st in stamps.items()}  # the warm-up left out
+    first = {name: median([ts[0] - t0 for t0, ts, _ in st]) for name, st in runs.items()}
+    stream = {name: median([(n - 1) / (ts[-1] - ts[0]) for _, ts, _ in st]) for name, st in runs.items()}
     base = median(times["generate"])
     rows = []
     for name, ts in times.items():
         m = median(ts)
-        rows.append({"variant": name, "median_s": m, "tokens_per_s": n / m, "vs_generate": base / m, "runs": len(ts)})
+        rows.append(
+            {
+                "variant": name,
+                "median_s": m,
+                "tokens_per_s": n / m,
+                "vs_generate": base / m,
+                "first_token_ms": first[name] * 1000,
+                "stream_tokens_per_s": stream[name],
+                "stream_vs_generate": stream[name] / stream["generate"],
+                "runs": len(ts),
+            }
+        )
     load = os.getloadavg()
     print(
         f"live chat throughput: {len(ids)}-token chat prompt, {n} new tokens (EOS ignored), greedy, "
         f"{args.threads} threads, {args.rounds} alternating rounds after a warm-up (medians); "
         f"load average {load[0]:.1f}/{load[1]:.1f}"
     )
-    print(table(rows, ["variant", "median_s", "tokens_per_s", "vs_generate", "runs"]))
+    print("end to end (request -> end of turn), first token, and streaming ((n - 1) / (last - first token)):")
+    cols = ["variant", "median_s", "tokens_per_s", "vs_generate", "first_token_ms", "stream_tokens_per_s"]
+    print(table(rows, [*cols, "stream_vs_generate", "runs"]))
     ws_ms = [x * 1000 for x in ws_latency]
     lat_rows = [
         {"where": "python ws client (arrival)", "n": len(ws_ms), "p50_ms": pct(ws_ms, 0.5), "p95_ms": pct(ws_ms, 0.95)}
@@ -193,6 +251,9 @@ def main() -> None:
             "prompt_tokens": len(ids),
             "rows": rows,
             "times": times,
+            "token_times": {
+                name: [[t - t0 for t in ts] + [end - t0] for t0, ts, end in st] for name, st in runs.items()
+            },
             "latency": lat_rows,
             "page_latency_ms": page,
             "ws_latency_ms": ws_ms,

@@ -85,14 +85,13 @@ class ServedApp:
     def __init__(self, app: Any) -> None:
         import uvicorn
 
-        from llmri.viewer.serve import bind
+        from llmri.viewer.serve import bind, server_config
 
         self.app = app
         self.sock = bind("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
         app.state.llmri.policy.port = self.port
-        config = uvicorn.Config(app, log_level="error", access_log=False, lifespan="off")
-        self.server = uvicorn.Server(config)
+        self.server = uvicorn.Server(server_config(app, quiet=True))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 20

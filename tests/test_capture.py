@@ -59,6 +59,27 @@ def test_attn_and_mlp_add_up_to_the_residual_stream(real_model):
     assert _hook_count(real_model) == before
 
 
+def test_a_step_without_logits_skips_the_lm_head_and_records_the_same(real_model):
+    """The last generated token's forward (and calibration's) runs the decoder only."""
+    cap = HFHooksCapture(real_model, ["resid", "attn", "mlp"])
+    ids = real_model.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    calls = []
+    handle = real_model.model.lm_head.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        full = cap.step(ids)
+        assert len(calls) == 1 and full.logits.shape == (ids.shape[1], real_model.model.config.vocab_size)
+        bare = cap.step(ids, logits=False)
+        assert len(calls) == 1 and bare.logits is None
+        nxt = torch.tensor([[int(full.logits[-1].argmax())]])
+        a, b = cap.step(nxt, full.cache), cap.step(nxt, bare.cache, logits=False)  # caches extended alike
+        assert len(calls) == 2
+    finally:
+        handle.remove()
+    for s in ("resid", "attn", "mlp"):
+        torch.testing.assert_close(full.acts[s], bare.acts[s], rtol=0, atol=0)
+        torch.testing.assert_close(a.acts[s], b.acts[s], rtol=0, atol=0)
+
+
 def test_greedy_tokens_equal_model_generate(real_model, neurons_session):
     s = neurons_session
     n_prompt = s.tokens.role.count("prompt")

@@ -36,6 +36,8 @@ CHILD = textwrap.dedent(
     else:
         model, kw = llmri.load_model(), {"max_new_tokens": 2000, "ignore_eos": True}
     st = llmri.stream(model, "Why is the sky blue?", chat=True, store=path, **kw)
+    if len(sys.argv) > 4:  # a smaller commit batch: many distinct committed lengths to read
+        st.writer.commit_every = int(sys.argv[4])
     for i, frame in enumerate(st):
         if i == 0:
             print("started", st.session_id, flush=True)  # frames are flowing
@@ -193,7 +195,7 @@ def test_a_live_reader_sees_only_committed_frames(tmp_path, synthetic_model):
     reference = _Reference(synthetic_model)
     reference(400)  # computed up front, so the reads below keep pace with the writer
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(path), "synthetic", "4000"], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(script), str(path), "synthetic", "4000", "16"], stdout=subprocess.PIPE, text=True
     )
     try:
         line = proc.stdout.readline()

@@ -351,6 +351,22 @@ def test_the_live_socket_refuses_foreign_origins_and_hosts(tmp_path, synthetic_m
         served.close()
 
 
+def test_the_live_socket_declines_per_message_deflate(tmp_path, synthetic_model):
+    """Browsers offer permessage-deflate; zlib on every frame would cost the model's CPU for nothing."""
+    from websockets.sync.client import connect
+
+    from llmri.viewer.serve import server_config
+
+    served, live, store = _serve(tmp_path, ModelEngine(synthetic_model))
+    try:
+        assert server_config(served.app).ws_per_message_deflate is False  # what `llmri view` serves with
+        with connect(served.ws_url, origin=served.url, compression="deflate") as ws:  # offers it, as browsers do
+            assert _hello(ws)["mode"] == "model"
+            assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
+    finally:
+        served.close()
+
+
 def test_check_request_defaults(synthetic_model):
     engine = ModelEngine(synthetic_model)
     msgs, s = check_request({"messages": HELLO}, engine)

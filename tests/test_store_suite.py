@@ -165,9 +165,10 @@ class StoreSuite:
                 return n
             time.sleep(0.02)
 
-    def test_commits_every_16_frames(self, store):
+    def test_commits_every_n_frames(self, store):
         w = store.create_session(base_meta())
         w.commit_seconds = 10_000.0
+        w.commit_every = 16
         for i in range(40):
             w.append(make_frame(i))
         # once the writer catches up, fewer than commit_every frames wait for a commit

@@ -126,7 +126,7 @@ def test_partial_chunks_are_rewritten_whole(tmp_path):
 def test_synchronous_writer_commits_every_16_frames(tmp_path):
     store = ZarrFrameStore(str(tmp_path / "r.zarr"), create=True, background=False)
     w = store.create_session(base_meta())
-    w.commit_seconds = 10_000.0
+    w.commit_every, w.commit_seconds = 16, 10_000.0
     for i in range(40):
         w.append(make_frame(i))
         assert len(store.session(w.id)) == (i + 1) // 16 * 16
@@ -161,7 +161,7 @@ def test_background_write_error_is_raised(tmp_path):
 def test_reader_sees_only_committed_frames_while_writing(tmp_path):
     store = ZarrFrameStore(str(tmp_path / "r.zarr"), create=True, background=False)
     w = store.create_session(base_meta())
-    w.commit_seconds = 10_000.0
+    w.commit_every, w.commit_seconds = 16, 10_000.0
     reader = store.session(w.id)
     assert reader.status == "recording" and len(reader) == 0
     for i in range(20):

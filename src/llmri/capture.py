@@ -7,8 +7,6 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import numpy as np
-
 from . import __version__
 from ._errors import CaptureError, ReducerError
 from .backends.base import BACKENDS, Capture
@@ -50,12 +48,36 @@ def _backend_for(model: Any, backend: str | None) -> tuple[str, type[Capture]]:
         raise CaptureError(str(exc.args[0])) from None
 
 
-def hoyer_sparsity(x: Any) -> Any:
-    """Hoyer's measure per vector, in [0, 1]: 0 for equal magnitudes, 1 for a single non-zero."""
-    d = x.shape[-1]
-    l1 = x.abs().sum(-1)
-    l2 = x.norm(dim=-1).clamp_min(1e-30)
-    return ((d**0.5 - l1 / l2) / (d**0.5 - 1)).clamp(0, 1)
+def hoyer_sparsity(l1: Any, l2: Any, d: int) -> Any:
+    """Hoyer's measure per vector from its L1 and L2 norms, in [0, 1]: 0 for equal magnitudes,
+    1 for a single non-zero."""
+    return ((d**0.5 - l1 / l2.clamp_min(1e-30)) / (d**0.5 - 1)).clamp(0, 1)
+
+
+def token_stats(
+    pred_logits: Any, ids: list[int]
+) -> tuple[list[float], list[float], list[list[int]], list[list[float]]]:
+    """Per row of ``pred_logits`` ``[n, vocab]``: log p of ``ids[row]``, the entropy (nats), and the
+    top-k ids and probabilities; NaN rows (position 0) give NaNs.
+
+    One exp pass: with l = logits - max, e = exp(l), z = sum(e): log p(i) = l[i] - log z,
+    entropy = log z - (e . l) / z, top-k probabilities = exp(top-k of l - log z). Masked (-inf)
+    logits are clamped to -1e30, as 0 * -inf would be NaN.
+    """
+    import torch
+
+    logits = pred_logits.float()
+    top_l, top_i = logits.topk(TOP_K, dim=-1)  # its first column is the max
+    mx = top_l[:, :1]
+    shifted = (logits - mx).clamp_min_(-1e30)
+    e = shifted.exp()
+    z = e.sum(-1)
+    lse = z.log()
+    dot = torch.bmm(e[:, None, :], shifted[:, :, None])[:, 0, 0]  # e . l without an [n, vocab] temporary
+    ent = (lse - dot / z).clamp_min(0)
+    chosen = shifted.gather(1, torch.tensor(ids, dtype=torch.long, device=shifted.device)[:, None])[:, 0] - lse
+    top_p = (top_l - mx - lse[:, None]).exp()
+    return chosen.tolist(), ent.tolist(), top_i.tolist(), top_p.tolist()
 
 
 class CaptureStream:
@@ -157,50 +179,37 @@ class CaptureStream:
     def _frames(self, pos: Positions, detok: Detokenizer) -> list[Frame]:
         import torch
 
-        n = len(pos.ids)
-        tiles: dict[str, np.ndarray] = {}
-        norms: dict[str, np.ndarray] = {}
-        sparsity: dict[str, np.ndarray] = {}
-        reduced = self.reducer.transform_many({s: pos.acts[s] for s in self.signals})
-        for s in self.signals:
-            xf = pos.acts[s].float()
-            tiles[s] = reduced[s].to(torch.float16).cpu().numpy()
-            norms[s] = xf.norm(dim=-1).cpu().numpy().astype(np.float32)
-            sparsity[s] = hoyer_sparsity(xf).cpu().numpy().astype(np.float32)
-        # one pass over the vocabulary: p = exp(l - lse); entropy = lse - sum(p * l); log p(id) = l[id] - lse
-        # (shifted by the max for precision; -inf of masked tokens clamped, as 0 * -inf would be NaN)
-        logits = pos.pred_logits.float()
-        logits = (logits - logits.max(dim=-1, keepdim=True).values).clamp_min(-1e30)
-        e = torch.exp(logits)  # one exp pass gives the probabilities, log Z and the entropy
-        z = e.sum(-1)
-        lse = torch.log(z)
-        p = e / z[:, None]
-        ent = (lse - (p * logits).sum(-1)).clamp_min(0)
-        ids_t = torch.tensor(pos.ids, dtype=torch.long)
-        chosen = logits.gather(1, ids_t[:, None])[:, 0] - lse
-        top_p, top_i = p.topk(TOP_K, dim=-1)
+        sigs = self.signals
+        acts = [pos.acts[s] for s in sigs]
+        reduced = self.reducer.transform_many(dict(zip(sigs, acts, strict=True)))
+        # every signal at once: [signals, n, layers, d]
+        x = torch.stack(acts).float()
+        l2 = x.norm(dim=-1)
+        sparsity = hoyer_sparsity(x.abs().sum(-1), l2, x.shape[-1]).cpu().numpy()
+        norms = l2.cpu().numpy()
+        tiles = torch.stack([reduced[s] for s in sigs]).to(torch.float16).cpu().numpy()
+        chosen, ent, top_ids, top_probs = token_stats(pos.pred_logits, pos.ids)
         out = []
-        for j in range(n):
-            first = bool(torch.isnan(lse[j]))
-            tid = pos.ids[j]
-            tops = () if first else tuple(int(t) for t in top_i[j])
+        for j, tid in enumerate(pos.ids):
+            first = math.isnan(chosen[j]) and math.isnan(ent[j])  # position 0: nothing predicted it
+            tops = () if first else tuple(top_ids[j])
             token = Token(
                 index=pos.start + j,
                 id=tid,
                 text=detok.push(tid),
                 role=pos.role,
-                logprob=math.nan if first else float(chosen[j]),
-                entropy=math.nan if first else float(ent[j]),
+                logprob=chosen[j],
+                entropy=ent[j],
                 top_ids=tops,
-                top_probs=() if first else tuple(float(v) for v in top_p[j]),
+                top_probs=() if first else tuple(top_probs[j]),
                 top_texts=tuple(self.codec.piece(t) for t in tops),
             )
             out.append(
                 Frame(
                     token,
-                    {s: tiles[s][j] for s in tiles},
-                    {s: norms[s][j] for s in norms},
-                    {s: sparsity[s][j] for s in sparsity},
+                    {s: tiles[i, j] for i, s in enumerate(sigs)},
+                    {s: norms[i, j] for i, s in enumerate(sigs)},
+                    {s: sparsity[i, j] for i, s in enumerate(sigs)},
                 )
             )
         return out

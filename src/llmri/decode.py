@@ -142,9 +142,11 @@ def decode_loop(
             return
         assert prev_logits is not None
         tok = sample(prev_logits, settings, gen)
-        step = capture.step(torch.tensor([[tok]], dtype=torch.long), cache)
+        last = i == settings.max_new_tokens - 1 or (tok in eos_ids and not settings.ignore_eos)
+        # the last token's forward exists for its activations only: nothing reads its logits
+        step = capture.step(torch.tensor([[tok]], dtype=torch.long), cache, logits=not last)
         cache = step.cache
         yield Positions(n + i, [tok], "generated", step.acts, prev_logits[None])
-        prev_logits = step.logits[-1]
-        if tok in eos_ids and not settings.ignore_eos:
+        if last:
             return
+        prev_logits = step.logits[-1]

@@ -75,6 +75,17 @@ class HFHooksCapture(Capture):
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._has_keep = "logits_to_keep" in params
+        # The decoder alone (the module holding the layers), for forwards whose logits nobody
+        # reads (the last generated token, calibration): it skips the LM head, ~20% of a small
+        # model's forward. Used only where it takes ids and a cache the same way.
+        self._decoder: Any = None
+        self._decoder_cache_kw = ""
+        decoder = _get(self.model, path.rsplit(".", 1)[0])
+        if decoder is not None and decoder is not self.model and callable(getattr(decoder, "forward", None)):
+            dparams = inspect.signature(decoder.forward).parameters
+            kw = next((k for k in ("cache", "past_key_values") if k in dparams), "")
+            if "input_ids" in dparams and kw and "use_cache" in dparams:
+                self._decoder, self._decoder_cache_kw = decoder, kw
 
     @property
     def layer_names(self) -> list[str]:
@@ -94,7 +105,7 @@ class HFHooksCapture(Capture):
             slot = bufs[sig]
 
             def hook(_mod: Any, _inp: Any, out: Any) -> None:
-                slot[i] = _first(out).detach()
+                slot[i] = _first(out)  # an inference tensor (the forward runs in inference_mode)
 
             return hook
 
@@ -102,11 +113,15 @@ class HFHooksCapture(Capture):
             for sig, mods in self._targets.items():
                 for i, mod in enumerate(mods):
                     handles.append(mod.register_forward_hook(make(sig, i)))
-            kw: dict[str, Any] = {self._cache_kw: cache, "use_cache": True}
-            if not logits and self._has_keep:
-                kw["logits_to_keep"] = 1
+            ids = input_ids.to(self.loaded.device)
             with torch.inference_mode():
-                out = self.model(input_ids=input_ids.to(self.loaded.device), **kw)
+                if not logits and self._decoder is not None:
+                    out = self._decoder(input_ids=ids, **{self._decoder_cache_kw: cache, "use_cache": True})
+                else:
+                    kw: dict[str, Any] = {self._cache_kw: cache, "use_cache": True}
+                    if not logits and self._has_keep:
+                        kw["logits_to_keep"] = 1
+                    out = self.model(input_ids=ids, **kw)
         finally:
             for h in handles:
                 h.remove()
@@ -116,6 +131,6 @@ class HFHooksCapture(Capture):
         missing = [s for s, b in bufs.items() if any(t is None for t in b)]
         if missing:
             raise CaptureError(f"hf: the forward did not run the hooked modules for {', '.join(missing)}")
-        acts = {s: torch.stack([t[0] for t in b], dim=1) for s, b in bufs.items()}  # [n, L, d]
+        acts = {s: torch.stack(b, dim=2)[0] for s, b in bufs.items()}  # [1, n, L, d] -> [n, L, d]
         lg = out.logits[0].float() if logits else None
         return Step(logits=lg, acts=acts, cache=new_cache)

@@ -21,7 +21,9 @@ class SessionWriter(ABC):
     ``interrupted``; used as a context manager, an exception marks it ``interrupted``.
     """
 
-    commit_every: int = 16
+    #: A count bound for bursts (a long prompt's prefill); during generation the time bound decides.
+    #: Each commit costs the capture CPU time, so generation commits about once a second.
+    commit_every: int = 256
     commit_seconds: float = 1.0
 
     @property

@@ -41,6 +41,22 @@ def url_for(host: str, port: int, token: str | None = None) -> str:
     return f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
 
 
+def server_config(app: Any, *, quiet: bool = False) -> Any:
+    """The uvicorn configuration every llmri viewer runs with.
+
+    WebSocket per-message deflate is off: browsers offer it, and uvicorn would then zlib every
+    live frame, noise-like float16 tiles that barely compress, on the CPU the model generates on.
+    """
+    uvicorn = require("uvicorn", "viewer")
+    return uvicorn.Config(
+        app,
+        log_level="warning" if not quiet else "error",
+        access_log=False,
+        lifespan="off",
+        ws_per_message_deflate=False,
+    )
+
+
 def serve(
     app: Any, host: str = "127.0.0.1", port: int = 8000, open_browser: bool = True, *, quiet: bool = False
 ) -> None:
@@ -62,8 +78,7 @@ def serve(
     print(f"llmri view: serving {n} store{'s' if n != 1 else ''} at {url}  (Ctrl+C to stop)", flush=True)
     if state.policy.remote:
         print("llmri view: reachable from the network; anyone with the URL (token included) can read it", flush=True)
-    config = uvicorn.Config(app, log_level="warning" if not quiet else "error", access_log=False, lifespan="off")
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(app, quiet=quiet))
     if open_browser:
         threading.Timer(0.6, lambda: webbrowser.open(url)).start()
     try:
