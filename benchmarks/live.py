@@ -41,17 +41,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import alternate, median, save, table  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Tell me a short story about a lighthouse keeper and a storm."}]
-CHROMIUM = os.environ.get("LLMRI_CHROMIUM", "/usr/bin/chromium")
-BROWSER_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -59,28 +48,6 @@ def pct(xs: list[float], q: float) -> float:
         return float("nan")
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
-
-
-class Served:
-    """A viewer app served by uvicorn on a free loopback port in a thread."""
-
-    def __init__(self, app) -> None:  # noqa: ANN001
-        import uvicorn
-
-        from llmri.viewer.serve import bind, server_config
-
-        self.sock = bind("127.0.0.1", 0)
-        self.port = self.sock.getsockname()[1]
-        app.state.llmri.policy.port = self.port
-        self.server = uvicorn.Server(server_config(app, quiet=True))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.02)
-
-    def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 def main() -> None:
@@ -97,6 +64,7 @@ def main() -> None:
     from websockets.sync.client import connect
 
     import llmri
+    from llmri.testing import CHROMIUM, ServedApp
     from llmri.viewer import create_app
     from llmri.viewer.live import LiveChat, ModelEngine
 
@@ -111,7 +79,7 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory(prefix="llmri-bench-live-")
     store = llmri.open_store(Path(tmp.name) / "live.zarr", create=True)
     live = LiveChat(ModelEngine(model))
-    served = Served(create_app(store, live=live))
+    served = ServedApp(create_app(store, live=live))
     url = f"http://127.0.0.1:{served.port}"
     ws_latency: list[float] = []
     request = {
@@ -268,8 +236,10 @@ def page_latency(url: str, turns: int, n: int) -> dict[str, list[float]]:
     """Chat ``turns`` times in a real page; per generated token: arrival and on-screen delay (ms)."""
     from playwright.sync_api import sync_playwright
 
+    from llmri.testing import launch_chromium
+
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        b = launch_chromium(p)
         pg = b.new_page(viewport={"width": 1440, "height": 900})
         pg.goto(url)
         deadline = time.monotonic() + 60

@@ -19,7 +19,6 @@ Targets from the issue: p95 <= 16 ms once cached, <= 100 ms cold.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import re
 import socket
@@ -35,10 +34,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import save, table  # noqa: E402
-
-CHROMIUM = os.environ.get("LLMRI_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 
 
 def make_store(path: Path, n: int, layers: int = 30, tile: int = 16) -> str:
@@ -128,6 +123,8 @@ def main() -> int:
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
+    from llmri.testing import launch_chromium
+
     random.seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.zarr"
@@ -146,7 +143,7 @@ def main() -> int:
             threading.Thread(target=lambda: [None for _ in proc.stdout or ()], daemon=True).start()
             fetch = {span: fetch_throughput(url.rstrip("/"), sid, args.tokens, span) for span in (32, 256)}
             with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+                browser = launch_chromium(p)
                 ctx = browser.new_context(viewport={"width": 1440, "height": 900}, bypass_csp=True)
                 page = ctx.new_page()
                 page.goto(url)

@@ -1,5 +1,5 @@
-"""Helpers shared by the live-chat tests: a viewer served by real uvicorn in a thread, slow and failing
-synthetic backends, and the llama.cpp server as a real OpenAI-compatible upstream."""
+"""Helpers shared by the live-chat tests: slow and failing synthetic backends, and the llama.cpp server
+as a real OpenAI-compatible upstream (the served viewer is ``llmri.testing.ServedApp``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,18 +15,6 @@ import httpx
 
 from llmri.backends.base import BACKENDS
 from llmri.backends.synthetic import SyntheticCapture, SyntheticModel
-
-BROWSER_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-CHROMIUM = "/usr/bin/chromium"
 
 
 class SlowCapture(SyntheticCapture):
@@ -76,47 +63,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class ServedApp:
-    """``app`` served by uvicorn on a free loopback port in a daemon thread (same process, so tests can
-    look at the plug-in's queues)."""
-
-    def __init__(self, app: Any) -> None:
-        import uvicorn
-
-        from llmri.viewer.serve import bind, server_config
-
-        self.app = app
-        self.sock = bind("127.0.0.1", 0)
-        self.port = self.sock.getsockname()[1]
-        app.state.llmri.policy.port = self.port
-        self.server = uvicorn.Server(server_config(app, quiet=True))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/api/live"
-
-    def connect(self, **kw: Any) -> Any:
-        from websockets.sync.client import connect
-
-        return connect(self.ws_url, origin=self.url, max_size=None, compression=None, **kw)
-
-    def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
 
 
 def receive_turn(ws: Any, timeout: float = 60) -> dict[str, Any]:

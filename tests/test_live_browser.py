@@ -20,11 +20,11 @@ import pytest
 pytest.importorskip("fastapi")
 playwright_api = pytest.importorskip("playwright.sync_api")
 
-from live_helpers import BROWSER_ARGS, free_port, kill, start_llama_server  # noqa: E402
+from live_helpers import free_port, kill, start_llama_server  # noqa: E402
+from llmri.testing import CHROMIUM, launch_chromium  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-CHROMIUM = os.environ.get("LLMRI_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 if not os.path.exists(CHROMIUM):
@@ -66,7 +66,7 @@ class View:
 @pytest.fixture(scope="module")
 def browser():
     with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        b = launch_chromium(p)
         yield b
         b.close()
 

@@ -22,7 +22,6 @@ pytest.importorskip("websockets")
 import llmri  # noqa: E402
 from live_helpers import (  # noqa: E402
     FailingModel,
-    ServedApp,
     SlowCapture,
     SlowModel,
     kill,
@@ -30,6 +29,7 @@ from live_helpers import (  # noqa: E402
     start_llama_server,
 )
 from llmri.cli import main as cli_main  # noqa: E402
+from llmri.testing import ServedApp  # noqa: E402
 from llmri.viewer import create_app  # noqa: E402
 from llmri.viewer.live import ChatOnlyEngine, LiveChat, ModelEngine, check_request  # noqa: E402
 

@@ -22,17 +22,8 @@ import llmri  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-CHROMIUM = os.environ.get("LLMRI_CHROMIUM", "/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from llmri.testing import CHROMIUM, launch_chromium  # noqa: E402
+
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 if not os.path.exists(CHROMIUM):
@@ -93,7 +84,7 @@ def viewer(store_path):
 @pytest.fixture(scope="module")
 def browser():
     with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        b = launch_chromium(p)
         yield b
         b.close()
 

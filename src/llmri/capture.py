@@ -290,20 +290,4 @@ def capture(model: Any, prompt: Any, **kw: Any) -> Session:
     ``ignore_eos``, ``backend``, ``store`` (path/URL/FrameStore to append to), ``calibration``.
     """
     st = CaptureStream(model, prompt, **kw)
-    meta = dict(st.meta)
-    session = Session(meta, st.reducer.state_dict())
-    if st.session_id:
-        session.update_meta(id=st.session_id)
-    else:
-        from .store.ids import prepare_meta
-
-        session.update_meta(**{k: v for k, v in prepare_meta(meta).items() if k not in meta})
-    try:
-        for frame in st:
-            session.append(frame)
-    except BaseException:
-        session.set_status("interrupted")
-        raise
-    session.update_meta(stop_reason=st.stop_reason)
-    session.set_status("complete")
-    return session
+    return Session.collect(st, st.reducer.state_dict())

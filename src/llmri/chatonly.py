@@ -323,7 +323,7 @@ class ChatOnlyClient:
 
     def chat(self, messages: Any, **kw: Any) -> Session:
         """Answer ``messages`` and return the whole :class:`~llmri.session.Session`."""
-        return _collect(ChatOnlyStream(self, messages, **kw))
+        return Session.collect(ChatOnlyStream(self, messages, **kw))
 
     def close(self) -> None:
         self._http.close()
@@ -819,27 +819,6 @@ class ChatOnlyStream:
                 self.writer.close(status)
 
 
-def _collect(st: ChatOnlyStream) -> Session:
-    meta = dict(st.meta)
-    session = Session(meta)
-    if st.session_id:
-        session.update_meta(id=st.session_id)
-    else:
-        from .store.ids import prepare_meta
-
-        session.update_meta(**{k: v for k, v in prepare_meta(meta).items() if k not in meta})
-    try:
-        for frame in st:
-            session.append(frame)
-    except BaseException:
-        session.update_meta(**{k: v for k, v in st.meta.items() if k != "id"})
-        session.set_status("interrupted")
-        raise
-    session.update_meta(**{k: v for k, v in st.meta.items() if k != "id"})
-    session.set_status("complete")
-    return session
-
-
 def chat_only_stream(
     url: str,
     messages: Any,
@@ -897,4 +876,4 @@ def chat_only(
         store=store,
         meta=meta,
     )
-    return _collect(st)
+    return Session.collect(st)

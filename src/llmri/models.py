@@ -38,6 +38,19 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("llmri"))
 
 
+def describe_model(m: Any) -> dict[str, Any]:
+    """What a session's ``meta["model"]`` records of a loaded (or wrapped) model."""
+    return {
+        "name": m.name,
+        "path": m.path,
+        "fingerprint": m.fingerprint,
+        "n_layers": m.n_layers,
+        "d_model": m.d_model,
+        "dtype": str(m.dtype).replace("torch.", ""),
+        "architecture": type(m.model).__name__,
+    }
+
+
 @dataclass
 class LoadedModel:
     """A causal LM ready to capture. ``.model`` and ``.tokenizer`` are the transformers objects."""
@@ -70,15 +83,7 @@ class LoadedModel:
         return next(self.model.parameters()).dtype
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "path": self.path,
-            "fingerprint": self.fingerprint,
-            "n_layers": self.n_layers,
-            "d_model": self.d_model,
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "architecture": type(self.model).__name__,
-        }
+        return describe_model(self)
 
     def __repr__(self) -> str:
         return f"<LoadedModel {self.name} layers={self.n_layers} d_model={self.d_model} {self.fingerprint[:12]}>"

@@ -187,3 +187,30 @@ class Session(SessionReader):
 
     def frame(self, i: int) -> Frame:
         return self._frames[i]
+
+    @classmethod
+    def collect(cls, stream: Any, reducer_state: dict[str, np.ndarray] | None = None) -> Session:
+        """Run a frame stream (CaptureStream, ChatOnlyStream) to its end and hold its frames; the
+        stream's final metadata (stop reason, errors) is merged in, and an exception marks the
+        session ``interrupted`` before it propagates."""
+        meta = dict(stream.meta)
+        session = cls(meta, reducer_state)
+        if stream.session_id:
+            session.update_meta(id=stream.session_id)
+        else:
+            from .store.ids import prepare_meta
+
+            session.update_meta(**{k: v for k, v in prepare_meta(meta).items() if k not in meta})
+
+        def finish(status: str) -> None:
+            session.update_meta(**{k: v for k, v in stream.meta.items() if k != "id"})
+            session.set_status(status)
+
+        try:
+            for frame in stream:
+                session.append(frame)
+        except BaseException:
+            finish("interrupted")
+            raise
+        finish("complete")
+        return session

@@ -54,16 +54,9 @@ class WrappedModel:
             return None
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "path": self.path,
-            "fingerprint": self.fingerprint,
-            "n_layers": self.n_layers,
-            "d_model": self.d_model,
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "architecture": type(self.model).__name__,
-            "wrapper": f"{type(self.wrapper).__module__}.{type(self.wrapper).__name__}",
-        }
+        from ..models import describe_model
+
+        return {**describe_model(self), "wrapper": f"{type(self.wrapper).__module__}.{type(self.wrapper).__name__}"}
 
     def __repr__(self) -> str:
         return f"<WrappedModel {self.name} via {self.llmri_backend} layers={self.n_layers} d_model={self.d_model}>"
