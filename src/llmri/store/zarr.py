@@ -136,14 +136,13 @@ def _fill(dtype: Any) -> Any:
 _METADATA: dict[tuple[Any, ...], Any] = {}
 
 
-def _initial_rows(chunk: int) -> int:
-    """A new column's shape along the token axis: room for a typical turn, so that a session's
-    first commits write chunks only (growing 17 arrays cost ~12 ms of CPU in the first commit)."""
-    return max(16 * chunk, 1024) if chunk < ROW_CHUNK else 4 * chunk
+#: Rows a new array has room for before it first grows: a typical turn, so a session's first commits
+#: write chunks only (growing 17 arrays cost ~12 ms of CPU in the first commit).
+INITIAL_ROWS = 1024
 
 
 def _column_metadata(dtype: Any, row_shape: tuple[int, ...], chunk: int, compressors: Any) -> Any:
-    """The zarr metadata of a new column (no chunks yet, shape ``(_initial_rows(chunk), *row_shape)``),
+    """The zarr metadata of a new column (no chunks yet, shape ``(INITIAL_ROWS, *row_shape)``),
     made once by zarr itself in memory and reused: building it is most of what creating an array costs."""
     key = (dtype, row_shape, chunk, compressors)
     if key not in _METADATA:
@@ -152,7 +151,7 @@ def _column_metadata(dtype: Any, row_shape: tuple[int, ...], chunk: int, compres
 
         arr = zarr.create_array(
             MemoryStore(),
-            shape=(_initial_rows(chunk), *row_shape),
+            shape=(INITIAL_ROWS, *row_shape),
             chunks=(chunk, *row_shape),
             dtype=dtype,
             fill_value=_fill(dtype),
