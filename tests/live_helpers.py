@@ -85,7 +85,7 @@ def receive_turn(ws: Any, timeout: float = 60) -> dict[str, Any]:
     raise TimeoutError("no done message")
 
 
-def start_llama_server(tmp: Path) -> tuple[subprocess.Popen, str]:
+def start_llama_server(tmp: Path, n_ctx: int = 2048) -> tuple[subprocess.Popen, str]:
     """``python -m llama_cpp.server`` on a free loopback port serving the bundled GGUF."""
     from llmri.models import default_gguf_path
 
@@ -93,7 +93,7 @@ def start_llama_server(tmp: Path) -> tuple[subprocess.Popen, str]:
     log_path = tmp / f"llama-server-{port}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(default_gguf_path())]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx)]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 120
@@ -110,9 +110,10 @@ def start_llama_server(tmp: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("llama_cpp.server did not answer within 120 s")
 
 
-def kill(proc: subprocess.Popen) -> None:
+def kill(proc: subprocess.Popen, hard: bool = False) -> None:
+    """Terminate (``hard``: SIGKILL) and reap; SIGKILL if it does not end within 15 s."""
     if proc.poll() is None:
-        proc.terminate()
+        proc.kill() if hard else proc.terminate()
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:

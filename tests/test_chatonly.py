@@ -6,9 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import socket
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +16,7 @@ import numpy as np
 import pytest
 
 import llmri
+from live_helpers import free_port, kill, start_llama_server
 from llmri.chatonly import ChatOnlyClient, _split_url, entropy_lower_bound
 from llmri.cli import main as cli_main
 
@@ -27,48 +25,7 @@ HAS_ZARR_STORE = importlib.util.find_spec("llmri.store.zarr") is not None
 HAS_LLAMA_SERVER = importlib.util.find_spec("llama_cpp") is not None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # -- the real server ----------------------------------------------------------------------------
-
-
-def _start_llama_server(tmp: Path) -> tuple[subprocess.Popen, str]:
-    from llmri.models import default_gguf_path
-
-    port = _free_port()
-    log = open(tmp / f"llama-server-{port}.log", "wb")  # noqa: SIM115 - closed by the caller's kill
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(default_gguf_path())]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024"]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.close()
-            tail = (tmp / f"llama-server-{port}.log").read_text(errors="replace")[-2000:]
-            pytest.fail(f"llama_cpp.server exited with {proc.returncode}: {tail}")
-        try:
-            if httpx.get(url + "/models", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    _kill(proc)
-    pytest.fail("llama_cpp.server did not answer /v1/models within 120 s")
-
-
-def _kill(proc: subprocess.Popen, hard: bool = False) -> None:
-    if proc.poll() is None:
-        proc.kill() if hard else proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +34,11 @@ def llama_server(tmp_path_factory):
     ``(process, base_url)``; killed when the module's tests are done."""
     if not HAS_LLAMA_SERVER:
         pytest.skip("llama-cpp-python[server] is not installed")
-    proc, url = _start_llama_server(tmp_path_factory.mktemp("llama"))
+    proc, url = start_llama_server(tmp_path_factory.mktemp("llama"), n_ctx=1024)
     try:
         yield proc, url
     finally:
-        _kill(proc)
+        kill(proc)
 
 
 @pytest.fixture(scope="module")
@@ -443,7 +400,7 @@ def test_fake_stop_from_another_thread_ends_at_once(fake):
 
 
 def test_connection_refused_is_one_line():
-    url = f"http://127.0.0.1:{_free_port()}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(llmri.CaptureError, match=r"^cannot reach the OpenAI-compatible server at .*connection refused"):
         llmri.chat_only(url, "hi", model="m")
     with pytest.raises(llmri.CaptureError, match="connection refused"):
@@ -467,7 +424,7 @@ def test_cli_chat_prints_answer_and_table(fake, capsys):
 
 def test_cli_chat_errors_are_one_line(fake, capsys, monkeypatch):
     _, base = fake
-    refused = f"http://127.0.0.1:{_free_port()}/v1"
+    refused = f"http://127.0.0.1:{free_port()}/v1"
     monkeypatch.delenv("LLMRI_TEST_NO_KEY", raising=False)
     for argv, pattern in [
         (["chat", "hi", "--openai-url", refused], "connection refused"),
@@ -615,7 +572,7 @@ def test_real_server_killed_mid_answer_then_refused(tmp_path):
     """A server of its own: killed mid-stream (interrupted session, one line), then connection refused."""
     if not HAS_LLAMA_SERVER:
         pytest.skip("llama-cpp-python[server] is not installed")
-    proc, url = _start_llama_server(tmp_path)
+    proc, url = start_llama_server(tmp_path, n_ctx=1024)
     try:
         store = llmri.MemoryFrameStore()
         st = llmri.chat_only_stream(url, "Count from 1 to 100.", max_new_tokens=200, store=store)
@@ -624,11 +581,11 @@ def test_real_server_killed_mid_answer_then_refused(tmp_path):
             for f in st:
                 got.append(f)
                 if len(_gen(got)) == 2:
-                    _kill(proc, hard=True)
+                    kill(proc, hard=True)
         assert "\n" not in str(info.value)
         s = store.session(st.session_id)
         assert s.status == "interrupted" and len(s) == len(got) and len(_gen(got)) >= 2
         with pytest.raises(llmri.CaptureError, match="connection refused"):
             llmri.chat_only(url, "hi")
     finally:
-        _kill(proc)
+        kill(proc)

@@ -434,6 +434,19 @@ def test_chat_only_turn_over_the_socket(tmp_path, llama):
         served.close()
 
 
+def _failed_turn(ws) -> tuple[str, dict]:
+    """Chat once on a fresh socket: the turn ends interrupted with exactly one error message, and the
+    socket still answers afterwards. Returns that message and the turn."""
+    _hello(ws)
+    _chat(ws, max_new_tokens=4)
+    turn = receive_turn(ws, timeout=30)
+    (err,) = [m for m in turn["json"] if m["type"] == "error"]
+    assert turn["done"]["status"] == "interrupted"
+    ws.send(json.dumps({"type": "ping"}))
+    assert json.loads(ws.recv(timeout=5))["type"] == "pong"
+    return err["message"], turn
+
+
 def test_chat_only_upstream_down_is_a_clear_message(tmp_path):
     from live_helpers import free_port
     from llmri.chatonly import ChatOnlyClient
@@ -442,14 +455,8 @@ def test_chat_only_upstream_down_is_a_clear_message(tmp_path):
     served, live, store = _serve(tmp_path, ChatOnlyEngine(client))
     try:
         with served.connect() as ws:
-            _hello(ws)
-            _chat(ws, max_new_tokens=4)
-            turn = receive_turn(ws, timeout=30)
-            (err,) = [m for m in turn["json"] if m["type"] == "error"]
-            assert "cannot reach" in err["message"] and "refused" in err["message"]
-            assert turn["done"]["status"] == "interrupted"
-            ws.send(json.dumps({"type": "ping"}))
-            assert json.loads(ws.recv(timeout=5))["type"] == "pong"
+            message, _ = _failed_turn(ws)
+            assert "cannot reach" in message and "refused" in message
     finally:
         live.close()
         served.close()
@@ -558,16 +565,10 @@ def test_chat_only_upstream_failures_show_one_line(tmp_path, mode, needles):
     served, live, store = _serve(tmp_path, ChatOnlyEngine(client))
     try:
         with served.connect() as ws:
-            _hello(ws)
-            _chat(ws, max_new_tokens=4)
-            turn = receive_turn(ws, timeout=30)
-            (err,) = [m for m in turn["json"] if m["type"] == "error"]
-            assert all(x in err["message"] for x in needles) and "\n" not in err["message"], err
-            assert turn["done"]["status"] == "interrupted"
+            message, turn = _failed_turn(ws)
+            assert all(x in message for x in needles) and "\n" not in message, message
             s = store.session(sid_of(turn))
             assert s.chat_only and s.status == "interrupted"
-            ws.send(json.dumps({"type": "ping"}))
-            assert json.loads(ws.recv(timeout=5))["type"] == "pong"
     finally:
         live.close()
         served.close()

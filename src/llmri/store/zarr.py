@@ -293,11 +293,6 @@ class _Column:
         doc = md.to_buffer_dict(default_buffer_prototype())["zarr.json"]
         return f"{self.array.store_path.path}/zarr.json", doc.to_bytes()
 
-    async def trim(self) -> None:
-        if self.capacity != self.n:
-            await self.array.resize((self.n, *self.row_shape), delete_outside_chunks=False)
-            self.capacity = self.n
-
 
 def _write_file(root: str, key: str, data: bytes, made: set[str]) -> None:
     """Write ``root/key`` atomically, as zarr's LocalStore does (a temporary file, then a rename)."""
@@ -511,8 +506,7 @@ class ZarrSessionWriter(SessionWriter):
     def _write_rows(self, rows: dict[str, list[Any]]) -> None:
         # Chunks are encoded here and written as whole files: the same bytes zarr's setitem would
         # write, without its per-call machinery (~1.5 ms of CPU per column per commit, taken from
-        # the model's forward on a small machine). On a local store the files are written right
-        # here, each atomically as zarr's LocalStore writes them; elsewhere through the store.
+        # the model's forward on a small machine).
         plans = [(col, *col.plan(rows[name])) for name, col in self._columns.items()]
         grows = [col.array.resize(grow) for col, grow, _, _ in plans if grow is not None]
         if grows:
@@ -524,29 +518,29 @@ class ZarrSessionWriter(SessionWriter):
                 writes.append(col.array.setitem(slice(start, start + len(padded)), padded))
             else:
                 files += col.encoded(start, padded)
+        if writes:
+            _sync(_gather(writes))
+        self._put(files)
+
+    def _put(self, files: list[tuple[str, bytes]]) -> None:
+        """Write whole files: on a local store right here, each atomically as zarr's LocalStore
+        writes them; elsewhere through the store."""
         root = self._store._local_root
         if root is not None:
             for key, data in files:
                 _write_file(root, key, data, self._made)
-        else:
+        elif files:
             from zarr.core.buffer import default_buffer_prototype
 
             buffer = default_buffer_prototype().buffer
             zstore = self._store._zstore
-            writes += [zstore.set(key, buffer.from_bytes(data)) for key, data in files]
-        if writes:
-            _sync(_gather(writes))
+            _sync(_gather([zstore.set(key, buffer.from_bytes(data)) for key, data in files]))
 
     def _trim(self) -> None:
         # exact shapes for plain-zarr readers; rows past n_committed are never read anyway
-        root = self._store._local_root
-        if root is None:
-            _sync(_gather([col.trim() for col in self._columns.values()]))
-            return
+        self._put([col.trimmed() for col in self._columns.values() if col.capacity != col.n])
         for col in self._columns.values():
-            if col.capacity != col.n:
-                _write_file(root, *col.trimmed(), self._made)
-                col.capacity = col.n
+            col.capacity = col.n
 
     def commit(self) -> None:
         self._raise_error()
