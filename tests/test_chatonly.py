@@ -485,19 +485,34 @@ def test_real_server_streams_tokens_with_logprobs(llama_url):
 
 @pytest.mark.slow
 def test_real_server_text_matches_a_plain_request(llama_url):
+    """Chat-only mode records exactly the answer the server gives to the same request.
+
+    llama.cpp's server keeps the last prompt in its context and reuses the longest common prefix. The
+    first request for a prompt evaluates it cold (one batch); any later one re-evaluates only its last
+    token over the cached prefix, and the two paths can round differently enough to change a greedy
+    token (0.3.36 on the bundled GGUF: "The colour I'm referring to is a" cold, "The colour is a rare
+    and precious gem" warm). So a plain request for the same prompt goes first, whatever ran before
+    this test: llmri's request and the plain one it is compared with then both take the warm path, and
+    the comparison is of like with like. Comparing with a *second* plain request also shows the server
+    itself is deterministic on that path, so a mismatch can only come from llmri."""
+    body = {
+        "messages": [{"role": "user", "content": "Name a colour."}],
+        "max_tokens": 8,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "seed": 0,
+    }
+
+    def plain() -> str:
+        return httpx.post(llama_url + "/chat/completions", json=body, timeout=60).json()["choices"][0]["message"][
+            "content"
+        ]
+
+    plain()  # warms the prefix cache for this prompt
     s = llmri.chat_only(llama_url, "Name a colour.", max_new_tokens=8, temperature=0.0, seed=0)
-    plain = httpx.post(
-        llama_url + "/chat/completions",
-        json={
-            "messages": [{"role": "user", "content": "Name a colour."}],
-            "max_tokens": 8,
-            "temperature": 0.0,
-            "top_p": 1.0,
-            "seed": 0,
-        },
-        timeout=60,
-    ).json()
-    assert s.text == plain["choices"][0]["message"]["content"]
+    first, second = plain(), plain()
+    assert first == second, "the server itself answers the same warm request differently"
+    assert s.text and s.text == first
 
 
 @pytest.mark.slow
