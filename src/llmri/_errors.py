@@ -27,6 +27,18 @@ class MissingExtraError(LlmriError, ImportError):
     """An optional dependency is not installed; the message names the extra."""
 
 
+def one_line(text: object, limit: int = 300) -> str:
+    """``text`` (a message or an exception) as one line of at most ``limit`` characters.
+
+    Runs of whitespace (newlines included) become one space; a longer line is cut and ends in
+    ``...``. An exception whose message is empty gives its type name.
+    """
+    line = " ".join(str(text).split())
+    if not line and isinstance(text, BaseException):
+        line = type(text).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def require(module: str, extra: str):  # noqa: ANN201 - returns a module
     """Import ``module`` or raise :class:`MissingExtraError` naming ``pip install 'llmri[extra]'``."""
     import importlib

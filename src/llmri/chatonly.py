@@ -43,7 +43,6 @@ from __future__ import annotations
 import json
 import math
 import queue
-import re
 import socket
 import threading
 import urllib.parse
@@ -51,9 +50,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from . import __version__
-from ._errors import CaptureError, require
+from ._errors import CaptureError, one_line, require
 from .decode import GenerationSettings
 from .frame import TOP_K, Frame, Token
+from .messages import check_messages
 from .session import Session
 from .store.base import FrameStore, SessionWriter
 
@@ -140,26 +140,14 @@ def _join(base: str, tail: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path + tail, parts.query, ""))
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    line = re.sub(r"\s+", " ", str(text)).strip()
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 # -- messages -----------------------------------------------------------------------------------
 
 
 def _messages(prompt: Any) -> list[dict[str, str]]:
-    """A string becomes one user message; a list must hold ``{"role": str, "content": str}`` dicts."""
+    """A string becomes one user message; a list is checked by :func:`~llmri.messages.check_messages`."""
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
-    if not isinstance(prompt, (list, tuple)) or not prompt:
-        raise CaptureError("messages must be a string or a non-empty list of {'role', 'content'} dicts")
-    out = []
-    for i, m in enumerate(prompt):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise CaptureError(f"message {i} must be a dict with string 'role' and 'content', got {m!r:.80}")
-        out.append({"role": m["role"], "content": m["content"]})
-    return out
+    return check_messages(prompt)
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -174,7 +162,7 @@ def _network_error(exc: Exception, url: str, timeout: float | None) -> CaptureEr
         return CaptureError(f"connecting to {url} timed out{after} (is the server running and reachable?)")
     if isinstance(exc, httpx.ConnectError):
         reason = str(exc).lower()
-        what = "connection refused" if "refused" in reason else _one_line(str(exc), 120) or "cannot connect"
+        what = "connection refused" if "refused" in reason else one_line(str(exc), 120) or "cannot connect"
         return CaptureError(f"cannot reach the OpenAI-compatible server at {url}: {what} (is it running?)")
     if isinstance(exc, httpx.ReadTimeout):
         wait = f"{timeout:g} s" if timeout else "too long"
@@ -182,10 +170,10 @@ def _network_error(exc: Exception, url: str, timeout: float | None) -> CaptureEr
     if isinstance(exc, httpx.TimeoutException):
         return CaptureError(f"timed out talking to {url}{after}")
     if isinstance(exc, httpx.RemoteProtocolError):
-        return CaptureError(f"{url} closed the connection mid-answer ({_one_line(str(exc), 120)})")
+        return CaptureError(f"{url} closed the connection mid-answer ({one_line(str(exc), 120)})")
     if isinstance(exc, (httpx.ReadError, httpx.WriteError)):
-        return CaptureError(f"lost the connection to {url} ({_one_line(str(exc), 120) or type(exc).__name__})")
-    return CaptureError(f"request to {url} failed: {type(exc).__name__}: {_one_line(str(exc), 160)}")
+        return CaptureError(f"lost the connection to {url} ({one_line(str(exc), 120) or type(exc).__name__})")
+    return CaptureError(f"request to {url} failed: {type(exc).__name__}: {one_line(str(exc), 160)}")
 
 
 def _error_message(body: bytes) -> str:
@@ -195,14 +183,14 @@ def _error_message(body: bytes) -> str:
     try:
         data = json.loads(text)
     except ValueError:
-        return _one_line(text.splitlines()[0] if text else "", 200)
+        return one_line(text.splitlines()[0] if text else "", 200)
     msg: Any = data
     if isinstance(data, dict):
         err = data.get("error", data.get("detail", data.get("message")))
         msg = err.get("message", err) if isinstance(err, dict) else err
     if isinstance(msg, str):
-        return _one_line(msg.splitlines()[0] if msg.strip() else "", 200)
-    return _one_line(json.dumps(msg), 200)
+        return one_line(msg.splitlines()[0] if msg.strip() else "", 200)
+    return one_line(json.dumps(msg), 200)
 
 
 def _http_error(status: int, reason: str, body: bytes, url: str, model: str | None) -> CaptureError:
@@ -552,7 +540,7 @@ class ChatOnlyStream:
         except Exception as exc:  # noqa: BLE001 - the consumer must hear of any failure, in one line
             if not self._stop_event.is_set():
                 self._put(
-                    ("error", CaptureError(f"chat with {c.url} failed: {type(exc).__name__}: {_one_line(str(exc))}"))
+                    ("error", CaptureError(f"chat with {c.url} failed: {type(exc).__name__}: {one_line(str(exc))}"))
                 )
         finally:
             # Always end the consumer's wait, whatever happened above.

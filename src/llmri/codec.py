@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._errors import CaptureError
+from .messages import check_messages
 
 
 class TextCodec:
@@ -25,7 +26,7 @@ class TextCodec:
     def encode(self, prompt: Any, chat: bool | None) -> tuple[list[int], list[dict[str, str]] | None]:
         """Returns ``(ids, messages)``; ``messages`` is None for raw text."""
         if isinstance(prompt, (list, tuple)):
-            messages = [_check_message(m, i) for i, m in enumerate(prompt)]
+            messages = check_messages(prompt)
             if chat is False:
                 raise CaptureError("a list of messages needs the chat template (chat=False was given)")
             return self.encode_chat(messages), messages
@@ -55,11 +56,3 @@ class TextCodec:
         if text is None:
             text = self._pieces[tid] = self.decode([tid])
         return text
-
-
-def _check_message(m: Any, i: int) -> dict[str, str]:
-    if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-        raise CaptureError(f"message {i} must be an object with string 'role' and 'content'")
-    if m["role"] not in ("system", "user", "assistant", "tool"):
-        raise CaptureError(f"message {i}: unknown role {m['role']!r} (system, user, assistant or tool)")
-    return {"role": m["role"], "content": m["content"]}
