@@ -744,18 +744,23 @@ class ZarrFrameStore(FrameStore):
     halving append throughput and doubling read latency (``benchmarks/store.py``,
     docs/benchmarks.md). The other arrays are small and keep zarr's default (zstd).
     ``background=False`` makes writers commit on the appending thread (see :class:`ZarrSessionWriter`).
+    On a local directory no symbolic link below the store's (resolved) root is followed: a session
+    holding one is reported in :attr:`problems`, not opened (docs/FORMAT.md, "Symbolic links").
     """
 
     def __init__(
         self, path_or_url: str, *, create: bool = False, compress: bool = False, background: bool = True
     ) -> None:
         super().__init__()
-        from zarr.storage import FsspecStore, LocalStore
+        from zarr.storage import FsspecStore
+
+        from ._local import NoFollowLocalStore
 
         self.url = str(path_or_url)
         self._compress = compress
         self._background = background
         self._zstore: Any = None
+        self._walked: dict[str, tuple[int, int, int]] = {}  # session id -> its zarr.json when found clean
         local: str | None = None
         if "://" not in self.url:
             local = self.url
@@ -763,12 +768,13 @@ class ZarrFrameStore(FrameStore):
             local = self.url[len("file://") :]
         try:
             if local is not None:
-                local = os.path.expanduser(local)
+                # resolved once: the store's own path may be a link; nothing below it is followed
+                local = os.path.realpath(os.path.expanduser(local))
                 if os.path.isfile(local):
                     raise StoreError(f"{self.url}: not an llmri store (a file, not a directory)")
                 if not os.path.exists(local) and not create:
                     raise StoreError(f"{self.url}: no such store")
-                self._zstore = LocalStore(local)
+                self._zstore = NoFollowLocalStore(local)
             else:
                 self._zstore = FsspecStore.from_url(self.url)
         except StoreError:
@@ -837,6 +843,8 @@ class ZarrFrameStore(FrameStore):
 
         from zarr.storage import LocalStore
 
+        from ._local import NoFollowLocalStore
+
         parent = os.path.dirname(os.path.abspath(local))
         if not os.path.isdir(parent):
             raise StoreError(f"{self.url}: no such directory {parent}")
@@ -850,7 +858,7 @@ class ZarrFrameStore(FrameStore):
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        self._zstore = LocalStore(local)
+        self._zstore = NoFollowLocalStore(local)
 
     def _exists(self, key: str) -> bool:
         try:
@@ -911,9 +919,35 @@ class ZarrFrameStore(FrameStore):
     def session(self, session_id: str) -> ZarrSession:
         if not session_id or "/" in session_id or session_id in (".", ".."):
             raise StoreError(f"{self.url}: bad session id {session_id!r}")
+        root = self._local_root
+        if root is not None:
+            self._refuse_links(root, session_id)
         if not self._exists(f"sessions/{session_id}/zarr.json"):
             raise StoreError(f"{self.url}: no session {session_id!r}")
         return ZarrSession(self, session_id)
+
+    def _refuse_links(self, root: str, session_id: str) -> None:
+        """Raise if the session's tree holds a symbolic link or a special file, so such a session is
+        reported in ``problems`` rather than opened. The tree is walked again only once its
+        ``zarr.json`` changed (every commit rewrites it): a walk costs 7-10 ms per 1,000 frames of
+        three signals, and the viewer reopens every session each time it lists them. A link placed
+        later is refused by the store's reads (:class:`~llmri.store._local.NoFollowLocalStore`)."""
+        from ._local import RefusedPath, find_refused, lstat_key
+
+        key = f"sessions/{session_id}"
+        try:
+            st = lstat_key(root, f"{key}/zarr.json")
+        except RefusedPath as exc:
+            why: str | None = str(exc)
+        else:
+            seen = None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns)
+            if seen is not None and self._walked.get(session_id) == seen:
+                return
+            why = find_refused(root, key)
+            if why is None and seen is not None:
+                self._walked[session_id] = seen
+        if why:
+            raise StoreError(f"{self.url}: session {session_id} not opened: {why} (a store's links are not followed)")
 
     def __repr__(self) -> str:
         return f"<ZarrFrameStore {self.url}>"
