@@ -318,6 +318,16 @@ def test_a_failure_mid_answer_is_one_clear_message_and_the_server_keeps_running(
         ({"type": "chat", "messages": HELLO, "settings": {"signals": ["bogus"]}}, "unknown signal"),
         ({"type": "chat", "messages": HELLO, "settings": {"reducer": "magic"}}, "reducer"),
         ({"type": "teleport"}, "unknown message type"),
+        # an integer literal of 400 digits (JSON integers have no size limit): refused, not overflowed
+        ({"type": "chat", "messages": HELLO, "settings": {"seed": 10**400}}, "seed must be between"),
+        ({"type": "chat", "messages": HELLO, "settings": {"max_new_tokens": -(10**400)}}, "max_new_tokens"),
+        ({"type": "chat", "messages": HELLO, "settings": {"temperature": 10**400}}, "temperature"),
+        ({"type": "chat", "messages": HELLO, "settings": {"seed": "9" * 400}}, "seed"),
+        ({"type": "chat", "messages": HELLO, "settings": {"seed": 1.5}}, "whole number"),
+        ('{"type": "chat", "messages": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+        ("[" * 100_000, "nested too deeply"),
+        ({"type": "chat", "messages": HELLO, "settings": {"seed": [[[[[[1]]]]]]}}, "seed must be a number"),
+        ({"type": ["x" * 5000]}, "unknown message type"),
     ],
 )
 def test_bad_requests_get_one_line_and_the_socket_stays_open(tmp_path, synthetic_model, payload, needle):
@@ -328,9 +338,32 @@ def test_bad_requests_get_one_line_and_the_socket_stays_open(tmp_path, synthetic
             ws.send(payload if isinstance(payload, str) else json.dumps(payload))
             msg = json.loads(ws.recv(timeout=5))
             assert msg["type"] == "error" and needle in msg["message"]
+            assert "\n" not in msg["message"] and len(msg["message"]) < 200, msg["message"]
             ws.send(json.dumps({"type": "ping"}))
             assert json.loads(ws.recv(timeout=5))["type"] == "pong"
         assert store.session_ids() == []
+    finally:
+        served.close()
+
+
+def test_after_hostile_messages_a_good_one_still_chats(tmp_path, synthetic_model, caplog):
+    served, live, store = _serve(tmp_path, ModelEngine(synthetic_model))
+    hostile = [
+        json.dumps({"type": "chat", "messages": HELLO, "settings": {"seed": 10**400}}),
+        json.dumps({"type": "chat", "messages": HELLO, "settings": {"max_new_tokens": 10**400}}),
+        "{" * 50_000 + "}" * 50_000,
+        '{"a": ' * 100_000 + "1" + "}" * 100_000,
+    ]
+    try:
+        with served.connect() as ws:
+            _hello(ws)
+            for text in hostile:
+                ws.send(text)
+                assert json.loads(ws.recv(timeout=5))["type"] == "error"
+            _chat(ws, max_new_tokens=3, seed=7)
+            turn = receive_turn(ws)
+        assert turn["done"]["status"] == "complete" and len(store.session_ids()) == 1
+        assert "Traceback" not in caplog.text and "OverflowError" not in caplog.text
     finally:
         served.close()
 

@@ -35,6 +35,10 @@ Client to server, JSON text messages:
 ``{"type": "ping"}``
     Answered with ``{"type": "pong"}``.
 
+A message that is not JSON, nested too deeply, larger than :data:`MAX_CLIENT_MESSAGE` or out of range
+(numbers are checked as exact integers, so a 400-digit seed is refused, not overflowed) gets one
+``error`` line; the socket stays open.
+
 Server to client, JSON text messages: ``hello`` (mode, model, signals, reducers, limits, the running
 turn if any), ``started`` (``session`` = ``"store/id"``, ``messages``, ``settings``, ``special_ids``,
 ``yours``), ``done`` (``session``, ``status``, ``stop_reason``, ``n_frames``), ``error``
@@ -62,6 +66,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import secrets
 import threading
@@ -86,6 +91,7 @@ MAX_MESSAGES = 256
 MAX_NEW_TOKENS = 2048
 ROLES = ("system", "user", "assistant")
 REDUCERS = ("random", "ipca", "neurons")
+log = logging.getLogger("llmri.viewer")
 
 
 def _one_line(exc: BaseException | str, limit: int = 400) -> str:
@@ -189,6 +195,17 @@ class ChatOnlyEngine:
 # -- validation ----------------------------------------------------------------------------------
 
 
+def _shown(value: Any, limit: int = 40) -> str:
+    """A client's value in an error message: short and one line, never the repr of a huge or deep value."""
+    if isinstance(value, str):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    return f"a JSON {'object' if isinstance(value, dict) else 'array' if isinstance(value, list) else 'value'}"
+
+
 def _number(settings: dict[str, Any], key: str, default: float, lo: float, hi: float, integer: bool = False) -> Any:
     value = settings.get(key, default)
     if value is None or value == "":
@@ -197,9 +214,10 @@ def _number(settings: dict[str, Any], key: str, default: float, lo: float, hi: f
         try:
             value = float(value)
         except (TypeError, ValueError):
-            raise CaptureError(f"{key} must be a number, got {value!r:.40}") from None
-    if not math.isfinite(value) or not (lo <= value <= hi):
-        raise CaptureError(f"{key} must be between {lo:g} and {hi:g}, got {value!r}")
+            raise CaptureError(f"{key} must be a number, got {_shown(value)}") from None
+    # An int is compared exactly: JSON integers have no size limit, and math.isfinite(10**400) overflows.
+    if not (lo <= value <= hi) or (isinstance(value, float) and not math.isfinite(value)):
+        raise CaptureError(f"{key} must be between {lo:g} and {hi:g}, got {_shown(value)}")
     if integer:
         if value != int(value):
             raise CaptureError(f"{key} must be a whole number, got {value!r}")
@@ -437,10 +455,17 @@ class LiveChat:
                     continue
                 try:
                     data = json.loads(text)
-                except ValueError:
+                except RecursionError:
+                    conn.offer(self._json(type="error", message="JSON nested too deeply"), None)
+                    continue
+                except ValueError:  # also an integer beyond Python's digit limit
                     conn.offer(self._json(type="error", message="not JSON"), None)
                     continue
-                self._handle(conn, data if isinstance(data, dict) else {})
+                try:
+                    self._handle(conn, data if isinstance(data, dict) else {})
+                except Exception:  # noqa: BLE001 - one bad message must not drop the page's socket
+                    log.exception("live chat: a client message could not be handled")
+                    conn.offer(self._json(type="error", message="this message could not be handled"), None)
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
@@ -500,7 +525,7 @@ class LiveChat:
                 return
             self.start(messages, settings, by=conn.id)
         else:
-            conn.offer(self._json(type="error", message=f"unknown message type {kind!r}"), None)
+            conn.offer(self._json(type="error", message=f"unknown message type {_shown(kind)}"), None)
 
     # -- generation ----------------------------------------------------------------------------
     def start(self, messages: list[dict[str, str]], settings: dict[str, Any], by: int = 0) -> _Run:
