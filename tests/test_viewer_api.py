@@ -19,7 +19,14 @@ import llmri  # noqa: E402
 from llmri.frame import Frame, Token  # noqa: E402
 from llmri.viewer import create_app  # noqa: E402
 from llmri.viewer.encoding import MAGIC, decode_array, encode_array, quantise_u8  # noqa: E402
-from llmri.viewer.security import SecurityPolicy, is_loopback, split_host, valid_id  # noqa: E402
+from llmri.viewer.security import (  # noqa: E402
+    SecurityPolicy,
+    is_loopback,
+    parse_host,
+    parse_origin,
+    split_host,
+    valid_id,
+)
 
 BASE = "http://127.0.0.1:8000"
 ORIGIN = {"origin": BASE}
@@ -390,7 +397,7 @@ def test_token_mode(store, sessions):
     r = c.get("/?token=sekret-token")
     assert r.status_code == 200
     cookie = r.headers["set-cookie"]
-    assert "llmri_token=sekret-token" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert "llmri_token_8000=sekret-token" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
     # the cookie jar now carries the token: static files and API calls work without it in the URL
     assert c.get("/static/js/main.js").status_code == 200
     assert c.get("/api/sessions").status_code == 200
@@ -428,6 +435,150 @@ def test_security_helpers():
     assert pol.host_ok("127.0.0.1:8000") and not pol.host_ok("127.0.0.1") and not pol.host_ok("127.0.0.1:80")
     assert SecurityPolicy(port=80).host_ok("localhost")
     assert not pol.origin_ok("http://127.0.0.1:8000", "localhost:8000")
+
+
+# Plain HTTP from another site: a foreign page may link to, embed or fetch the viewer, never be served by it.
+CROSS_SITE = [
+    {"sec-fetch-site": "cross-site"},
+    {"sec-fetch-site": "cross-site", "origin": "http://evil.example"},
+    {"sec-fetch-site": "same-site"},  # e.g. a page on another port of localhost
+    {"sec-fetch-site": "same-site", "origin": "http://127.0.0.1:9999"},
+    {"sec-fetch-site": "same-origin", "origin": "http://evil.example"},
+    {"sec-fetch-site": "unheard-of"},
+    {"origin": "http://evil.example"},
+    {"origin": "null"},
+    {"origin": "http://127.0.0.1:9999"},
+    {"origin": "http://localhost:8000"},  # another name for this server is another origin
+]
+
+
+@pytest.mark.parametrize("headers", CROSS_SITE)
+def test_cross_site_http_refused(client, sessions, headers):
+    for path in ("/", "/static/js/main.js", "/api/sessions", f"/api/sessions/{_key(sessions[0])}/tokens"):
+        r = client.get(path, headers=headers)
+        assert r.status_code == 403, (path, headers)
+        assert r.json()["error"].startswith("refused:") and "\n" not in r.json()["error"]
+    assert client.options("/api/sessions", headers=headers).status_code == 403  # a CORS preflight too
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},  # curl, scripts: no browser headers
+        {"sec-fetch-site": "none"},  # the address bar, a bookmark
+        {"sec-fetch-site": "same-origin"},  # the page's own requests
+        {"sec-fetch-site": "same-origin", "origin": BASE},
+        {"sec-fetch-site": "same-site", "origin": BASE},  # same-site, but its Origin proves it is this server
+        {"origin": BASE},
+    ],
+)
+def test_same_origin_and_plain_http_served(client, sessions, headers):
+    for path in ("/", "/static/js/main.js", "/api/sessions", f"/api/sessions/{_key(sessions[0])}/tokens"):
+        assert client.get(path, headers=headers).status_code == 200, (path, headers)
+
+
+INEXACT_HOSTS = [
+    "127.0.0.1:8000#.evil.com",
+    "127.0.0.1:8000?x",
+    "127.0.0.1:8000/",
+    "127.0.0.1:8000 ",
+    " 127.0.0.1:8000",
+    "127.0.0.1:08000",
+    "127.0.0.1:+8000",
+    "127.0.0.1:8000:8000",
+    "evil.com@127.0.0.1:8000",
+    "127.0.0.1:8000, evil.example",  # two Host headers, as a proxy would join them
+    "127.1:8000",  # browsers send the canonical form only
+    "0x7f.0.0.1:8000",
+    "[::1%lo]:8000",
+    "[::1]x:8000",
+    "[::1]:8000x",
+    "127.0.0.1:",
+]
+
+
+@pytest.mark.parametrize("host", INEXACT_HOSTS)
+def test_inexact_host_refused(client, host):
+    r = client.get("/api/info", headers={"host": host})
+    assert r.status_code == 403 and "Host" in r.json()["error"], host
+
+
+INEXACT_ORIGINS = [
+    "http://evil.com@127.0.0.1:8000",
+    "http://127.0.0.1:8000/",
+    "http://127.0.0.1:8000/path",
+    "http://127.0.0.1:8000#frag",
+    "http://127.0.0.1:8000?q",
+    "http://127.0.0.1:08000",
+    "HTTP://127.0.0.1:8000",
+    " http://127.0.0.1:8000",
+    "http://127.0.0.1:8000 ",
+    "http://127.0.0.1:8000, http://evil.example",
+    "http:/127.0.0.1:8000",
+    "ws://127.0.0.1:8000",
+]
+
+
+@pytest.mark.parametrize("origin", INEXACT_ORIGINS)
+def test_inexact_origin_refused(client, sessions, origin):
+    with pytest.raises(WebSocketDisconnect) as exc:
+        with client.websocket_connect(WS + f"/api/sessions/{_key(sessions[0])}/live", headers={"origin": origin}):
+            pass
+    assert exc.value.code == 1008
+    assert client.get("/api/info", headers={"origin": origin}).status_code == 403
+
+
+def test_host_and_origin_parsers():
+    assert parse_host("127.0.0.1:8000") == ("127.0.0.1", 8000)
+    assert parse_host("LocalHost") == ("localhost", None)
+    assert parse_host("[::1]:65535") == ("::1", 65535)
+    assert parse_host("[0:0:0:0:0:0:0:1]") == ("::1", None)
+    assert parse_host("box-1.lan:1") == ("box-1.lan", 1)
+    assert parse_host("my_box:8000") == ("my_box", 8000)  # Windows machine names
+    for bad in (*INEXACT_HOSTS, "", "h:0", "h:65536", "h:123456", "-h", "h-", "a..b", "h.", "a" * 64, "é", "h\n"):
+        assert parse_host(bad) is None, bad
+    assert parse_origin("http://127.0.0.1:8000") == ("http", "127.0.0.1", 8000)
+    assert parse_origin("https://box.lan") == ("https", "box.lan", None)
+    for bad in (*INEXACT_ORIGINS[:-1], "null", "", "http://", "file://", "http://a b"):
+        assert parse_origin(bad) is None, bad
+
+
+def test_origin_default_ports_per_scheme():
+    remote = SecurityPolicy(port=8000, token="t", remote=True)
+    # behind a TLS proxy that forwards "Host: box.lan": the page's Origin is https://box.lan (port 443)
+    assert remote.origin_ok("https://box.lan", "box.lan") and remote.origin_ok("https://box.lan:443", "box.lan")
+    assert remote.origin_ok("https://box.lan", "box.lan:443") and remote.origin_ok("http://box.lan", "box.lan")
+    assert not remote.origin_ok("https://box.lan", "box.lan:80")
+    assert not remote.origin_ok("https://box.lan:8443", "box.lan")
+    assert not remote.origin_ok("http://box.lan", "box.lan:443")
+    assert not SecurityPolicy(port=80).origin_ok("https://localhost", "localhost")  # https only behind a remote bind
+
+
+def test_remote_behind_tls_proxy(store, sessions):
+    app = create_app(store, port=8000, token="sekret-token", remote=True)
+    c = TestClient(app, base_url="https://box.lan", headers={"x-llmri-token": "sekret-token"})
+    assert c.get("/api/info", headers={"origin": "https://box.lan", "sec-fetch-site": "same-origin"}).status_code == 200
+    url = f"/api/sessions/{_key(sessions[0])}/live"
+    with c.websocket_connect(url, headers={"origin": "https://box.lan", "host": "box.lan"}) as ws:
+        assert ws.receive_json()["type"] == "progress"
+    with pytest.raises(WebSocketDisconnect):
+        with c.websocket_connect(url, headers={"origin": "https://box.lan:8443", "host": "box.lan"}):
+            pass
+
+
+def test_token_cookie_is_per_port(store):
+    """Browsers send a host's cookies to every port: two remote viewers on one host must not share a name."""
+    apps = {port: create_app(store, port=port, token=f"tok-{port}", remote=True) for port in (8000, 8001)}
+    cookies = []
+    for port, app in apps.items():
+        r = TestClient(app, base_url=f"http://box.lan:{port}").get(f"/?token=tok-{port}")
+        cookies.append(r.headers["set-cookie"].split(";", 1)[0])
+    assert cookies == ["llmri_token_8000=tok-8000", "llmri_token_8001=tok-8001"]
+    both = "; ".join(cookies)  # what the browser sends to either port
+    for port, app in apps.items():
+        c = TestClient(app, base_url=f"http://box.lan:{port}")
+        assert c.get("/api/info", headers={"cookie": both}).status_code == 200, port
+        assert c.get("/api/info", headers={"cookie": cookies[port == 8000]}).status_code == 401, port
 
 
 # -- stores on disk and the command line ---------------------------------------------------------

@@ -398,6 +398,41 @@ def test_strict_csp_page_works(browser, viewer):
     ctx.close()
 
 
+def test_remote_token_leaves_the_address_bar(browser, tmp_path):
+    """A remote viewer's token comes in the URL; once the page load has set its cookie (named after the port),
+    the page takes the token out of the address bar, keeping other parameters and the hash; a reload still
+    works on the cookie. The page's own requests pass the cross-site guards (Origin, Sec-Fetch-Site)."""
+    from llmri.backends.synthetic import SyntheticModel
+    from llmri.testing import ServedApp
+    from llmri.viewer import create_app
+
+    store = llmri.open_store(tmp_path / "remote.zarr", create=True)
+    s = llmri.capture(SyntheticModel(), "Remote!", chat=True, max_new_tokens=6, store=store)
+    token = "remote-token-0123456789"
+    served = ServedApp(create_app(store, token=token, remote=True))
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800}, bypass_csp=True)  # for wait_for_function
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    try:
+        pg.goto(f"{served.url}/?view=a%20b&token={token}#s0/{s.id}/3")
+        pg.wait_for_function("window.llmri && window.llmri.ready", timeout=30000)
+        pg.wait_for_function("window.llmri.drawn === 3")
+        assert token not in pg.url and pg.evaluate("location.search") == "?view=a%20b"
+        assert pg.evaluate("location.hash") == f"#s0/{s.id}/3"
+        (cookie,) = ctx.cookies()
+        assert cookie["name"] == f"llmri_token_{served.port}" and cookie["value"] == token and cookie["httpOnly"]
+        pg.reload()
+        pg.wait_for_function("window.llmri && window.llmri.ready", timeout=30000)
+        assert pg.evaluate("window.llmri.state.cur.summary.key") == f"s0/{s.id}"
+        assert token not in pg.url
+    finally:
+        ctx.close()
+        served.close()
+    assert not errors, errors
+
+
 # ------------------------------------------------------------------------------------------------
 RECORDER = textwrap.dedent(
     """

@@ -982,6 +982,18 @@ function wire() {
   });
 }
 
+/** A remote viewer's launch token came in the URL; once a request has worked without it (the page load set
+ * its HttpOnly cookie), take it out of the address bar and this history entry. Other parameters and the hash stay. */
+function dropTokenFromUrl() {
+  const isToken = (part) => {
+    try { return decodeURIComponent(part.split("=", 1)[0].replace(/\+/g, " ")) === "token"; } catch { return false; }
+  };
+  const parts = location.search.slice(1).split("&").filter(Boolean);
+  const kept = parts.filter((p) => !isToken(p));
+  if (kept.length === parts.length) return;
+  history.replaceState(history.state, "", `${location.pathname}${kept.length ? `?${kept.join("&")}` : ""}${location.hash}`);
+}
+
 async function main() {
   wire();
   try {
@@ -991,6 +1003,7 @@ async function main() {
     banner(`cannot reach the viewer server: ${e.message}`, "error");
     return;
   }
+  dropTokenFromUrl();
   updateColorbar();
   await refreshSessions();
   const [hk, hs, ht] = decodeURIComponent(location.hash.slice(1)).split("/");
