@@ -447,6 +447,21 @@ def test_real_server_refuses_cross_site_http(viewer_server):
         assert _raw_get(p, f"127.0.0.1:{p}", "/", extra)[0] == 200, extra
 
 
+def test_real_server_does_not_name_itself_and_isolates_its_responses(viewer_server):
+    served, s = viewer_server
+    p = served.port
+    ok = f"127.0.0.1:{p}"
+    cases = [(ok, "/"), (ok, "/api/info"), (ok, f"/api/sessions/s0/{s.id}/frames?signal=resid"), (ok, "/nope"),
+             ("evil.example", "/api/info"), (ok, "/api/sessions/s0/nope")]  # fmt: skip
+    for host, path in cases:
+        status, headers, _ = _raw_get(p, host, path)
+        assert "server" not in headers, (path, headers)
+        assert headers.get("cross-origin-resource-policy") == "same-origin", (path, status)
+        assert headers.get("cross-origin-opener-policy") == "same-origin", (path, status)
+        assert headers.get("x-content-type-options") == "nosniff", (path, status)
+        assert "date" in headers
+
+
 def test_the_live_socket_declines_per_message_deflate(tmp_path, synthetic_model):
     """Browsers offer permessage-deflate; zlib on every frame would cost the model's CPU for nothing."""
     from websockets.sync.client import connect

@@ -581,6 +581,110 @@ def test_token_cookie_is_per_port(store):
         assert c.get("/api/info", headers={"cookie": cookies[port == 8000]}).status_code == 401, port
 
 
+SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "cross-origin-resource-policy": "same-origin",
+    "cross-origin-opener-policy": "same-origin",
+    "referrer-policy": "no-referrer",
+}
+
+
+def test_every_response_carries_the_security_headers(store):
+    c = TestClient(create_app(store, port=8000, live=_Raiser()), base_url=BASE, raise_server_exceptions=False)
+    responses = {
+        "page": c.get("/"),
+        "api": c.get("/api/info"),
+        "tokens": c.get(f"/api/sessions/s0/{store.chat_id}/tokens"),
+        "404": c.get("/api/sessions/s0/nope"),
+        "400": c.get(f"/api/sessions/s0/{store.chat_id}/frames?signal=resid"),
+        "403": c.get("/api/info", headers={"host": "evil.example"}),
+        "403 origin": c.get("/api/info", headers={"origin": "http://evil.example"}),
+        "500": c.get("/api/raise-llmri"),
+        "500 crash": c.get("/api/raise-other"),
+    }
+    for name, r in responses.items():
+        got = {k: r.headers.get(k) for k in SECURITY_HEADERS}
+        assert got == SECURITY_HEADERS, (name, r.status_code, got)
+    assert responses["page"].headers["x-frame-options"] == "DENY"
+    assert [r.status_code for r in responses.values()] == [200, 200, 200, 404, 400, 403, 403, 500, 500]
+
+
+class _Raiser:
+    """A plug-in whose routes fail inside the server with messages that name files."""
+
+    def attach(self, app, state):
+        from llmri._errors import StoreError
+
+        @app.get("/api/raise-llmri")
+        def raise_llmri() -> dict:
+            raise StoreError("/home/someone/secret/run.zarr: session x: write failed")
+
+        @app.get("/api/raise-other")
+        def raise_other() -> dict:
+            raise OSError("[Errno 5] Input/output error: '/home/someone/secret/run.zarr/zarr.json'")
+
+
+def test_server_errors_say_one_generic_line(store, caplog):
+    c = TestClient(create_app(store, port=8000, live=_Raiser()), base_url=BASE, raise_server_exceptions=False)
+    with caplog.at_level("WARNING", logger="llmri.viewer"):
+        for path in ("/api/raise-llmri", "/api/raise-other"):
+            r = c.get(path)
+            assert r.status_code == 500 and "/home/someone" not in r.text and "secret" not in r.text, r.text
+            msg = r.json()["error"]
+            assert "internal error" in msg and "\n" not in msg
+    assert "/home/someone/secret/run.zarr: session x: write failed" in caplog.text  # the detail stays in the log
+
+
+def _damaged_store(tmp_path, synthetic_model):
+    """A store on disk (absolute url) with a readable session, one whose frames were cut short and one
+    whose metadata is gone: (store, good, short, unreadable)."""
+    import json
+    import os
+
+    import zarr
+
+    path = tmp_path / "run.zarr"
+    ids = [llmri.capture(synthetic_model, f"Hi {i}", chat=True, max_new_tokens=3, store=path).id for i in range(3)]
+    store = llmri.open_store(path)
+    arr = zarr.open_array(store.url, path=f"sessions/{ids[1]}/frames/resid", mode="a")
+    arr.resize((2, *arr.shape[1:]))
+    p = os.path.join(store.url, "sessions", ids[2], "zarr.json")
+    doc = json.loads(open(p).read())
+    doc["attributes"].pop("meta")
+    with open(p, "w") as fh:
+        json.dump(doc, fh)
+    return llmri.open_store(path), *ids
+
+
+def test_errors_and_labels_do_not_name_absolute_paths(tmp_path, synthetic_model):
+    store, good, short, unreadable = _damaged_store(tmp_path, synthetic_model)
+    assert str(tmp_path) in store.url
+    c = TestClient(create_app([store], port=8000), base_url=BASE)
+    answers = {
+        "stores": c.get("/api/stores"),
+        "sessions": c.get("/api/sessions"),
+        "store sessions": c.get("/api/stores/s0/sessions"),
+        "info": c.get("/api/info"),
+        "500": c.get(f"/api/sessions/s0/{short}/frames", params={"signal": "resid"}),
+        "404": c.get(f"/api/sessions/s0/{unreadable}"),
+    }
+    assert answers["500"].status_code == 500 and answers["404"].status_code == 404
+    assert unreadable in answers["404"].json()["error"]
+    for name, r in answers.items():
+        assert str(tmp_path) not in r.text, (name, r.text)
+    assert answers["stores"].json()["stores"][0]["label"] == "run.zarr"  # a store object: its last path component
+    problems = answers["sessions"].json()["stores"][0]["problems"]
+    assert len(problems) == 1 and unreadable in problems[0] and "run.zarr" in problems[0]
+    assert c.get(f"/api/sessions/s0/{good}/tokens").status_code == 200
+
+
+def test_store_labels_are_as_given(tmp_path, monkeypatch):
+    llmri.open_store(tmp_path / "run.zarr", create=True)
+    monkeypatch.chdir(tmp_path)
+    c = TestClient(create_app(["run.zarr", llmri.open_store(tmp_path / "run.zarr")], port=8000), base_url=BASE)
+    assert [s["label"] for s in c.get("/api/stores").json()["stores"]] == ["run.zarr", "run.zarr"]
+
+
 # -- stores on disk and the command line ---------------------------------------------------------
 def test_zarr_store_served(tmp_path, synthetic_model):
     path = tmp_path / "run.zarr"

@@ -20,14 +20,17 @@ Endpoints (every one behind :class:`~llmri.viewer.security.SecurityMiddleware`):
 ``WS  /api/sessions/{store}/{session}/live``             JSON progress messages while a session records
 =======================================================  ==============================================
 
-Unknown or malformed ids answer 404 (``{"error": ...}``), bad parameters 400.
+Unknown or malformed ids answer 404 (``{"error": ...}``), bad parameters 400. A failure inside the server
+answers 500 with one generic line (the detail, which may name files, goes to the ``llmri.viewer`` log).
 """
 
 # No "from __future__ import annotations": FastAPI resolves the route signatures below at definition time,
 # and their types (Request, WebSocket) are imported inside create_app so that fastapi stays optional.
 
 import asyncio
+import logging
 import math
+import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -41,15 +44,14 @@ from .._errors import LlmriError, require
 from ..session import SessionReader
 from ..store import FrameStore, open_store
 from .encoding import MEDIA_TYPE, encode_array, quantise_u8
-from .security import SecurityMiddleware, SecurityPolicy, valid_id
+from .security import SecurityMiddleware, SecurityPolicy, security_headers, valid_id
 
 #: The most frames one range request returns (a client asks again for the rest).
 MAX_RANGE = 2048
 COLORMAPS = ("grayscale", "energy", "diverging")
-_CSP = (
-    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
-    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-)
+#: What a 500 says: the detail may name files and stays in the server's log.
+INTERNAL_ERROR = "internal error: the viewer could not answer this request (details are in its log)"
+log = logging.getLogger("llmri.viewer")
 
 
 class NotFound(LlmriError):
@@ -65,6 +67,20 @@ class _StoreEntry:
     id: str
     label: str
     store: FrameStore
+
+    def public(self, message: str) -> str:
+        """``message`` with the store's location (as opened, absolute, resolved) replaced by its label."""
+        url = self.store.url or ""
+        roots = {url}
+        if url and "://" not in url:
+            roots |= {os.path.abspath(url), os.path.realpath(url)}
+        paths = (r for r in roots if ("/" in r or os.sep in r) and r != self.label)  # not "memory"
+        for root in sorted(paths, key=len, reverse=True):
+            message = message.replace(root, self.label)
+        return message
+
+    def problems(self) -> list[str]:
+        return [self.public(p) for p in self.store.problems]
 
 
 @dataclass
@@ -99,7 +115,8 @@ class ViewerState:
         try:
             r = entry.store.session(session_id)
         except LlmriError as exc:
-            raise NotFound(f"session {session_id} cannot be read: {exc}") from None
+            log.warning("store %s: session %s cannot be read: %s", entry.label, session_id, exc)
+            raise NotFound(f"session {session_id} cannot be read (the viewer's log says why)") from None
         self._readers[key] = (now, r)
         return r
 
@@ -248,14 +265,20 @@ def _static_files() -> dict[str, tuple[bytes, str]]:
     return out
 
 
+def _label(store: FrameStore) -> str:
+    """A store given without a label is shown by its last path component (its url may be absolute)."""
+    url = (store.url or "").rstrip("/\\")
+    return url.replace("\\", "/").rsplit("/", 1)[-1] or "memory"
+
+
 def _as_entries(stores: Any) -> dict[str, _StoreEntry]:
     if isinstance(stores, (FrameStore, str)) or hasattr(stores, "__fspath__"):
         stores = [stores]
     items: Iterable[tuple[str, Any]]
     if isinstance(stores, Mapping):
         items = [(str(k), v) for k, v in stores.items()]
-    else:
-        items = [((s.url or "memory") if isinstance(s, FrameStore) else str(s), s) for s in stores]
+    else:  # paths are labelled as given (relative stays relative), never resolved
+        items = [(_label(s) if isinstance(s, FrameStore) else str(s), s) for s in stores]
     out: dict[str, _StoreEntry] = {}
     for i, (label, s) in enumerate(items):
         store = s if isinstance(s, FrameStore) else open_store(s)
@@ -318,7 +341,14 @@ def create_app(
 
     @app.exception_handler(LlmriError)
     async def _llmri(request: Request, exc: LlmriError) -> Any:
-        return JSONResponse({"error": str(exc)}, status_code=500)
+        log.error("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        return JSONResponse({"error": INTERNAL_ERROR}, status_code=500)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> Any:
+        # Starlette answers this outside every middleware (then re-raises, so uvicorn logs the traceback):
+        # the response carries the security headers itself.
+        return JSONResponse({"error": INTERNAL_ERROR}, status_code=500, headers=dict(security_headers()))
 
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -333,16 +363,7 @@ def create_app(
         where = ", ".join(".".join(str(x) for x in e.get("loc", ())) for e in exc.errors())
         return JSONResponse({"error": f"bad parameter: {where}"}, status_code=400)
 
-    @app.middleware("http")
-    async def _headers(request: Request, call_next: Any) -> Any:
-        response = await call_next(request)
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers.setdefault("Cache-Control", "no-store")
-        if response.headers.get("content-type", "").startswith("text/html"):
-            response.headers["Content-Security-Policy"] = _CSP
-            response.headers["X-Frame-Options"] = "DENY"
-        return response
+    # Response headers (nosniff, CSP, CORP, COOP, no-store...) are added by SecurityMiddleware, to every response.
 
     def _static(name: str) -> Any:
         hit = static.get(name)
@@ -381,7 +402,7 @@ def create_app(
             try:
                 n, problems = len(e.store.session_ids()), []
             except LlmriError as exc:
-                n, problems = 0, [str(exc)]
+                n, problems = 0, [e.public(str(exc))]
             out.append({"id": e.id, "label": e.label, "n_sessions": n, "problems": problems})
         return {"stores": out}
 
@@ -389,7 +410,7 @@ def create_app(
     def store_sessions(store_id: str) -> Any:
         e = state.store(store_id)
         readers = e.store.sessions()
-        return {"store": e.id, "sessions": [summary(e.id, r) for r in readers], "problems": list(e.store.problems)}
+        return {"store": e.id, "sessions": [summary(e.id, r) for r in readers], "problems": e.problems()}
 
     @app.get("/api/sessions")
     def sessions() -> Any:
@@ -397,9 +418,9 @@ def create_app(
         for e in state.stores.values():
             try:
                 readers = e.store.sessions()
-                problems = list(e.store.problems)
+                problems = e.problems()
             except LlmriError as exc:
-                readers, problems = [], [str(exc)]
+                readers, problems = [], [e.public(str(exc))]
             for r in readers:
                 out.append(summary(e.id, r))
             stores_out.append({"id": e.id, "label": e.label, "n_sessions": len(readers), "problems": problems})

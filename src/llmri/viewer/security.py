@@ -28,6 +28,8 @@ Threats handled here:
   otherwise overwrite each other's; the page then drops the token from its address bar.
 * Path traversal: the client never sends a path; stores and sessions are addressed by ids that
   :func:`valid_id` accepts (letters, digits, ``-``, ``_``) and that must name a known store/session.
+* Leaks (in ``app.py`` and ``serve.py``): errors answer one generic line (details go to the server's
+  log), store labels are what the user typed, and the server does not name itself (no ``Server``).
 """
 
 from __future__ import annotations

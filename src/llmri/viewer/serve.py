@@ -46,6 +46,7 @@ def server_config(app: Any, *, quiet: bool = False) -> Any:
 
     WebSocket per-message deflate is off: browsers offer it, and uvicorn would then zlib every
     live frame, noise-like float16 tiles that barely compress, on the CPU the model generates on.
+    No ``Server`` header: the viewer does not tell a prober what it runs on.
     """
     uvicorn = require("uvicorn", "viewer")
     return uvicorn.Config(
@@ -54,6 +55,7 @@ def server_config(app: Any, *, quiet: bool = False) -> Any:
         access_log=False,
         lifespan="off",
         ws_per_message_deflate=False,
+        server_header=False,
     )
 
 
