@@ -10,6 +10,7 @@ from .capture import CaptureStream, capture, stream
 from .chatonly import ChatOnlyClient, ChatOnlyStream, chat_only, chat_only_stream
 from .decode import GenerationSettings
 from .frame import SIGNALS, Frame, Token, TokenTable
+from .framestream import FrameStream
 from .models import LoadedModel, load_model
 from .reducers import REDUCERS, Reducer, make_reducer
 from .session import Session, SessionReader
@@ -24,6 +25,7 @@ __all__ = [
     "ChatOnlyStream",
     "Frame",
     "FrameStore",
+    "FrameStream",
     "GenerationSettings",
     "LlmriError",
     "LoadedModel",

@@ -3,28 +3,30 @@
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 
-from . import __version__
-from ._errors import CaptureError, ReducerError
-from .backends.base import BACKENDS, Capture
+from ._errors import CaptureError
+from .backends.base import BACKENDS, Capture, check_signals
 from .calibration import prepare_reducer
 from .codec import TextCodec
-from .decode import Detokenizer, GenerationSettings, Positions, decode_loop
+from .decode import Detokenizer, Positions, decode_loop
 from .frame import SIGNALS, TOP_K, Frame, Token
+from .framestream import FrameStream
+from .messages import check_messages
 from .models import load_model
 from .reducers.base import Reducer, make_reducer
 from .session import Session
-from .store.base import FrameStore, SessionWriter
 
 
-def _as_model(model: Any) -> Any:
-    """A LoadedModel-like object: loaded from a spec, or adapted from a TransformerBridge or an
-    nnsight model the user already built (those then record with their own backend)."""
-    if model is None or isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-        return load_model(model)
+def _is_spec(model: Any) -> bool:
+    """Whether ``model`` names a model to load (``None`` for the bundled one, a path or an id)."""
+    return model is None or isinstance(model, (str, bytes)) or hasattr(model, "__fspath__")
+
+
+def _adapt(model: Any) -> Any:
+    """A TransformerBridge or an nnsight model the user built, wrapped to record with its own
+    backend; any other model object as it is."""
     from .backends import nnsight as nnsight_backend
     from .backends import transformer_lens as tl_backend
 
@@ -33,6 +35,11 @@ def _as_model(model: Any) -> Any:
     if nnsight_backend.is_nnsight(model):
         return nnsight_backend.wrap(model)
     return model
+
+
+def _as_model(model: Any) -> Any:
+    """A LoadedModel-like object: loaded from a spec, or adapted from a model the user built."""
+    return load_model(model) if _is_spec(model) else _adapt(model)
 
 
 def _backend_for(model: Any, backend: str | None) -> tuple[str, type[Capture]]:
@@ -80,14 +87,18 @@ def token_stats(
     return chosen.tolist(), ent.tolist(), top_i.tolist(), top_p.tolist()
 
 
-class CaptureStream:
+class CaptureStream(FrameStream):
     """An iterable of :class:`~llmri.frame.Frame`, one per token position, prompt first.
 
-    Everything that can fail before generation (model, backend, signals, reducer, prompt) fails in
-    the constructor. ``meta`` describes the session; ``stop()`` ends generation after the current
-    forward (thread-safe); ``close()`` ends it at once. With ``store``, each frame is appended to a
-    new session of that store as it is produced (``session_id``).
+    Everything that can fail before generation fails in the constructor, the cheap checks first
+    (settings, backend, signals, reducer and tile, message shapes) and only then the model load,
+    the prompt encoding and the reducer's calibration. ``meta`` describes the session; ``stop()``
+    ends generation after the current forward (thread-safe); ``close()`` stops it too. With
+    ``store``, each frame is appended to a new session of that store as it is produced
+    (``session_id``). See :class:`~llmri.framestream.FrameStream` for the lifecycle.
     """
+
+    what = "capture stream"
 
     def __init__(
         self,
@@ -110,15 +121,16 @@ class CaptureStream:
         calibration: str | None = None,
         meta: dict[str, Any] | None = None,
     ) -> None:
-        self.settings = GenerationSettings(
-            max_new_tokens=max_new_tokens,
-            temperature=float(temperature),
-            top_p=float(top_p),
-            seed=int(seed),
-            stop=[str(stop)] if isinstance(stop, str) else [str(x) for x in (stop or [])],
-            ignore_eos=ignore_eos,
-        )
-        self.model = _as_model(model)
+        super().__init__(self.make_settings(max_new_tokens, temperature, top_p, seed, stop, ignore_eos))
+        # what needs no model fails before one loads (a load can take minutes)
+        spec = _is_spec(model)
+        adapted = None if spec else _adapt(model)
+        name, cls = _backend_for(adapted, backend)
+        check_signals(signals, cls.provides, name)
+        self.reducer = make_reducer(reducer, tile=tile, seed=reducer_seed)
+        if isinstance(prompt, (list, tuple)):
+            check_messages(prompt)
+        self.model = load_model(model) if spec else adapted
         self.backend_name, cls = _backend_for(self.model, backend)
         self.capture: Capture = cls(self.model, signals)
         self.signals = self.capture.signals
@@ -128,53 +140,31 @@ class CaptureStream:
         gen_cfg = getattr(getattr(self.model, "model", None), "generation_config", None)
         self.codec = TextCodec(tok, gen_cfg)
         self.prompt_ids, self.messages = self.codec.encode(prompt, chat)
-        self.reducer = make_reducer(reducer, tile=tile, seed=reducer_seed)
         fp = getattr(self.model, "fingerprint", "")
         self.reducer.setup(self.capture.n_layers, self.capture.d_model, fp)
-        try:
-            prepare_reducer(self.reducer, self.capture, self.codec, self.signals, calibration)
-        except ReducerError:
-            raise
+        prepare_reducer(self.reducer, self.capture, self.codec, self.signals, calibration)
         max_pos = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
         self._max_positions = int(max_pos) if isinstance(max_pos, int) else None
-        self._stop_event = threading.Event()
-        self.stop_reason = ""
         describe = getattr(self.model, "describe", None)
-        self.meta: dict[str, Any] = {
-            "llmri_version": __version__,
-            "model": describe() if callable(describe) else {"name": type(self.model).__name__},
-            "backend": self.backend_name,
-            "reducer": self.reducer.spec,
-            "signals": list(self.signals),
-            "layers": list(self.capture.layer_names),
-            "tile": list(self.reducer.tile),
-            "scales": {s: self.reducer.scales.get(s, []) for s in self.signals},
-            "generation": self.settings.to_dict(),
-            "chat": self.messages is not None,
-            "messages": self.messages,
-            "prompt": prompt if isinstance(prompt, str) else None,
-            "eos_ids": sorted(self.codec.eos_ids),
-            "special_ids": sorted(self.codec.special_ids),
-            "top_k": TOP_K,
-            "entropy_unit": "nats",
-            "chat_only": False,
-        }
-        if meta:
-            self.meta.update(meta)
-        self.writer: SessionWriter | None = None
-        self.session_id: str | None = None
-        if store is not None:
-            from .store import open_store
+        self.meta = self.base_meta(
+            model=describe() if callable(describe) else {"name": type(self.model).__name__},
+            backend=self.backend_name,
+            prompt=prompt,
+            messages=self.messages,
+            chat_only=False,
+            reducer=self.reducer.spec,
+            signals=self.signals,
+            layers=self.capture.layer_names,
+            tile=self.reducer.tile,
+            scales={s: self.reducer.scales.get(s, []) for s in self.signals},
+            eos_ids=self.codec.eos_ids,
+            special_ids=self.codec.special_ids,
+        )
+        self.attach(store, meta)
 
-            fs: FrameStore = store if isinstance(store, FrameStore) else open_store(store, create=True)
-            self.writer = fs.create_session(self.meta, self.reducer.state_dict())
-            self.session_id = self.writer.id
-            self.meta["id"] = self.session_id
-        self._iterated = False
-
-    def stop(self) -> None:
-        """Ask generation to end after the current forward; what was generated is kept."""
-        self._stop_event.set()
+    @property
+    def reducer_state(self) -> dict[str, Any]:
+        return self.reducer.state_dict()
 
     def _frames(self, pos: Positions, detok: Detokenizer) -> list[Frame]:
         import torch
@@ -214,62 +204,30 @@ class CaptureStream:
             )
         return out
 
-    def __iter__(self) -> Iterator[Frame]:
-        if self._iterated:
-            raise CaptureError("a capture stream can be iterated only once")
-        self._iterated = True
+    def _produce(self) -> Generator[Frame, None, None]:
         detok = Detokenizer(self.codec.decode)
-        status = "interrupted"
         generated = ""
         stops = self.settings.stop
         tail = max((len(x) for x in stops), default=0) + 32
-        try:
-            for pos in decode_loop(
-                self.capture,
-                self.prompt_ids,
-                self.settings,
-                eos_ids=self.codec.eos_ids,
-                should_stop=self._stop_event.is_set,
-                max_positions=self._max_positions,
-            ):
-                for frame in self._frames(pos, detok):
-                    if self.writer is not None:
-                        self.writer.append(frame)
-                    yield frame
-                    if pos.role == "generated":
-                        generated = (generated + frame.token.text)[-tail * 2 :]
-                        if frame.token.id in self.codec.eos_ids and not self.settings.ignore_eos:
-                            self.stop_reason = "eos"
-                        elif stops and any(x in generated for x in stops):
-                            self.stop_reason = "stop_string"
-                            self._stop_event.set()
-            if not self.stop_reason:
-                self.stop_reason = "stopped" if self._stop_event.is_set() else "max_new_tokens"
-            status = "complete"
-        except GeneratorExit:
-            self.stop_reason = "closed"
-            raise
-        except Exception as exc:
-            self.stop_reason = f"error: {exc}"
-            raise
-        finally:
-            self.meta["stop_reason"] = self.stop_reason
-            if self.writer is not None:
-                self.writer.update_meta(stop_reason=self.stop_reason)
-                self.writer.close(status)
-
-    def close(self) -> None:
-        self._stop_event.set()
-        if self.writer is not None and not self._iterated:
-            self.writer.update_meta(stop_reason="closed")
-            self.writer.close("interrupted")
-        self._iterated = True
-
-    def __enter__(self) -> CaptureStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        for pos in decode_loop(
+            self.capture,
+            self.prompt_ids,
+            self.settings,
+            eos_ids=self.codec.eos_ids,
+            should_stop=self._stop_event.is_set,
+            max_positions=self._max_positions,
+        ):
+            for frame in self._frames(pos, detok):
+                yield frame
+                if pos.role == "generated":
+                    generated = (generated + frame.token.text)[-tail * 2 :]
+                    if frame.token.id in self.codec.eos_ids and not self.settings.ignore_eos:
+                        self.stop_reason = "eos"
+                    elif stops and any(x in generated for x in stops):
+                        self.stop_reason = "stop_string"
+                        self._stop_event.set()
+        if not self.stop_reason:
+            self.stop_reason = "stopped" if self._stop_event.is_set() else "max_new_tokens"
 
 
 def stream(model: Any, prompt: Any, **kw: Any) -> CaptureStream:
@@ -289,5 +247,4 @@ def capture(model: Any, prompt: Any, **kw: Any) -> Session:
     ``tile`` (``"16x16"``), ``reducer_seed``, ``temperature``, ``top_p``, ``seed``, ``stop``,
     ``ignore_eos``, ``backend``, ``store`` (path/URL/FrameStore to append to), ``calibration``.
     """
-    st = CaptureStream(model, prompt, **kw)
-    return Session.collect(st, st.reducer.state_dict())
+    return Session.collect(CaptureStream(model, prompt, **kw))

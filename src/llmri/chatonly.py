@@ -46,16 +46,14 @@ import queue
 import socket
 import threading
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
-from . import __version__
 from ._errors import CaptureError, one_line, require
-from .decode import GenerationSettings
 from .frame import TOP_K, Frame, Token
+from .framestream import FrameStream
 from .messages import check_messages
 from .session import Session
-from .store.base import FrameStore, SessionWriter
 
 #: Seconds to wait for a connection and for each next piece of the stream (not the whole answer).
 DEFAULT_TIMEOUT = 60.0
@@ -326,7 +324,7 @@ class ChatOnlyClient:
 # -- the stream ---------------------------------------------------------------------------------
 
 
-class ChatOnlyStream:
+class ChatOnlyStream(FrameStream):
     """An iterable of :class:`~llmri.frame.Frame`, one per row (prompt rows first, see the module doc).
 
     Built by :meth:`ChatOnlyClient.stream` or :func:`chat_only_stream`. The constructor validates
@@ -341,8 +339,11 @@ class ChatOnlyStream:
     Keywords: ``max_new_tokens`` (OpenAI ``max_tokens``), ``temperature`` (0 asks for greedy),
     ``top_p``, ``seed``, ``stop`` (strings), ``logprobs`` (ask for them; on by default, and
     dropped with one retry if the server rejects them), ``store`` (path/URL/FrameStore),
-    ``meta`` (extra keys for the session metadata).
+    ``meta`` (extra keys for the session metadata). See :class:`~llmri.framestream.FrameStream`
+    for the lifecycle.
     """
+
+    what = "chat stream"
 
     def __init__(
         self,
@@ -363,26 +364,26 @@ class ChatOnlyStream:
         self._owns_client = _owns_client
         try:
             self.messages = _messages(messages)
-            self.settings = GenerationSettings(
-                max_new_tokens=max_new_tokens,
-                temperature=float(temperature),
-                top_p=float(top_p),
-                seed=int(seed) if seed is not None else 0,
-                stop=[stop] if isinstance(stop, str) else list(stop or []),
+            super().__init__(self.make_settings(max_new_tokens, temperature, top_p, seed, stop))
+            self.meta = self.base_meta(
+                model={"name": client.model, "url": client.url},
+                backend="openai",
+                prompt=messages,
+                messages=self.messages,
+                chat_only=True,
             )
-            if not all(isinstance(x, str) for x in self.settings.stop):
-                raise CaptureError(f"stop must be a string or a list of strings, got {stop!r:.80}")
-        except (TypeError, ValueError) as exc:
-            self._close_client()
-            raise CaptureError(f"bad generation setting: {exc}") from None
-        except CaptureError:
+            self.meta.update(
+                entropy_estimate=ENTROPY_ESTIMATE,
+                token_ids="session-local: index into meta['vocab']",
+                logprobs=None,
+            )
+            self.attach(store, meta)
+        except BaseException:
             self._close_client()
             raise
         self._seed = seed
         self._logprobs = bool(logprobs)
-        self.stop_reason = ""
         self.finish_reason: str | None = None
-        self._stop_event = threading.Event()
         self._q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=_QUEUE_SIZE)
         self._thread: threading.Thread | None = None
         self._resp: Any = None
@@ -391,66 +392,12 @@ class ChatOnlyStream:
         self._index = 0
         self._saw_logprobs = False
         self._reasoning: list[str] = []
-        self.meta: dict[str, Any] = {
-            "llmri_version": __version__,
-            "chat_only": True,
-            "backend": "openai",
-            "model": {"name": client.model, "url": client.url},
-            "reducer": None,
-            "signals": [],
-            "layers": [],
-            "tile": [0, 0],
-            "scales": {},
-            "generation": self.settings.to_dict(),
-            "chat": True,
-            "messages": self.messages,
-            "prompt": messages if isinstance(messages, str) else None,
-            "eos_ids": [],
-            "special_ids": [],
-            "top_k": TOP_K,
-            "entropy_unit": "nats",
-            "entropy_estimate": ENTROPY_ESTIMATE,
-            "token_ids": "session-local: index into meta['vocab']",
-            "logprobs": None,
-        }
-        if meta:
-            self.meta.update(meta)
-        self.writer: SessionWriter | None = None
-        self.session_id: str | None = None
-        if store is not None:
-            from .store import open_store
-
-            try:
-                fs: FrameStore = store if isinstance(store, FrameStore) else open_store(store, create=True)
-                self.writer = fs.create_session(self.meta)
-            except BaseException:
-                self._close_client()
-                raise
-            self.session_id = self.writer.id
-            self.meta["id"] = self.session_id
-        self._iterated = False
 
     # -- control ---------------------------------------------------------------------------
     def stop(self) -> None:
         """End the answer at once (thread-safe); rows already yielded are kept."""
         self._stop_event.set()
         self._abort_connection()
-
-    def close(self) -> None:
-        """Stop, and if iteration never started, close the session as interrupted."""
-        self.stop()
-        if not self._iterated:
-            self._iterated = True
-            if self.writer is not None:
-                self.writer.update_meta(stop_reason="closed")
-                self.writer.close("interrupted")
-            self._close_client()
-
-    def __enter__(self) -> ChatOnlyStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _close_client(self) -> None:
         if self._owns_client:
@@ -729,82 +676,59 @@ class ChatOnlyStream:
                 continue
         return None
 
-    def _emit(self, frame: Frame) -> Frame:
-        if self.writer is not None:
-            self.writer.append(frame)
-        return frame
-
-    def __iter__(self) -> Iterator[Frame]:
-        if self._iterated:
-            raise CaptureError("a chat stream can be iterated only once")
-        self._iterated = True
-        status = "interrupted"
+    def _produce(self) -> Generator[Frame, None, None]:
+        yield from self._prompt_rows()
+        if not self._stop_event.is_set():
+            self._thread = threading.Thread(target=self._work, name="llmri-chat-only", daemon=True)
+            self._thread.start()
         done = False
-        try:
-            for frame in self._prompt_rows():
-                yield self._emit(frame)
-            if not self._stop_event.is_set():
-                self._thread = threading.Thread(target=self._work, name="llmri-chat-only", daemon=True)
-                self._thread.start()
-            while True:
-                event = self._next_event()
-                if event is None:
-                    self.stop_reason = "stopped"
-                    break
-                kind, value = event
-                if kind == "model":
-                    self.meta["model"] = {"name": value, "url": self._client.url}
-                    if self.writer is not None:
-                        self.writer.update_meta(model=self.meta["model"])
-                elif kind == "no_logprobs":
-                    self.meta["logprobs_rejected"] = True
-                elif kind == "chunk":
-                    for frame in self._chunk_rows(value):
-                        yield self._emit(frame)
-                elif kind == "done":
-                    done = True
-                elif kind == "error":
-                    raise value
-                elif kind == "eof" and not done and self.finish_reason is None:
-                    raise CaptureError(
-                        f"the stream from {self._client.chat_url} ended before the answer did "
-                        "(no finish_reason and no [DONE])"
-                    )
-                elif kind == "end":
-                    break
-            if not self.stop_reason:
-                self.stop_reason = {"length": "max_new_tokens", "stop": "eos"}.get(self.finish_reason or "", "eos")
-            status = "complete"
-        except GeneratorExit:
-            self.stop_reason = "closed"
-            raise
-        except CaptureError as exc:
-            self.stop_reason = f"error: {exc}"
-            self.meta["error"] = str(exc)
-            raise
-        except BaseException as exc:
-            self.stop_reason = f"error: {type(exc).__name__}"
-            raise
-        finally:
-            self._stop_event.set()
-            self._abort_connection()
-            if self._thread is not None:
-                self._thread.join(timeout=2.0)
-            self._close_client()
-            end = {
-                "stop_reason": self.stop_reason,
-                "finish_reason": self.finish_reason,
-                "logprobs": self._saw_logprobs,
-                "vocab": list(self._vocab),
-            }
-            if self._reasoning:
-                end["reasoning"] = "".join(self._reasoning)
-            if "error" in self.meta:
-                end["error"] = self.meta["error"]
-            self.meta.update(end)
-            if self.writer is not None:
-                self.writer.update_meta(**end)
-                self.writer.close(status)
+        while True:
+            event = self._next_event()
+            if event is None:
+                self.stop_reason = "stopped"
+                break
+            kind, value = event
+            if kind == "model":
+                self.meta["model"] = {"name": value, "url": self._client.url}
+                if self.writer is not None:
+                    self.writer.update_meta(model=self.meta["model"])
+            elif kind == "no_logprobs":
+                self.meta["logprobs_rejected"] = True
+            elif kind == "chunk":
+                yield from self._chunk_rows(value)
+            elif kind == "done":
+                done = True
+            elif kind == "error":
+                raise value
+            elif kind == "eof" and not done and self.finish_reason is None:
+                raise CaptureError(
+                    f"the stream from {self._client.chat_url} ended before the answer did "
+                    "(no finish_reason and no [DONE])"
+                )
+            elif kind == "end":
+                break
+        if not self.stop_reason:
+            self.stop_reason = {"length": "max_new_tokens", "stop": "eos"}.get(self.finish_reason or "", "eos")
+
+    def _release(self) -> None:
+        self._stop_event.set()
+        self._abort_connection()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+        self._close_client()
+
+    def _final_meta(self) -> dict[str, Any]:
+        end: dict[str, Any] = {
+            "stop_reason": self.stop_reason,
+            "finish_reason": self.finish_reason,
+            "logprobs": self._saw_logprobs,
+            "vocab": list(self._vocab),
+        }
+        if self._reasoning:
+            end["reasoning"] = "".join(self._reasoning)
+        if self.error is not None:
+            end["error"] = self.error
+        return end
 
 
 def chat_only_stream(

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._errors import StoreError
 from .frame import Frame, TokenTable
+
+if TYPE_CHECKING:
+    from .framestream import FrameStream
 
 FORMAT_VERSION = 1
 STATUSES = ("recording", "complete", "interrupted")
@@ -189,12 +192,16 @@ class Session(SessionReader):
         return self._frames[i]
 
     @classmethod
-    def collect(cls, stream: Any, reducer_state: dict[str, np.ndarray] | None = None) -> Session:
-        """Run a frame stream (CaptureStream, ChatOnlyStream) to its end and hold its frames; the
-        stream's final metadata (stop reason, errors) is merged in, and an exception marks the
-        session ``interrupted`` before it propagates."""
+    def collect(cls, stream: FrameStream) -> Session:
+        """Run ``stream`` to its end and return a Session holding its frames.
+
+        The session starts from the stream's metadata and reducer state, keeps the stream's session
+        id (or gets a fresh one without a store), and takes the stream's final metadata (stop
+        reason, errors) when it ends. An exception marks the session ``interrupted`` before it
+        propagates.
+        """
         meta = dict(stream.meta)
-        session = cls(meta, reducer_state)
+        session = cls(meta, stream.reducer_state)
         if stream.session_id:
             session.update_meta(id=stream.session_id)
         else:

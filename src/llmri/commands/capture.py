@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._errors import CaptureError, LlmriError, StoreError
+from .._errors import CaptureError, StoreError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -119,24 +119,12 @@ class _Progress:
 
 def run(args: argparse.Namespace) -> int:
     import llmri
-    from llmri.backends import BACKENDS
-    from llmri.backends.base import check_signals
-    from llmri.decode import GenerationSettings
-    from llmri.frame import SIGNALS
-    from llmri.reducers.base import REDUCERS, parse_tile
 
     if args.messages and args.prompt:
         raise CaptureError("give either PROMPT or --messages, not both")
     if not args.messages and args.prompt is None:
         raise CaptureError("no prompt: give PROMPT or --messages CHAT.json")
     prompt: Any = read_messages(args.messages) if args.messages else args.prompt
-    if args.backend is not None and args.backend not in BACKENDS:
-        raise CaptureError(f"unknown backend {args.backend!r} (known: {', '.join(BACKENDS.names())})")
-    # what can fail without the model fails before it loads and before the store is created
-    parse_tile(args.tile)
-    check_signals(args.signals, SIGNALS, args.backend or "hf")
-    if args.reducer not in REDUCERS:
-        raise CaptureError(f"unknown reducer {args.reducer!r} (known: {', '.join(REDUCERS.names())})")
     model: Any = args.model
     if args.backend == "synthetic":
         if model is not None:
@@ -144,11 +132,9 @@ def run(args: argparse.Namespace) -> int:
         from llmri.backends.synthetic import SyntheticModel
 
         model = SyntheticModel()
-    GenerationSettings(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
-    )
     store = _check_store(args.output)
     try:
+        # checks its arguments before the model loads and before the store gets the session
         st = llmri.stream(
             model,
             prompt,
@@ -165,8 +151,6 @@ def run(args: argparse.Namespace) -> int:
             stop=args.stop,
             chat=True if args.messages else args.chat,
         )
-    except LlmriError:
-        raise
     except (ValueError, TypeError) as exc:
         raise CaptureError(str(exc)) from None
     progress = _Progress(sys.stderr.isatty() and not args.quiet, args.max_new_tokens)
