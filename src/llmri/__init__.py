@@ -6,8 +6,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from ._errors import CaptureError, LlmriError, MissingExtraError, ModelLoadError, ReducerError, StoreError
+from .backends.openai import ChatOnlyClient, ChatOnlyStream, chat_only, chat_only_stream
 from .capture import CaptureStream, capture, stream
-from .chatonly import ChatOnlyClient, ChatOnlyStream, chat_only, chat_only_stream
 from .decode import GenerationSettings
 from .frame import SIGNALS, Frame, Token, TokenTable
 from .framestream import FrameStream

@@ -655,7 +655,7 @@ def from_args(args: Any) -> LiveChat | None:
     if model and url:
         raise CaptureError("give --model (activations) or --openai-url (chat-only), not both")
     if url:
-        from ..chatonly import ChatOnlyClient
+        from ..backends.openai import ChatOnlyClient
 
         key = None
         var = getattr(args, "api_key_env", None)
