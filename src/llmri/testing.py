@@ -41,11 +41,12 @@ class ServedApp:
         import uvicorn
 
         from .viewer.serve import bind, server_config
+        from .viewer.state import state_of
 
         self.app = app
         self.sock = bind("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
-        app.state.llmri.policy.port = self.port
+        state_of(app).policy.port = self.port
         self.server = uvicorn.Server(server_config(app, quiet=True))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()

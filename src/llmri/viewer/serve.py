@@ -10,6 +10,7 @@ from typing import Any
 
 from .._errors import require
 from .security import ViewerError, is_loopback
+from .state import state_of
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -69,7 +70,7 @@ def serve(
     False. Raises :class:`ViewerError` if the address cannot be bound.
     """
     uvicorn = require("uvicorn", "viewer")
-    state = app.state.llmri
+    state = state_of(app)
     if not is_loopback(host) and not state.policy.remote:
         raise ViewerError(f"--host {host} is not a loopback address: pass --allow-remote to expose the viewer")
     sock = bind(host, port)

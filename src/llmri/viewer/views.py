@@ -1,0 +1,82 @@
+"""The JSON the viewer answers with: a session's summary, why two sessions cannot be compared, and
+:func:`clean` (what every JSON answer built from stored metadata goes through)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..session import SessionReader
+
+
+def clean(x: Any) -> Any:
+    """JSON-safe copy: non-finite floats become None, numpy scalars/arrays become Python values."""
+    if isinstance(x, dict):
+        return {str(k): clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [clean(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return clean(x.tolist())
+    if isinstance(x, np.generic):
+        return clean(x.item())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _title(meta: Mapping[str, Any]) -> str:
+    msgs = meta.get("messages") or []
+    for m in reversed(msgs):
+        if isinstance(m, dict) and m.get("role") == "user":
+            return str(m.get("content", ""))[:120]
+    return str(meta.get("prompt") or "")[:120]
+
+
+def summary(store_id: str, r: SessionReader) -> dict[str, Any]:
+    """One line of the session list: ids, status, shape, model, backend, reducer, title."""
+    meta = r.meta
+    model = meta.get("model") or {}
+    reducer = meta.get("reducer") or {}
+    out: dict[str, Any] = clean(
+        {
+            "store": store_id,
+            "id": r.id,
+            "key": f"{store_id}/{r.id}",
+            "status": r.status,
+            "n_frames": len(r),
+            "signals": r.signals,
+            "n_layers": len(r.layers),
+            "tile": list(r.tile),
+            "chat_only": r.chat_only or not r.signals,
+            "model": model.get("name", "") if isinstance(model, dict) else str(model),
+            "backend": meta.get("backend", ""),
+            "reducer": reducer.get("kind", "") if isinstance(reducer, dict) else str(reducer),
+            "created": meta.get("created", ""),
+            "stop_reason": meta.get("stop_reason", ""),
+            "title": _title(meta),
+        }
+    )
+    return out
+
+
+def comparable(a: SessionReader, b: SessionReader) -> str:
+    """Empty string if frames of ``a`` and ``b`` can be subtracted, else the reason why not (one line)."""
+    ma, mb = a.meta, b.meta
+    if not a.signals or not b.signals:
+        return "a chat-only session has no frames to compare"
+    fa = (ma.get("model") or {}).get("fingerprint")
+    fb = (mb.get("model") or {}).get("fingerprint")
+    if not fa or fa != fb:
+        na, nb = (ma.get("model") or {}).get("name", "?"), (mb.get("model") or {}).get("name", "?")
+        return f"different models ({na} {fa or 'no fingerprint'} vs {nb} {fb or 'no fingerprint'})"
+    if (ma.get("reducer") or {}) != (mb.get("reducer") or {}):
+        ka, kb = (ma.get("reducer") or {}).get("kind", "?"), (mb.get("reducer") or {}).get("kind", "?")
+        return f"different reducers ({ka} vs {kb}, or different seed/tile/state): their pixels do not correspond"
+    if set(a.signals) != set(b.signals):
+        return f"different signals ({', '.join(a.signals)} vs {', '.join(b.signals)})"
+    if a.tile != b.tile or len(a.layers) != len(b.layers):
+        return "different tile shapes or layer counts"
+    return ""
