@@ -238,7 +238,7 @@ def test_without_links_the_store_reads_as_zarrs_local_store(tmp_path):
     from zarr.core.sync import sync
     from zarr.storage import LocalStore
 
-    from llmri.store._local import NoFollowLocalStore
+    from llmri.store.zarr.nofollow import NoFollowLocalStore
 
     store, ids = _store(tmp_path / "s.zarr", 1)
     ours, theirs = NoFollowLocalStore(store.url, read_only=True), LocalStore(store.url, read_only=True)

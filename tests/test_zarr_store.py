@@ -135,7 +135,7 @@ def test_synchronous_writer_commits_every_16_frames(tmp_path):
 
 
 def test_idle_writer_refreshes_its_heartbeat(tmp_path, monkeypatch):
-    import llmri.store.zarr as zmod
+    import llmri.store.zarr.writer as zmod
 
     monkeypatch.setattr(zmod, "HEARTBEAT_SECONDS", 0.2)
     store = ZarrFrameStore(str(tmp_path / "r.zarr"), create=True)
@@ -194,6 +194,69 @@ def test_frames_are_stored_raw_by_default(tmp_path):
     chunk = tmp_path / "raw.zarr" / "sessions" / w.id / "frames" / "resid" / "c" / "0" / "0" / "0" / "0"
     assert chunk.stat().st_size == 16 * 4 * 3 * 5 * 2
     np.testing.assert_array_equal(raw.session(w.id).frames("resid", 15, 16)[0], make_frame(15).tiles["resid"])
+
+
+def _files(root) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "zstd"])
+@pytest.mark.parametrize("route", ["fast", "through-zarr"])
+def test_fast_path_writes_what_zarr_writes(tmp_path, monkeypatch, compress, route):
+    """The writer encodes chunks and array metadata itself (llmri.store.zarr.internals). The same rows
+    assigned with plain zarr must give the same files, byte for byte: a zarr upgrade that changes its
+    encoding, its chunk keys or its metadata documents fails here first. ``through-zarr`` checks the
+    writer's route for codec chains the fast path does not know (zarr encodes each chunk)."""
+    from llmri.store.zarr import internals
+    from llmri.store.zarr.columns import INITIAL_ROWS, column_compressors, column_specs, fill_value, frame_rows
+
+    if route == "through-zarr":
+        monkeypatch.setattr(internals, "_fast_encoder", lambda metadata: None)
+    internals.column_format.cache_clear()
+    try:
+        n = INITIAL_ROWS + 40  # the arrays grow once; commits end inside chunks, whose tails are rewritten
+        frames = [make_frame(i, role="prompt" if i < 30 else "generated") for i in range(n)]
+        store = ZarrFrameStore(str(tmp_path / "llmri.zarr"), create=True, compress=compress, background=False)
+        w = store.create_session(base_meta())
+        w.commit_every, w.commit_seconds = 100, 10_000.0
+        for f in frames:
+            w.append(f)
+        w.close()
+        assert all(c[0].fast == (route == "fast") for c in w._columns.values())
+    finally:
+        internals.column_format.cache_clear()
+
+    session = f"sessions/{w.id}"
+    ours = _files(tmp_path / "llmri.zarr" / session)
+    plain = zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    attrs = json.loads(ours["zarr.json"])["attributes"]
+    group = plain.create_group(session, attributes=attrs)
+    meta = base_meta()
+    rows = [frame_rows(f, meta["signals"], 5) for f in frames]
+    for name, spec in column_specs(meta).items():
+        arr = group.create_array(
+            name,
+            shape=(n, *spec.row_shape),
+            chunks=(spec.chunk, *spec.row_shape),
+            dtype=spec.dtype,
+            fill_value=fill_value(spec.dtype),
+            compressors=column_compressors(name, compress),
+        )
+        data = np.empty((n, *spec.row_shape), dtype=object if spec.dtype is str else spec.dtype)
+        for i, r in enumerate(rows):
+            data[i] = r[name]
+        arr[:] = data
+    theirs = _files(tmp_path / "plain.zarr" / session)
+
+    def array_files(files: dict[str, bytes]) -> dict[str, bytes]:
+        return {k: v for k, v in files.items() if any(k.startswith(f"{name}/") for name in column_specs(meta))}
+
+    mine, zarrs = array_files(ours), array_files(theirs)
+    assert sorted(mine) == sorted(zarrs)  # every array's zarr.json and chunks, no more, no fewer
+    assert len(mine) > 2 * len(column_specs(meta))
+    for key, data in mine.items():
+        assert data == zarrs[key], key
+    assert ours["zarr.json"] == theirs["zarr.json"]  # the session group, the commit point
 
 
 # -- bad stores -------------------------------------------------------------------------------
@@ -330,7 +393,7 @@ def _recording_session(tmp_path, writer: dict):
 def test_recording_with_live_writer(tmp_path):
     import socket
 
-    from llmri.store.zarr import _pid_start
+    from llmri.store.zarr.liveness import pid_start as _pid_start
 
     s = _recording_session(
         tmp_path, {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _pid_start(os.getpid())}

@@ -18,10 +18,12 @@ import stat
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+from zarr.abc.buffer import Buffer, BufferPrototype
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, SuffixByteRequest
-from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
-from zarr.core.common import concurrent_map
+from zarr.buffer import default_buffer_prototype
 from zarr.storage import LocalStore
+
+from .internals import ensure_open, ensure_open_sync
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -193,21 +195,23 @@ class NoFollowLocalStore(LocalStore):
     def get_sync(
         self, key: str, *, prototype: BufferPrototype | None = None, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
-        self._ensure_open_sync()
+        ensure_open_sync(self)
         return _read(self._root, key, prototype or default_buffer_prototype(), byte_range)
 
     async def get(
         self, key: str, prototype: BufferPrototype | None = None, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
-        if not self._is_open:
-            await self._open()
+        await ensure_open(self)
         return await asyncio.to_thread(_read, self._root, key, prototype or default_buffer_prototype(), byte_range)
 
     async def get_partial_values(
         self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
     ) -> list[Buffer | None]:
-        args = [(_read, self._root, key, prototype, byte_range) for key, byte_range in key_ranges]
-        return await concurrent_map(args, asyncio.to_thread, limit=None)
+        return list(
+            await asyncio.gather(
+                *(asyncio.to_thread(_read, self._root, key, prototype, byte_range) for key, byte_range in key_ranges)
+            )
+        )
 
     async def exists(self, key: str) -> bool:
         st = await asyncio.to_thread(lstat_key, self._root, key)

@@ -1,0 +1,153 @@
+"""The arrays of a session (docs/FORMAT.md, "Layout"): their specs, a frame's row in each, and how
+a column grows by whole chunks. No zarr here: numpy and the session's metadata only."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ...frame import TOP_K, Frame
+from ...session import STATUSES
+
+#: Frames per chunk along the token axis of ``frames/<signal>``.
+FRAME_CHUNK = 16
+#: Rows per chunk of the token table and the per-layer stats.
+ROW_CHUNK = 256
+#: Rows a new array has room for before it first grows: a typical turn, so a session's first commits
+#: write chunks only (growing 17 arrays cost ~12 ms of CPU in the first commit).
+INITIAL_ROWS = 1024
+
+
+class ColumnSpec(NamedTuple):
+    """One per-token array: its dtype (``str`` for zarr's string dtype), the shape of one row, and
+    the rows per chunk."""
+
+    dtype: Any
+    row_shape: tuple[int, ...]
+    chunk: int
+
+
+def column_specs(meta: dict[str, Any]) -> dict[str, ColumnSpec]:
+    """``{path: spec}`` of the per-token arrays of a session."""
+    n_layers = len(meta["layers"])
+    h, w = (int(x) for x in meta["tile"])
+    k = int(meta.get("top_k", TOP_K))
+    specs = {
+        "tokens/ids": ColumnSpec(np.int64, (), ROW_CHUNK),
+        "tokens/text": ColumnSpec(str, (), ROW_CHUNK),
+        "tokens/role": ColumnSpec(str, (), ROW_CHUNK),
+        "tokens/logprob": ColumnSpec(np.float32, (), ROW_CHUNK),
+        "tokens/entropy": ColumnSpec(np.float32, (), ROW_CHUNK),
+        "tokens/top_ids": ColumnSpec(np.int64, (k,), ROW_CHUNK),
+        "tokens/top_probs": ColumnSpec(np.float32, (k,), ROW_CHUNK),
+        "tokens/top_texts": ColumnSpec(str, (k,), ROW_CHUNK),
+    }
+    for s in meta["signals"]:
+        specs[f"frames/{s}"] = ColumnSpec(np.float16, (n_layers, h, w), FRAME_CHUNK)
+        specs[f"stats/{s}/norm"] = ColumnSpec(np.float32, (n_layers,), ROW_CHUNK)
+        specs[f"stats/{s}/sparsity"] = ColumnSpec(np.float32, (n_layers,), ROW_CHUNK)
+    return specs
+
+
+def column_compressors(name: str, compress: bool) -> Any:
+    """zarr's ``compressors`` for column ``name``: ``frames/*`` raw unless ``compress`` (the reduced
+    tiles are noise-like, see docs/FORMAT.md, "Compression"), zarr's default elsewhere."""
+    if name.startswith("frames/") and not compress:
+        return None
+    return "auto"
+
+
+def fill_value(dtype: Any) -> Any:
+    """What pads rows past the data: ``""`` for strings, -1 for ids, NaN for floats."""
+    if dtype is str:
+        return ""
+    if dtype is np.int64:
+        return -1
+    return np.nan
+
+
+def check_meta(meta: dict[str, Any]) -> str:
+    """What is wrong with a session's metadata for laying out its arrays, or ``""``."""
+    sig = meta.get("signals")
+    if not isinstance(sig, list) or not all(isinstance(s, str) for s in sig):
+        return "signals must be a list of names"
+    if not isinstance(meta.get("layers"), list):
+        return "layers must be a list"
+    tile = meta.get("tile")
+    if not (isinstance(tile, list) and len(tile) == 2 and all(isinstance(x, int) for x in tile)):
+        return f"tile must be [H, W], got {tile!r}"
+    if meta.get("status") not in STATUSES:
+        return f"unknown status {meta.get('status')!r}"
+    return ""
+
+
+def frame_rows(frame: Frame, signals: list[str], k: int) -> dict[str, Any]:
+    """The row of each column for one frame (``top_*`` padded to ``k``)."""
+    t = frame.token
+    m = min(k, len(t.top_ids))
+    top_ids = np.full(k, -1, np.int64)
+    top_probs = np.full(k, np.nan, np.float32)
+    top_texts = [""] * k
+    top_ids[:m] = t.top_ids[:m]
+    top_probs[:m] = t.top_probs[:m]
+    top_texts[: min(m, len(t.top_texts))] = list(t.top_texts[:m])
+    rows: dict[str, Any] = {
+        "tokens/ids": t.id,
+        "tokens/text": t.text,
+        "tokens/role": t.role,
+        "tokens/logprob": t.logprob,
+        "tokens/entropy": t.entropy,
+        "tokens/top_ids": top_ids,
+        "tokens/top_probs": top_probs,
+        "tokens/top_texts": top_texts,
+    }
+    for s in signals:
+        rows[f"frames/{s}"] = frame.tiles[s]
+        rows[f"stats/{s}/norm"] = frame.norms[s]
+        rows[f"stats/{s}/sparsity"] = frame.sparsity[s]
+    return rows
+
+
+def stack_rows(rows: list[Any], spec: ColumnSpec) -> np.ndarray:
+    """``rows`` as one array ``[len(rows), *row_shape]`` (strings as an object array)."""
+    if spec.dtype is str:
+        out = np.empty((len(rows), *spec.row_shape), dtype=object)
+        for i, r in enumerate(rows):
+            out[i] = r
+        return out
+    return np.asarray(rows, dtype=spec.dtype).reshape(len(rows), *spec.row_shape)
+
+
+class Column:
+    """How one array grows. Every commit writes whole chunks (the rows of the last, partial chunk are
+    kept in memory and padded with the fill value), so no chunk is ever read back and each chunk
+    file is replaced whole. The array's length grows ahead of the data (doubling), so most commits
+    write no array metadata; the last one sets the exact length."""
+
+    def __init__(self, spec: ColumnSpec, capacity: int = INITIAL_ROWS) -> None:
+        self.spec = spec
+        self.n = 0  # rows taken
+        self.capacity = capacity  # the array's length in its metadata
+        self.tail = stack_rows([], spec)
+
+    def take(self, rows: list[Any]) -> tuple[int | None, int, np.ndarray]:
+        """Take ``rows``: the new length if the array must grow (else None), the index of the first
+        chunk to write, and the rows of the whole chunks to write from there (padded)."""
+        chunk, row_shape = self.spec.chunk, self.spec.row_shape
+        new = stack_rows(rows, self.spec)
+        data = np.concatenate([self.tail, new]) if len(self.tail) else new
+        start = self.n - len(self.tail)  # a chunk boundary
+        n_new = self.n + len(new)
+        end = start + -(-len(data) // chunk) * chunk
+        grow = None
+        if end > self.capacity:
+            self.capacity = grow = max(end, 2 * self.capacity, 4 * chunk)
+        padded = data
+        if end > n_new:
+            pad = np.full((end - n_new, *row_shape), fill_value(self.spec.dtype), dtype=data.dtype)
+            padded = np.concatenate([data, pad])
+        self.n = n_new
+        keep = n_new % chunk
+        self.tail = data[len(data) - keep :] if keep else data[:0]
+        return grow, start // chunk, padded

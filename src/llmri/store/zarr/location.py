@@ -1,0 +1,99 @@
+"""Where a store's files live: its zarr Store, how llmri reads its group documents, and how it
+writes whole files (atomically on a local directory, as zarr's LocalStore does)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import uuid
+from typing import Any
+
+from ..._errors import StoreError
+from .internals import run
+
+
+def write_file(root: str, key: str, data: bytes, made: set[str]) -> None:
+    """Write ``root/key`` atomically, as zarr's LocalStore does (a temporary file, then a rename);
+    ``made`` holds the folders known to exist."""
+    path = os.path.join(root, key)
+    folder = os.path.dirname(path)
+    if folder not in made:
+        os.makedirs(folder, exist_ok=True)
+        made.add(folder)
+    tmp = f"{path}.{uuid.uuid4().hex}.partial"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class Location:
+    """One store's place: ``url`` (what messages name), ``zstore`` (the zarr Store), and
+    ``local_root``, the directory of a local store (whose files the writer writes itself), else None."""
+
+    def __init__(self, url: str, zstore: Any) -> None:
+        from zarr.storage import LocalStore
+
+        self.url = url
+        self.zstore = zstore
+        self.local_root = str(zstore.root) if isinstance(zstore, LocalStore) else None
+
+    def exists(self, key: str) -> bool:
+        try:
+            return bool(run(self.zstore.exists(key)))
+        except Exception as exc:
+            raise StoreError(f"{self.url}: cannot read store: {exc}") from exc
+
+    def list_dir(self, prefix: str) -> list[str]:
+        """The names directly below ``prefix``; raises FileNotFoundError where the store does."""
+
+        async def names() -> list[str]:
+            return [x async for x in self.zstore.list_dir(prefix)]
+
+        return list(run(names()))
+
+    def read_group_attrs(self, key: str, where: str) -> dict[str, Any]:
+        """Parse one group's ``zarr.json`` by hand so a corrupt file gives a clear error, not zarr's traceback."""
+        from zarr.buffer import default_buffer_prototype
+
+        try:
+            buf = run(self.zstore.get(key, prototype=default_buffer_prototype()))
+        except Exception as exc:
+            raise StoreError(f"{where}: cannot read {key}: {exc}") from exc
+        if buf is None:
+            raise StoreError(f"{where}: missing {key}")
+        try:
+            doc = json.loads(buf.to_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise StoreError(f"{where}: corrupt metadata ({key} is not valid JSON: {exc})") from None
+        if not isinstance(doc, dict) or doc.get("zarr_format") != 3:
+            raise StoreError(f"{where}: not a Zarr v3 node ({key})")
+        if doc.get("node_type") != "group":
+            raise StoreError(f"{where}: corrupt metadata ({key} is not a group)")
+        attrs = doc.get("attributes", {})
+        if not isinstance(attrs, dict):
+            raise StoreError(f"{where}: corrupt metadata (attributes of {key} is not an object)")
+        return attrs
+
+    def put(self, files: list[tuple[str, bytes]], made: set[str]) -> None:
+        """Write whole files ``(key, bytes)``: on a local store right here, each atomically as zarr's
+        LocalStore writes them (``made``: folders known to exist); elsewhere through the store,
+        concurrently. Returns once all are written."""
+        if self.local_root is not None:
+            for key, data in files:
+                write_file(self.local_root, key, data, made)
+        elif files:
+            from zarr.buffer import default_buffer_prototype
+
+            buffer = default_buffer_prototype().buffer
+
+            async def put_all() -> None:
+                await asyncio.gather(*(self.zstore.set(key, buffer.from_bytes(data)) for key, data in files))
+
+            run(put_all())
