@@ -103,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         allow_remote=False,
         model="default",
         openai_url=None,
+        openai_model=None,
+        api_key_env=None,
     )
     print(
         "starting the viewer with live chat on the bundled model (Ctrl-C to stop): type a message in the chat "

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
-from .._errors import StoreError
+from .._errors import CaptureError, StoreError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -63,10 +64,13 @@ def open_stores(paths: list[str]) -> dict[str, Any]:
 
 def live_plugin(args: argparse.Namespace) -> Any:
     """The live chat plug-in for ``create_app(live=...)`` (--model or --openai-url), or None."""
-    if not (getattr(args, "model", None) or getattr(args, "openai_url", None)):
+    model, url = args.model, args.openai_url
+    if not (model or url):
         return None
+    if model and url:
+        raise CaptureError("give --model (activations) or --openai-url (chat-only), not both")
     from ..store import open_store
-    from ..viewer.live import from_args
+    from ..viewer.live import ChatOnlyEngine, LiveChat, ModelEngine
 
     if args.paths:
         try:  # live sessions are recorded into the first store: create it if it does not exist yet
@@ -75,7 +79,24 @@ def live_plugin(args: argparse.Namespace) -> Any:
             raise
         except (OSError, ValueError) as exc:
             raise StoreError(f"cannot open or create store {args.paths[0]}: {exc}") from None
-    return from_args(args)
+    if url:
+        from .. import ChatOnlyClient
+
+        key = None
+        if args.api_key_env:
+            key = os.environ.get(args.api_key_env)
+            if not key:
+                raise CaptureError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
+        client = ChatOnlyClient(url, model=args.openai_model, api_key=key)
+        try:  # learn the model's name now, so the page can show it; a server that is down is asked again later
+            client.resolve_model()
+        except CaptureError as exc:
+            print(f"llmri view: warning: {exc} (asking again at the first message)", flush=True)
+        return LiveChat(ChatOnlyEngine(client))
+    from ..models import load_model
+
+    print(f"llmri view: loading model {model} for live chat...", flush=True)
+    return LiveChat(ModelEngine(load_model(model)))
 
 
 def build_app(args: argparse.Namespace, live: Any = None) -> Any:

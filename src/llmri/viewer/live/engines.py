@@ -1,0 +1,99 @@
+"""What generates a live turn: a local model (activations recorded) or an OpenAI-compatible server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...frame import SIGNALS
+from ...reducers import REDUCERS
+
+
+class ModelEngine:
+    """Generates with a local model through :func:`llmri.stream` (activations recorded).
+
+    ``model``: a :class:`~llmri.models.LoadedModel` (or anything :func:`llmri.stream` accepts, such
+    as :class:`~llmri.backends.synthetic.SyntheticModel`); ``backend``: the capture backend name
+    (``None``: the model's own, or ``hf``).
+    """
+
+    mode = "model"
+
+    def __init__(self, model: Any, backend: str | None = None) -> None:
+        # capture.py has no public way yet to load-or-adapt a model once and name its backend class.
+        from ...capture import _as_model, _backend_for
+
+        self.model = _as_model(model)
+        self.backend, cls = _backend_for(self.model, backend)
+        self.signals = [s for s in SIGNALS if s in getattr(cls, "provides", ())]
+        describe = getattr(self.model, "describe", None)
+        info = describe() if callable(describe) else {}
+        self.name = str(info.get("name") or type(self.model).__name__)
+        self.n_layers = info.get("n_layers")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "model": self.name,
+            "backend": self.backend,
+            "signals": self.signals,
+            "reducers": REDUCERS.names(),
+            "n_layers": self.n_layers,
+        }
+
+    def open(self, messages: list[dict[str, str]], settings: dict[str, Any], store: Any, meta: dict[str, Any]) -> Any:
+        from ...capture import CaptureStream
+
+        return CaptureStream(
+            self.model,
+            messages,
+            max_new_tokens=settings["max_new_tokens"],
+            temperature=settings["temperature"],
+            top_p=settings["top_p"],
+            seed=settings["seed"],
+            signals=settings["signals"],
+            reducer=settings["reducer"],
+            backend=self.backend,
+            ignore_eos=settings.get("ignore_eos", False),
+            store=store,
+            meta=meta,
+        )
+
+    def close(self) -> None:
+        pass
+
+
+class ChatOnlyEngine:
+    """Generates through an OpenAI-compatible server fixed at launch (no activations).
+
+    ``client``: a :class:`~llmri.ChatOnlyClient` (URL, model and key are fixed in it).
+    """
+
+    mode = "chat-only"
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.signals: list[str] = []
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "model": self.client.model or "(the server's model)",
+            "url": self.client.url,  # without credentials, query or fragment
+            "backend": "openai",
+            "signals": [],
+            "reducers": [],
+        }
+
+    def open(self, messages: list[dict[str, str]], settings: dict[str, Any], store: Any, meta: dict[str, Any]) -> Any:
+        return self.client.stream(
+            messages,
+            max_new_tokens=settings["max_new_tokens"],
+            temperature=settings["temperature"],
+            top_p=settings["top_p"],
+            seed=settings["seed"],
+            store=store,
+            meta=meta,
+        )
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,136 @@
+"""One live turn: generated on a worker thread, its frames posted as they leave the model."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..._errors import LlmriError, one_line
+from ..encoding import encode_array
+from .protocol import PROMPT_BATCH, message
+
+#: How the worker hands a message to every client: ``post(item, session)``; it must never block.
+Post = Callable[[bytes | str, str | None], None]
+
+
+@dataclass
+class Turn:
+    """The turn being generated: who asked, what, and the stream once it is open."""
+
+    by: int
+    messages: list[dict[str, str]]
+    settings: dict[str, Any]
+    stream: Any = None
+    session: str | None = None
+    stop_requested: bool = False
+    started: float = field(default_factory=time.monotonic)
+    thread: threading.Thread | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def stop(self) -> None:
+        """End the turn soon (thread-safe); before its stream is open, as soon as it opens."""
+        with self.lock:
+            self.stop_requested = True
+            st = self.stream
+        if st is not None:
+            st.stop()
+
+    def generate(self, engine: Any, store: Callable[[], Any], store_id: str, post: Post) -> dict[str, Any]:
+        """Run the turn to its end (on the worker thread) and return its ``done`` message.
+
+        Opens the engine's stream on ``store()``, posts ``started``, then the frames as they come
+        (prompt frames batched), and one ``error`` line if it fails: a failing backend never raises
+        out of here.
+        """
+        key = None
+        n = 0
+        status = "interrupted"
+        try:
+            meta = {"live": True, "conversation": self.settings["conversation"], "turn": self.settings["turn"]}
+            stream = engine.open(self.messages, self.settings, store(), meta)
+            with self.lock:
+                self.stream = stream
+                stop_now = self.stop_requested
+            if stop_now:
+                stream.stop()
+            key = f"{store_id}/{stream.session_id}"
+            self.session = key
+            n_prompt = len(getattr(stream, "prompt_ids", None) or []) or len(self.messages) + 1
+            signals = list(stream.meta.get("signals") or [])
+            post(
+                message(
+                    type="started",
+                    session=key,
+                    by=self.by,
+                    messages=self.messages,
+                    settings=self.settings,
+                    signals=signals,
+                    special_ids=stream.meta.get("special_ids", []),
+                    model=(stream.meta.get("model") or {}).get("name", ""),
+                    chat_only=bool(stream.meta.get("chat_only")),
+                ),
+                key,
+            )
+            batch: list[Any] = []
+            for frame in stream:
+                n += 1
+                batch.append(frame)
+                if frame.token.role == "prompt" and len(batch) < PROMPT_BATCH and frame.index < n_prompt - 1:
+                    continue
+                send_frames(post, key, signals, batch)
+                batch = []
+            if batch:
+                send_frames(post, key, signals, batch)
+            status = "complete"
+            reason = getattr(stream, "stop_reason", "")
+            error = None
+        except LlmriError as exc:
+            reason, error = f"error: {one_line(exc)}", one_line(exc)
+        except Exception as exc:  # noqa: BLE001 - a failing backend must not take the server down
+            reason, error = f"error: {type(exc).__name__}", f"generation failed: {type(exc).__name__}: {one_line(exc)}"
+        if error is not None:
+            post(message(type="error", session=key, message=error), key)
+        return {"type": "done", "session": key, "status": status, "stop_reason": reason, "n_frames": n}
+
+
+def _header_token(frame: Any) -> dict[str, Any]:
+    d: dict[str, Any] = frame.token.to_dict()
+    for a in d["top"]:
+        if not math.isfinite(a["prob"]):
+            a["prob"] = 0.0
+    return d
+
+
+def send_frames(post: Post, key: str, signals: Sequence[str], frames: list[Any]) -> None:
+    """Post ``frames`` as one binary ``live`` message (one per frame if together they are too big)."""
+    t_model = time.time()
+    if signals:
+        tiles = np.stack([np.stack([f.tiles[s] for s in signals]) for f in frames]).astype(np.float16)
+    else:
+        tiles = np.zeros((len(frames), 0), dtype=np.float16)
+    header = {
+        "kind": "live",
+        "session": key,
+        "start": frames[0].index,
+        "stop": frames[-1].index + 1,
+        "signals": list(signals),
+        "tokens": [_header_token(f) for f in frames],
+        "t_model": t_model,
+    }
+    try:
+        msg = encode_array(tiles, **header)
+    except ValueError:
+        if len(frames) > 1:
+            for f in frames:
+                send_frames(post, key, signals, [f])
+            return
+        # One token too big for a header (a huge text chunk): pages fetch it from the store.
+        post(message(type="resync", session=key, reason="a token too large to stream"), key)
+        return
+    post(msg, key)
