@@ -37,7 +37,7 @@ from typing import Any
 from .. import __version__
 from .._errors import require
 from .security import SecurityMiddleware, SecurityPolicy
-from .state import ViewerState, store_entries
+from .state import LivePlugin, ViewerState, store_entries
 
 
 def create_app(
@@ -46,7 +46,7 @@ def create_app(
     port: int | None = None,
     token: str | None = None,
     remote: bool = False,
-    live: Any = None,
+    live: LivePlugin | None = None,
     poll_interval: float = 0.5,
 ) -> Any:
     """Build the viewer app over ``stores``.
@@ -65,8 +65,8 @@ def create_app(
         The server is bound to a non-loopback address: the Host allow-list is lifted and ``token``
         must be set.
     live
-        Optional plug-in (the live chat helper): an object with ``attach(app, state)`` that adds
-        its routes; ``/api/info`` reports ``"live": true`` when given.
+        Optional plug-in (:class:`~llmri.viewer.state.LivePlugin`, e.g. the live chat): its
+        ``attach(app, state)`` adds its routes; ``/api/info`` reports ``"live": true`` when given.
     poll_interval
         Seconds between checks for new frames of a session being recorded.
 
@@ -85,7 +85,7 @@ def create_app(
     install_error_handlers(app)
     for module in (static, info, sessions, frames, progress):
         app.include_router(module.router)
-    if state.live is not None and hasattr(state.live, "attach"):
+    if isinstance(state.live, LivePlugin):
         state.live.attach(app, state)
     # Response headers (nosniff, CSP, CORP, COOP, no-store...) are added here, to every response.
     app.add_middleware(SecurityMiddleware, policy=state.policy)

@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from .._errors import LlmriError
 from ..session import SessionReader
@@ -23,6 +23,14 @@ class NotFound(LlmriError):
 
 class BadRequest(LlmriError):
     """A parameter out of range (answered with 400)."""
+
+
+@runtime_checkable
+class LivePlugin(Protocol):
+    """What ``create_app(live=...)`` takes (:class:`~llmri.viewer.live.LiveChat` is one)."""
+
+    def attach(self, app: Any, state: ViewerState) -> None:
+        """Add the plug-in's routes to ``app``; called once, before the security middleware wraps it."""
 
 
 @dataclass
@@ -55,7 +63,7 @@ class ViewerState:
 
     stores: dict[str, StoreEntry]
     policy: SecurityPolicy
-    live: Any = None
+    live: LivePlugin | None = None
     poll_interval: float = 0.5
     #: ``{name: (bytes, content type)}``: every file the static route may serve, read once at start.
     static: dict[str, tuple[bytes, str]] = field(default_factory=dict)

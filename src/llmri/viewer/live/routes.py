@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from fastapi import APIRouter, WebSocket
 
 from ..routes import State
+from .chat import LiveChat
 
 router = APIRouter()
 
 
 @router.websocket("/api/live")
 async def live_chat(ws: WebSocket, state: State) -> None:
-    await state.live.serve(ws)
+    # Only LiveChat.attach includes this router, so the app's plug-in is that LiveChat.
+    await cast(LiveChat, state.live).serve(ws)
