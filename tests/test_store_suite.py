@@ -12,7 +12,7 @@ import pytest
 import llmri
 from llmri import MemoryFrameStore, StoreError
 from llmri.frame import Frame, Token
-from llmri.store.base import FrameStore
+from llmri.store.base import FrameStore, SupportsAdd, SupportsRefresh
 from llmri.store.zarr import ZarrFrameStore
 
 L, H, W = 4, 3, 5
@@ -248,6 +248,34 @@ class StoreSuite:
 
     def test_open_store_passes_store_through(self, store):
         assert llmri.open_store(store) is store
+
+    # -- optional abilities: a store without one skips its test, saying so ---------------------
+    def test_refresh_catches_up_with_commits(self, store):
+        w = store.create_session(base_meta())
+        w.commit_every, w.commit_seconds = 10_000, 10_000.0
+        reader = self.reopen(store).session(w.id)
+        if not isinstance(reader, SupportsRefresh):
+            w.close()
+            pytest.skip(f"{type(reader).__name__} has no refresh(): it shows every frame as appended")
+        for i in range(5):
+            w.append(make_frame(i))
+        w.commit()
+        assert len(reader) == 0 and reader.status == "recording"  # a snapshot until refreshed
+        reader.refresh()
+        assert len(reader) == 5 and reader.tokens.ids.tolist() == [100, 101, 102, 103, 104]
+        w.close()
+        reader.refresh()
+        assert reader.status == "complete"
+
+    def test_add_a_finished_session(self, store, synthetic_model):
+        if not isinstance(store, SupportsAdd):
+            pytest.skip(f"{type(store).__name__} has no add(): sessions go in through create_session()")
+        sess = llmri.capture(synthetic_model, "Hi", max_new_tokens=3)
+        store.add(sess)
+        assert sess.id in store.session_ids()
+        got = self.reopen(store).session(sess.id)
+        assert len(got) == len(sess) and got.text == sess.text
+        np.testing.assert_array_equal(got.frames("resid"), sess.frames("resid"))
 
 
 class TestMemoryFrameStore(StoreSuite):

@@ -13,8 +13,7 @@ from .frame import SIGNALS, Frame, Token, TokenTable
 from .framestream import FrameStream
 from .models import LoadedModel, load_model
 from .reducers import REDUCERS, Reducer, make_reducer
-from .session import Session, SessionReader
-from .store import FrameStore, MemoryFrameStore, open_store
+from .store import FrameStore, MemoryFrameStore, Session, SessionReader, open_store
 
 __all__ = [
     "REDUCERS",

@@ -16,7 +16,7 @@ from .framestream import FrameStream
 from .messages import check_messages
 from .models import load_model
 from .reducers.base import Reducer, make_reducer
-from .session import Session
+from .store import Session
 
 
 def _is_spec(model: Any) -> bool:

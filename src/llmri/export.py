@@ -20,7 +20,7 @@ import numpy as np
 from ._errors import LlmriError, StoreError, require
 from .colormaps import COLORMAPS
 from .render import fallback_scales, render_frame, session_scales
-from .session import SessionReader
+from .store import SessionReader
 
 FORMATS = ("npz", "png", "gif", "mp4", "json")
 #: Frames read from the store at a time while rendering a video.

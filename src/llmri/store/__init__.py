@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .base import FrameStore, SessionWriter
-from .memory import MemoryFrameStore
+from .base import FrameStore, SessionReader, SessionWriter, SupportsAdd, SupportsRefresh
+from .memory import MemoryFrameStore, Session
 
 
 def open_store(path: Any, *, create: bool = False) -> FrameStore:
@@ -21,4 +21,13 @@ def open_store(path: Any, *, create: bool = False) -> FrameStore:
     return ZarrFrameStore(os.fspath(path) if hasattr(path, "__fspath__") else str(path), create=create)
 
 
-__all__ = ["FrameStore", "MemoryFrameStore", "SessionWriter", "open_store"]
+__all__ = [
+    "FrameStore",
+    "MemoryFrameStore",
+    "Session",
+    "SessionReader",
+    "SessionWriter",
+    "SupportsAdd",
+    "SupportsRefresh",
+    "open_store",
+]

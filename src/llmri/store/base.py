@@ -1,14 +1,120 @@
-"""The FrameStore interface: many sessions, each appended frame by frame, crash-consistently."""
+"""The store's interfaces, side by side: FrameStore (many sessions), SessionWriter (appends one,
+crash-consistently), SessionReader (reads one back); and the optional abilities, as Protocols.
+
+Everything here depends on :mod:`llmri.frame` and :mod:`llmri._errors` only.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..frame import Frame
-from ..session import SessionReader
+from .._errors import StoreError
+from ..frame import Frame, TokenTable
+
+#: The version of docs/FORMAT.md this llmri writes, and the newest it reads.
+FORMAT_VERSION = 1
+#: A session's ``meta["status"]``.
+STATUSES = ("recording", "complete", "interrupted")
+
+
+def check_signal(signal: str, signals: list[str], where: str) -> None:
+    """Raise StoreError (one line, naming ``where``) unless ``signal`` is one of ``signals``."""
+    if signal not in signals:
+        have = ", ".join(signals) or "none: chat-only session"
+        raise StoreError(f"{where}: no signal {signal!r} (this session has: {have})")
+
+
+def norm_range(start: int | None, stop: int | None, n: int) -> tuple[int, int]:
+    """``[start, stop)`` of ``n`` rows as Python slicing reads it, never reversed (``stop >= start``)."""
+    s, e, _ = slice(start, stop).indices(n)
+    return s, max(s, e)
+
+
+class SessionReader(ABC):
+    """One recorded session: metadata, token table, and per-signal frames.
+
+    ``meta`` is a JSON-serialisable dict (see docs/FORMAT.md for its keys). Frames are
+    ``[tokens, layers, H, W]`` float16; ``start``/``stop`` select a token range without loading
+    the rest of the session.
+    """
+
+    @property
+    @abstractmethod
+    def meta(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Number of committed frames (token positions)."""
+
+    @property
+    @abstractmethod
+    def tokens(self) -> TokenTable: ...
+
+    @abstractmethod
+    def frames(self, signal: str, start: int | None = None, stop: int | None = None) -> np.ndarray: ...
+
+    @abstractmethod
+    def stats(self, signal: str, start: int | None = None, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(norm, sparsity)``, each ``[tokens, layers]`` float32, of the unreduced vectors."""
+
+    @property
+    def reducer_state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    # -- helpers built on the abstract methods ---------------------------------------------
+    @property
+    def id(self) -> str:
+        return str(self.meta["id"])
+
+    @property
+    def status(self) -> str:
+        return str(self.meta.get("status", "complete"))
+
+    @property
+    def signals(self) -> list[str]:
+        return list(self.meta.get("signals", []))
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.meta.get("layers", []))
+
+    @property
+    def tile(self) -> tuple[int, int]:
+        h, w = self.meta.get("tile", (0, 0))
+        return int(h), int(w)
+
+    @property
+    def chat_only(self) -> bool:
+        return bool(self.meta.get("chat_only", False))
+
+    @property
+    def text(self) -> str:
+        """The generated text (prompt tokens and special tokens such as EOS excluded)."""
+        t = self.tokens
+        special = set(self.meta.get("special_ids") or [])
+        return "".join(
+            x for x, r, i in zip(t.text, t.role, t.ids, strict=True) if r == "generated" and int(i) not in special
+        )
+
+    @property
+    def prompt_text(self) -> str:
+        t = self.tokens
+        return "".join(x for x, r in zip(t.text, t.role, strict=True) if r == "prompt")
+
+    def norms(self, signal: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        return self.stats(signal, start, stop)[0]
+
+    def sparsity(self, signal: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        return self.stats(signal, start, stop)[1]
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self.id} {self.status} {len(self)} tokens "
+            f"signals={self.signals} tile={self.tile}>"
+        )
 
 
 class SessionWriter(ABC):
@@ -55,7 +161,8 @@ class FrameStore(ABC):
 
     ``sessions()`` lists readable sessions and never raises for one bad session: problems are
     collected in :attr:`problems` as one-line messages, so a viewer listing many sessions keeps
-    working.
+    working. Optional abilities are Protocols, checked with ``isinstance``: a store may
+    :class:`SupportsAdd`, the readers it returns may :class:`SupportsRefresh`.
     """
 
     url: str = ""
@@ -92,3 +199,31 @@ class FrameStore(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- optional abilities: check with isinstance() ------------------------------------------------
+
+
+@runtime_checkable
+class SupportsRefresh(Protocol):
+    """A session reader that is a snapshot and can catch up.
+
+    ``refresh()`` re-reads the session's metadata and committed length, so a reader opened while
+    the session records sees the frames committed since (a :class:`~llmri.store.zarr.ZarrSession`).
+    A reader without it always shows every appended frame (an in-memory
+    :class:`~llmri.store.memory.Session`).
+    """
+
+    def refresh(self) -> None: ...
+
+
+@runtime_checkable
+class SupportsAdd(Protocol):
+    """A store that takes a finished session as it is.
+
+    ``add(session)`` puts ``session`` (e.g. what :func:`llmri.capture` returned) in the store under
+    its id, without copying its frames (a :class:`~llmri.store.memory.MemoryFrameStore`). Stores
+    without it record sessions only through :meth:`FrameStore.create_session`.
+    """
+
+    def add(self, session: SessionReader) -> None: ...

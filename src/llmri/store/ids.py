@@ -7,7 +7,7 @@ import re
 import secrets
 from typing import Any
 
-from ..session import FORMAT_VERSION
+from .base import FORMAT_VERSION
 
 _ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 

@@ -1,17 +1,142 @@
-"""MemoryFrameStore: sessions held in this process (tests, notebooks)."""
+"""In memory: :class:`Session` (what :func:`llmri.capture` returns) and :class:`MemoryFrameStore`
+(sessions held in this process: tests, notebooks)."""
 
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import numpy as np
 
 from .._errors import StoreError
-from ..frame import Frame
-from ..session import Session, SessionReader
-from .base import FrameStore, SessionWriter
+from ..frame import Frame, TokenTable
+from .base import FORMAT_VERSION, STATUSES, FrameStore, SessionReader, SessionWriter, check_signal, norm_range
 from .ids import new_session_id, prepare_meta
+
+
+class FrameSource(Protocol):
+    """What :meth:`Session.collect` runs: frames in order, and the metadata to keep with them (a
+    :class:`~llmri.FrameStream`)."""
+
+    @property
+    def meta(self) -> dict[str, Any]: ...
+
+    @property
+    def reducer_state(self) -> dict[str, np.ndarray]: ...
+
+    @property
+    def session_id(self) -> str | None: ...
+
+    def __iter__(self) -> Iterator[Frame]: ...
+
+
+class Session(SessionReader):
+    """An in-memory session: what :func:`llmri.capture` returns, and what MemoryFrameStore holds.
+
+    Thread-safe for one writer and many readers: readers see only appended frames.
+    """
+
+    def __init__(self, meta: dict[str, Any], reducer_state: dict[str, np.ndarray] | None = None) -> None:
+        self._meta = dict(meta)
+        self._meta.setdefault("format_version", FORMAT_VERSION)
+        self._meta.setdefault("status", "recording")
+        self._state = dict(reducer_state or {})
+        self._frames: list[Frame] = []
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, str], np.ndarray] = {}
+        self._table: TokenTable | None = None
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self._meta
+
+    @property
+    def reducer_state(self) -> dict[str, np.ndarray]:
+        return self._state
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def append(self, frame: Frame) -> None:
+        if frame.index != len(self._frames):
+            raise StoreError(f"session {self.id}: frame {frame.index} appended at position {len(self._frames)}")
+        with self._lock:
+            self._frames.append(frame)
+            self._cache.clear()
+            self._table = None
+
+    def set_status(self, status: str) -> None:
+        if status not in STATUSES:
+            raise ValueError(f"bad status {status!r}")
+        self._meta["status"] = status
+
+    def update_meta(self, **kw: Any) -> None:
+        self._meta.update(kw)
+
+    @property
+    def tokens(self) -> TokenTable:
+        with self._lock:
+            if self._table is None:
+                self._table = TokenTable.from_tokens([f.token for f in self._frames])
+            return self._table
+
+    def _stacked(self, kind: str, signal: str) -> np.ndarray:
+        with self._lock:
+            key = (kind, signal)
+            if key not in self._cache:
+                layers = len(self.layers)
+                h, w = self.tile
+                if kind == "tiles":
+                    empty: tuple[int, ...] = (0, layers, h, w)
+                    dtype: type = np.float16
+                else:
+                    empty, dtype = (0, layers), np.float32
+                arrs = [getattr(f, kind)[signal] for f in self._frames]
+                self._cache[key] = np.stack(arrs).astype(dtype, copy=False) if arrs else np.zeros(empty, dtype)
+            return self._cache[key]
+
+    def frames(self, signal: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        check_signal(signal, self.signals, f"session {self.id}")
+        s, e = norm_range(start, stop, len(self))
+        return self._stacked("tiles", signal)[s:e]
+
+    def stats(self, signal: str, start: int | None = None, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        check_signal(signal, self.signals, f"session {self.id}")
+        s, e = norm_range(start, stop, len(self))
+        return self._stacked("norms", signal)[s:e], self._stacked("sparsity", signal)[s:e]
+
+    def frame(self, i: int) -> Frame:
+        return self._frames[i]
+
+    @classmethod
+    def collect(cls, stream: FrameSource) -> Session:
+        """Run ``stream`` to its end and return a Session holding its frames.
+
+        The session starts from the stream's metadata and reducer state, keeps the stream's session
+        id (or gets a fresh one without a store), and takes the stream's final metadata (stop
+        reason, errors) when it ends. An exception marks the session ``interrupted`` before it
+        propagates.
+        """
+        meta = dict(stream.meta)
+        session = cls(meta, stream.reducer_state)
+        if stream.session_id:
+            session.update_meta(id=stream.session_id)
+        else:
+            session.update_meta(**{k: v for k, v in prepare_meta(meta).items() if k not in meta})
+
+        def finish(status: str) -> None:
+            session.update_meta(**{k: v for k, v in stream.meta.items() if k != "id"})
+            session.set_status(status)
+
+        try:
+            for frame in stream:
+                session.append(frame)
+        except BaseException:
+            finish("interrupted")
+            raise
+        finish("complete")
+        return session
 
 
 class _MemoryWriter(SessionWriter):
@@ -45,12 +170,13 @@ class _MemoryWriter(SessionWriter):
 
 
 class MemoryFrameStore(FrameStore):
-    """Keeps :class:`~llmri.session.Session` objects in a dict; appends are visible at once."""
+    """Keeps sessions in a dict (:class:`Session` objects, or any reader given to :meth:`add`);
+    appends are visible at once."""
 
     def __init__(self) -> None:
         super().__init__()
         self.url = "memory"
-        self._sessions: dict[str, Session] = {}
+        self._sessions: dict[str, SessionReader] = {}
         self._lock = threading.Lock()
 
     def create_session(self, meta: dict[str, Any], reducer_state: dict[str, np.ndarray] | None = None) -> SessionWriter:
@@ -62,7 +188,7 @@ class MemoryFrameStore(FrameStore):
             self._sessions[s.id] = s
         return _MemoryWriter(s)
 
-    def add(self, session: Session) -> None:
+    def add(self, session: SessionReader) -> None:
         """Put an existing in-memory session (e.g. one returned by ``llmri.capture``) in the store."""
         with self._lock:
             self._sessions[session.id] = session

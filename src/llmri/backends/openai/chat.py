@@ -10,7 +10,7 @@ from ..._errors import CaptureError
 from ...frame import Frame
 from ...framestream import FrameStream
 from ...messages import check_messages
-from ...session import Session
+from ...store import Session
 from .client import DEFAULT_TIMEOUT, ChatOnlyClient
 from .events import AnswerReader
 from .rows import ENTROPY_ESTIMATE, Rows

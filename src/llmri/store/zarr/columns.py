@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ...frame import TOP_K, Frame
-from ...session import STATUSES
+from ..base import STATUSES
 
 #: Frames per chunk along the token axis of ``frames/<signal>``.
 FRAME_CHUNK = 16

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..._errors import StoreError
 from ...frame import TOP_K, TokenTable
-from ...session import FORMAT_VERSION, SessionReader, _check_signal, _norm_range
+from ..base import FORMAT_VERSION, SessionReader, check_signal, norm_range
 from .columns import check_meta
 from .liveness import effective_status
 from .location import Location
@@ -97,14 +97,14 @@ class ZarrSession(SessionReader):
             raise StoreError(f"{self._where}: cannot read {name}[{start}:{stop}]: {exc}") from exc
 
     def frames(self, signal: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
-        _check_signal(signal, self.signals, self._where)
-        s, e = _norm_range(start, stop, self._n)
+        check_signal(signal, self.signals, self._where)
+        s, e = norm_range(start, stop, self._n)
         h, w = self.tile
         return self._read(f"frames/{signal}", s, e, (len(self.layers), h, w), np.float16)
 
     def stats(self, signal: str, start: int | None = None, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        _check_signal(signal, self.signals, self._where)
-        s, e = _norm_range(start, stop, self._n)
+        check_signal(signal, self.signals, self._where)
+        s, e = norm_range(start, stop, self._n)
         shape = (len(self.layers),)
         return (
             self._read(f"stats/{signal}/norm", s, e, shape, np.float32),

@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..._errors import StoreError
-from ...session import FORMAT_VERSION
-from ..base import FrameStore, SessionWriter
+from ..base import FORMAT_VERSION, FrameStore, SessionWriter
 from ..ids import new_session_id, prepare_meta
 from .columns import check_meta
 from .location import Location

@@ -12,8 +12,7 @@ import numpy as np
 
 from ..._errors import StoreError
 from ...frame import TOP_K, Frame
-from ...session import FORMAT_VERSION, STATUSES
-from ..base import SessionWriter
+from ..base import FORMAT_VERSION, STATUSES, SessionWriter
 from .columns import Column, column_compressors, column_specs, frame_rows
 from .internals import ColumnFormat, column_format, create_session_nodes, group_document
 from .liveness import this_writer
