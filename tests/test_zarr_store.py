@@ -196,6 +196,22 @@ def test_frames_are_stored_raw_by_default(tmp_path):
     np.testing.assert_array_equal(raw.session(w.id).frames("resid", 15, 16)[0], make_frame(15).tiles["resid"])
 
 
+def test_session_meta_is_stored_as_plain_json(tmp_path):
+    store = ZarrFrameStore(str(tmp_path / "r.zarr"), create=True, background=False)
+    w = store.create_session(base_meta())
+    w.append(make_frame(0))
+    w.update_meta(temperature=float("nan"), scales={"resid": np.array([0.5, np.inf], np.float32)}, size=np.int64(3))
+    w.close()
+    text = (tmp_path / "r.zarr" / "sessions" / w.id / "zarr.json").read_text()
+    meta = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in zarr.json"))["attributes"]["meta"]
+    assert meta["temperature"] is None and meta["scales"] == {"resid": [0.5, None]} and meta["size"] == 3
+    assert store.session(w.id).meta["scales"] == {"resid": [0.5, None]}
+    w2 = store.create_session(base_meta())
+    w2.update_meta(where=tmp_path)  # not a JSON value: the commit fails, saying why
+    with pytest.raises(StoreError, match="write failed: .*PosixPath"):
+        w2.close()
+
+
 def _files(root) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 

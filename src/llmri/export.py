@@ -19,6 +19,7 @@ import numpy as np
 
 from ._errors import LlmriError, StoreError, require
 from .colormaps import COLORMAPS
+from .jsonsafe import json_safe
 from .render import fallback_scales, render_frame, session_scales
 from .store import SessionReader
 
@@ -33,23 +34,9 @@ class ExportError(LlmriError):
     """An export could not be written (bad options, output exists, missing encoder)."""
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic):
-        return _jsonable(x.item())
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    return x
-
-
 def session_json(session: SessionReader) -> dict[str, Any]:
     """``{"meta", "n_tokens", "text", "tokens": [...]}``; NaN becomes ``null``."""
-    return _jsonable(
+    return json_safe(
         {
             "meta": session.meta,
             "n_tokens": len(session),
@@ -81,7 +68,7 @@ def export_npz(session: SessionReader, out: Path) -> Path:
         "entropy": t.entropy,
         "top_ids": t.top_ids,
         "top_probs": t.top_probs,
-        "meta_json": np.array(json.dumps(_jsonable(session.meta), allow_nan=False)),
+        "meta_json": np.array(json.dumps(json_safe(session.meta), allow_nan=False)),
     }
     for s in session.signals:
         arrays[f"frames_{s}"] = session.frames(s)

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..._errors import StoreError
 from ...frame import TOP_K, Frame
+from ...jsonsafe import json_safe
 from ..base import FORMAT_VERSION, STATUSES, SessionWriter
 from .columns import Column, column_compressors, column_specs, frame_rows
 from .internals import ColumnFormat, column_format, create_session_nodes, group_document
@@ -75,7 +76,7 @@ class ZarrSessionWriter(SessionWriter):
                 for name, spec in column_specs(meta).items()
             }
             formats = {name: fmt for name, (fmt, _) in self._columns.items()}
-            create_session_nodes(location.zstore, self._path, self._attrs(), formats, state)
+            create_session_nodes(location.zstore, self._path, self._document(), formats, state)
         except StoreError:
             raise
         except Exception as exc:
@@ -87,12 +88,17 @@ class ZarrSessionWriter(SessionWriter):
             )
             self._thread.start()
 
-    def _attrs(self) -> dict[str, Any]:
-        return {
-            "llmri": {"kind": "session", "format_version": FORMAT_VERSION},
-            "n_committed": self._committed,
-            "meta": self._meta,
-        }
+    def _document(self) -> dict[str, Any]:
+        """The session group's attributes now: a JSON-safe copy (a NaN in ``meta`` is stored as null)."""
+        doc = json_safe(
+            {
+                "llmri": {"kind": "session", "format_version": FORMAT_VERSION},
+                "n_committed": self._committed,
+                "meta": self._meta,
+            }
+        )
+        json.dumps(doc, allow_nan=False)  # refuses, naming its type, a value JSON cannot hold
+        return doc
 
     @property
     def id(self) -> str:
@@ -174,7 +180,7 @@ class ZarrSessionWriter(SessionWriter):
                 with self._lock:
                     self._committed += len(batch)
                     self._meta["writer"]["heartbeat"] = time.time()
-                    doc = json.loads(json.dumps(self._attrs(), allow_nan=False, default=_json_default))
+                    doc = self._document()
                 # the commit point: written only once every chunk it covers is
                 self._put([(f"{self._path}/zarr.json", group_document(doc))])
                 self._last_write = time.monotonic()
@@ -240,11 +246,3 @@ class ZarrSessionWriter(SessionWriter):
         except Exception as exc:
             raise StoreError(f"{self._location.url}: session {self.id}: write failed: {exc}") from exc
         self._raise_error()
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
