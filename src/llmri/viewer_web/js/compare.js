@@ -1,0 +1,73 @@
+// Compare: draw this frame minus the previous token's, or minus the same frame of another session.
+import { FrameSource, getJSON, sessionUrl } from "./api.js";
+import { S } from "./state.js";
+import { redraw, setCmap } from "./tiles.js";
+import { $, fillSelect, segment, setSeg } from "./ui.js";
+
+let prevCmap = "grayscale"; // the colour map to go back to when the diff is turned off
+
+function say(text, kind = "") {
+  const msg = $("diff-msg");
+  msg.textContent = text;
+  msg.className = kind ? `msg ${kind}` : "msg";
+}
+
+export async function setDiff(mode) {
+  say("");
+  if (mode === S.diff && mode !== "session") return;
+  if (mode !== "off" && S.diff === "off") prevCmap = S.cmap;
+  S.diff = mode;
+  setSeg($("diff-mode"), mode);
+  $("diff-session").hidden = mode !== "session";
+  if (mode !== "session") { S.diffSrc = null; S.diffSummary = null; }
+  if (mode === "off") {
+    setCmap(prevCmap);
+  } else {
+    setCmap("diverging");
+    if (mode === "prev") say("showing frame t − frame t−1", "ok");
+  }
+  if (mode === "session") {
+    await pickDiffSession();
+    return;
+  }
+  redraw();
+}
+
+/** "− session": subtract the most alike other session (same model and reducer), or say there is none. */
+async function pickDiffSession() {
+  fillSelect($("diff-session"), S.sessions, null, S.cur.summary.key);
+  const others = S.sessions.filter((s) => s.key !== S.cur.summary.key);
+  if (!others.length) {
+    say("no other session to compare with", "error");
+    S.diff = "off";
+    setSeg($("diff-mode"), "off");
+    $("diff-session").hidden = true;
+    setCmap(prevCmap);
+    return;
+  }
+  const pick = others.find((s) => s.model === S.cur.summary.model && s.reducer === S.cur.summary.reducer && !s.chat_only) || others[0];
+  $("diff-session").value = pick.key;
+  await chooseDiffSession(pick.key);
+}
+
+async function chooseDiffSession(key) {
+  const other = S.sessions.find((s) => s.key === key);
+  try {
+    // the server decides whether the two can be diffed (a 409 says why not) and how many frames they share
+    const res = await getJSON(`/api/compare?a=${encodeURIComponent(S.cur.summary.key)}&b=${encodeURIComponent(key)}`);
+    const detail = await getJSON(sessionUrl(other));
+    S.diffSummary = detail.summary;
+    S.diffSrc = new FrameSource(detail.summary, detail.meta);
+    say(`this − “${(other.title || other.id).slice(0, 40)}” · ${res.n_frames} frames in common`, "ok");
+  } catch (e) {
+    S.diffSrc = null;
+    S.diffSummary = null;
+    say(e.message, "error");
+  }
+  redraw();
+}
+
+export function wireCompare() {
+  segment($("diff-mode"), S.diff, (v) => setDiff(v));
+  $("diff-session").onchange = (e) => chooseDiffSession(e.target.value);
+}

@@ -1,0 +1,205 @@
+// Sessions: the list (polled), opening one, and following one while it is being recorded.
+import { FrameSource, getJSON, sessionUrl } from "./api.js";
+import { setDiff } from "./compare.js";
+import { S, grow, on } from "./state.js";
+import { SIGNAL_TITLES, layout, loadStats, redraw, resetFrames, updateColorbar } from "./tiles.js";
+import { appendTokens, buildTokenStrip, drawSparklines, seek, stop, updateTotal } from "./timeline.js";
+import { $, banner, esc, fillSelect, segment, setSeg } from "./ui.js";
+
+// ---------------------------------------------------------------------------------------------
+// the session list
+
+/** Lists the sessions again; true when the list changed (a session came, went, grew or ended). */
+export async function refreshSessions() {
+  let res;
+  try {
+    res = await getJSON("/api/sessions");
+  } catch (e) {
+    banner(`cannot list sessions: ${e.message}`, "error");
+    return false;
+  }
+  const sig = (l) => l.map((s) => `${s.key}:${s.n_frames}:${s.status}`).join("|");
+  const changed = sig(res.sessions) !== sig(S.sessions);
+  S.sessions = res.sessions;
+  S.stores = res.stores;
+  if (changed) {
+    fillSelect($("session-select"), S.sessions, S.cur && S.cur.summary.key);
+    if (S.diff === "session") fillSelect($("diff-session"), S.sessions, S.diffSummary && S.diffSummary.key, S.cur && S.cur.summary.key);
+  }
+  const problems = res.stores.flatMap((s) => s.problems.map((p) => `${s.label}: ${p}`));
+  if (problems.length && !$("banner").textContent) banner(`some sessions could not be read — ${problems.join("; ")}`);
+  return changed;
+}
+
+// ---------------------------------------------------------------------------------------------
+// opening a session
+
+/** A message in place of the tiles (html), or the tiles again (""). */
+export function showEmpty(html) {
+  const e = $("empty");
+  e.innerHTML = html;
+  e.hidden = !html;
+  $("canvas-wrap").hidden = !!html;
+}
+
+function shellQuote(s) {
+  return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, "'\\''")}'`;
+}
+
+export function emptyStoreState() {
+  const label = S.stores.map((s) => s.label).join(", ") || "this store";
+  showEmpty(`<h1>No sessions yet</h1><p>${esc(label)} holds no sessions. Record one and it shows up here:</p>
+    <code>llmri capture "Why is the sky blue?" -o ${esc(shellQuote(S.stores[0] ? S.stores[0].label : "run.zarr"))}</code>
+    <p class="dim">This page checks for new sessions every few seconds.</p>`);
+  document.body.classList.add("no-session");
+  const sel = $("session-select");
+  sel.innerHTML = "<option>(no sessions yet)</option>";
+  sel.disabled = true;
+  $("session-info").textContent = "";
+  $("status-badge").hidden = true;
+  $("tokens").innerHTML = "";
+  $("counter").textContent = "–";
+  $("token-info").innerHTML = "";
+}
+
+/** Show session `key` at token t0 (a session being recorded opens on its newest frame, and follows it). */
+export async function openSession(key, t0 = 0) {
+  const seq = ++S.openSeq;
+  S.loaded = null;
+  const summary = S.sessions.find((s) => s.key === key);
+  if (!summary) return;
+  stop();
+  if (S.ws) { S.ws.close(); S.ws = null; }
+  const detail = await getJSON(sessionUrl(summary));
+  if (seq !== S.openSeq) return;
+  S.cur = { summary: detail.summary, meta: detail.meta, grid: detail.grid };
+  document.body.classList.remove("no-session");
+  $("session-select").disabled = false;
+  S.src = new FrameSource(detail.summary, detail.meta);
+  S.src.onload = () => updateTotal(S.src.total); // a chunk's header may know of frames the summary did not
+  resetFrames();
+  setDiff("off");
+  $("session-select").value = key;
+  showSessionInfo(detail);
+  const tok = await getJSON(`${sessionUrl(summary)}/tokens`);
+  if (seq !== S.openSeq) return;
+  S.tokens = tok.tokens;
+  buildTokenStrip();
+  buildSignalModes();
+  const n = detail.summary.n_frames;
+  showSessionState(detail);
+  updateTotal(n, true);
+  layout();
+  await loadStats();
+  if (seq !== S.openSeq) return;
+  if (detail.summary.status === "recording") {
+    followLive(detail.summary);
+    t0 = n - 1;
+  }
+  seek(Math.min(Math.max(0, t0), Math.max(0, n - 1)));
+  drawSparklines();
+  S.loaded = key; // fully open: tokens, layout, stats and the first frame requested
+}
+
+/** The top bar: title, model, backend, shape, token count, date and status. */
+function showSessionInfo(detail) {
+  const m = detail.meta;
+  const model = m.model || {};
+  const red = m.reducer || {};
+  document.title = `${detail.summary.title || detail.summary.id} · llmri`;
+  const chatOnly = detail.summary.chat_only;
+  document.body.classList.toggle("chat-only", chatOnly);
+  const shape = chatOnly
+    ? "chat-only, no activations"
+    : `${m.layers ? m.layers.length : 0} layers · ${esc(red.kind || "–")} ${m.tile ? m.tile.join("×") : ""}`;
+  $("session-info").innerHTML =
+    `<b>${esc(model.name || "?")}</b> · ${esc(m.backend || "")} · ${shape} · ` +
+    `<span id="ntok">${detail.summary.n_frames}</span> tokens · ${esc(
+      (m.created || "").replace("T", " ").replace("+00:00", " UTC"),
+    )}`;
+  setBadge(detail.summary.status);
+}
+
+/** Banner and placeholder for a session that is interrupted, chat-only, or has no frame yet. */
+function showSessionState(detail) {
+  const m = detail.meta;
+  const n = detail.summary.n_frames;
+  banner("");
+  if (detail.summary.status === "interrupted") {
+    const why = m.stop_reason ? ` (${m.stop_reason})` : "";
+    banner(`This session was interrupted after ${n} token${n === 1 ? "" : "s"}${why}: showing what was committed.`);
+  }
+  if (detail.summary.chat_only) {
+    showEmpty(`<h1>Chat-only session</h1><p>Recorded through <b>${esc(m.backend || "a chat API")}</b>, which gives tokens and
+      log-probabilities but no activations, so there are no frames to draw. The token strip and the Token panel still work.</p>`);
+  } else if (n === 0) {
+    showEmpty(detail.summary.status === "recording"
+      ? `<h1>Waiting for the first frame…</h1><p>This session is being recorded; frames appear as they are committed.</p>`
+      : `<h1>No frames</h1><p>This session ended (${esc(detail.summary.status)}) before its first frame was committed.</p>`);
+  } else {
+    showEmpty("");
+  }
+}
+
+export function setBadge(status) {
+  const b = $("status-badge");
+  b.hidden = false;
+  b.textContent = status;
+  b.className = `badge ${status}`;
+}
+
+function buildSignalModes() {
+  const sigs = S.cur.meta.signals || [];
+  const el = $("signal-mode");
+  el.innerHTML = "";
+  const modes = sigs.length > 1 ? ["all", ...sigs, "composite"] : sigs.length ? [sigs[0]] : [];
+  for (const m of modes) {
+    const b = document.createElement("button");
+    b.dataset.v = m;
+    b.textContent = m;
+    b.title = m === "composite" ? "one grid, hue = signal (resid blue, attn orange, mlp green)" : m === "all" ? "one grid per signal" : SIGNAL_TITLES[m] || m;
+    el.appendChild(b);
+  }
+  if (!modes.includes(S.mode)) S.mode = modes[0] || "all";
+  segment(el, S.mode, (v) => { S.mode = v; setSeg(el, v); layout(); drawSparklines(); updateColorbar(); redraw(); });
+}
+
+// the first frame of a session opened while it had none: the tiles take the place of "waiting"
+on("grow", (n, before) => {
+  if (before === 0 && (S.cur.meta.signals || []).length) { showEmpty(""); layout(); }
+});
+
+// ---------------------------------------------------------------------------------------------
+// a session being recorded (by another process): its /live socket says how far it got
+
+function followLive(summary) {
+  const proto = location.protocol === "https:" ? "wss" : "ws";
+  const ws = new WebSocket(`${proto}://${location.host}${sessionUrl(summary)}/live`);
+  S.ws = ws;
+  ws.onclose = (e) => {
+    // the server closes with 1000 once the session is no longer recording; anything else: try again
+    const still = S.ws === ws && S.cur && S.cur.summary.key === summary.key && S.cur.summary.status === "recording";
+    if (still && e.code !== 1000) setTimeout(() => { if (S.ws === ws) followLive(summary); }, 1500);
+  };
+  ws.onmessage = async (ev) => {
+    const msg = JSON.parse(ev.data);
+    if (msg.type !== "progress" || !S.cur || S.cur.summary.key !== summary.key) return;
+    const before = S.src.total;
+    const following = S.t >= before - 1; // the playhead on the newest frame stays on the newest frame
+    if (msg.n_frames > S.tokens.length) {
+      const tok = await getJSON(`${sessionUrl(summary)}/tokens?start=${S.tokens.length}`);
+      if (S.cur.summary.key !== summary.key) return;
+      appendTokens(tok.tokens.filter((t) => t.index >= S.tokens.length));
+    }
+    if (msg.n_frames > before) {
+      grow(msg.n_frames);
+      if (following) seek(msg.n_frames - 1);
+    }
+    if (msg.status !== S.cur.summary.status) {
+      S.cur.summary.status = msg.status;
+      setBadge(msg.status);
+      if (msg.status === "interrupted") banner(`This session was interrupted after ${msg.n_frames} tokens.`);
+      refreshSessions();
+    }
+  };
+}

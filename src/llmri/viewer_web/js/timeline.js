@@ -1,0 +1,297 @@
+// The timeline: the playhead (seek, play), the slider and counter, the token strip and the sparklines.
+import { S, emit, on, whenDrawn } from "./state.js";
+import { loadStats } from "./tiles.js";
+import { hideTip, showTip, tokenHTML } from "./readout.js";
+import { $, esc, fmt, oneLine, showTok } from "./ui.js";
+
+// ---------------------------------------------------------------------------------------------
+// the playhead
+let hashTimer = 0;
+
+/** Move the playhead to token t; resolves when its frame is drawn. */
+export function seek(t, { fromSlider = false } = {}) {
+  if (!S.cur) return Promise.resolve(-1);
+  const n = Math.max(S.src.total, S.tokens.length);
+  t = Math.max(0, Math.min(n - 1, t | 0));
+  S.lastDir = t >= S.t ? 1 : -1;
+  S.t = t;
+  if (!fromSlider) $("slider").value = String(t);
+  const tok = S.tokens[t];
+  $("counter").textContent = `token ${t + 1} / ${n}` + (tok ? ` · ${tok.role}` : "");
+  highlightToken(t);
+  drawPlayhead();
+  clearTimeout(hashTimer);
+  hashTimer = setTimeout(() => history.replaceState(null, "", `#${S.cur.summary.key}/${S.t}`), 200);
+  const p = whenDrawn(t); // before "seek": the frame may be drawn at once, from the cache
+  emit("seek", t);
+  return p;
+}
+
+export function updateTotal(n, force = false) {
+  const old = Number($("slider").max) + 1;
+  if (!force && n <= old) return;
+  $("slider").max = String(Math.max(0, n - 1));
+  const nt = $("ntok");
+  if (nt) nt.textContent = String(n);
+  if (S.cur) $("counter").textContent = `token ${S.t + 1} / ${n}`;
+}
+
+let playTimer = 0;
+let lastTick = 0;
+export function play() {
+  if (!S.cur || S.playing) return;
+  if (S.t >= S.src.total - 1 && S.cur.summary.status !== "recording") seek(0);
+  S.playing = true;
+  $("play").textContent = "❚❚";
+  $("play").setAttribute("aria-label", "pause");
+  lastTick = performance.now();
+  const step = (now) => {
+    if (!S.playing) return;
+    const speed = Number($("speed").value);
+    if (now - lastTick >= 1000 / speed && S.drawn === S.t) {
+      lastTick = now;
+      if (S.t < S.src.total - 1) seek(S.t + 1);
+      else if (S.cur.summary.status !== "recording") { stop(); return; }
+    }
+    playTimer = requestAnimationFrame(step);
+  };
+  playTimer = requestAnimationFrame(step);
+}
+
+export function stop() {
+  S.playing = false;
+  cancelAnimationFrame(playTimer);
+  $("play").textContent = "▶";
+  $("play").setAttribute("aria-label", "play");
+}
+
+// ---------------------------------------------------------------------------------------------
+// the token strip
+export function buildTokenStrip() {
+  const el = $("tokens");
+  el.innerHTML = "";
+  const special = new Set((S.cur.meta.special_ids || []).map(Number));
+  const frag = document.createDocumentFragment();
+  S.tokens.forEach((t, i) => frag.appendChild(tokenSpan(t, i, special)));
+  el.appendChild(frag);
+  S.curSpan = null;
+}
+
+function tokenSpan(t, i, special) {
+  const span = document.createElement("span");
+  span.className = `t ${t.role === "prompt" ? "p" : "g"}${special.has(t.id) ? " s" : ""}`;
+  span.dataset.i = i;
+  span.textContent = showTok(t.text);
+  return span;
+}
+
+/** More tokens of the session shown (it is being recorded): onto the strip, which stays scrolled down. */
+export function appendTokens(list) {
+  const special = new Set((S.cur.meta.special_ids || []).map(Number));
+  const el = $("tokens");
+  const atBottom = el.scrollTop + el.clientHeight >= el.scrollHeight - 4;
+  for (const t of list) {
+    S.tokens.push(t);
+    el.appendChild(tokenSpan(t, S.tokens.length - 1, special));
+  }
+  if (atBottom) el.scrollTop = el.scrollHeight;
+}
+
+let scrollPending = false;
+function highlightToken(t) {
+  const el = $("tokens");
+  if (S.curSpan) S.curSpan.classList.remove("cur");
+  const span = el.children[t];
+  S.curSpan = span || null;
+  if (!span) return;
+  span.classList.add("cur");
+  // Scrolling reads layout; do it once per animation frame, off the slider -> frame path.
+  if (!scrollPending) {
+    scrollPending = true;
+    requestAnimationFrame(() => {
+      scrollPending = false;
+      const cur = S.curSpan;
+      if (!cur) return;
+      const top = cur.offsetTop - el.offsetTop, bottom = top + cur.offsetHeight;
+      if (top < el.scrollTop || bottom > el.scrollTop + el.clientHeight) el.scrollTop = top - el.clientHeight / 2;
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// the sparklines: surprisal per token, and each layer's norm per token
+let sparkBg = null; // the drawn strip (without the playhead) and its geometry
+function sparkSignal() {
+  const sigs = S.cur ? S.cur.meta.signals || [] : [];
+  return sigs.includes(S.mode) ? S.mode : sigs[0];
+}
+
+export function drawSparklines() {
+  const c = $("sparklines");
+  const ctx = c.getContext("2d");
+  const dpr = window.devicePixelRatio || 1;
+  const cssW = c.clientWidth || 800;
+  const s = sparkSignal();
+  const st = s && S.stats[s];
+  const L = S.cur ? (S.cur.meta.layers || []).length : 0;
+  const rowH = L ? Math.max(3, Math.min(10, Math.floor(110 / L))) : 0;
+  const top = 22; // surprisal row above the per-layer rows
+  const cssH = L ? top + L * rowH + 2 : 40;
+  c.style.height = `${cssH}px`;
+  c.width = Math.round(cssW * dpr);
+  c.height = Math.round(cssH * dpr);
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.clearRect(0, 0, cssW, cssH);
+  const left = 34;
+  const W = cssW - left - 4;
+  const n = S.src ? S.src.total : 0;
+  sparkBg = { left, W, top, rowH, L, n, cssW, cssH, dpr };
+  ctx.font = "10px ui-monospace, Menlo, monospace";
+  ctx.textBaseline = "middle";
+  ctx.fillStyle = "#7d8a9b";
+  ctx.fillText("surp", 0, (top - 4) / 2);
+  if (n > 0 && S.tokens.length) drawSurprisal(ctx, left, W, top);
+  if (!st || !L) {
+    ctx.fillStyle = "#7d8a9b";
+    if (S.cur && !(S.cur.meta.signals || []).length) ctx.fillText("no activations in a chat-only session", left, top + 10);
+    return;
+  }
+  for (let l = 0; l < L; l++) drawNormRow(ctx, st, l, L, left, W, top + l * rowH, rowH);
+  ctx.textAlign = "right";
+  const label = `surprisal −log p  ·  ‖${s}‖ per layer (5–95th pct)`;
+  const lw = ctx.measureText(label).width;
+  ctx.fillStyle = "#121820";
+  ctx.fillRect(cssW - lw - 10, 0, lw + 10, top - 5);
+  ctx.fillStyle = "#7d8a9b";
+  ctx.fillText(label, cssW - 4, (top - 4) / 2);
+  ctx.textAlign = "left";
+  sparkBg.img = ctx.getImageData(0, 0, c.width, c.height);
+  drawPlayhead();
+}
+
+/** The surprisal row: -logprob of each token (how unexpected it was). */
+function drawSurprisal(ctx, left, W, top) {
+  const toks = S.tokens;
+  for (let x = 0; x < W; x++) {
+    const a = Math.floor((x / W) * toks.length), b = Math.max(a + 1, Math.floor(((x + 1) / W) * toks.length));
+    let v = 0;
+    for (let i = a; i < b && i < toks.length; i++) {
+      const lp = toks[i].logprob;
+      if (lp !== null) v = Math.max(v, -lp);
+    }
+    const h = Math.min(1, v / 10) * (top - 6);
+    ctx.fillStyle = toks[a] && toks[a].role === "prompt" ? "#3d4a5a" : "#ffb74d";
+    ctx.fillRect(left + x, top - 4 - h, 1, h);
+  }
+}
+
+function drawNormRow(ctx, st, l, L, left, W, y0, rowH) {
+  const lut = S.luts.energy || S.luts.grayscale;
+  const N = st.n;
+  // Robust range (5th-95th percentile): the first token's huge norm (an attention sink) would flatten the rest.
+  const col = new Float32Array(N);
+  for (let t = 0; t < N; t++) col[t] = st.norm[t * L + l];
+  col.sort();
+  const lo = col[Math.floor(0.05 * (N - 1))], hi = col[Math.ceil(0.95 * (N - 1))];
+  const span = hi > lo ? hi - lo : 1;
+  for (let x = 0; x < W; x++) {
+    const a = Math.floor((x / W) * N), b = Math.max(a + 1, Math.floor(((x + 1) / W) * N));
+    let v = -Infinity;
+    for (let t = a; t < b && t < N; t++) v = Math.max(v, st.norm[t * L + l]);
+    if (v === -Infinity) continue;
+    const u = Math.max(0, Math.min(1, (v - lo) / span));
+    const i = Math.max(0, Math.min(255, Math.round(u * 255)));
+    ctx.fillStyle = `rgb(${lut[3 * i]},${lut[3 * i + 1]},${lut[3 * i + 2]})`;
+    const h = Math.max(1, u * (rowH - 1));
+    ctx.fillRect(left + x, y0 + rowH - 1 - h, 1, h);
+  }
+  if (l % 5 === 0 || l === L - 1) {
+    ctx.fillStyle = "#6f7f93";
+    ctx.fillText(`L${l}`, 0, y0 + rowH / 2);
+  }
+}
+
+function drawPlayhead() {
+  if (!sparkBg || !sparkBg.img || !sparkBg.n) return;
+  const c = $("sparklines");
+  const ctx = c.getContext("2d");
+  ctx.putImageData(sparkBg.img, 0, 0);
+  const { left, W, cssH, n, dpr } = sparkBg;
+  const x = left + ((S.t + 0.5) / n) * W;
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.fillStyle = "#4fc3f7";
+  ctx.fillRect(Math.round(x) - 1, 0, 2, cssH);
+}
+
+let statsTimer = 0;
+let lastStats = 0;
+/** Stats of a growing session, again: now, or at most every 1.5 s while frames stream in (and once after). */
+export function refreshStats(now) {
+  clearTimeout(statsTimer);
+  const due = now || performance.now() - lastStats > 1500;
+  const go = async () => {
+    lastStats = performance.now();
+    await loadStats();
+    drawSparklines();
+  };
+  if (due) go();
+  else statsTimer = setTimeout(go, 600);
+}
+
+on("grow", (n) => {
+  updateTotal(n);
+  refreshStats(false);
+});
+
+// ---------------------------------------------------------------------------------------------
+export function wireTimeline() {
+  $("slider").addEventListener("input", (e) => { stop(); seek(Number(e.target.value), { fromSlider: true }); });
+  $("play").onclick = () => (S.playing ? stop() : play());
+  const tokens = $("tokens");
+  tokens.addEventListener("click", (e) => {
+    const i = e.target.dataset && e.target.dataset.i;
+    if (i !== undefined) { stop(); seek(Number(i)); }
+  });
+  tokens.addEventListener("mousemove", (e) => {
+    const i = e.target.dataset && e.target.dataset.i;
+    if (i === undefined) { hideTip(); return; }
+    showTip(tokenHTML(S.tokens[Number(i)]), e);
+  });
+  tokens.addEventListener("mouseleave", hideTip);
+  const spark = $("sparklines");
+  const sparkSeek = (e) => {
+    if (!sparkBg || !sparkBg.n) return;
+    const r = spark.getBoundingClientRect();
+    const u = (e.clientX - r.left - sparkBg.left) / sparkBg.W;
+    if (u >= 0 && u <= 1) { stop(); seek(Math.floor(u * sparkBg.n)); }
+  };
+  spark.addEventListener("mousedown", (e) => { sparkSeek(e); spark.onmousemove = (ev) => ev.buttons && sparkSeek(ev); });
+  spark.addEventListener("mouseup", () => { spark.onmousemove = null; });
+  spark.addEventListener("mousemove", (e) => {
+    const html = sparkTip(e, spark.getBoundingClientRect());
+    if (html) showTip(html, e);
+    else hideTip();
+  });
+  spark.addEventListener("mouseleave", hideTip);
+}
+
+/** The sparklines' tooltip at the mouse: the token, and its surprisal or the hovered layer's norm. */
+function sparkTip(e, r) {
+  const b = sparkBg;
+  if (!b || !b.n || !S.cur) return "";
+  const u = (e.clientX - r.left - b.left) / b.W;
+  const t = Math.floor(u * b.n);
+  if (u < 0 || u > 1 || t >= b.n) return "";
+  const y = e.clientY - r.top;
+  const tok = S.tokens[t];
+  let html = `<span class="h">token ${t}</span> ${esc(oneLine(tok ? tok.text : ""))}`;
+  if (y < b.top) {
+    html += `<br>surprisal ${tok && tok.logprob !== null ? fmt(-tok.logprob, 2) : "–"} nats`;
+  } else {
+    const l = Math.min(b.L - 1, Math.floor((y - b.top) / b.rowH));
+    const s = sparkSignal();
+    const st = S.stats[s];
+    if (st && t < st.n) html += `<br>L${l} ‖${esc(s)}‖ ${fmt(st.norm[t * b.L + l], 1)} · sparsity ${fmt(st.sp[t * b.L + l], 2)}`;
+  }
+  return html;
+}
