@@ -7,8 +7,8 @@ import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 from ..._errors import CaptureError, require
-from ...session import Session
-from .errors import http_error, network_error
+from ...store import Session
+from .errors import NoModelList, http_error, network_error
 
 if TYPE_CHECKING:
     from .chat import ChatOnlyStream
@@ -48,6 +48,7 @@ def split_url(url: Any) -> tuple[str, str]:
 
 
 def join_url(base: str, tail: str) -> str:
+    """``base`` (credentials and query kept) with ``tail`` added to its path."""
     parts = urllib.parse.urlsplit(base)
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path + tail, parts.query, ""))
 
@@ -85,6 +86,7 @@ class ChatOnlyClient:
         timeout: float | None = DEFAULT_TIMEOUT,
     ) -> None:
         httpx = require("httpx", "openai")
+        require("httpx_sse", "openai")  # reads the event stream; missing, fail now rather than mid-answer
         self._base, self.url = split_url(url)
         if model is not None and (not isinstance(model, str) or not model.strip()):
             raise CaptureError(f"model must be a non-empty name, got {model!r}")
@@ -110,20 +112,24 @@ class ChatOnlyClient:
         return self.url + "/chat/completions"
 
     def models(self) -> list[str]:
-        """The model ids the server's ``GET /models`` lists; raises CaptureError on any failure."""
+        """The model ids the server's ``GET /models`` lists; raises CaptureError on any failure
+        (:class:`~llmri.backends.openai.errors.NoModelList` when the server has no such list)."""
         import httpx
 
+        url = self.url + "/models"
         try:
             resp = self._http.get(join_url(self._base, "/models"))
         except httpx.HTTPError as exc:
             raise network_error(exc, self.url, self.timeout) from None
+        if resp.status_code == 404:
+            raise http_error(404, resp.reason_phrase, resp.content[:4096], url, None, error=NoModelList)
         if resp.status_code >= 400:
-            raise http_error(resp.status_code, resp.reason_phrase, resp.content[:4096], self.url + "/models", None)
+            raise http_error(resp.status_code, resp.reason_phrase, resp.content[:4096], url, None)
         try:
             data = resp.json()
             return [str(m["id"]) for m in data["data"]]
         except (ValueError, KeyError, TypeError):
-            raise CaptureError(f"{self.url}/models did not answer an OpenAI model list") from None
+            raise NoModelList(f"{self.url}/models did not answer an OpenAI model list") from None
 
     def resolve_model(self) -> str | None:
         """The model name requests use (see ``model`` above); asks the server once."""
@@ -132,10 +138,8 @@ class ChatOnlyClient:
                 return self.model
         try:
             names = self.models()
-        except CaptureError as exc:
-            if "HTTP 404" not in str(exc) and "model list" not in str(exc):
-                raise
-            names = []
+        except NoModelList:
+            names = []  # a server without /models takes requests without a model name
         if len(names) > 1:
             shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
             raise CaptureError(

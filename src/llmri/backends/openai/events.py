@@ -7,6 +7,7 @@ import json
 import queue
 import socket
 import threading
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..._errors import CaptureError, one_line
@@ -175,7 +176,7 @@ class AnswerReader:
             return
         if "event-stream" not in ctype:
             raise CaptureError(f"malformed stream from {url}: expected text/event-stream, got {ctype or 'no type'!r}")
-        for data in self._sse(resp):
+        for data in self._events(resp, ctype):
             if self._stop.is_set():
                 return
             if data.strip() == "[DONE]":
@@ -189,31 +190,25 @@ class AnswerReader:
                 return
         self._put(("eof", None))
 
-    def _sse(self, resp: Any) -> Any:
-        """The ``data`` of each server-sent event (lines joined by newlines), bounded line length."""
-        buf = b""
-        data: list[str] = []
-        for piece in resp.iter_bytes():
-            buf += piece
-            while True:
-                nl = buf.find(b"\n")
-                if nl < 0:
-                    break
-                line, buf = buf[:nl].rstrip(b"\r"), buf[nl + 1 :]
-                if not line:
-                    if data:
-                        yield "\n".join(data)
-                        data = []
-                    continue
-                if line.startswith(b"data:"):
-                    value = line[5:]
-                    data.append((value[1:] if value.startswith(b" ") else value).decode("utf-8", "replace"))
-                # other fields (event:, id:, retry:) and comments (":") carry nothing we use
-            if len(buf) > MAX_LINE_BYTES:
-                raise CaptureError(f"malformed stream from {self._client.chat_url}: a line longer than 1 MiB")
-        line = buf.rstrip(b"\r")
-        if line.startswith(b"data:"):
-            value = line[5:]
-            data.append((value[1:] if value.startswith(b" ") else value).decode("utf-8", "replace"))
-        if data:
-            yield "\n".join(data)
+    def _events(self, resp: Any, ctype: str) -> Iterator[str]:
+        """The ``data`` of each server-sent event that has some, parsed by httpx-sse from the body
+        (content-decoded by httpx), no line of which may be longer than :data:`MAX_LINE_BYTES`."""
+        import httpx
+        from httpx_sse import EventSource
+
+        body = _bounded_lines(resp.iter_bytes(), MAX_LINE_BYTES, self._client.chat_url)
+        for event in EventSource(httpx.Response(200, headers={"content-type": ctype}, content=body)).iter_sse():
+            if event.data:  # comments, and events with only event:/id:/retry: fields, carry nothing
+                yield event.data
+
+
+def _bounded_lines(chunks: Iterable[bytes], limit: int, url: str) -> Iterator[bytes]:
+    """``chunks`` passed on unchanged; a line (up to CR or LF) longer than ``limit`` bytes raises."""
+    run = 0  # bytes since the last line break, carried over from earlier chunks
+    for chunk in chunks:
+        lengths = [len(part) for part in chunk.replace(b"\r", b"\n").split(b"\n")]
+        lengths[0] += run
+        run = lengths[-1]
+        if max(lengths) > limit:
+            raise CaptureError(f"malformed stream from {url}: a line longer than {limit >> 20} MiB")
+        yield chunk
