@@ -1,30 +1,12 @@
-"""The JSON the viewer answers with: a session's summary, why two sessions cannot be compared, and
-:func:`clean` (what every JSON answer built from stored metadata goes through)."""
+"""The JSON the viewer answers with: a session's summary, and why two sessions cannot be compared."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
+from ..jsonsafe import json_safe
 from ..session import SessionReader
-
-
-def clean(x: Any) -> Any:
-    """JSON-safe copy: non-finite floats become None, numpy scalars/arrays become Python values."""
-    if isinstance(x, dict):
-        return {str(k): clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [clean(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return clean(x.tolist())
-    if isinstance(x, np.generic):
-        return clean(x.item())
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def _title(meta: Mapping[str, Any]) -> str:
@@ -40,7 +22,7 @@ def summary(store_id: str, r: SessionReader) -> dict[str, Any]:
     meta = r.meta
     model = meta.get("model") or {}
     reducer = meta.get("reducer") or {}
-    out: dict[str, Any] = clean(
+    out: dict[str, Any] = json_safe(
         {
             "store": store_id,
             "id": r.id,

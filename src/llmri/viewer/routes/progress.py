@@ -7,8 +7,8 @@ import asyncio
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
+from ...jsonsafe import json_safe
 from ..state import NotFound
-from ..views import clean
 from . import State
 
 router = APIRouter()
@@ -29,7 +29,7 @@ async def live_progress(ws: WebSocket, state: State, store_id: str, session_id: 
             if (n, status) != last:
                 last = (n, status)
                 meta = {"stop_reason": r.meta.get("stop_reason", "")}
-                await ws.send_json(clean({"type": "progress", "n_frames": n, "status": status, "meta": meta}))
+                await ws.send_json(json_safe({"type": "progress", "n_frames": n, "status": status, "meta": meta}))
             if status != "recording":
                 await ws.close(code=1000)
                 return

@@ -8,9 +8,10 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from ..._errors import LlmriError
+from ...jsonsafe import json_safe
 from ...render import grid_shape
 from ..state import BadRequest, NotFound
-from ..views import clean, comparable, summary
+from ..views import comparable, summary
 from . import State
 
 router = APIRouter()
@@ -55,7 +56,7 @@ def sessions(state: State) -> Any:
 def session(state: State, store_id: str, session_id: str) -> Any:
     r = state.reader(store_id, session_id)
     rows, cols = grid_shape(len(r.layers))
-    return {"summary": summary(store_id, r), "meta": clean(r.meta), "grid": [int(rows), int(cols)]}
+    return {"summary": summary(store_id, r), "meta": json_safe(r.meta), "grid": [int(rows), int(cols)]}
 
 
 @router.get("/api/sessions/{store_id}/{session_id}/tokens")
@@ -69,7 +70,7 @@ def tokens(state: State, store_id: str, session_id: str, start: int | None = Non
         raise BadRequest("start and stop must be >= 0")
     s, e = min(s, total), max(min(s, total), min(e, total))
     recs = [table[i].to_dict() for i in range(s, e)]
-    return clean({"start": s, "stop": e, "total": total, "status": r.status, "tokens": recs})
+    return json_safe({"start": s, "stop": e, "total": total, "status": r.status, "tokens": recs})
 
 
 def _parse_key(key: str) -> tuple[str, str]:
