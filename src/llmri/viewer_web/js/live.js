@@ -2,38 +2,13 @@
 // protocol). Each answer is recorded as a session; its frames arrive with their tokens in one binary message
 // (the replay encoding), go straight into the frame cache and are drawn before the token's text is shown.
 import { LRU, decodeArray, getJSON, sessionUrl } from "./api.js";
+import { openSession, refreshSessions, setBadge } from "./session.js";
+import { S, chat as C, grow, newId, ready } from "./state.js";
+import { appendTokens, refreshStats, seek } from "./timeline.js";
+import { $ } from "./ui.js";
 
-const $ = (id) => document.getElementById(id);
 const SETTINGS_KEY = "llmri.live.settings";
-
-const C = {
-  L: null, // window.llmri (main.js)
-  ws: null,
-  hello: null,
-  me: 0,
-  conv: [], // [{role, content}] of this page's conversation
-  conversation: newId(),
-  turn: 0,
-  run: null, // {key, mine, bubble, specials, answer: Map(index -> text), n, t0, signals}
-  opened: false, // the running session is open in the viewer (frames can be applied)
-  queue: [], // live messages waiting for the session to open
-  buf: new Map(), // token index -> token record, waiting to be appended in order
-  filling: false,
-  follow: true,
-  pendingSend: null, // the user message sent, until the server answers started / busy / error
-  retry: 0,
-  statsTimer: 0,
-  lastStats: 0,
-  arrivals: [], // latency records for benchmarks: {start, stop, t_model, t_arrive, t_shown}
-};
-
-function newId() {
-  const a = new Uint8Array(6);
-  crypto.getRandomValues(a);
-  return Array.from(a, (x) => x.toString(16).padStart(2, "0")).join("");
-}
 const nowMs = () => performance.timeOrigin + performance.now();
-
 // ---------------------------------------------------------------------------------------------
 // the panel
 function el(tag, cls, text) {
@@ -100,14 +75,13 @@ function buildPanel() {
   $("chat-settings").addEventListener("change", saveSettings);
   $("chat-settings").addEventListener("submit", (e) => e.preventDefault());
   $("chat-new").onclick = newChat;
-  $("chat-continue").onclick = () => restore(C.L.state.cur);
+  $("chat-continue").onclick = () => restore(S.cur);
   setInterval(updateContinue, 700);
   $("chat-form").addEventListener("submit", (e) => { e.preventDefault(); send(); });
   $("chat-stop").onclick = () => wsSend({ type: "stop" });
   $("chat-follow").onchange = (e) => {
     C.follow = e.target.checked;
-    const S = C.L.state;
-    if (C.follow && C.run && S.cur && S.cur.summary.key === C.run.key) C.L.seek(S.src.total - 1);
+    if (C.follow && C.run && S.cur && S.cur.summary.key === C.run.key) seek(S.src.total - 1);
   };
   const input = $("chat-input");
   input.addEventListener("keydown", (e) => {
@@ -117,7 +91,6 @@ function buildPanel() {
   for (const x of $("chat-settings").querySelectorAll("input, textarea, select")) x.addEventListener("keydown", (e) => e.stopPropagation());
   // the slider, keys and clicks that move the playhead away from the end stop following
   const unfollow = () => setTimeout(() => {
-    const S = C.L.state;
     if (C.run && S.cur && S.src && S.t < S.src.total - 1 && C.follow) setFollow(false);
   }, 0);
   $("slider").addEventListener("input", unfollow);
@@ -209,7 +182,6 @@ function newChat() {
 
 /** The conversation of a recorded session (its messages, then its answer), ready to continue. */
 function restore(cur) {
-  const S = C.L.state;
   if (!cur || C.run || C.pendingSend || !S.cur || S.cur.summary.key !== cur.summary.key) return;
   const m = cur.meta || {};
   const specials = new Set((m.special_ids || []).map(Number));
@@ -235,7 +207,6 @@ function restore(cur) {
 }
 
 function updateContinue() {
-  const S = C.L.state;
   const cur = S.cur;
   const can = !!cur && !C.run && !C.pendingSend && S.tokens.length > 0 && cur.summary.status !== "recording" &&
     Array.isArray((cur.meta || {}).messages) && cur.meta.messages.length > 0 && C.shownKey !== cur.summary.key &&
@@ -363,7 +334,7 @@ async function startRun(m) {
   const b = bubble("assistant", "", model);
   b.classList.add("streaming");
   const open = el("button", "chat-link", "open session");
-  open.onclick = () => C.L.openSession(m.session);
+  open.onclick = () => openSession(m.session);
   b.querySelector(".who").appendChild(open);
   C.run = { key: m.session, mine, bubble: b, specials: new Set((m.special_ids || []).map(Number)), answer: new Map(),
     n: 0, t0: performance.now(), first: 0, signals: m.signals || [], error: null };
@@ -373,10 +344,9 @@ async function startRun(m) {
   C.buf.clear();
   setBusy(true);
   setFollow(true);
-  const L = C.L;
-  await L.internal.refreshSessions();
+  await refreshSessions();
   if (!C.run || C.run.key !== m.session) return;
-  await L.openSession(m.session).catch((e) => showError(`cannot open the new session: ${e.message}`));
+  await openSession(m.session).catch((e) => showError(`cannot open the new session: ${e.message}`));
   if (!C.run || C.run.key !== m.session) return;
   C.opened = true;
   const q = C.queue;
@@ -417,15 +387,13 @@ function finishRun(m) {
   C.run = null;
   C.opened = false;
   setBusy(false);
-  const L = C.L;
-  const S = L.state;
   if (S.cur && S.cur.summary.key === m.session) {
     S.cur.summary.status = m.status;
-    L.internal.setBadge(m.status);
+    setBadge(m.status);
     fillGap(false);
     refreshStats(true);
   }
-  L.internal.refreshSessions();
+  refreshSessions();
 }
 
 function answerText(run) {
@@ -465,8 +433,6 @@ function insertFrame(src, sig, t, values) {
 function applyFrames(h, data, rec) {
   const run = C.run;
   if (!run) return;
-  const L = C.L;
-  const S = L.state;
   const n = h.stop - h.start;
   for (const t of h.tokens) {
     if (t.role === "generated") {
@@ -489,16 +455,9 @@ function applyFrames(h, data, rec) {
     }
     for (const t of h.tokens) if (t.index >= S.tokens.length) C.buf.set(t.index, t);
     pump();
-    const before = src.total;
+    const before = grow(h.stop);
     const following = C.follow && (before === 0 || S.t >= before - 1);
-    if (h.stop > before) {
-      src.total = h.stop;
-      S.cur.summary.n_frames = h.stop;
-      L.internal.updateTotal(h.stop);
-      if (before === 0 && sigs.length) { L.internal.showEmpty(""); L.internal.layout(); }
-    }
-    if (following) L.seek(h.stop - 1); // the frame is cached: it is drawn now, before the text below
-    refreshStats(false);
+    if (following) seek(h.stop - 1); // the frame is cached: it is drawn now, before the text below
   }
   // the token's text, after its frame
   run.bubble.querySelector(".body").textContent = answerText(run);
@@ -510,7 +469,6 @@ function applyFrames(h, data, rec) {
 
 /** Append buffered tokens to the viewer's token strip in order. */
 function pump() {
-  const S = C.L.state;
   for (const k of C.buf.keys()) if (k < S.tokens.length) C.buf.delete(k);
   const out = [];
   while (C.buf.has(S.tokens.length + out.length)) {
@@ -518,14 +476,12 @@ function pump() {
     out.push(C.buf.get(i));
     C.buf.delete(i);
   }
-  if (out.length) C.L.internal.appendTokens(out);
+  if (out.length) appendTokens(out);
   if (C.buf.size) fillGap(false);
 }
 
 /** Tokens this page missed (it fell behind, or joined mid-answer) come from the store over REST. */
 async function fillGap(force) {
-  const L = C.L;
-  const S = L.state;
   if (C.filling || !S.cur) return;
   if (!force && !C.buf.size && !(C.run === null)) return;
   const key = S.cur.summary.key;
@@ -536,8 +492,8 @@ async function fillGap(force) {
     const add = res.tokens.filter((t) => t.index >= S.tokens.length).sort((a, b) => a.index - b.index);
     const seq = [];
     for (const t of add) { if (t.index !== S.tokens.length + seq.length) break; seq.push(t); }
-    if (seq.length) L.internal.appendTokens(seq);
-    if (res.total > S.src.total) { S.src.total = res.total; L.internal.updateTotal(res.total); }
+    if (seq.length) appendTokens(seq);
+    grow(res.total);
     if (!seq.length && (C.buf.size || force) && C.run) setTimeout(() => fillGap(force), 400);
   } catch (e) {
     console.warn("live: cannot fill the gap", e);
@@ -550,33 +506,19 @@ async function fillGap(force) {
   }
 }
 
-function refreshStats(now) {
-  const L = C.L;
-  clearTimeout(C.statsTimer);
-  const due = now || performance.now() - C.lastStats > 1500;
-  const go = async () => {
-    C.lastStats = performance.now();
-    await L.internal.loadStats();
-    L.internal.drawSparklines();
-  };
-  if (due) go();
-  else C.statsTimer = setTimeout(go, 600);
-}
-
 // ---------------------------------------------------------------------------------------------
 async function main() {
   const info = await getJSON("/api/info").catch(() => null);
   if (!info || !info.live) return;
-  for (let i = 0; i < 600 && !(window.llmri && window.llmri.internal); i++) await new Promise((r) => setTimeout(r, 20));
-  C.L = window.llmri;
   buildPanel();
   window.llmri.live = C; // tests and benchmarks read C.arrivals, C.run
-  for (let i = 0; i < 500 && !C.L.ready; i++) await new Promise((r) => setTimeout(r, 20));
+  await Promise.race([ready, new Promise((r) => setTimeout(r, 10000))]); // the viewer's first session, if it opens
   // the page is laid out again now that the chat panel takes a column
   window.dispatchEvent(new Event("resize"));
-  const cur = C.L.state.cur;
+  const cur = S.cur;
   if (cur && cur.meta && cur.meta.live && cur.summary.status !== "recording") restore(cur);
   connect();
 }
 
 main().catch((e) => console.error("live chat:", e));
+

@@ -3,10 +3,10 @@
 import { LRU, getJSON } from "./api.js";
 import { setDiff, wireCompare } from "./compare.js";
 import { wireReadout } from "./readout.js";
-import { emptyStoreState, openSession, refreshSessions, setBadge, showEmpty } from "./session.js";
+import { emptyStoreState, openSession, refreshSessions } from "./session.js";
 import { S, setReady, whenDrawn } from "./state.js";
-import { fetchFailed, layout, loadStats, renderer, savePng, setCmap, updateColorbar, wireTiles } from "./tiles.js";
-import { appendTokens, drawSparklines, play, seek, stop, updateTotal, wireTimeline } from "./timeline.js";
+import { fetchFailed, layout, renderer, savePng, setCmap, updateColorbar, wireTiles } from "./tiles.js";
+import { drawSparklines, play, seek, stop, wireTimeline } from "./timeline.js";
 import { $, banner } from "./ui.js";
 
 function wire() {
@@ -85,7 +85,8 @@ async function main() {
   }, 4000);
 }
 
-// A handle for tests and benchmarks (and for curious users in the console), and for now live.js's way in.
+// A handle for tests and benchmarks (and for curious users in the console); the page itself never reads it.
+// live.js adds `live` (its chat state) once the chat panel is up.
 window.llmri = {
   ready: false,
   state: S,
@@ -94,8 +95,6 @@ window.llmri = {
   setCmap,
   setDiff,
   openSession,
-  // for live.js (the live chat panel): the pieces it drives while a session streams in
-  internal: { refreshSessions, appendTokens, updateTotal, layout, showEmpty, loadStats, drawSparklines, banner, setBadge },
   clearCache: () => LRU.clear(),
   /** Resolves when frame t has been drawn. */
   whenDrawn,

@@ -35,7 +35,7 @@ export async function refreshSessions() {
 // opening a session
 
 /** A message in place of the tiles (html), or the tiles again (""). */
-export function showEmpty(html) {
+function showEmpty(html) {
   const e = $("empty");
   e.innerHTML = html;
   e.hidden = !html;

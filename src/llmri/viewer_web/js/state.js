@@ -1,5 +1,5 @@
-// The page's state, in one place: what the viewer shows (S), and the few events the panels use to follow
-// each other without importing each other.
+// The page's state, in one place: what the viewer shows (S), what the live chat is doing (chat), and the few
+// events the panels use to follow each other without importing each other.
 
 export const S = {
   sessions: [], // summaries from /api/sessions
@@ -34,6 +34,33 @@ export const S = {
   curSpan: null, // the highlighted token in the strip
 };
 
+/** A short random id (a live chat's conversation). */
+export function newId() {
+  const a = new Uint8Array(6);
+  crypto.getRandomValues(a);
+  return Array.from(a, (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+/** The live chat panel's state (live*.js); tests and benchmarks read it as window.llmri.live. */
+export const chat = {
+  ws: null,
+  hello: null,
+  me: 0,
+  conv: [], // [{role, content}] of this page's conversation
+  conversation: newId(),
+  turn: 0,
+  shownKey: null, // the session whose conversation the panel shows
+  run: null, // {key, mine, bubble, specials, answer: Map(index -> text), n, t0, first, signals, error}
+  opened: false, // the running session is open in the viewer (frames can be applied)
+  queue: [], // live messages waiting for the session to open
+  buf: new Map(), // token index -> token record, waiting to be appended in order
+  filling: false,
+  follow: true,
+  pendingSend: null, // the user message sent, until the server answers started / busy / error
+  retry: 0,
+  arrivals: [], // latency records for benchmarks: {start, stop, t_model, t_arrive, t_shown}
+};
+
 // ---------------------------------------------------------------------------------------------
 // events: "seek" (t), "drawn" (t), "grow" (n, before)
 const listeners = new Map();
@@ -47,8 +74,8 @@ export function emit(name, ...args) {
   for (const fn of listeners.get(name) || []) fn(...args);
 }
 
-/** The session shown now has n frames (a replay's progress message; live chat's frames still take their own
- * way): the one place its total moves. Returns the total before, so callers can tell if the playhead was at
+/** The session shown now has n frames (a replay's progress message, live chat's frames, a gap filled over
+ * REST): the one place its total moves. Returns the total before, so callers can tell if the playhead was at
  * the end; "grow" tells the timeline, the stats and the first-frame layout. */
 export function grow(n) {
   const before = S.src.total;
