@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from .._errors import LlmriError
-from ..session import SessionReader
-from ..store import FrameStore, open_store
+from ..store import FrameStore, SessionReader, open_store
 from .security import SecurityPolicy, valid_id
 
 log = logging.getLogger("llmri.viewer")

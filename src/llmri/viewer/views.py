@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..jsonsafe import json_safe
-from ..session import SessionReader
+from ..store import SessionReader
 
 
 def _title(meta: Mapping[str, Any]) -> str:

@@ -8,7 +8,7 @@ import numpy as np
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from ...session import SessionReader
+from ...store import SessionReader
 from ..encoding import MEDIA_TYPE, encode_array, quantise_u8
 from ..state import BadRequest
 from . import State
