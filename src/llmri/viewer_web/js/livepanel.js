@@ -1,0 +1,234 @@
+// Live chat, the panel: its markup, the generation settings, the message bubbles, and picking up the
+// conversation of a recorded session. The socket and the run are live.js's; frames are liveframes.js's.
+import { S, chat as C, newId } from "./state.js";
+import { seek } from "./timeline.js";
+import { $ } from "./ui.js";
+
+const SETTINGS_KEY = "llmri.live.settings";
+
+export function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+/** The chat column, left of the tiles; `send` and `stop` are the socket's (live.js). */
+export function buildPanel({ send, stop }) {
+  const link = document.createElement("link");
+  link.rel = "stylesheet";
+  link.href = "/static/live.css";
+  document.head.appendChild(link);
+  document.body.classList.add("live");
+  const panel = el("section", "chat");
+  panel.id = "chat";
+  panel.setAttribute("aria-label", "live chat");
+  panel.innerHTML = `
+    <div class="chat-head">
+      <h2>Live chat</h2>
+      <span id="chat-model" class="chat-model"></span>
+      <button id="chat-continue" class="chat-link" title="continue the conversation of the session shown in the viewer" hidden>continue this chat</button>
+      <button id="chat-new" class="chat-link" title="start a new conversation">new chat</button>
+      <button id="chat-gear" class="icon-btn" title="generation settings" aria-label="settings" aria-expanded="false">⚙</button>
+    </div>
+    <div id="chat-note" class="chat-note" hidden></div>
+    <form id="chat-settings" class="chat-settings" hidden>
+      <label>max tokens<input id="cs-max" type="number" min="1" max="2048" step="1" value="96"></label>
+      <label>temperature<input id="cs-temp" type="number" min="0" max="5" step="0.1" value="0"></label>
+      <label>top-p<input id="cs-topp" type="number" min="0.01" max="1" step="0.01" value="1"></label>
+      <label>seed<input id="cs-seed" type="number" min="0" step="1" value="0"></label>
+      <div class="cs-model-only cs-wide"><span class="cs-lbl">signals</span>
+        <label class="check"><input type="checkbox" data-sig="resid" checked>resid</label>
+        <label class="check"><input type="checkbox" data-sig="attn" checked>attn</label>
+        <label class="check"><input type="checkbox" data-sig="mlp" checked>mlp</label>
+      </div>
+      <label class="cs-model-only cs-wide">reducer<select id="cs-reducer">
+        <option value="random">random projection</option><option value="ipca">incremental PCA</option><option value="neurons">neurons (lossless)</option>
+      </select></label>
+      <label class="cs-wide">system prompt<textarea id="cs-system" rows="2" placeholder="optional"></textarea></label>
+      <p class="cs-wide dim">Signals and reducer are fixed per session; changes apply to the next message.</p>
+    </form>
+    <div id="chat-log" class="chat-log" aria-live="polite"></div>
+    <div id="chat-error" class="chat-error" role="alert" hidden></div>
+    <form id="chat-form" class="chat-form">
+      <textarea id="chat-input" rows="3" placeholder="Message the model…  (Enter to send, Shift+Enter for a new line)" aria-label="message"></textarea>
+      <div class="chat-actions">
+        <label class="check" title="move the playhead to each new token as it arrives"><input id="chat-follow" type="checkbox" checked> follow newest token</label>
+        <span class="grow"></span>
+        <button id="chat-stop" type="button" class="chat-btn stop" hidden>■ Stop</button>
+        <button id="chat-send" type="submit" class="chat-btn send" disabled>Send</button>
+      </div>
+    </form>`;
+  const layout = $("layout");
+  layout.insertBefore(panel, layout.firstChild);
+  emptyLog();
+  loadSettings();
+  $("chat-gear").onclick = () => {
+    const s = $("chat-settings");
+    s.hidden = !s.hidden;
+    $("chat-gear").setAttribute("aria-expanded", String(!s.hidden));
+  };
+  $("chat-settings").addEventListener("change", saveSettings);
+  $("chat-settings").addEventListener("submit", (e) => e.preventDefault());
+  $("chat-new").onclick = newChat;
+  $("chat-continue").onclick = () => restore(S.cur);
+  setInterval(updateContinue, 700);
+  $("chat-form").addEventListener("submit", (e) => { e.preventDefault(); send(); });
+  $("chat-stop").onclick = stop;
+  $("chat-follow").onchange = (e) => {
+    C.follow = e.target.checked;
+    if (C.follow && C.run && S.cur && S.cur.summary.key === C.run.key) seek(S.src.total - 1);
+  };
+  const input = $("chat-input");
+  input.addEventListener("keydown", (e) => {
+    e.stopPropagation(); // typing must not drive the viewer's keyboard shortcuts
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); send(); }
+  });
+  for (const x of $("chat-settings").querySelectorAll("input, textarea, select")) x.addEventListener("keydown", (e) => e.stopPropagation());
+  // the slider, keys and clicks that move the playhead away from the end stop following
+  const unfollow = () => setTimeout(() => {
+    if (C.run && S.cur && S.src && S.t < S.src.total - 1 && C.follow) setFollow(false);
+  }, 0);
+  $("slider").addEventListener("input", unfollow);
+  $("tokens").addEventListener("click", unfollow);
+  document.addEventListener("keydown", (e) => { if (["ArrowLeft", "Home"].includes(e.key)) unfollow(); });
+}
+
+export function setFollow(on) {
+  C.follow = on;
+  $("chat-follow").checked = on;
+}
+
+function loadSettings() {
+  let s = {};
+  try { s = JSON.parse(localStorage.getItem(SETTINGS_KEY) || "{}"); } catch { s = {}; }
+  if (s.max_new_tokens) $("cs-max").value = s.max_new_tokens;
+  if (s.temperature !== undefined) $("cs-temp").value = s.temperature;
+  if (s.top_p !== undefined) $("cs-topp").value = s.top_p;
+  if (s.seed !== undefined) $("cs-seed").value = s.seed;
+  if (s.reducer) $("cs-reducer").value = s.reducer;
+  if (s.system !== undefined) $("cs-system").value = s.system;
+  if (Array.isArray(s.signals)) for (const b of document.querySelectorAll("[data-sig]")) b.checked = s.signals.includes(b.dataset.sig);
+}
+
+export function settings() {
+  return {
+    max_new_tokens: Number($("cs-max").value) || 96,
+    temperature: Number($("cs-temp").value) || 0,
+    top_p: Number($("cs-topp").value) || 1,
+    seed: Number($("cs-seed").value) || 0,
+    signals: Array.from(document.querySelectorAll("[data-sig]")).filter((b) => b.checked && !b.disabled).map((b) => b.dataset.sig),
+    reducer: $("cs-reducer").value,
+    conversation: C.conversation,
+    turn: C.turn,
+  };
+}
+
+function saveSettings() {
+  const s = settings();
+  s.system = $("cs-system").value;
+  try { localStorage.setItem(SETTINGS_KEY, JSON.stringify(s)); } catch { /* private mode */ }
+}
+
+function emptyLog() {
+  const log = $("chat-log");
+  log.innerHTML = "";
+  const hint = el("div", "chat-empty");
+  hint.innerHTML = `<b>Ask the model something.</b><br>Its answer streams in token by token while each token's
+    activations light up on the left; every answer is saved as a session you can scrub afterwards.`;
+  log.appendChild(hint);
+}
+
+export function bubble(role, text, who) {
+  const log = $("chat-log");
+  const hint = log.querySelector(".chat-empty");
+  if (hint) hint.remove();
+  const b = el("div", `chat-msg ${role}`);
+  const head = el("div", "who", who || (role === "user" ? "you" : role));
+  const body = el("div", "body", text);
+  const meta = el("div", "meta");
+  b.append(head, body, meta);
+  log.appendChild(b);
+  log.scrollTop = log.scrollHeight;
+  return b;
+}
+
+export function showError(msg) {
+  const e = $("chat-error");
+  e.textContent = msg || "";
+  e.hidden = !msg;
+}
+
+export function setBusy(busy) {
+  $("chat-stop").hidden = !busy;
+  $("chat-send").hidden = busy;
+  $("chat-send").disabled = busy || !C.ws || C.ws.readyState !== 1;
+}
+
+function newChat() {
+  if (C.run && C.run.mine) return;
+  C.conv = [];
+  C.shownKey = null;
+  C.conversation = newId();
+  C.turn = 0;
+  emptyLog();
+  showError("");
+  $("chat-input").focus();
+}
+
+/** The conversation of a recorded session (its messages, then its answer), ready to continue. */
+export function restore(cur) {
+  if (!cur || C.run || C.pendingSend || !S.cur || S.cur.summary.key !== cur.summary.key) return;
+  const m = cur.meta || {};
+  const specials = new Set((m.special_ids || []).map(Number));
+  const answer = S.tokens.filter((t) => t.role === "generated" && !specials.has(t.id)).map((t) => t.text).join("");
+  const msgs = (m.messages || []).filter((x) => x && x.role !== "system" && typeof x.content === "string");
+  if (!msgs.length) return;
+  const system = (m.messages || []).find((x) => x && x.role === "system");
+  if (system && !$("cs-system").value) $("cs-system").value = system.content;
+  C.conv = [...msgs.map((x) => ({ role: x.role, content: x.content })), { role: "assistant", content: answer }];
+  C.conversation = typeof m.conversation === "string" ? m.conversation : newId();
+  C.turn = Number.isInteger(m.turn) ? m.turn + 1 : msgs.filter((x) => x.role === "user").length;
+  C.shownKey = cur.summary.key;
+  $("chat-log").innerHTML = "";
+  const name = String((m.model || {}).name || "model").split("/").pop();
+  for (const x of C.conv) {
+    const b = bubble(x.role, x.content, x.role === "assistant" ? name : undefined);
+    if (x.role === "assistant") {
+      const why = m.stop_reason ? ` · ${m.stop_reason}` : "";
+      b.querySelector(".meta").textContent = `saved session${why}`;
+    }
+  }
+  updateContinue();
+}
+
+function updateContinue() {
+  const cur = S.cur;
+  const can = !!cur && !C.run && !C.pendingSend && S.tokens.length > 0 && cur.summary.status !== "recording" &&
+    Array.isArray((cur.meta || {}).messages) && cur.meta.messages.length > 0 && C.shownKey !== cur.summary.key &&
+    (!!cur.meta.chat_only === (C.hello && C.hello.mode === "chat-only"));
+  $("chat-continue").hidden = !can;
+}
+
+/** The panel for the server's mode: a model (with signals to choose) or chat-only (an OpenAI-compatible URL). */
+export function describeMode(h) {
+  const chatOnly = h.mode === "chat-only";
+  const name = String(h.model || "model").split("/").pop(); // servers may name a model by its file path
+  $("chat-model").textContent = chatOnly ? `${name} · chat-only` : `${name} · ${h.n_layers || "?"} layers`;
+  $("chat-model").title = chatOnly ? `OpenAI-compatible server ${h.url}` : `${h.model} (${h.backend} backend)`;
+  for (const x of document.querySelectorAll(".cs-model-only")) x.hidden = chatOnly;
+  for (const b of document.querySelectorAll("[data-sig]")) {
+    b.disabled = !chatOnly && !(h.signals || []).includes(b.dataset.sig);
+  }
+  const note = $("chat-note");
+  note.hidden = !chatOnly;
+  if (chatOnly) {
+    note.innerHTML = "";
+    note.append(
+      el("b", "", "Chat-only mode: no activations. "),
+      document.createTextNode(`Answers come from ${h.url}; the frames are placeholders, but each token's probability, ` +
+        "entropy and top alternatives show in the timeline and the Token panel."),
+    );
+  }
+  $("chat-input").placeholder = `Message ${name}…  (Enter to send, Shift+Enter for a new line)`;
+}
