@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -22,11 +22,46 @@ class Step:
     ``{signal: Tensor[n, layers, d_model]}`` in the model's dtype, owned by the caller (the
     backend keeps no reference after returning); ``cache``: the backend's KV cache to pass to the
     next step.
+
+    ``attn_weights`` (only from ``step(..., attention=True)`` on a backend whose
+    ``supports_attention`` is true; ``None`` otherwise): one entry per layer, each a float32
+    Tensor ``[heads, n, n_total]`` of the softmax attention weights of the ``n`` new positions
+    (queries) over every position so far (keys ``0 .. n_total - 1``, ``n_total`` = cached + new),
+    or ``None`` for a layer that has no attention (a state-space block of a hybrid model). A
+    sliding-window layer's keys are the last ones: its weights are right-aligned, the positions
+    before the window zero. Memory: ``4 * heads * n * n_total`` bytes per layer.
     """
 
     logits: Any
     acts: dict[str, Any]
     cache: Any
+    attn_weights: list[Any] | None = None
+
+
+@dataclass(frozen=True)
+class LensHead:
+    """The model's own path from a residual vector to next-token logits, for the logit lens.
+
+    ``norm``: the final norm (the module the model applies after its last block; an identity
+    for models without one); ``unembed``: the unembedding (the LM head); ``postprocess``: what
+    the model's forward does to the LM head's output before returning it (logit scaling,
+    Gemma-2's ``tanh`` soft-capping, a padded vocabulary cut back), ``None`` for nothing.
+    Calling it on ``[..., d_model]`` (on the model's device, in its dtype) returns float32
+    ``[..., vocab]``: applied to the last block's output it gives the model's own logits.
+    """
+
+    norm: Callable[[Any], Any]
+    unembed: Callable[[Any], Any]
+    postprocess: Callable[[Any], Any] | None = None
+
+    def __call__(self, resid: Any) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            logits = self.unembed(self.norm(resid))
+            if self.postprocess is not None:
+                logits = self.postprocess(logits)
+            return logits.float()
 
 
 class Capture(ABC):
@@ -36,11 +71,17 @@ class Capture(ABC):
     rest) and returns their logits and the requested signals for every layer. Backends must leave
     the model exactly as they found it after every step (no hooks left registered), also when the
     forward raises. ``close()`` frees what the backend holds; it is also a context manager.
+
+    Optional abilities: ``lens_head()`` (the final norm and unembedding, for the logit lens) and,
+    where ``supports_attention`` is true, ``step(..., attention=True)``, which also fills
+    ``Step.attn_weights``.
     """
 
     name: ClassVar[str] = ""
     #: Signals this backend can capture, for any supported architecture.
     provides: ClassVar[tuple[str, ...]] = SIGNALS
+    #: Whether ``step`` accepts ``attention=True`` (and then returns ``Step.attn_weights``).
+    supports_attention: ClassVar[bool] = False
 
     def __init__(self, model: Any, signals: Sequence[str] = SIGNALS) -> None:
         self.loaded = model
@@ -60,6 +101,17 @@ class Capture(ABC):
 
     @abstractmethod
     def step(self, input_ids: Any, cache: Any = None, *, logits: bool = True) -> Step: ...
+
+    def lens_head(self) -> LensHead:
+        """The model's final norm and unembedding, applied the way its forward applies them.
+
+        The residual the lens reads is ``resid`` (each block's output): ``lens_head()(resid)`` at
+        the last layer equals the model's logits. Backends that cannot find these modules (or
+        have no access to weights) keep this default, which raises :class:`CaptureError`.
+        """
+        raise CaptureError(
+            f"backend {self.name!r} cannot find the model's final norm / unembedding: lens=True is not available"
+        )
 
     def close(self) -> None:  # noqa: B027 - optional
         pass

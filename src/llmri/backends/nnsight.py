@@ -12,8 +12,8 @@ from typing import Any
 from .._errors import CaptureError, require
 from ..frame import SIGNALS
 from ._wrapped import WrappedModel, cached_on, hidden_size, module_fingerprint
-from .base import BACKENDS, Capture, Step
-from .hf import find_layers, find_submodule
+from .base import BACKENDS, Capture, LensHead, Step
+from .hf import find_layers, find_lens_head, find_submodule
 
 EXTRA = "nnsight"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -141,6 +141,7 @@ class NNsightCapture(Capture):
                     row.append(getattr(envoy[i], sub))
             self._envoys.append(row)
         self._names = [f"{path}.{i}" for i in range(len(layers))]
+        self._layers_path = path
         self._flat = [e for row in self._envoys for e in row]
         self._paths: dict[str, list[str]] = {
             sig: [row[j].path for row in self._envoys] for j, sig in enumerate(self._order)
@@ -158,6 +159,16 @@ class NNsightCapture(Capture):
     @property
     def d_model(self) -> int:
         return self._d_model
+
+    def lens_head(self) -> LensHead:
+        """The same modules as the ``hf`` backend's, on the transformers model nnsight wraps (called
+        outside a trace, they run as plain modules). A remote model has no weights here."""
+        hf = _module(self.nn_model)
+        if self.remote and self.remote != "local":
+            raise CaptureError(
+                "nnsight: the model runs remotely and its weights are not here: lens=True is not available"
+            )
+        return find_lens_head(hf, self._layers_path)
 
     def _trace_kwargs(self, input_ids: Any, cache: Any) -> dict[str, Any]:
         import torch

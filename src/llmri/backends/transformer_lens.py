@@ -11,7 +11,8 @@ from typing import Any
 from .._errors import CaptureError, require
 from ..frame import SIGNALS
 from ._wrapped import WrappedModel, cached_on, module_fingerprint
-from .base import BACKENDS, Capture, Step
+from .base import BACKENDS, Capture, LensHead, Step
+from .hf import logit_postprocess
 
 EXTRA = "transformer-lens"
 #: The bridge's hook point for each signal in block ``{i}``.
@@ -148,6 +149,18 @@ class TransformerLensCapture(Capture):
     @property
     def d_model(self) -> int:
         return int(self.bridge.cfg.d_model)
+
+    def lens_head(self) -> LensHead:
+        """The bridge's ``ln_final`` and ``unembed`` (the model's own modules, with their hook
+        points), with the logit scaling / soft-capping of the transformers forward it runs."""
+        norm = getattr(self.bridge, "ln_final", None)
+        unembed = getattr(self.bridge, "unembed", None)
+        if norm is None or unembed is None:
+            raise CaptureError(
+                "transformer-lens: this bridge has no ln_final / unembed: the model's final norm / unembedding "
+                "cannot be found, lens=True is not available"
+            )
+        return LensHead(norm=norm, unembed=unembed, postprocess=logit_postprocess(self.bridge.original_model.config))
 
     def step(self, input_ids: Any, cache: Any = None, *, logits: bool = True) -> Step:
         import torch
