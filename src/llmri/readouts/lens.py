@@ -1,0 +1,179 @@
+"""The logit lens: each layer's residual read through the model's final norm and unembedding."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._errors import CaptureError
+
+#: Alternatives kept per position and layer.
+LENS_TOP_K = 5
+#: Lens logits computed at once, in elements (positions x layers x vocab): a prefill chunk is cut
+#: into groups of positions of at most this size (64 MiB of float32), each one matmul.
+MAX_ELEMENTS = 1 << 24
+
+
+@dataclass
+class LensRows:
+    """The logit lens of ``n`` consecutive positions (``[n, layers, ...]``, numpy).
+
+    Row ``t`` is what each layer predicts for position ``t + 1``. ``top_ids`` int64 and
+    ``top_probs`` float32 ``[n, L, k]``; ``entropy`` float32 ``[n, L]`` (nats); ``next_prob``
+    float32 and ``next_rank`` int64 ``[n, L]``: the probability each layer gives the token that
+    actually came next and its rank (the number of vocabulary entries with a strictly greater
+    probability: 0 is top-1), NaN / -1 where the next token is not known yet. ``pending`` holds
+    what fills the last row once its next token is known (:func:`fill_next`), ``None`` when every
+    row is complete.
+    """
+
+    top_ids: np.ndarray
+    top_probs: np.ndarray
+    entropy: np.ndarray
+    next_prob: np.ndarray
+    next_rank: np.ndarray
+    pending: LensPending | None = None
+
+    def __len__(self) -> int:
+        return int(self.top_ids.shape[0])
+
+
+@dataclass
+class LensPending:
+    """The lens of one position whose next token is not known yet: ``logits`` float32
+    ``[L, vocab]`` and their log-sum-exp ``[L]``, kept (on the model's device) until it is."""
+
+    logits: Any
+    lse: Any
+
+
+def _stats(logits: Any, k: int) -> tuple[Any, Any, Any, Any, Any]:
+    """Top-k ids and probabilities, entropy, max and log-sum-exp of float32 ``[m, vocab]`` rows.
+
+    One exp pass: with l = logits - max, e = exp(l), z = sum(e): entropy = log z - sum(e * l) / z.
+    The sum is torch's pairwise one over ``e * l`` formed in place (a float32 dot product over the
+    vocabulary, as ``bmm`` gives, accumulates ~1e-4 nats of error at 10 nats; this ~1e-6). Masked
+    (-inf) logits are clamped to -1e30.
+    """
+    top_l, top_i = logits.topk(k, dim=-1)
+    mx = top_l[:, :1]
+    shifted = (logits - mx).clamp_min_(-1e30)
+    e = shifted.exp()
+    z = e.sum(-1)
+    lse_shifted = z.log()
+    dot = e.mul_(shifted).sum(-1)
+    entropy = (lse_shifted - dot / z).clamp_min(0)
+    top_p = (top_l - mx - lse_shifted[:, None]).exp()
+    return top_i, top_p, entropy, mx[:, 0], mx[:, 0] + lse_shifted
+
+
+def _next(logits: Any, lse: Any, ids: Any) -> tuple[Any, Any]:
+    """Probability and rank (entries strictly greater) of ``ids[i]`` in row ``i`` of ``logits``."""
+    chosen = logits.gather(1, ids[:, None])
+    rank = (logits > chosen).sum(-1)
+    return (chosen[:, 0] - lse).exp(), rank
+
+
+def logit_lens(
+    resid: Any,
+    head: Callable[[Any], Any],
+    next_ids: Sequence[int] | Any = (),
+    *,
+    k: int = LENS_TOP_K,
+    max_elements: int = MAX_ELEMENTS,
+) -> LensRows:
+    """The logit lens of one step's positions, from their full residual vectors.
+
+    ``resid``: Tensor ``[n, L, d_model]`` (each block's output, the ``resid`` signal, in the
+    model's dtype and on its device); ``head``: the model's final norm + unembedding
+    (:meth:`~llmri.backends.base.Capture.lens_head`), ``[..., d] -> float32 [..., vocab]``;
+    ``next_ids``: the token at position ``t + 1`` for each row ``t``, known for every row (``n``
+    ids) or for all but the last (``n - 1``; then ``pending`` keeps the last row's logits for
+    :func:`fill_next`). All layers of a group of positions go through ``head`` in one call;
+    statistics are float32 whatever the model's dtype.
+    """
+    import torch
+
+    with torch.inference_mode():
+        return _logit_lens(resid, head, next_ids, k, max_elements)
+
+
+def _logit_lens(resid: Any, head: Callable[[Any], Any], next_ids: Any, k: int, max_elements: int) -> LensRows:
+    import torch
+
+    n, n_layers = int(resid.shape[0]), int(resid.shape[1])
+    ids = torch.as_tensor(list(next_ids) if not isinstance(next_ids, torch.Tensor) else next_ids, dtype=torch.long)
+    if len(ids) not in (n, n - 1) and not (n == 0 and len(ids) == 0):
+        raise ValueError(f"next_ids: {n} or {n - 1} ids for {n} positions, got {len(ids)}")
+    top_ids = np.full((n, n_layers, k), -1, dtype=np.int64)
+    top_probs = np.full((n, n_layers, k), np.nan, dtype=np.float32)
+    entropy = np.full((n, n_layers), np.nan, dtype=np.float32)
+    next_prob = np.full((n, n_layers), np.nan, dtype=np.float32)
+    next_rank = np.full((n, n_layers), -1, dtype=np.int64)
+    pending = None
+    vocab = 0
+    group = 1
+    start = 0
+    while start < n:
+        stop = min(n, start + group)
+        logits = head(resid[start:stop])  # [g, L, vocab]: one matmul for every layer
+        g = stop - start
+        vocab = int(logits.shape[-1])
+        flat = logits.reshape(g * n_layers, vocab)
+        ti, tp, ent, _, lse = _stats(flat, min(k, vocab))
+        kk = ti.shape[-1]
+        top_ids[start:stop, :, :kk] = ti.reshape(g, n_layers, kk).cpu().numpy()
+        top_probs[start:stop, :, :kk] = tp.reshape(g, n_layers, kk).cpu().numpy()
+        entropy[start:stop] = ent.reshape(g, n_layers).cpu().numpy()
+        known = max(0, min(stop, len(ids)) - start)  # rows of this group whose next id is known
+        if known:
+            rows = ids[start : start + known].to(flat.device).repeat_interleave(n_layers)
+            p, r = _next(flat[: known * n_layers], lse[: known * n_layers], rows)
+            next_prob[start : start + known] = p.reshape(known, n_layers).cpu().numpy()
+            next_rank[start : start + known] = r.reshape(known, n_layers).cpu().numpy()
+        if stop == n and len(ids) < n:
+            pending = LensPending(logits=flat[-n_layers:].clone(), lse=lse[-n_layers:].clone())
+        start = stop
+        group = max(1, max_elements // max(1, n_layers * vocab))
+    return LensRows(top_ids, top_probs, entropy, next_prob, next_rank, pending)
+
+
+def fill_next(pending: LensPending, next_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(next_prob, next_rank)`` ``[L]`` of the position ``pending`` was kept for, now that the
+    token after it (``next_id``) is known."""
+    import torch
+
+    n_layers = int(pending.logits.shape[0])
+    with torch.inference_mode():
+        ids = torch.full((n_layers,), int(next_id), dtype=torch.long, device=pending.logits.device)
+        p, r = _next(pending.logits, pending.lse, ids)
+    return p.cpu().numpy().astype(np.float32), r.cpu().numpy().astype(np.int64)
+
+
+def lens_error(head: Callable[[Any], Any], last_resid: Any, logits: Any) -> float:
+    """Largest ``|head(last_resid) - logits|`` relative to the logits' spread: ~1e-6 in float32
+    when ``head`` is the model's own path (``last_resid`` ``[n, d]``: the last layer's ``resid``,
+    ``logits`` ``[n, vocab]``: the model's logits of the same positions)."""
+    import torch
+
+    got = head(last_resid).float()
+    want = torch.as_tensor(logits).float().to(got.device)
+    if got.shape != want.shape:
+        return float("inf")
+    return float((got - want).abs().max() / want.std().clamp_min(1e-12))
+
+
+def check_lens_head(head: Callable[[Any], Any], last_resid: Any, logits: Any, tolerance: float = 1e-3) -> None:
+    """Raise :class:`CaptureError` unless the lens at the last layer reproduces the model's
+    logits: the check an integration runs once, on the prefill, for architectures whose forward
+    post-processes its logits in a way the backend does not know."""
+    err = lens_error(head, last_resid, logits)
+    if not err <= tolerance:
+        raise CaptureError(
+            f"the logit lens at the last layer does not reproduce the model's logits (error {err:.2e} of their "
+            "spread): this architecture post-processes its logits in a way llmri does not know; lens=True is "
+            "not available"
+        )
