@@ -37,13 +37,46 @@ def _adapt(model: Any) -> Any:
     return model
 
 
-def _as_model(model: Any) -> Any:
-    """A LoadedModel-like object: loaded from a spec, or adapted from a model the user built."""
+def as_model(model: Any) -> Any:
+    """The model object a capture records.
+
+    Parameters
+    ----------
+    model:
+        A spec for :func:`llmri.load_model` (``None`` for the bundled model, a directory, a
+        ``.gguf`` file or a hub id), a TransformerBridge or nnsight model the user built, or a
+        model object llmri already knows (:class:`~llmri.models.LoadedModel`, a synthetic model).
+
+    Returns
+    -------
+    object
+        The loaded model for a spec (this can take minutes); a TransformerBridge or nnsight model
+        wrapped to record with its own backend; anything else as it is.
+    """
     return load_model(model) if _is_spec(model) else _adapt(model)
 
 
-def _backend_for(model: Any, backend: str | None) -> tuple[str, type[Capture]]:
-    """Pick the backend class: by name, or from the kind of object the user passed."""
+def backend_for(model: Any, backend: str | None) -> tuple[str, type[Capture]]:
+    """The capture backend that records ``model``.
+
+    Parameters
+    ----------
+    model:
+        What :func:`as_model` returned (or ``None``, for a model still to be loaded).
+    backend:
+        A name from ``BACKENDS``; ``None`` picks the model's own backend (a wrapped or synthetic
+        model), else ``"hf"``.
+
+    Returns
+    -------
+    (str, type[Capture])
+        The backend's name and class; nothing is built.
+
+    Raises
+    ------
+    CaptureError
+        An unknown name, or a model wrapped for another backend than the one named.
+    """
     own = getattr(model, "llmri_backend", None)
     if backend is None:
         backend = own or "hf"
@@ -125,13 +158,13 @@ class CaptureStream(FrameStream):
         # what needs no model fails before one loads (a load can take minutes)
         spec = _is_spec(model)
         adapted = None if spec else _adapt(model)
-        name, cls = _backend_for(adapted, backend)
+        name, cls = backend_for(adapted, backend)
         check_signals(signals, cls.provides, name)
         self.reducer = make_reducer(reducer, tile=tile, seed=reducer_seed)
         if isinstance(prompt, (list, tuple)):
             check_messages(prompt)
         self.model = load_model(model) if spec else adapted
-        self.backend_name, cls = _backend_for(self.model, backend)
+        self.backend_name, cls = backend_for(self.model, backend)
         self.capture: Capture = cls(self.model, signals)
         self.signals = self.capture.signals
         tok = getattr(self.model, "tokenizer", None)

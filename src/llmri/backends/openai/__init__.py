@@ -40,12 +40,14 @@ stream) raise :class:`~llmri.CaptureError` with one line; a session being record
 
 Modules: ``client`` (the server: URL, model, key, HTTP), ``events`` (the request and the event
 stream, read on a worker thread), ``rows`` (chunks to rows, the entropy estimate), ``errors``
-(failures as one line), ``chat`` (:class:`ChatOnlyStream` and the functions). It is not in the
+(failures as one line), ``chat`` (:class:`ChatOnlyStream`), ``api`` (:func:`chat_only` and
+:func:`chat_only_stream`). It is not in the
 ``BACKENDS`` registry: that lists the backends behind :class:`~llmri.backends.base.Capture`, which
 record activations.
 """
 
-from .chat import DEFAULT_MAX_NEW_TOKENS, ChatOnlyStream, chat_only, chat_only_stream
+from .api import chat_only, chat_only_stream
+from .chat import DEFAULT_MAX_NEW_TOKENS, ChatOnlyStream
 from .client import DEFAULT_TIMEOUT, ChatOnlyClient
 from .rows import entropy_lower_bound
 

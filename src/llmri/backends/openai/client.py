@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import threading
 import urllib.parse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..._errors import CaptureError, require
 from ...store import Session
+from .chat import ChatOnlyStream
 from .errors import NoModelList, http_error, network_error
-
-if TYPE_CHECKING:
-    from .chat import ChatOnlyStream
 
 #: Seconds to wait for a connection and for each next piece of the stream (not the whole answer).
 DEFAULT_TIMEOUT = 60.0
@@ -152,8 +150,6 @@ class ChatOnlyClient:
 
     def stream(self, messages: Any, **kw: Any) -> ChatOnlyStream:
         """Start one answer to ``messages``: see :class:`ChatOnlyStream` for the keywords."""
-        from .chat import ChatOnlyStream
-
         return ChatOnlyStream(self, messages, **kw)
 
     def chat(self, messages: Any, **kw: Any) -> Session:

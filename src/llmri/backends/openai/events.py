@@ -8,7 +8,7 @@ import queue
 import socket
 import threading
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..._errors import CaptureError, one_line
 from ...decode import GenerationSettings
@@ -16,15 +16,29 @@ from ...frame import TOP_K
 from .errors import http_error, network_error
 from .rows import completion_as_chunk
 
-if TYPE_CHECKING:
-    from .client import ChatOnlyClient
-
 #: A stream line longer than this is treated as malformed (a server must not make us buffer without bound).
 MAX_LINE_BYTES = 1 << 20
 #: Largest non-streamed body read (error bodies, a server that ignores ``stream: true``).
 MAX_BODY_BYTES = 16 << 20
 #: Events queued at most: a consumer that stops reading stalls the upstream read, not memory.
 QUEUE_SIZE = 64
+
+
+class ChatServer(Protocol):
+    """What a chat stream needs of its server; :class:`~llmri.backends.openai.ChatOnlyClient` is one."""
+
+    url: str
+    model: str | None
+    timeout: float | None
+
+    @property
+    def chat_url(self) -> str: ...
+
+    def resolve_model(self) -> str | None: ...
+
+    def post_chat(self, body: dict[str, Any]) -> Any: ...
+
+    def close(self) -> None: ...
 
 
 class AnswerReader:
@@ -42,7 +56,7 @@ class AnswerReader:
 
     def __init__(
         self,
-        client: ChatOnlyClient,
+        client: ChatServer,
         messages: list[dict[str, str]],
         settings: GenerationSettings,
         *,

@@ -20,7 +20,8 @@ class ModelEngine:
 
     def __init__(self, model: Any, backend: str | None = None) -> None:
         # capture.py has no public way yet to load-or-adapt a model once and name its backend class.
-        from ...capture import _as_model, _backend_for
+        from ...capture import as_model as _as_model
+        from ...capture import backend_for as _backend_for
 
         self.model = _as_model(model)
         self.backend, cls = _backend_for(self.model, backend)
