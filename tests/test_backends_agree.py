@@ -97,11 +97,7 @@ class BackendSuite:
 
     def _torch_root(self, capture):
         """The torch module tree the backend runs (where hooks would be left behind)."""
-        if self.backend == "hf":
-            return capture.model
-        if self.backend == "transformer-lens":
-            return capture.bridge
-        return capture.nn_model._module
+        return capture.torch_module()
 
     def _baseline(self, capture) -> int:
         """Hooks on the backend's module tree after one step: a TransformerBridge installs some
@@ -112,9 +108,14 @@ class BackendSuite:
         return _hook_count(self._torch_root(capture))
 
     def _layer(self, capture, i):
-        if self.backend == "transformer-lens":
-            return capture.bridge.blocks[i]
-        return self._torch_root(capture).model.layers[i]
+        return capture.blocks()[i]
+
+    def test_names_its_torch_module_and_one_block_per_layer(self, real_model):
+        cap = self._capture_obj(real_model)
+        blocks = cap.blocks()
+        assert len(blocks) == cap.n_layers == 30
+        owned = {id(m) for m in cap.torch_module().modules()}
+        assert all(id(b) in owned for b in blocks) and len({id(b) for b in blocks}) == 30
 
     def _skip_reference(self):
         if self.backend == "hf":

@@ -113,6 +113,16 @@ class Capture(ABC):
             f"backend {self.name!r} cannot find the model's final norm / unembedding: lens=True is not available"
         )
 
+    def torch_module(self) -> Any:
+        """The torch module tree this backend runs (where its hooks go, and where a leftover hook
+        would be), or ``None`` for an engine that runs no torch module."""
+        return None
+
+    def blocks(self) -> list[Any]:
+        """The module of each decoder block in :attr:`layer_names` order (``[]`` where
+        :meth:`torch_module` is ``None``): what a test or an intervention hooks per layer."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional
         pass
 

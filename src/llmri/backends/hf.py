@@ -202,6 +202,7 @@ class HFHooksCapture(Capture):
         self.model = model.model
         path, layers = find_layers(self.model)
         self._layers_path = path
+        self._blocks = list(layers)
         self._targets: dict[str, list[Any]] = {}
         for sig in self.signals:
             if sig == "resid":
@@ -228,6 +229,12 @@ class HFHooksCapture(Capture):
     @property
     def layer_names(self) -> list[str]:
         return self._names
+
+    def torch_module(self) -> Any:
+        return self.model
+
+    def blocks(self) -> list[Any]:
+        return list(self._blocks)
 
     @property
     def d_model(self) -> int:

@@ -142,6 +142,7 @@ class NNsightCapture(Capture):
             self._envoys.append(row)
         self._names = [f"{path}.{i}" for i in range(len(layers))]
         self._layers_path = path
+        self._blocks = list(layers)
         self._flat = [e for row in self._envoys for e in row]
         self._paths: dict[str, list[str]] = {
             sig: [row[j].path for row in self._envoys] for j, sig in enumerate(self._order)
@@ -155,6 +156,12 @@ class NNsightCapture(Capture):
     @property
     def layer_names(self) -> list[str]:
         return self._names
+
+    def torch_module(self) -> Any:
+        return _module(self.nn_model)
+
+    def blocks(self) -> list[Any]:
+        return list(self._blocks)
 
     @property
     def d_model(self) -> int:

@@ -146,6 +146,12 @@ class TransformerLensCapture(Capture):
     def layer_names(self) -> list[str]:
         return [f"blocks.{i}" for i in range(self._n)]
 
+    def torch_module(self) -> Any:
+        return self.bridge
+
+    def blocks(self) -> list[Any]:
+        return list(self.bridge.blocks)
+
     @property
     def d_model(self) -> int:
         return int(self.bridge.cfg.d_model)

@@ -19,12 +19,10 @@ class ModelEngine:
     mode = "model"
 
     def __init__(self, model: Any, backend: str | None = None) -> None:
-        # capture.py has no public way yet to load-or-adapt a model once and name its backend class.
-        from ...capture import as_model as _as_model
-        from ...capture import backend_for as _backend_for
+        from ...capture import as_model, backend_for
 
-        self.model = _as_model(model)
-        self.backend, cls = _backend_for(self.model, backend)
+        self.model = as_model(model)
+        self.backend, cls = backend_for(self.model, backend)
         self.signals = [s for s in SIGNALS if s in getattr(cls, "provides", ())]
         describe = getattr(self.model, "describe", None)
         info = describe() if callable(describe) else {}
