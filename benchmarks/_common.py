@@ -50,8 +50,11 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 def save(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
-               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **payload}
+    payload = {
+        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **payload,
+    }
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2))
     return path

@@ -36,10 +36,15 @@ def throughput(shape: tuple[int, int], rounds: int) -> list[dict]:
         r.setup(layers, d, "bench")
         if kind == "ipca":
             q = torch.linalg.qr(torch.randn(layers, d, 256))[0].transpose(1, 2).contiguous()
-            r.load_state_dict({"resid.mean": np.zeros((layers, d)), "resid.components": q.numpy(),
-                               "resid.explained_variance": np.ones((layers, 256)),
-                               "resid.explained_variance_ratio": np.ones((layers, 256)) / d,
-                               "resid.n_samples": np.array([1])})
+            r.load_state_dict(
+                {
+                    "resid.mean": np.zeros((layers, d)),
+                    "resid.components": q.numpy(),
+                    "resid.explained_variance": np.ones((layers, 256)),
+                    "resid.explained_variance_ratio": np.ones((layers, 256)) / d,
+                    "resid.n_samples": np.array([1]),
+                }
+            )
         reducers[kind] = r
     for batch in (1, 64):
         x = torch.randn(batch, layers, d)
@@ -51,8 +56,15 @@ def throughput(shape: tuple[int, int], rounds: int) -> list[dict]:
 
         times = alternate({k: (lambda r=r: run(r)) for k, r in reducers.items()}, rounds)
         for k, ts in times.items():
-            rows.append({"shape": f"{layers}x{d}", "batch": batch, "reducer": k,
-                         "frames_per_s": batch * reps / median(ts), "ms_per_call": 1000 * median(ts) / reps})
+            rows.append(
+                {
+                    "shape": f"{layers}x{d}",
+                    "batch": batch,
+                    "reducer": k,
+                    "frames_per_s": batch * reps / median(ts),
+                    "ms_per_call": 1000 * median(ts) / reps,
+                }
+            )
     return rows
 
 
@@ -103,9 +115,19 @@ def ipca_vs_sklearn(rounds: int) -> list[dict]:
     ev = np.sort(np.linalg.eigvalsh(cov))[::-1]
     exact = float(ev[:k].sum() / ev.sum())
     base = median(times["sklearn"])
-    return [{"fit": name, "median_s": median(ts), "speedup_vs_sklearn": base / median(ts),
-             "explained_var": results[name], "vs_exact_pct": 100 * (results[name] - exact) / exact,
-             "n": x.shape[0], "d": x.shape[1], "k": k} for name, ts in times.items()]
+    return [
+        {
+            "fit": name,
+            "median_s": median(ts),
+            "speedup_vs_sklearn": base / median(ts),
+            "explained_var": results[name],
+            "vs_exact_pct": 100 * (results[name] - exact) / exact,
+            "n": x.shape[0],
+            "d": x.shape[1],
+            "k": k,
+        }
+        for name, ts in times.items()
+    ]
 
 
 def main() -> None:
@@ -126,8 +148,10 @@ def main() -> None:
     fit = ipca_vs_sklearn(max(3, args.rounds // 2))
     print("\nipca fit vs scikit-learn IncrementalPCA (same 20,000 vectors, 256 components, float64 exact as reference)")
     print(table(fit, ["fit", "median_s", "speedup_vs_sklearn", "explained_var", "vs_exact_pct", "n", "d", "k"]))
-    print("saved", save("reducers", {"args": vars(args), "throughput": rows, "ipca_fit": fit,
-                                      "elapsed_s": time.time() - t0}))
+    print(
+        "saved",
+        save("reducers", {"args": vars(args), "throughput": rows, "ipca_fit": fit, "elapsed_s": time.time() - t0}),
+    )
 
 
 if __name__ == "__main__":
