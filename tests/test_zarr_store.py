@@ -224,7 +224,14 @@ def test_fast_path_writes_what_zarr_writes(tmp_path, monkeypatch, compress, rout
     encoding, its chunk keys or its metadata documents fails here first. ``through-zarr`` checks the
     writer's route for codec chains the fast path does not know (zarr encodes each chunk)."""
     from llmri.store.zarr import internals
-    from llmri.store.zarr.columns import INITIAL_ROWS, column_compressors, column_specs, fill_value, frame_rows
+    from llmri.store.zarr.columns import (
+        INITIAL_ROWS,
+        column_compressors,
+        column_specs,
+        coordinate_arrays,
+        fill_value,
+        frame_rows,
+    )
 
     if route == "through-zarr":
         monkeypatch.setattr(internals, "_fast_encoder", lambda metadata: None)
@@ -257,19 +264,25 @@ def test_fast_path_writes_what_zarr_writes(tmp_path, monkeypatch, compress, rout
             dtype=spec.dtype,
             fill_value=fill_value(spec.dtype),
             compressors=column_compressors(name, compress),
+            dimension_names=spec.dimension_names,
         )
         data = np.empty((n, *spec.row_shape), dtype=object if spec.dtype is str else spec.dtype)
         for i, r in enumerate(rows):
             data[i] = r[name]
         arr[:] = data
+    coords = coordinate_arrays(meta)
+    for name, values in coords.items():
+        arr = group.create_array(name, shape=(len(values),), dtype=str, fill_value="", dimension_names=["layer"])
+        arr[:] = np.array(values, dtype=object)
     theirs = _files(tmp_path / "plain.zarr" / session)
 
     def array_files(files: dict[str, bytes]) -> dict[str, bytes]:
-        return {k: v for k, v in files.items() if any(k.startswith(f"{name}/") for name in column_specs(meta))}
+        names = [*column_specs(meta), *coords]
+        return {k: v for k, v in files.items() if any(k.startswith(f"{name}/") for name in names)}
 
     mine, zarrs = array_files(ours), array_files(theirs)
     assert sorted(mine) == sorted(zarrs)  # every array's zarr.json and chunks, no more, no fewer
-    assert len(mine) > 2 * len(column_specs(meta))
+    assert len(mine) > 2 * len(column_specs(meta)) and "frames/layer/zarr.json" in mine
     for key, data in mine.items():
         assert data == zarrs[key], key
     assert ours["zarr.json"] == theirs["zarr.json"]  # the session group, the commit point

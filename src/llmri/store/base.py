@@ -19,6 +19,15 @@ FORMAT_VERSION = 1
 #: A session's ``meta["status"]``.
 STATUSES = ("recording", "complete", "interrupted")
 
+# The names of a session's axes (docs/FORMAT.md, "Axes"): the stored arrays' ``dimension_names``
+# and the dimensions of :meth:`SessionReader.to_xarray`. One axis has one name in every array.
+TOKEN = "token"  # token position, prompt tokens first
+LAYER = "layer"  # index into meta["layers"]
+TILE_Y = "tile_y"  # row of a tile (H)
+TILE_X = "tile_x"  # column of a tile (W)
+RANK = "rank"  # of the top-k alternatives, 0 the most probable
+HEAD = "head"  # an attention head, for per-head arrays
+
 
 def check_signal(signal: str, signals: list[str], where: str) -> None:
     """Raise StoreError (one line, naming ``where``) unless ``signal`` is one of ``signals``."""
@@ -109,6 +118,32 @@ class SessionReader(ABC):
 
     def sparsity(self, signal: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
         return self.stats(signal, start, stop)[1]
+
+    def to_xarray(self) -> Any:
+        """The session as an ``xarray.Dataset`` (needs ``pip install 'llmri[xarray]'``).
+
+        Dimensions ``token``, ``layer``, ``tile_y``, ``tile_x``, ``rank`` (docs/FORMAT.md, "Axes");
+        coordinates ``token`` (position), ``layer`` (the layer names), ``text`` and ``role`` (per
+        token). Variables: per signal ``<signal>`` (float16 tiles ``[token, layer, tile_y, tile_x]``),
+        ``<signal>_norm`` and ``<signal>_sparsity`` (float32 ``[token, layer]``); the token table
+        ``token_id``, ``logprob``, ``entropy`` ``[token]`` and ``top_ids``, ``top_probs``,
+        ``top_texts`` ``[token, rank]`` (padded with -1, NaN, ``""``). ``attrs`` hold ``meta``.
+        A reader that :class:`SupportsArrays` (a Zarr session) gives dask arrays over its chunks,
+        read only when computed, so a session larger than memory opens at once (only the ``text``
+        and ``role`` coordinates are read: selections need them); others hold numpy arrays. Only
+        committed rows appear.
+        """
+        from .dataset import session_dataset
+
+        return session_dataset(self)
+
+    def tokens_df(self) -> Any:
+        """The token table as a ``pandas.DataFrame`` indexed by ``token``: ``id``, ``text``,
+        ``role``, ``logprob``, ``entropy`` and ``top_ids``, ``top_probs``, ``top_texts`` (lists of
+        the valid alternatives, most probable first). Needs ``pip install 'llmri[xarray]'``."""
+        from .dataset import tokens_frame
+
+        return tokens_frame(self)
 
     def __repr__(self) -> str:
         return (
@@ -215,6 +250,20 @@ class SupportsRefresh(Protocol):
     """
 
     def refresh(self) -> None: ...
+
+
+@runtime_checkable
+class SupportsArrays(Protocol):
+    """A session reader whose columns are stored arrays that can be read lazily.
+
+    ``array(name)`` returns the stored array at ``name`` (a path of docs/FORMAT.md's layout, e.g.
+    ``frames/resid`` or ``tokens/ids``) as an array-like with ``shape``, ``dtype``, ``chunks`` and
+    slicing that reads only the chunks a slice covers (a ``zarr.Array``). It may hold more rows than
+    the reader's length (uncommitted ones): slice it to ``[:len(reader)]``. Used by
+    :meth:`SessionReader.to_xarray` to build dask arrays (a :class:`~llmri.store.zarr.ZarrSession`).
+    """
+
+    def array(self, name: str) -> Any: ...
 
 
 @runtime_checkable

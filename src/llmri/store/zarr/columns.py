@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ...frame import TOP_K, Frame
-from ..base import STATUSES
+from ..base import LAYER, RANK, STATUSES, TILE_X, TILE_Y, TOKEN
 
 #: Frames per chunk along the token axis of ``frames/<signal>``.
 FRAME_CHUNK = 16
@@ -18,14 +18,23 @@ ROW_CHUNK = 256
 #: write chunks only (growing 17 arrays cost ~12 ms of CPU in the first commit).
 INITIAL_ROWS = 1024
 
+#: Each signal's tiles and stats carry ``<group>/layer``: the layer names, as a coordinate array.
+COORDINATE = "layer"
+
 
 class ColumnSpec(NamedTuple):
-    """One per-token array: its dtype (``str`` for zarr's string dtype), the shape of one row, and
-    the rows per chunk."""
+    """One per-token array: its dtype (``str`` for zarr's string dtype), the shape of one row, the
+    rows per chunk, and the names of a row's axes (the token axis comes first, unnamed here)."""
 
     dtype: Any
     row_shape: tuple[int, ...]
     chunk: int
+    row_dims: tuple[str, ...] = ()
+
+    @property
+    def dimension_names(self) -> tuple[str, ...]:
+        """The array's ``dimension_names``: ``token`` then the row's axes."""
+        return (TOKEN, *self.row_dims)
 
 
 def column_specs(meta: dict[str, Any]) -> dict[str, ColumnSpec]:
@@ -39,15 +48,46 @@ def column_specs(meta: dict[str, Any]) -> dict[str, ColumnSpec]:
         "tokens/role": ColumnSpec(str, (), ROW_CHUNK),
         "tokens/logprob": ColumnSpec(np.float32, (), ROW_CHUNK),
         "tokens/entropy": ColumnSpec(np.float32, (), ROW_CHUNK),
-        "tokens/top_ids": ColumnSpec(np.int64, (k,), ROW_CHUNK),
-        "tokens/top_probs": ColumnSpec(np.float32, (k,), ROW_CHUNK),
-        "tokens/top_texts": ColumnSpec(str, (k,), ROW_CHUNK),
+        "tokens/top_ids": ColumnSpec(np.int64, (k,), ROW_CHUNK, (RANK,)),
+        "tokens/top_probs": ColumnSpec(np.float32, (k,), ROW_CHUNK, (RANK,)),
+        "tokens/top_texts": ColumnSpec(str, (k,), ROW_CHUNK, (RANK,)),
     }
     for s in meta["signals"]:
-        specs[f"frames/{s}"] = ColumnSpec(np.float16, (n_layers, h, w), FRAME_CHUNK)
-        specs[f"stats/{s}/norm"] = ColumnSpec(np.float32, (n_layers,), ROW_CHUNK)
-        specs[f"stats/{s}/sparsity"] = ColumnSpec(np.float32, (n_layers,), ROW_CHUNK)
+        specs[f"frames/{s}"] = ColumnSpec(np.float16, (n_layers, h, w), FRAME_CHUNK, (LAYER, TILE_Y, TILE_X))
+        specs[f"stats/{s}/norm"] = ColumnSpec(np.float32, (n_layers,), ROW_CHUNK, (LAYER,))
+        specs[f"stats/{s}/sparsity"] = ColumnSpec(np.float32, (n_layers,), ROW_CHUNK, (LAYER,))
     return specs
+
+
+def coordinate_arrays(meta: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """``{path: values}`` of the coordinate arrays of a session: ``<group>/layer``, the layer names,
+    beside the tiles and the stats of each signal, so xarray labels the ``layer`` axis."""
+    layers = tuple(str(x) for x in meta["layers"])
+    if not layers or not meta["signals"]:
+        return {}
+    groups = ["frames", *(f"stats/{s}" for s in meta["signals"])]
+    return {f"{g}/{COORDINATE}": layers for g in groups}
+
+
+def state_dimension_names(key: str, ndim: int) -> tuple[str, ...]:
+    """The ``dimension_names`` of ``reducer_state/<key>``: the store does not know what a reducer's
+    axes mean, so each array's own (``<key>_dim_0``, ...), which never clash between arrays."""
+    return tuple(f"{key}_dim_{i}" for i in range(ndim))
+
+
+def dimension_names_for(path: str, ndim: int, meta: dict[str, Any]) -> tuple[str, ...] | None:
+    """The ``dimension_names`` llmri gives the array at ``path`` (relative to its session) with
+    ``ndim`` axes, or None for an array it does not know (for :mod:`~llmri.store.zarr.upgrade`)."""
+    spec = column_specs(meta).get(path)
+    if spec is not None:
+        names: tuple[str, ...] | None = spec.dimension_names
+    elif path in coordinate_arrays(meta):
+        names = (LAYER,)
+    elif path.startswith("reducer_state/") and path.count("/") == 1:
+        names = state_dimension_names(path.split("/", 1)[1], ndim)
+    else:
+        return None
+    return names if names is not None and len(names) == ndim else None
 
 
 def column_compressors(name: str, compress: bool) -> Any:
@@ -77,6 +117,8 @@ def check_meta(meta: dict[str, Any]) -> str:
     tile = meta.get("tile")
     if not (isinstance(tile, list) and len(tile) == 2 and all(isinstance(x, int) for x in tile)):
         return f"tile must be [H, W], got {tile!r}"
+    if any(not s or "/" in s or s in (".", "..", COORDINATE) for s in sig):
+        return f"bad signal names {sig!r}"
     if meta.get("status") not in STATUSES:
         return f"unknown status {meta.get('status')!r}"
     return ""

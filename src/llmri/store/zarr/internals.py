@@ -10,6 +10,7 @@ on a small machine). What that needs and zarr offers only in its internals:
   chunks, and its ``zarr.json`` for a given length (``ArrayV3Metadata.encode_chunk_key``,
   ``update_shape``, ``to_buffer_dict``; the codec classes' fields);
 - :func:`group_document`: a group's ``zarr.json`` for given attributes (``GroupMetadata``);
+- :func:`coordinate_files`: the files of a small array of strings, as zarr writes them;
 - :func:`ensure_open`, :func:`ensure_open_sync`: the open hooks a Store subclass must honour
   (:class:`~llmri.store.zarr.nofollow.NoFollowLocalStore`).
 
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .columns import INITIAL_ROWS, ColumnSpec, fill_value
+from .columns import INITIAL_ROWS, LAYER, ColumnSpec, fill_value, state_dimension_names
 
 
 def run(coro: Any) -> Any:
@@ -86,6 +87,7 @@ class ColumnFormat:
             dtype=spec.dtype,
             fill_value=fill_value(spec.dtype),
             compressors=compressors,
+            dimension_names=spec.dimension_names,
         ).metadata
         self._zero = (0,) * len(spec.row_shape)
         self._encode = _fast_encoder(self.metadata)
@@ -128,6 +130,27 @@ class ColumnFormat:
         """The column's ``zarr.json`` with length ``rows``: what ``Array.resize`` writes."""
         md = self.metadata.update_shape((rows, *self.spec.row_shape))
         return bytes(md.to_buffer_dict(_prototype())["zarr.json"].to_bytes())
+
+
+@functools.lru_cache(maxsize=64)
+def coordinate_files(values: tuple[str, ...], dim: str) -> tuple[tuple[str, bytes], ...]:
+    """The files (``(key relative to the array, bytes)``, chunks first, ``zarr.json`` last) zarr
+    writes for a one-chunk string array holding ``values`` along the axis ``dim``."""
+    import zarr
+    from zarr.storage import MemoryStore
+
+    held: dict[str, Any] = {}
+    arr = zarr.create_array(
+        MemoryStore(held),
+        shape=(len(values),),
+        chunks=(len(values),),
+        dtype=str,
+        fill_value="",
+        dimension_names=(dim,),
+    )
+    arr[...] = np.array(values, dtype=object)
+    files = [(key, bytes(buf.to_bytes())) for key, buf in held.items()]
+    return tuple(sorted(files, key=lambda f: f[0] == "zarr.json"))
 
 
 @functools.cache
@@ -180,10 +203,19 @@ def create_session_nodes(
     attributes: dict[str, Any],
     columns: dict[str, ColumnFormat],
     state: dict[str, np.ndarray],
+    coordinates: dict[str, tuple[str, ...]],
 ) -> None:
-    """Create the session group at ``path`` with its columns (at their initial length) and the
-    reducer's arrays (written whole), in one trip to zarr's loop."""
+    """Create the session group at ``path`` with its columns (at their initial length), its
+    coordinate arrays (``{path: values}``, see :func:`coordinate_files`) and the reducer's arrays
+    (written whole), in one trip to zarr's loop."""
     import zarr.api.asynchronous as za
+
+    buffer = _prototype().buffer
+    files = [
+        (f"{path}/{name}/{key}", data)
+        for name, values in coordinates.items()
+        for key, data in coordinate_files(values, LAYER)
+    ]
 
     async def create() -> None:
         group = await za.create_group(store=zstore, path=path, attributes=attributes)
@@ -192,12 +224,21 @@ def create_session_nodes(
         # path of every capture and live-chat turn
         async for _ in group.create_hierarchy({name: fmt.metadata for name, fmt in columns.items()}):
             pass
+        # chunks before documents: an array appears only once its data is there
+        for last in (False, True):
+            batch = [(k, d) for k, d in files if k.endswith("/zarr.json") == last]
+            await asyncio.gather(*(zstore.set(k, buffer.from_bytes(d)) for k, d in batch))
         if state:
             await group.require_group("reducer_state")
 
             async def save(key: str, value: np.ndarray) -> None:
                 chunks: Any = tuple(max(1, d) for d in value.shape) if value.ndim else "auto"
-                await group.create_array(f"reducer_state/{key}", data=value, chunks=chunks)
+                await group.create_array(
+                    f"reducer_state/{key}",
+                    data=value,
+                    chunks=chunks,
+                    dimension_names=state_dimension_names(key, value.ndim) or None,
+                )
 
             await asyncio.gather(*(save(k, v) for k, v in state.items()))
 

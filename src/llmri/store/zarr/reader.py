@@ -86,6 +86,11 @@ class ZarrSession(SessionReader):
             self._arrays[name] = arr
         return arr
 
+    def array(self, name: str) -> Any:
+        """The stored ``zarr.Array`` at ``name`` (e.g. ``frames/resid``), rows past ``len(self)``
+        included: slice it to ``[:len(self)]`` (:class:`~llmri.store.base.SupportsArrays`)."""
+        return self._array(name)
+
     def _read(self, name: str, start: int, stop: int, empty: tuple[int, ...], dtype: Any) -> np.ndarray:
         if stop <= start:
             return np.zeros((0, *empty), dtype=dtype)

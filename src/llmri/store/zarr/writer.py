@@ -14,7 +14,7 @@ from ..._errors import StoreError
 from ...frame import TOP_K, Frame
 from ...jsonsafe import json_safe
 from ..base import FORMAT_VERSION, STATUSES, SessionWriter
-from .columns import Column, column_compressors, column_specs, frame_rows
+from .columns import Column, column_compressors, column_specs, coordinate_arrays, frame_rows
 from .internals import ColumnFormat, column_format, create_session_nodes, group_document
 from .liveness import this_writer
 from .location import Location
@@ -76,7 +76,7 @@ class ZarrSessionWriter(SessionWriter):
                 for name, spec in column_specs(meta).items()
             }
             formats = {name: fmt for name, (fmt, _) in self._columns.items()}
-            create_session_nodes(location.zstore, self._path, self._document(), formats, state)
+            create_session_nodes(location.zstore, self._path, self._document(), formats, state, coordinate_arrays(meta))
         except StoreError:
             raise
         except Exception as exc:
