@@ -1,10 +1,11 @@
-"""The data-science stack: every stored array is named (xarray opens a store without llmri), and
-Session.to_xarray() / tokens_df()."""
+"""The data-science stack: every stored array is named (xarray opens a store without llmri),
+Session.to_xarray() / tokens_df(), and upgrade-store for stores written before the names."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -16,12 +17,18 @@ import pytest
 
 import llmri
 from llmri import MissingExtraError
+from llmri.cli import main as cli_main
 from llmri.store.zarr import ZarrFrameStore
+from llmri.store.zarr.upgrade import upgrade_store
 from test_store_suite import base_meta, make_frame
 
 xr = pytest.importorskip("xarray")
 pytest.importorskip("dask")
 pytest.importorskip("pandas")
+
+#: A store written by llmri before arrays had dimension_names (tests/data/make_unnamed_store.py).
+OLD_STORE = Path(__file__).parent / "data" / "store-before-dimension-names"
+OLD_SID = "20261101-120000-aaaaaa"
 
 #: docs/FORMAT.md, "Axes": the dimension_names of every array a session holds.
 DOCUMENTED = {
@@ -316,3 +323,107 @@ def test_real_model_session_in_xarray(tmp_path, real_model):
     frames = tree[f"sessions/{sess.id}/frames"].to_dataset()
     np.testing.assert_array_equal(frames.attn.values, sess.frames("attn"))
     assert frames.layer.values.tolist() == sess.layers
+
+
+# -- upgrade-store ----------------------------------------------------------------------------------
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def old_store(tmp_path) -> Path:
+    path = tmp_path / "old.zarr"
+    shutil.copytree(OLD_STORE, path)
+    return path
+
+
+def test_old_store_opens_in_llmri_and_not_in_xarray(tmp_path):
+    path = old_store(tmp_path)
+    s = llmri.open_store(path).session(OLD_SID)
+    assert len(s) == 20 and s.signals == ["resid", "mlp"]
+    np.testing.assert_array_equal(s.frames("mlp")[7], make_frame(7).tiles["mlp"])
+    assert s.to_xarray().resid.shape == (20, 4, 3, 5)  # to_xarray needs no names on disk
+    with pytest.raises(KeyError, match="dimension_names"):
+        xr.open_zarr(path / "sessions" / OLD_SID / "frames", consolidated=False)
+
+
+def test_upgrade_store_names_every_array_as_the_writer_does(tmp_path, capsys):
+    path = old_store(tmp_path)
+    before = llmri.open_store(path).session(OLD_SID).to_xarray().compute()
+    assert cli_main(["upgrade-store", str(path)]) == 0
+    assert "upgraded 20261101-120000-aaaaaa" in capsys.readouterr().out
+    # what today's writer writes for the same rows, file for file
+    fresh = ZarrFrameStore(str(tmp_path / "new.zarr"), create=True, background=False)
+    old = llmri.open_store(path).session(OLD_SID)
+    with fresh.create_session(dict(base_meta(old.signals)), old.reducer_state) as w:
+        for i in range(20):
+            w.append(make_frame(i, old.signals, "prompt" if i < 8 else "generated"))
+    ours, theirs = files(path / "sessions" / OLD_SID), files(tmp_path / "new.zarr" / "sessions" / w.id)
+    assert sorted(ours) == sorted(theirs)
+    for key in ours:
+        if key != "zarr.json":  # the session group: another id, time and writer
+            assert ours[key] == theirs[key], key
+    xr.testing.assert_identical(llmri.open_store(path).session(OLD_SID).to_xarray().compute(), before)
+    tree = xr.open_datatree(path, engine="zarr", consolidated=False)
+    assert tree[f"sessions/{OLD_SID}/frames"].to_dataset().resid.dims == ("token", "layer", "tile_y", "tile_x")
+    # a second run finds nothing to do
+    assert cli_main(["upgrade-store", str(path)]) == 0
+    assert "2 sessions already current" in capsys.readouterr().out
+
+
+def test_upgrade_store_dry_run_writes_nothing(tmp_path, capsys):
+    path = old_store(tmp_path)
+    assert cli_main(["upgrade-store", "--dry-run", str(path)]) == 0
+    assert "would upgrade 20261101-120000-aaaaaa (22 files)" in capsys.readouterr().out
+    assert not (path / "sessions" / OLD_SID / "frames" / "layer").exists()
+    assert "dimension_names" not in (path / "sessions" / OLD_SID / "frames" / "resid" / "zarr.json").read_text()
+
+
+def test_upgrade_store_refuses_a_recording_session(tmp_path, capsys):
+    path = old_store(tmp_path)
+    w = ZarrFrameStore(str(path), background=False).create_session(base_meta())
+    w.append(make_frame(0))
+    w.commit()
+    assert cli_main(["upgrade-store", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert f"session {w.id} is recording: not upgraded" in captured.err
+    assert "upgraded 20261101-120000-aaaaaa" in captured.out  # the others are
+    w.close()
+    assert cli_main(["upgrade-store", str(path)]) == 0
+
+
+def test_an_interrupted_upgrade_is_finished_by_running_it_again(tmp_path, monkeypatch):
+    from llmri.store.zarr import location
+
+    path = old_store(tmp_path)
+    real = location.write_file
+    calls = []
+
+    def failing(root, key, data, made):
+        calls.append(key)
+        if len(calls) == 7:
+            raise OSError("disk full")
+        real(root, key, data, made)
+
+    monkeypatch.setattr(location, "write_file", failing)
+    with pytest.raises(llmri.StoreError, match="upgrade failed: disk full"):
+        upgrade_store(str(path))
+    monkeypatch.setattr(location, "write_file", real)
+    half = llmri.open_store(path).session(OLD_SID)  # half upgraded: llmri reads it as before
+    np.testing.assert_array_equal(half.frames("resid")[3], make_frame(3).tiles["resid"])
+    assert not list(path.rglob("*.partial"))
+    assert cli_main(["upgrade-store", str(path)]) == 0
+    clean = old_store(tmp_path / "clean")
+    assert cli_main(["upgrade-store", str(clean)]) == 0
+    assert files(path) == files(clean)
+
+
+def test_upgrade_store_leaves_an_unknown_array_and_says_so(tmp_path, capsys):
+    import zarr
+
+    path = old_store(tmp_path)
+    zarr.create_array(str(path), name=f"sessions/{OLD_SID}/notes/mine", shape=(3,), dtype="i4")
+    assert cli_main(["upgrade-store", str(path)]) == 1
+    assert "notes/mine: not an array llmri writes" in capsys.readouterr().err
+    assert "dimension_names" in (path / "sessions" / OLD_SID / "tokens" / "ids" / "zarr.json").read_text()

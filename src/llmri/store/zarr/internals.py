@@ -11,6 +11,8 @@ on a small machine). What that needs and zarr offers only in its internals:
   ``update_shape``, ``to_buffer_dict``; the codec classes' fields);
 - :func:`group_document`: a group's ``zarr.json`` for given attributes (``GroupMetadata``);
 - :func:`coordinate_files`: the files of a small array of strings, as zarr writes them;
+- :func:`named_document`: an array's ``zarr.json`` with ``dimension_names`` added
+  (``ArrayV3Metadata.from_dict``), for upgrading stores written without them;
 - :func:`ensure_open`, :func:`ensure_open_sync`: the open hooks a Store subclass must honour
   (:class:`~llmri.store.zarr.nofollow.NoFollowLocalStore`).
 
@@ -151,6 +153,24 @@ def coordinate_files(values: tuple[str, ...], dim: str) -> tuple[tuple[str, byte
     arr[...] = np.array(values, dtype=object)
     files = [(key, bytes(buf.to_bytes())) for key, buf in held.items()]
     return tuple(sorted(files, key=lambda f: f[0] == "zarr.json"))
+
+
+def named_document(document: bytes, names: tuple[str, ...]) -> bytes:
+    """``document`` (an array's ``zarr.json``) as zarr writes it with ``dimension_names`` ``names``;
+    raises ValueError if it is not a Zarr v3 array of ``len(names)`` axes."""
+    import dataclasses
+    import json
+
+    from zarr.core.metadata.v3 import ArrayV3Metadata
+
+    doc = json.loads(document)
+    if not isinstance(doc, dict) or doc.get("zarr_format") != 3 or doc.get("node_type") != "array":
+        raise ValueError("not a Zarr v3 array")
+    md = ArrayV3Metadata.from_dict(doc)
+    if len(md.shape) != len(names):
+        raise ValueError(f"{len(md.shape)} axes, {len(names)} names")
+    md = dataclasses.replace(md, dimension_names=tuple(names))
+    return bytes(md.to_buffer_dict(_prototype())["zarr.json"].to_bytes())
 
 
 @functools.cache

@@ -58,6 +58,21 @@ class Location:
 
         return list(run(names()))
 
+    def list_prefix(self, prefix: str) -> list[str]:
+        """Every key below ``prefix`` (recursively)."""
+
+        async def keys() -> list[str]:
+            return [x async for x in self.zstore.list_prefix(prefix)]
+
+        return list(run(keys()))
+
+    def read(self, key: str) -> bytes | None:
+        """The bytes of ``key``, or None if it does not exist."""
+        from zarr.buffer import default_buffer_prototype
+
+        buf = run(self.zstore.get(key, prototype=default_buffer_prototype()))
+        return None if buf is None else bytes(buf.to_bytes())
+
     def read_group_attrs(self, key: str, where: str) -> dict[str, Any]:
         """Parse one group's ``zarr.json`` by hand so a corrupt file gives a clear error, not zarr's traceback."""
         from zarr.buffer import default_buffer_prototype

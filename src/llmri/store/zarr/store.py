@@ -143,6 +143,11 @@ class ZarrFrameStore(FrameStore):
             shutil.rmtree(tmp, ignore_errors=True)
         self._loc = Location(self.url, NoFollowLocalStore(local))
 
+    @property
+    def location(self) -> Location:
+        """Where the store's files are: its zarr Store, and how llmri reads and writes them."""
+        return self._loc
+
     def _exists(self, key: str) -> bool:
         return self._loc.exists(key)
 
