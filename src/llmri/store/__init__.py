@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .base import FrameStore, SessionReader, SessionWriter, SupportsAdd, SupportsRefresh
+from .base import FrameStore, SessionReader, SessionWriter, SupportsAdd, SupportsArrays, SupportsRefresh
 from .memory import MemoryFrameStore, Session
 
 
@@ -28,6 +28,7 @@ __all__ = [
     "SessionReader",
     "SessionWriter",
     "SupportsAdd",
+    "SupportsArrays",
     "SupportsRefresh",
     "open_store",
 ]
