@@ -98,6 +98,27 @@ class StoreSuite:
             assert (math.isnan(a.logprob) and math.isnan(b.logprob)) or a.logprob == pytest.approx(b.logprob)
         np.testing.assert_array_equal(s.reducer_state["resid.proj"], np.arange(6.0).reshape(2, 3))
 
+    def test_to_xarray_and_tokens_df(self, store):
+        pytest.importorskip("xarray")
+        pytest.importorskip("dask")
+        frames = [make_frame(i, role="prompt" if i < 3 else "generated") for i in range(21)]
+        with store.create_session(base_meta()) as w:
+            for f in frames:
+                w.append(f)
+        s = self.reopen(store).session(w.id)
+        ds = s.to_xarray()
+        assert dict(ds.sizes) == {"token": 21, "layer": L, "tile_y": H, "tile_x": W, "rank": 5}
+        assert ds.layer.values.tolist() == base_meta()["layers"]
+        assert ds.role.values.tolist() == [f.token.role for f in frames]
+        for sig in SIGNALS:
+            np.testing.assert_array_equal(ds[sig].values, np.stack([f.tiles[sig] for f in frames]))
+            np.testing.assert_array_equal(ds[f"{sig}_norm"].values, np.stack([f.norms[sig] for f in frames]))
+        np.testing.assert_array_equal(ds.token_id.values, [f.token.id for f in frames])
+        np.testing.assert_array_equal(ds.top_ids.values, s.tokens.top_ids)
+        df = s.tokens_df()
+        assert df.text.tolist() == [f.token.text for f in frames]
+        assert df.top_texts.tolist() == [list(f.token.top_texts) for f in frames]
+
     def test_frame_ranges(self, store):
         frames = [make_frame(i) for i in range(40)]
         with store.create_session(base_meta()) as w:
