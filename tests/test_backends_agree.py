@@ -61,7 +61,8 @@ def sessions(real_model):
     def get(backend: str, kind: str):
         key = (backend, kind)
         if key not in _SESSIONS:
-            _SESSIONS[key] = _capture(real_model, backend, **(SAMPLING if kind == "sampled" else {}))
+            extra = {"sampled": SAMPLING, "lens": {"lens": True}}.get(kind, {})
+            _SESSIONS[key] = _capture(real_model, backend, **extra)
         return _SESSIONS[key]
 
     return get
@@ -146,6 +147,24 @@ class BackendSuite:
         s, ref = sessions(self.backend, "greedy"), sessions("hf", "greedy")
         np.testing.assert_allclose(s.tokens.logprob[1:], ref.tokens.logprob[1:], atol=LOGIT_ATOL)
         assert s.tokens.top_ids[1:].tolist() == ref.tokens.top_ids[1:].tolist()
+
+    def test_lens_matches_hf(self, sessions):
+        """``lens=True``: at the last layer the lens is the model's own next-token distribution
+        (top-1 the greedy token, ``next_prob`` the next token's probability), and every layer's
+        lens equals hf's (each backend's ``lens_head`` on its own ``resid``)."""
+        s = sessions(self.backend, "lens")
+        lens, t = s.lens(), s.tokens
+        assert lens.top_ids.shape == (len(t), 30, 5)
+        assert lens.top_ids[:-1, -1, 0].tolist() == t.top_ids[1:, 0].tolist()
+        np.testing.assert_allclose(lens.next_prob[:-1, -1], np.exp(t.logprob[1:]), atol=2e-5)
+        assert np.isnan(lens.next_prob[-1]).all()
+        assert s.tokens.ids.tolist() == sessions(self.backend, "greedy").tokens.ids.tolist()
+        self._skip_reference()
+        ref = sessions("hf", "lens").lens()
+        same = lens.top_ids == ref.top_ids
+        assert same[..., 0].mean() > 0.99 and same.mean() > 0.99
+        np.testing.assert_allclose(lens.top_probs, ref.top_probs, atol=1e-4)
+        np.testing.assert_allclose(lens.next_prob, ref.next_prob, atol=1e-4)
 
     # -- same activations --------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import pytest
 
 import llmri
 from llmri import MemoryFrameStore, StoreError
-from llmri.frame import Frame, Token
+from llmri.frame import AttentionRow, Frame, LensRow, Token
 from llmri.store.base import FrameStore, SupportsAdd, SupportsRefresh
 from llmri.store.zarr import ZarrFrameStore
 
@@ -19,8 +19,37 @@ L, H, W = 4, 3, 5
 SIGNALS = ["resid", "mlp"]
 
 
-def make_frame(i: int, signals: list[str] = SIGNALS, role: str = "prompt") -> Frame:
-    """A deterministic, distinct frame for position ``i``."""
+#: Readout sizes of the hand-made frames: lens k, attention heads and k.
+LENS_K, HEADS, ATTN_K = 5, 2, 6
+
+
+def make_readouts(i: int, rng) -> tuple[LensRow, AttentionRow]:
+    """Lens and attention rows for position ``i``: the last row has no next token, attention
+    keeps only the ``i + 1`` positions it can see (padded), layer 1 has no attention."""
+    probs = np.sort(rng.random((L, LENS_K)).astype(np.float32))[:, ::-1]
+    lens = LensRow(
+        top_ids=rng.integers(0, 1000, (L, LENS_K)).astype(np.int32),
+        top_probs=np.ascontiguousarray(probs),
+        next_prob=rng.random(L).astype(np.float32),
+        next_rank=rng.integers(0, 50, L).astype(np.int32),
+        entropy=rng.random(L).astype(np.float32),
+    )
+    k = min(ATTN_K, i + 1)
+    pos = np.full((L, HEADS, k), -1, np.int32)
+    pos[:] = np.arange(i, i - k, -1)
+    weight = rng.random((L, HEADS, k)).astype(np.float32)
+    pos[1], weight[1] = -1, np.nan
+    attn = AttentionRow(
+        top_pos=pos,
+        top_weight=weight,
+        entropy=rng.random((L, HEADS)).astype(np.float32),
+        sink=rng.random((L, HEADS)).astype(np.float32),
+    )
+    return lens, attn
+
+
+def make_frame(i: int, signals: list[str] = SIGNALS, role: str = "prompt", readouts: bool = False) -> Frame:
+    """A deterministic, distinct frame for position ``i`` (with lens and attention rows if ``readouts``)."""
     rng = np.random.default_rng(i)
     tok = Token(
         index=i,
@@ -33,16 +62,29 @@ def make_frame(i: int, signals: list[str] = SIGNALS, role: str = "prompt") -> Fr
         top_probs=() if i == 0 else (0.5, 0.25, 0.125),
         top_texts=() if i == 0 else (f"t{i}", "a", "b"),
     )
-    return Frame(
+    frame = Frame(
         tok,
         {s: rng.standard_normal((L, H, W)).astype(np.float16) for s in signals},
         {s: rng.random(L).astype(np.float32) for s in signals},
         {s: rng.random(L).astype(np.float32) for s in signals},
     )
+    if readouts:
+        frame.lens, frame.attention = make_readouts(i, rng)
+    return frame
 
 
-def base_meta(signals: list[str] = SIGNALS) -> dict:
-    return {"signals": list(signals), "layers": [f"layers.{i}" for i in range(L)], "tile": [H, W], "top_k": 5}
+def base_meta(signals: list[str] = SIGNALS, readouts: bool = False) -> dict:
+    meta = {"signals": list(signals), "layers": [f"layers.{i}" for i in range(L)], "tile": [H, W], "top_k": 5}
+    if readouts:
+        meta["lens"] = {"k": LENS_K}
+        meta["attention"] = {"k": ATTN_K, "heads": HEADS}
+    return meta
+
+
+def padded(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    out = np.full(shape, -1 if a.dtype.kind == "i" else np.nan, dtype=a.dtype)
+    out[tuple(slice(0, n) for n in a.shape)] = a
+    return out
 
 
 class StoreSuite:
@@ -97,6 +139,40 @@ class StoreSuite:
             np.testing.assert_allclose(a.top_probs, b.top_probs)
             assert (math.isnan(a.logprob) and math.isnan(b.logprob)) or a.logprob == pytest.approx(b.logprob)
         np.testing.assert_array_equal(s.reducer_state["resid.proj"], np.arange(6.0).reshape(2, 3))
+
+    def test_roundtrip_readouts(self, store):
+        frames = [make_frame(i, readouts=True, role="prompt" if i < 3 else "generated") for i in range(21)]
+        with store.create_session(base_meta(readouts=True)) as w:
+            for f in frames:
+                w.append(f)
+        s = self.reopen(store).session(w.id)
+        assert s.readouts == ["lens", "attention"]
+        lens, attn = s.lens(), s.attention()
+        assert lens.layers == s.layers == attn.layers
+        for name in ("top_ids", "top_probs", "next_prob", "next_rank", "entropy"):
+            want = np.stack([getattr(f.lens, name) for f in frames])
+            got = getattr(lens, name)
+            assert got.dtype == want.dtype and got.shape == (21, *want.shape[1:])
+            np.testing.assert_array_equal(got, want)
+        for name in ("top_pos", "top_weight"):
+            want = np.stack([padded(getattr(f.attention, name), (L, HEADS, ATTN_K)) for f in frames])
+            np.testing.assert_array_equal(getattr(attn, name), want)
+        assert attn.top_pos.dtype == np.int32 and attn.top_weight.dtype == np.float32
+        assert (attn.top_pos[:, 1] == -1).all() and np.isnan(attn.top_weight[:, 1]).all()
+        np.testing.assert_array_equal(attn.sink, np.stack([f.attention.sink for f in frames]))
+        np.testing.assert_array_equal(s.attention(10, 12).entropy, attn.entropy[10:12])
+        assert len(s.lens(30, 40)) == 0 and s.lens(30, 40).top_ids.shape == (0, L, LENS_K)
+        np.testing.assert_array_equal(s.tokens.ids, [f.token.id for f in frames])
+
+    def test_readouts_are_checked_on_append(self, store):
+        with pytest.raises(StoreError, match="frame 0 has no lens readout"):
+            with store.create_session(base_meta(readouts=True)) as w:
+                w.append(make_frame(0))
+        f = make_frame(0, readouts=True)
+        f.attention.top_pos = np.zeros((L, HEADS, ATTN_K + 1), np.int32)
+        with pytest.raises(StoreError, match="attention top_pos of shape .4, 2, 7. does not fit .4, 2, 6."):
+            with store.create_session(base_meta(readouts=True)) as w:
+                w.append(f)
 
     def test_to_xarray_and_tokens_df(self, store):
         pytest.importorskip("xarray")

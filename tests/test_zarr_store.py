@@ -223,6 +223,7 @@ def test_fast_path_writes_what_zarr_writes(tmp_path, monkeypatch, compress, rout
     assigned with plain zarr must give the same files, byte for byte: a zarr upgrade that changes its
     encoding, its chunk keys or its metadata documents fails here first. ``through-zarr`` checks the
     writer's route for codec chains the fast path does not know (zarr encodes each chunk)."""
+    from llmri.store.base import readout_layout
     from llmri.store.zarr import internals
     from llmri.store.zarr.columns import (
         INITIAL_ROWS,
@@ -238,9 +239,10 @@ def test_fast_path_writes_what_zarr_writes(tmp_path, monkeypatch, compress, rout
     internals.column_format.cache_clear()
     try:
         n = INITIAL_ROWS + 40  # the arrays grow once; commits end inside chunks, whose tails are rewritten
-        frames = [make_frame(i, role="prompt" if i < 30 else "generated") for i in range(n)]
+        # with every readout array too (lens, attention), hand-made rows padded as the writer pads them
+        frames = [make_frame(i, role="prompt" if i < 30 else "generated", readouts=True) for i in range(n)]
         store = ZarrFrameStore(str(tmp_path / "llmri.zarr"), create=True, compress=compress, background=False)
-        w = store.create_session(base_meta())
+        w = store.create_session(base_meta(readouts=True))
         w.commit_every, w.commit_seconds = 100, 10_000.0
         for f in frames:
             w.append(f)
@@ -254,8 +256,8 @@ def test_fast_path_writes_what_zarr_writes(tmp_path, monkeypatch, compress, rout
     plain = zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
     attrs = json.loads(ours["zarr.json"])["attributes"]
     group = plain.create_group(session, attributes=attrs)
-    meta = base_meta()
-    rows = [frame_rows(f, meta["signals"], 5) for f in frames]
+    meta = base_meta(readouts=True)
+    rows = [frame_rows(f, meta["signals"], 5, readout_layout(meta)) for f in frames]
     for name, spec in column_specs(meta).items():
         arr = group.create_array(
             name,
@@ -283,6 +285,7 @@ def test_fast_path_writes_what_zarr_writes(tmp_path, monkeypatch, compress, rout
     mine, zarrs = array_files(ours), array_files(theirs)
     assert sorted(mine) == sorted(zarrs)  # every array's zarr.json and chunks, no more, no fewer
     assert len(mine) > 2 * len(column_specs(meta)) and "frames/layer/zarr.json" in mine
+    assert "lens/top_ids/zarr.json" in mine and "attention/top_pos/zarr.json" in mine and "lens/layer/zarr.json" in mine
     for key, data in mine.items():
         assert data == zarrs[key], key
     assert ours["zarr.json"] == theirs["zarr.json"]  # the session group, the commit point

@@ -16,6 +16,7 @@ from .framestream import FrameStream
 from .messages import check_messages
 from .models import load_model
 from .reducers.base import Reducer, make_reducer
+from .stepreadouts import StepReadouts, check_attention_k
 from .store import Session
 
 
@@ -150,6 +151,9 @@ class CaptureStream(FrameStream):
         chat: bool | None = None,
         ignore_eos: bool = False,
         backend: str | None = None,
+        lens: bool = False,
+        attention: bool = False,
+        attention_k: int | str = 16,
         store: Any = None,
         calibration: str | None = None,
         meta: dict[str, Any] | None = None,
@@ -160,6 +164,9 @@ class CaptureStream(FrameStream):
         adapted = None if spec else _adapt(model)
         name, cls = backend_for(adapted, backend)
         check_signals(signals, cls.provides, name)
+        if attention and not cls.supports_attention:
+            raise CaptureError(f"backend {name!r} cannot record attention weights: attention=True needs the hf backend")
+        attention_k = check_attention_k(attention_k)
         self.reducer = make_reducer(reducer, tile=tile, seed=reducer_seed)
         if isinstance(prompt, (list, tuple)):
             check_messages(prompt)
@@ -193,6 +200,14 @@ class CaptureStream(FrameStream):
             eos_ids=self.codec.eos_ids,
             special_ids=self.codec.special_ids,
         )
+        self.readouts = StepReadouts(
+            self.capture,
+            lens=lens,
+            attention=attention,
+            attention_k=attention_k,
+            n_positions=len(self.prompt_ids) + self.settings.max_new_tokens,
+        )
+        self.meta.update(self.readouts.meta())
         self.attach(store, meta)
 
     @property
@@ -212,6 +227,7 @@ class CaptureStream(FrameStream):
         norms = l2.cpu().numpy()
         tiles = torch.stack([reduced[s] for s in sigs]).to(torch.float16).cpu().numpy()
         chosen, ent, top_ids, top_probs = token_stats(pos.pred_logits, pos.ids)
+        lens, attention = self.readouts.rows(pos)
         out = []
         for j, tid in enumerate(pos.ids):
             first = math.isnan(chosen[j]) and math.isnan(ent[j])  # position 0: nothing predicted it
@@ -233,6 +249,8 @@ class CaptureStream(FrameStream):
                     {s: tiles[i, j] for i, s in enumerate(sigs)},
                     {s: norms[i, j] for i, s in enumerate(sigs)},
                     {s: sparsity[i, j] for i, s in enumerate(sigs)},
+                    lens=lens[j],
+                    attention=attention[j],
                 )
             )
         return out
@@ -242,6 +260,7 @@ class CaptureStream(FrameStream):
         generated = ""
         stops = self.settings.stop
         tail = max((len(x) for x in stops), default=0) + 32
+        held: Frame | None = None
         for pos in decode_loop(
             self.capture,
             self.prompt_ids,
@@ -249,9 +268,10 @@ class CaptureStream(FrameStream):
             eos_ids=self.codec.eos_ids,
             should_stop=self._stop_event.is_set,
             max_positions=self._max_positions,
+            attention=self.readouts.attention,
         ):
-            for frame in self._frames(pos, detok):
-                yield frame
+            frames = self._frames(pos, detok)  # fills the held frame's lens (its next token is this step's first)
+            for frame in frames:  # stop conditions as each frame is built, before any frame waits
                 if pos.role == "generated":
                     generated = (generated + frame.token.text)[-tail * 2 :]
                     if frame.token.id in self.codec.eos_ids and not self.settings.ignore_eos:
@@ -259,6 +279,14 @@ class CaptureStream(FrameStream):
                     elif stops and any(x in generated for x in stops):
                         self.stop_reason = "stop_string"
                         self._stop_event.set()
+            if held is not None:
+                yield held
+            if self.readouts.holds_last:  # docs/readouts.md: the lens's next token comes a step later
+                frames, held = frames[:-1], frames[-1]
+            yield from frames
+        self.readouts.finish()
+        if held is not None:
+            yield held
         if not self.stop_reason:
             self.stop_reason = "stopped" if self._stop_event.is_set() else "max_new_tokens"
 

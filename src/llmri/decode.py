@@ -88,13 +88,15 @@ def sample(logits: Any, settings: GenerationSettings, generator: Any) -> int:
 @dataclass
 class Positions:
     """Output of one forward: ``ids`` at positions ``start..start+len(ids)``, their activations,
-    and the logits that *predicted* each of them (``pred_logits[i]`` is ``None`` for position 0)."""
+    and the logits that *predicted* each of them (``pred_logits[i]`` is ``None`` for position 0);
+    ``attn_weights``: the step's :attr:`~llmri.backends.base.Step.attn_weights` (``attention=True``)."""
 
     start: int
     ids: list[int]
     role: str
     acts: dict[str, Any]
     pred_logits: Any  # Tensor [n, vocab] float32, rows aligned with ids; all-NaN row for position 0
+    attn_weights: list[Any] | None = None
 
 
 def decode_loop(
@@ -105,11 +107,13 @@ def decode_loop(
     eos_ids: set[int],
     should_stop: Callable[[], bool] = lambda: False,
     max_positions: int | None = None,
+    attention: bool = False,
 ) -> Iterator[Positions]:
     """Prefill the prompt (in chunks of ``PREFILL_CHUNK``), then generate one position per forward.
 
     ``should_stop()`` is asked before every forward (stop strings, a Stop button, a closed stream).
-    Every generated token, EOS included, gets its own forward so its frame exists.
+    Every generated token, EOS included, gets its own forward so its frame exists. ``attention``:
+    every forward also returns its attention weights (a backend that ``supports_attention``).
     """
     import torch
 
@@ -121,12 +125,13 @@ def decode_loop(
             f"model's context of {max_positions} positions"
         )
     gen = torch.Generator().manual_seed(int(settings.seed))
+    extra: dict[str, Any] = {"attention": True} if attention else {}
     cache = None
     prev_logits = None  # logits at the last position seen: predicts the next one
     n = len(prompt_ids)
     for s in range(0, n, PREFILL_CHUNK):
         chunk = prompt_ids[s : s + PREFILL_CHUNK]
-        step = capture.step(torch.tensor([chunk], dtype=torch.long), cache)
+        step = capture.step(torch.tensor([chunk], dtype=torch.long), cache, **extra)
         cache = step.cache
         logits = step.logits
         if prev_logits is None:
@@ -134,7 +139,7 @@ def decode_loop(
         else:
             pred = torch.cat([prev_logits[None], logits[:-1]], dim=0)
         prev_logits = logits[-1]
-        yield Positions(s, list(chunk), "prompt", step.acts, pred)
+        yield Positions(s, list(chunk), "prompt", step.acts, pred, step.attn_weights)
         if should_stop():
             return
     for i in range(settings.max_new_tokens):
@@ -144,9 +149,9 @@ def decode_loop(
         tok = sample(prev_logits, settings, gen)
         last = i == settings.max_new_tokens - 1 or (tok in eos_ids and not settings.ignore_eos)
         # the last token's forward exists for its activations only: nothing reads its logits
-        step = capture.step(torch.tensor([[tok]], dtype=torch.long), cache, logits=not last)
+        step = capture.step(torch.tensor([[tok]], dtype=torch.long), cache, logits=not last, **extra)
         cache = step.cache
-        yield Positions(n + i, [tok], "generated", step.acts, prev_logits[None])
+        yield Positions(n + i, [tok], "generated", step.acts, prev_logits[None], step.attn_weights)
         if last:
             return
         prev_logits = step.logits[-1]

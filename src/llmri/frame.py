@@ -57,6 +57,54 @@ class Token:
         }
 
 
+#: The arrays of the logit lens, per position: ``top_ids`` / ``top_probs`` ``[L, k]``, ``next_prob``,
+#: ``next_rank``, ``entropy`` ``[L]`` (docs/readouts.md).
+LENS_FIELDS: tuple[str, ...] = ("top_ids", "top_probs", "next_prob", "next_rank", "entropy")
+#: The arrays of attention per head, per position: ``top_pos`` / ``top_weight`` ``[L, H, k]``,
+#: ``entropy`` and ``sink`` ``[L, H]``.
+ATTENTION_FIELDS: tuple[str, ...] = ("top_pos", "top_weight", "entropy", "sink")
+#: dtype of each readout array: ids, ranks and positions int32 (-1 where absent), the rest float32 (NaN).
+READOUT_DTYPES: dict[str, type] = {
+    "top_ids": np.int32,
+    "next_rank": np.int32,
+    "top_pos": np.int32,
+    "top_probs": np.float32,
+    "next_prob": np.float32,
+    "entropy": np.float32,
+    "top_weight": np.float32,
+    "sink": np.float32,
+}
+
+
+@dataclass
+class LensRow:
+    """The logit lens at one position ``t``: what each layer predicts for position ``t + 1``.
+
+    ``top_ids`` int32 / ``top_probs`` float32 ``[L, k]``; ``next_prob`` float32 and ``next_rank``
+    int32 ``[L]``: the probability each layer gives the token that came next and its rank (0 is
+    top-1), NaN / -1 where there is no next token; ``entropy`` float32 ``[L]`` (nats).
+    """
+
+    top_ids: np.ndarray
+    top_probs: np.ndarray
+    next_prob: np.ndarray
+    next_rank: np.ndarray
+    entropy: np.ndarray
+
+
+@dataclass
+class AttentionRow:
+    """Attention per head at one query position: ``top_pos`` int32 / ``top_weight`` float32
+    ``[L, H, k]`` (the most attended positions, largest weight first; -1 / NaN past the causal
+    range, for layers without attention and heads a layer lacks), ``entropy`` (nats) and ``sink``
+    (the weight on position 0) float32 ``[L, H]``."""
+
+    top_pos: np.ndarray
+    top_weight: np.ndarray
+    entropy: np.ndarray
+    sink: np.ndarray
+
+
 @dataclass
 class Frame:
     """Everything known about one token position.
@@ -64,13 +112,16 @@ class Frame:
     ``tiles[signal]`` is ``[layers, H, W]`` float16 (signed, unquantised reduced activations);
     ``norms[signal]`` and ``sparsity[signal]`` are ``[layers]`` float32 statistics of the full,
     unreduced vectors (L2 norm, and Hoyer sparsity in [0, 1]: 0 dense, 1 one-hot).
-    A chat-only frame has no signals at all (empty dicts).
+    A chat-only frame has no signals at all (empty dicts). ``lens`` and ``attention`` are the
+    readouts, where the capture was asked for them (``lens=True``, ``attention=True``).
     """
 
     token: Token
     tiles: dict[str, np.ndarray] = field(default_factory=dict)
     norms: dict[str, np.ndarray] = field(default_factory=dict)
     sparsity: dict[str, np.ndarray] = field(default_factory=dict)
+    lens: LensRow | None = None
+    attention: AttentionRow | None = None
 
     @property
     def index(self) -> int:
@@ -161,3 +212,77 @@ class TokenTable:
 
     def to_records(self) -> list[dict]:
         return [t.to_dict() for t in self]
+
+
+class ReadoutTable:
+    """A readout's arrays over a session's positions, token axis first, plus the layer names.
+
+    :class:`LensTable` (``Session.lens()``) and :class:`AttentionTable` (``Session.attention()``)
+    name their fields; each is a numpy array of the dtype :data:`READOUT_DTYPES` gives it.
+    """
+
+    fields: tuple[str, ...] = ()
+
+    def __init__(self, layers: list[str], **arrays: np.ndarray) -> None:
+        self.layers = list(layers)
+        missing = [f for f in self.fields if f not in arrays]
+        if missing or set(arrays) - set(self.fields):
+            raise ValueError(f"{type(self).__name__}: fields {sorted(arrays)}, expected {list(self.fields)}")
+        for name in self.fields:
+            setattr(self, name, np.asarray(arrays[name], dtype=READOUT_DTYPES[name]))
+
+    def __len__(self) -> int:
+        return int(getattr(self, self.fields[0]).shape[0])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """``{field: array}``."""
+        return {name: getattr(self, name) for name in self.fields}
+
+    @classmethod
+    def from_rows(cls, rows: list, layers: list[str], shapes: dict[str, tuple[int, ...]]) -> ReadoutTable:
+        """Stack per-position rows (:class:`LensRow` / :class:`AttentionRow`), each field padded to
+        ``shapes[field]`` (a row's shape) with -1 / NaN."""
+        out = {}
+        for name in cls.fields:
+            dtype = READOUT_DTYPES[name]
+            arr: np.ndarray = np.full((len(rows), *shapes[name]), -1 if dtype is np.int32 else np.nan, dtype=dtype)
+            for i, row in enumerate(rows):
+                fit_into(arr[i], getattr(row, name))
+            out[name] = arr
+        return cls(layers, **out)
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{f} {list(getattr(self, f).shape)}" for f in self.fields)
+        return f"{type(self).__name__}({shapes})"
+
+
+def fit_into(dst: np.ndarray, src: np.ndarray) -> None:
+    """Copy ``src`` into the leading corner of ``dst`` (the rest keeps its padding); raises
+    ValueError when ``src`` is larger than ``dst`` on any axis or has another number of axes."""
+    src = np.asarray(src)
+    if src.ndim != dst.ndim or any(a > b for a, b in zip(src.shape, dst.shape, strict=True)):
+        raise ValueError(f"a readout row of shape {list(src.shape)} does not fit {list(dst.shape)}")
+    dst[tuple(slice(0, n) for n in src.shape)] = src
+
+
+class LensTable(ReadoutTable):
+    """The logit lens of a session: ``top_ids`` / ``top_probs`` ``[T, L, k]``, ``next_prob``,
+    ``next_rank``, ``entropy`` ``[T, L]`` (NaN / -1 where there is no next token), ``layers``."""
+
+    fields = LENS_FIELDS
+    top_ids: np.ndarray
+    top_probs: np.ndarray
+    next_prob: np.ndarray
+    next_rank: np.ndarray
+    entropy: np.ndarray
+
+
+class AttentionTable(ReadoutTable):
+    """Attention per head of a session: ``top_pos`` / ``top_weight`` ``[T, L, H, k]``, ``entropy``
+    and ``sink`` ``[T, L, H]``, ``layers``."""
+
+    fields = ATTENTION_FIELDS
+    top_pos: np.ndarray
+    top_weight: np.ndarray
+    entropy: np.ndarray
+    sink: np.ndarray

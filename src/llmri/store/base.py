@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from .._errors import StoreError
-from ..frame import Frame, TokenTable
+from ..frame import ATTENTION_FIELDS, LENS_FIELDS, AttentionTable, Frame, LensTable, TokenTable
 
 #: The version of docs/FORMAT.md this llmri writes, and the newest it reads.
 FORMAT_VERSION = 1
@@ -27,6 +27,49 @@ TILE_Y = "tile_y"  # row of a tile (H)
 TILE_X = "tile_x"  # column of a tile (W)
 RANK = "rank"  # of the top-k alternatives, 0 the most probable
 HEAD = "head"  # an attention head, for per-head arrays
+ATTN_RANK = "attn_rank"  # of the most attended positions, 0 the largest weight (k differs from ``rank``'s)
+
+#: The readouts a session may hold: ``meta[kind]`` says it does (docs/FORMAT.md, "Readouts").
+READOUTS: dict[str, tuple[str, ...]] = {"lens": LENS_FIELDS, "attention": ATTENTION_FIELDS}
+
+
+#: One readout field's row: its shape and the names of its axes (the token axis first, unnamed).
+RowLayout = tuple[tuple[int, ...], tuple[str, ...]]
+
+
+def readout_layout(meta: dict[str, Any]) -> dict[str, dict[str, RowLayout]]:
+    """``{kind: {field: (row shape, row axes)}}`` of the readouts ``meta`` says a session holds:
+    ``meta["lens"] = {"k": k}`` and ``meta["attention"] = {"k": k, "heads": H}`` (absent or null:
+    none)."""
+    n_layers = len(meta.get("layers") or [])
+    out: dict[str, dict[str, RowLayout]] = {}
+    top: RowLayout
+    per: RowLayout
+    lens = meta.get("lens")
+    if isinstance(lens, dict):
+        k = int(lens.get("k", 5))
+        top, per = ((n_layers, k), (LAYER, RANK)), ((n_layers,), (LAYER,))
+        out["lens"] = {"top_ids": top, "top_probs": top, "next_prob": per, "next_rank": per, "entropy": per}
+    attn = meta.get("attention")
+    if isinstance(attn, dict):
+        k, h = int(attn.get("k", 16)), int(attn.get("heads", 0))
+        top, per = ((n_layers, h, k), (LAYER, HEAD, ATTN_RANK)), ((n_layers, h), (LAYER, HEAD))
+        out["attention"] = {"top_pos": top, "top_weight": top, "entropy": per, "sink": per}
+    return out
+
+
+def readout_problem(frame: Frame, layout: dict[str, dict[str, RowLayout]]) -> str:
+    """What keeps ``frame`` from fitting a session whose readouts are ``layout``
+    (:func:`readout_layout`), or ``""``: a missing readout, or a field larger than its row."""
+    for kind, fields in layout.items():
+        row = getattr(frame, kind, None)
+        if row is None:
+            return f"frame {frame.index} has no {kind} readout"
+        for name, (shape, _) in fields.items():
+            got = np.shape(getattr(row, name))
+            if len(got) != len(shape) or any(a > b for a, b in zip(got, shape, strict=True)):
+                return f"frame {frame.index}: {kind} {name} of shape {list(got)} does not fit {list(shape)}"
+    return ""
 
 
 def check_signal(signal: str, signals: list[str], where: str) -> None:
@@ -115,6 +158,35 @@ class SessionReader(ABC):
 
     def norms(self, signal: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
         return self.stats(signal, start, stop)[0]
+
+    @property
+    def readouts(self) -> list[str]:
+        """The readouts this session holds (``"lens"``, ``"attention"``), from its meta."""
+        return list(readout_layout(self.meta))
+
+    def readout_arrays(self, kind: str, start: int, stop: int) -> dict[str, np.ndarray]:
+        """``{field: array [stop - start, ...]}`` of readout ``kind`` (one this session holds);
+        a reader that stores readouts overrides it."""
+        raise StoreError(f"session {self.id}: this reader cannot read {kind}")
+
+    def _readout_checked(self, kind: str, start: int | None, stop: int | None) -> dict[str, np.ndarray]:
+        if kind not in self.readouts:
+            flag = "lens=True" if kind == "lens" else "attention=True"
+            raise StoreError(f"session {self.id} has no {kind} readout (capture with {flag})")
+        s, e = norm_range(start, stop, len(self))
+        return self.readout_arrays(kind, s, e)
+
+    def lens(self, start: int | None = None, stop: int | None = None) -> LensTable:
+        """The logit lens of positions ``start..stop`` (:class:`~llmri.frame.LensTable`: ``top_ids``,
+        ``top_probs`` ``[T, L, k]``, ``next_prob``, ``next_rank``, ``entropy`` ``[T, L]``, ``layers``);
+        raises StoreError for a session captured without ``lens=True``."""
+        return LensTable(self.layers, **self._readout_checked("lens", start, stop))
+
+    def attention(self, start: int | None = None, stop: int | None = None) -> AttentionTable:
+        """Attention per head of positions ``start..stop`` (:class:`~llmri.frame.AttentionTable`:
+        ``top_pos``, ``top_weight`` ``[T, L, H, k]``, ``entropy``, ``sink`` ``[T, L, H]``,
+        ``layers``); raises StoreError for a session captured without ``attention=True``."""
+        return AttentionTable(self.layers, **self._readout_checked("attention", start, stop))
 
     def sparsity(self, signal: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
         return self.stats(signal, start, stop)[1]

@@ -10,8 +10,18 @@ from typing import Any, Protocol
 import numpy as np
 
 from .._errors import StoreError
-from ..frame import Frame, TokenTable
-from .base import FORMAT_VERSION, STATUSES, FrameStore, SessionReader, SessionWriter, check_signal, norm_range
+from ..frame import AttentionTable, Frame, LensTable, TokenTable
+from .base import (
+    FORMAT_VERSION,
+    STATUSES,
+    FrameStore,
+    SessionReader,
+    SessionWriter,
+    check_signal,
+    norm_range,
+    readout_layout,
+    readout_problem,
+)
 from .ids import new_session_id, prepare_meta
 
 
@@ -44,7 +54,7 @@ class Session(SessionReader):
         self._state = dict(reducer_state or {})
         self._frames: list[Frame] = []
         self._lock = threading.Lock()
-        self._cache: dict[tuple[str, str], np.ndarray] = {}
+        self._cache: dict[tuple[str, str], Any] = {}
         self._table: TokenTable | None = None
 
     @property
@@ -61,6 +71,9 @@ class Session(SessionReader):
     def append(self, frame: Frame) -> None:
         if frame.index != len(self._frames):
             raise StoreError(f"session {self.id}: frame {frame.index} appended at position {len(self._frames)}")
+        problem = readout_problem(frame, readout_layout(self._meta))
+        if problem:
+            raise StoreError(f"session {self.id}: {problem}")
         with self._lock:
             self._frames.append(frame)
             self._cache.clear()
@@ -105,6 +118,18 @@ class Session(SessionReader):
         check_signal(signal, self.signals, f"session {self.id}")
         s, e = norm_range(start, stop, len(self))
         return self._stacked("norms", signal)[s:e], self._stacked("sparsity", signal)[s:e]
+
+    def readout_arrays(self, kind: str, start: int, stop: int) -> dict[str, np.ndarray]:
+        with self._lock:
+            key = ("readout", kind)
+            if key not in self._cache:
+                shapes = {f: shape for f, (shape, _) in readout_layout(self._meta)[kind].items()}
+                rows = [getattr(f, kind) for f in self._frames]
+                if any(r is None for r in rows):
+                    raise StoreError(f"session {self.id}: a frame has no {kind} readout")
+                table = (LensTable if kind == "lens" else AttentionTable).from_rows(rows, self.layers, shapes)
+                self._cache[key] = table.arrays()
+            return {name: a[start:stop] for name, a in self._cache[key].items()}
 
     def frame(self, i: int) -> Frame:
         return self._frames[i]

@@ -7,8 +7,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ...frame import TOP_K, Frame
-from ..base import LAYER, RANK, STATUSES, TILE_X, TILE_Y, TOKEN
+from ...frame import READOUT_DTYPES, TOP_K, Frame, fit_into
+from ..base import LAYER, RANK, STATUSES, TILE_X, TILE_Y, TOKEN, readout_layout
 
 #: Frames per chunk along the token axis of ``frames/<signal>``.
 FRAME_CHUNK = 16
@@ -20,6 +20,9 @@ INITIAL_ROWS = 1024
 
 #: Each signal's tiles and stats carry ``<group>/layer``: the layer names, as a coordinate array.
 COORDINATE = "layer"
+#: The most bytes of one chunk of a readout array (attention's top-k rows are wide; ``k="full"``
+#: rows are the whole context): its rows per chunk are cut to stay under this.
+READOUT_CHUNK_BYTES = 1 << 22
 
 
 class ColumnSpec(NamedTuple):
@@ -56,6 +59,12 @@ def column_specs(meta: dict[str, Any]) -> dict[str, ColumnSpec]:
         specs[f"frames/{s}"] = ColumnSpec(np.float16, (n_layers, h, w), FRAME_CHUNK, (LAYER, TILE_Y, TILE_X))
         specs[f"stats/{s}/norm"] = ColumnSpec(np.float32, (n_layers,), ROW_CHUNK, (LAYER,))
         specs[f"stats/{s}/sparsity"] = ColumnSpec(np.float32, (n_layers,), ROW_CHUNK, (LAYER,))
+    for kind, fields in readout_layout(meta).items():
+        for name, (shape, dims) in fields.items():
+            dtype = READOUT_DTYPES[name]
+            row_bytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            chunk = max(1, min(ROW_CHUNK, READOUT_CHUNK_BYTES // max(1, row_bytes)))
+            specs[f"{kind}/{name}"] = ColumnSpec(dtype, shape, chunk, dims)
     return specs
 
 
@@ -65,7 +74,7 @@ def coordinate_arrays(meta: dict[str, Any]) -> dict[str, tuple[str, ...]]:
     layers = tuple(str(x) for x in meta["layers"])
     if not layers or not meta["signals"]:
         return {}
-    groups = ["frames", *(f"stats/{s}" for s in meta["signals"])]
+    groups = ["frames", *(f"stats/{s}" for s in meta["signals"]), *readout_layout(meta)]
     return {f"{g}/{COORDINATE}": layers for g in groups}
 
 
@@ -102,7 +111,7 @@ def fill_value(dtype: Any) -> Any:
     """What pads rows past the data: ``""`` for strings, -1 for ids, NaN for floats."""
     if dtype is str:
         return ""
-    if dtype is np.int64:
+    if np.issubdtype(np.dtype(dtype), np.integer):
         return -1
     return np.nan
 
@@ -124,8 +133,11 @@ def check_meta(meta: dict[str, Any]) -> str:
     return ""
 
 
-def frame_rows(frame: Frame, signals: list[str], k: int) -> dict[str, Any]:
-    """The row of each column for one frame (``top_*`` padded to ``k``)."""
+def frame_rows(
+    frame: Frame, signals: list[str], k: int, readouts: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The row of each column for one frame (``top_*`` padded to ``k``; each readout field of
+    ``readouts``, :func:`~llmri.store.base.readout_layout`, padded to its row shape)."""
     t = frame.token
     m = min(k, len(t.top_ids))
     top_ids = np.full(k, -1, np.int64)
@@ -148,6 +160,16 @@ def frame_rows(frame: Frame, signals: list[str], k: int) -> dict[str, Any]:
         rows[f"frames/{s}"] = frame.tiles[s]
         rows[f"stats/{s}/norm"] = frame.norms[s]
         rows[f"stats/{s}/sparsity"] = frame.sparsity[s]
+    for kind, fields in (readouts or {}).items():
+        row = getattr(frame, kind)
+        for name, (shape, _) in fields.items():
+            value = np.asarray(getattr(row, name))
+            if value.shape != shape:
+                dtype = READOUT_DTYPES[name]
+                padded = np.full(shape, fill_value(dtype), dtype=dtype)
+                fit_into(padded, value)
+                value = padded
+            rows[f"{kind}/{name}"] = value
     return rows
 
 

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from ..._errors import StoreError
-from ...frame import TOP_K, TokenTable
-from ..base import FORMAT_VERSION, SessionReader, check_signal, norm_range
+from ...frame import READOUT_DTYPES, TOP_K, TokenTable
+from ..base import FORMAT_VERSION, SessionReader, check_signal, norm_range, readout_layout
 from .columns import check_meta
 from .liveness import effective_status
 from .location import Location
@@ -115,6 +115,13 @@ class ZarrSession(SessionReader):
             self._read(f"stats/{signal}/norm", s, e, shape, np.float32),
             self._read(f"stats/{signal}/sparsity", s, e, shape, np.float32),
         )
+
+    def readout_arrays(self, kind: str, start: int, stop: int) -> dict[str, np.ndarray]:
+        fields = readout_layout(self._meta)[kind]
+        return {
+            name: self._read(f"{kind}/{name}", start, stop, shape, READOUT_DTYPES[name])
+            for name, (shape, _) in fields.items()
+        }
 
     @property
     def tokens(self) -> TokenTable:

@@ -13,7 +13,7 @@ import numpy as np
 from ..._errors import StoreError
 from ...frame import TOP_K, Frame
 from ...jsonsafe import json_safe
-from ..base import FORMAT_VERSION, STATUSES, SessionWriter
+from ..base import FORMAT_VERSION, STATUSES, SessionWriter, readout_layout, readout_problem
 from .columns import Column, column_compressors, column_specs, coordinate_arrays, frame_rows
 from .internals import ColumnFormat, column_format, create_session_nodes, group_document
 from .liveness import this_writer
@@ -52,6 +52,7 @@ class ZarrSessionWriter(SessionWriter):
         self._meta = meta
         self._k = int(meta.get("top_k", TOP_K))
         self._path = f"sessions/{meta['id']}"
+        self._readouts = readout_layout(meta)
         self._pending: list[Frame] = []
         self._appended = 0
         self._committed = 0
@@ -129,6 +130,9 @@ class ZarrSessionWriter(SessionWriter):
         for s in self._meta["signals"]:
             if s not in frame.tiles:
                 raise StoreError(f"session {self.id}: frame {frame.index} has no signal {s!r}")
+        problem = readout_problem(frame, self._readouts)
+        if problem:
+            raise StoreError(f"session {self.id}: {problem}")
         with self._lock:
             if not self._pending:
                 self._first_pending = time.monotonic()
@@ -172,7 +176,7 @@ class ZarrSessionWriter(SessionWriter):
                 batch, self._pending = self._pending, []
                 dirty, self._meta_dirty = self._meta_dirty, False
             if batch:
-                rows = [frame_rows(f, self._meta["signals"], self._k) for f in batch]
+                rows = [frame_rows(f, self._meta["signals"], self._k, self._readouts) for f in batch]
                 self._write_rows({name: [r[name] for r in rows] for name in self._columns})
             if final:
                 self._trim()
