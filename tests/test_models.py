@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import llmri
@@ -117,3 +118,138 @@ def test_a_crash_mid_conversion_leaves_no_half_written_model(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         llmri.load_model()
     assert [p.name for p in (tmp_path / "models").iterdir() if not p.name.endswith(".lock")] == []
+
+
+# -- your own transformers model: llmri.wrap, (model, tokenizer), tokenizer= -------------------
+
+PROMPT = "Why is the sky blue?"
+
+
+def _hooks(module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
+
+
+def _state(module) -> dict:
+    """What llmri must leave as it was: each module's class, instance forward, training flag and
+    hooks, each tensor's identity and device, the attention implementation."""
+    return {
+        "modules": [(n, type(m).__name__, "forward" in vars(m), m.training) for n, m in module.named_modules()],
+        "tensors": [(n, id(t), t.device, t.dtype) for n, t in [*module.named_parameters(), *module.named_buffers()]],
+        "hooks": _hooks(module),
+        "attn": module.config._attn_implementation,
+        "output_attentions": module.config.output_attentions,
+    }
+
+
+@pytest.fixture(scope="module")
+def own_model(real_model):
+    """SmolLM2 loaded by the user with transformers (a second instance, not llmri's)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(real_model.path)
+
+
+@pytest.fixture(scope="module")
+def reference(real_model):
+    return llmri.capture(real_model, PROMPT, chat=True, max_new_tokens=6, signals="resid", reducer="neurons")
+
+
+@pytest.mark.slow
+def test_capture_takes_a_transformers_model_in_every_form(real_model, own_model, reference):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(real_model.path)
+    before = _state(own_model)
+    kw = dict(chat=True, max_new_tokens=6, signals="resid", reducer="neurons")
+    forms = {
+        "model (tokenizer from name_or_path)": lambda: llmri.capture(own_model, PROMPT, **kw),
+        "tokenizer=": lambda: llmri.capture(own_model, PROMPT, tokenizer=tok, **kw),
+        "(model, tokenizer)": lambda: llmri.capture((own_model, tok), PROMPT, **kw),
+        "llmri.wrap": lambda: llmri.capture(llmri.wrap(own_model, tok, name="mine"), PROMPT, **kw),
+        "stream": lambda: llmri.Session.collect(llmri.stream(own_model, PROMPT, tokenizer=tok, **kw)),
+    }
+    for form, run in forms.items():
+        s = run()
+        assert s.tokens.ids.tolist() == reference.tokens.ids.tolist(), form
+        np.testing.assert_array_equal(s.frames("resid"), reference.frames("resid"), err_msg=form)
+        assert s.meta["model"]["fingerprint"] == real_model.fingerprint, form
+        assert s.meta["model"]["architecture"] == "LlamaForCausalLM", form
+        assert _state(own_model) == before, form  # not copied, moved, cast, hooked or switched
+    assert llmri.wrap(own_model, tok, name="mine").name == "mine"
+    w = llmri.wrap(own_model)
+    assert w.model is own_model and w.path == real_model.path and w.name == os.path.basename(real_model.path)
+
+
+@pytest.mark.slow
+def test_the_fingerprint_is_computed_once_per_model_object(own_model, monkeypatch):
+    import llmri.models as models
+
+    llmri.wrap(own_model)  # computed here at the latest
+    calls = []
+    real = models.fingerprint
+    monkeypatch.setattr(models, "fingerprint", lambda m: calls.append(1) or real(m))
+    for _ in range(3):
+        llmri.wrap(own_model)
+    llmri.capture(own_model, PROMPT, max_new_tokens=1, signals="resid")
+    assert calls == []
+
+
+@pytest.mark.slow
+def test_a_model_in_training_mode_is_captured_in_eval_mode_and_left_training(own_model, reference):
+    own_model.train()
+    try:
+        flags = [m.training for m in own_model.modules()]
+        s = llmri.capture(own_model, PROMPT, chat=True, max_new_tokens=6, signals="resid", reducer="neurons")
+        assert s.tokens.ids.tolist() == reference.tokens.ids.tolist()  # no dropout
+        assert [m.training for m in own_model.modules()] == flags
+    finally:
+        own_model.eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["transformer-lens", "nnsight"])
+def test_wrapper_backends_share_the_weights_and_leave_the_model_alone(real_model, reference, backend):
+    """The bridge / nnsight model wraps a copy of the module tree whose tensors are the user's:
+    no weight exists twice, the user's modules keep their forwards, classes and attention."""
+    import gc
+    import weakref
+
+    from transformers import AutoModelForCausalLM
+
+    from llmri.capture import as_model, backend_for
+
+    model = AutoModelForCausalLM.from_pretrained(real_model.path)
+    before = _state(model)
+    s = llmri.capture(model, PROMPT, chat=True, max_new_tokens=6, signals="resid", reducer="neurons", backend=backend)
+    assert s.tokens.ids.tolist() == reference.tokens.ids.tolist()
+    assert _state(model) == before
+    loaded = as_model(model)
+    _, cls = backend_for(loaded, backend)
+    cap = cls(loaded, ["resid"])
+    mine = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    theirs = [t for t in [*cap.torch_module().parameters()] if t.numel() > 1024]
+    assert theirs and all(t.untyped_storage().data_ptr() in mine for t in theirs)
+    assert cls(as_model(model), ["resid"]).torch_module() is cap.torch_module()  # built once per model object
+    ref = weakref.ref(model)
+    del model, loaded, cap, theirs
+    gc.collect()
+    assert ref() is None  # the wrapper kept for the model does not keep the model alive
+
+
+def test_wrap_refusals(tmp_path):
+    from transformers import AutoModel, AutoModelForCausalLM, LlamaConfig
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    model = AutoModelForCausalLM.from_config(cfg)
+    with pytest.raises(ModelLoadError, match="no tokenizer given and none to load.*tokenizer="):
+        llmri.wrap(model)
+    with pytest.raises(ModelLoadError, match="no tokenizer given.*tokenizer="):
+        llmri.capture(model, "hi", max_new_tokens=1)
+    with pytest.raises(ModelLoadError, match="LlamaModel has no language-model head.*AutoModelForCausalLM"):
+        llmri.wrap(AutoModel.from_config(cfg), tokenizer=object())
+    with pytest.raises(ModelLoadError, match="needs a transformers PreTrainedModel"):
+        llmri.wrap(object())
+    with pytest.raises(llmri.CaptureError, match="two tokenizers"):
+        llmri.capture((model, object()), "hi", tokenizer=object())
+    with pytest.raises(llmri.CaptureError, match="a model spec brings its own tokenizer"):
+        llmri.capture(str(tmp_path), "hi", tokenizer=object())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Generator, Sequence
 from typing import Any
@@ -11,13 +12,14 @@ from .backends.base import BACKENDS, Capture, check_signals
 from .calibration import prepare_reducer
 from .codec import TextCodec
 from .decode import Detokenizer, Positions, decode_loop
-from .frame import SIGNALS, TOP_K, Frame, Token
+from .frame import TOP_K, Frame, Token
 from .framestream import FrameStream
 from .messages import check_messages
-from .models import load_model
+from .models import LoadedModel, load_model
 from .reducers.base import Reducer, make_reducer
 from .stepreadouts import StepReadouts, check_attention_k
 from .store import Session
+from .wrapping import is_transformers_model, wrap
 
 
 def _is_spec(model: Any) -> bool:
@@ -25,12 +27,25 @@ def _is_spec(model: Any) -> bool:
     return model is None or isinstance(model, (str, bytes)) or hasattr(model, "__fspath__")
 
 
-def _adapt(model: Any) -> Any:
-    """A TransformerBridge or an nnsight model the user built, wrapped to record with its own
-    backend; any other model object as it is."""
+def _adapt(model: Any, tokenizer: Any = None) -> Any:
+    """A model object the user built, as the object a capture records: a transformers model (or a
+    ``(model, tokenizer)`` pair) wrapped by :func:`llmri.wrap`, a TransformerBridge or an nnsight
+    model wrapped to record with its own backend; a model object llmri knows as it is."""
     from .backends import nnsight as nnsight_backend
     from .backends import transformer_lens as tl_backend
 
+    if isinstance(model, tuple) and len(model) == 2 and is_transformers_model(model[0]):
+        if tokenizer is not None and tokenizer is not model[1]:
+            raise CaptureError("two tokenizers given: one in the (model, tokenizer) pair and tokenizer=")
+        model, tokenizer = model
+    if is_transformers_model(model):
+        return wrap(model, tokenizer)
+    if tokenizer is not None:
+        if isinstance(model, LoadedModel):
+            return dataclasses.replace(model, tokenizer=tokenizer)
+        raise CaptureError(
+            f"tokenizer= goes with a transformers model; this {type(model).__name__} brings its own tokenizer"
+        )
     if tl_backend.is_bridge(model):
         return tl_backend.wrap(model)
     if nnsight_backend.is_nnsight(model):
@@ -38,23 +53,33 @@ def _adapt(model: Any) -> Any:
     return model
 
 
-def as_model(model: Any) -> Any:
+def as_model(model: Any, tokenizer: Any = None) -> Any:
     """The model object a capture records.
 
     Parameters
     ----------
     model:
         A spec for :func:`llmri.load_model` (``None`` for the bundled model, a directory, a
-        ``.gguf`` file or a hub id), a TransformerBridge or nnsight model the user built, or a
-        model object llmri already knows (:class:`~llmri.models.LoadedModel`, a synthetic model).
+        ``.gguf`` file or a hub id); a transformers ``PreTrainedModel`` you loaded (or a
+        ``(model, tokenizer)`` pair); a TransformerBridge or nnsight model you built; or a model
+        object llmri already knows (:class:`~llmri.models.LoadedModel`, a synthetic model).
+    tokenizer:
+        The tokenizer of a transformers model (default: loaded from its ``name_or_path`` when
+        that is a local directory), or one to use instead of a LoadedModel's; a spec, a bridge and
+        an nnsight model bring their own.
 
     Returns
     -------
     object
-        The loaded model for a spec (this can take minutes); a TransformerBridge or nnsight model
-        wrapped to record with its own backend; anything else as it is.
+        The loaded model for a spec (this can take minutes); a transformers model wrapped by
+        :func:`llmri.wrap` (not copied, not moved); a TransformerBridge or nnsight model wrapped to
+        record with its own backend; anything else as it is.
     """
-    return load_model(model) if _is_spec(model) else _adapt(model)
+    if _is_spec(model):
+        if tokenizer is not None:
+            raise CaptureError("tokenizer= goes with a model object: a model spec brings its own tokenizer")
+        return load_model(model)
+    return _adapt(model, tokenizer)
 
 
 def backend_for(model: Any, backend: str | None) -> tuple[str, type[Capture]]:
@@ -140,7 +165,7 @@ class CaptureStream(FrameStream):
         prompt: Any,
         *,
         max_new_tokens: int = 64,
-        signals: Sequence[str] | str = SIGNALS,
+        signals: Sequence[str] | str | None = None,
         reducer: str | Reducer = "random",
         tile: Any = None,
         reducer_seed: int = 0,
@@ -157,13 +182,19 @@ class CaptureStream(FrameStream):
         store: Any = None,
         calibration: str | None = None,
         meta: dict[str, Any] | None = None,
+        tokenizer: Any = None,
+        hook_points: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(self.make_settings(max_new_tokens, temperature, top_p, seed, stop, ignore_eos))
         # what needs no model fails before one loads (a load can take minutes)
         spec = _is_spec(model)
-        adapted = None if spec else _adapt(model)
+        if spec and tokenizer is not None:
+            raise CaptureError("tokenizer= goes with a model object: a model spec brings its own tokenizer")
+        adapted = None if spec else _adapt(model, tokenizer)
         name, cls = backend_for(adapted, backend)
         check_signals(signals, cls.provides, name)
+        if hook_points is not None and not cls.supports_hook_points:
+            raise CaptureError(f"backend {name!r} does not take hook_points (the hf and nnsight backends do)")
         if attention and not cls.supports_attention:
             raise CaptureError(f"backend {name!r} cannot record attention weights: attention=True needs the hf backend")
         attention_k = check_attention_k(attention_k)
@@ -172,7 +203,8 @@ class CaptureStream(FrameStream):
             check_messages(prompt)
         self.model = load_model(model) if spec else adapted
         self.backend_name, cls = backend_for(self.model, backend)
-        self.capture: Capture = cls(self.model, signals)
+        extra = {} if hook_points is None else {"hook_points": hook_points}
+        self.capture: Capture = cls(self.model, signals, **extra)
         self.signals = self.capture.signals
         tok = getattr(self.model, "tokenizer", None)
         if tok is None:
@@ -200,6 +232,8 @@ class CaptureStream(FrameStream):
             eos_ids=self.codec.eos_ids,
             special_ids=self.codec.special_ids,
         )
+        if self.capture.signal_modules:
+            self.meta["signal_modules"] = {s: list(v) for s, v in self.capture.signal_modules.items()}
         self.readouts = StepReadouts(
             self.capture,
             lens=lens,
@@ -301,11 +335,15 @@ def stream(model: Any, prompt: Any, **kw: Any) -> CaptureStream:
 def capture(model: Any, prompt: Any, **kw: Any) -> Session:
     """Capture ``prompt`` on ``model`` and return the whole :class:`~llmri.session.Session`.
 
-    ``model``: a :class:`~llmri.models.LoadedModel`, or a spec for :func:`llmri.load_model`
-    (``None`` for the bundled model). ``prompt``: raw text, or a list of ``{"role", "content"}``
-    messages (chat template); ``chat=True`` wraps a string as one user message. Keywords:
-    ``max_new_tokens``, ``signals`` (subset of resid/attn/mlp), ``reducer`` (random/ipca/neurons),
-    ``tile`` (``"16x16"``), ``reducer_seed``, ``temperature``, ``top_p``, ``seed``, ``stop``,
-    ``ignore_eos``, ``backend``, ``store`` (path/URL/FrameStore to append to), ``calibration``.
+    ``model``: a spec for :func:`llmri.load_model` (``None`` for the bundled model), a
+    :class:`~llmri.models.LoadedModel`, a transformers model you loaded (``tokenizer=``, or a
+    ``(model, tokenizer)`` pair; see :func:`llmri.wrap`), a TransformerBridge or an nnsight model.
+    ``prompt``: raw text, or a list of ``{"role", "content"}`` messages (chat template);
+    ``chat=True`` wraps a string as one user message. Keywords: ``max_new_tokens``, ``signals``
+    (subset of resid/attn/mlp; default: every one the model has), ``reducer``
+    (random/ipca/neurons), ``tile`` (``"16x16"``), ``reducer_seed``, ``temperature``, ``top_p``,
+    ``seed``, ``stop``, ``ignore_eos``, ``backend``, ``store`` (path/URL/FrameStore to append to),
+    ``calibration``, ``tokenizer``, ``hook_points`` (``{signal: "path.{i}.to.module"}``, the
+    module each signal records per layer ``{i}``; hf and nnsight backends).
     """
     return Session.collect(CaptureStream(model, prompt, **kw))

@@ -184,6 +184,56 @@ def gguf_model_dir(gguf: Path) -> Path:
     return target
 
 
+_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+_FP_HEAD = 8 << 20  # the metadata and tensor index of a GGUF sit at its start
+_FP_BLOCKS, _FP_BLOCK = 64, 4096
+
+
+def gguf_fingerprint(path: Path) -> str:
+    """A stable id of a GGUF file, cheap for any size: sha256 over its size, its first 8 MiB
+    (metadata and tensor index) and 64 blocks of 4 KiB spaced evenly through the rest.
+    Cached per path, modification time and size."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    fp = _FINGERPRINTS.get(key)
+    if fp is None:
+        h = hashlib.sha256(f"gguf|{st.st_size}|".encode())
+        with open(path, "rb") as fh:
+            h.update(fh.read(_FP_HEAD))
+            rest = st.st_size - _FP_HEAD
+            for i in range(_FP_BLOCKS if rest > 0 else 0):
+                fh.seek(_FP_HEAD + rest * i // _FP_BLOCKS)
+                h.update(fh.read(_FP_BLOCK))
+        fp = _FINGERPRINTS[key] = h.hexdigest()[:16]
+    return fp
+
+
+def gguf_path(spec: str | os.PathLike | None) -> Path:
+    """The GGUF file a spec names: ``None`` / ``"default"`` for the bundled model, else a ``.gguf`` path."""
+    if spec is None or (isinstance(spec, str) and spec.strip() in ("", "default")):
+        return default_gguf_path()
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "no such file"
+        raise ModelLoadError(f"{path}: {what}: the llama.cpp backend needs a .gguf file")
+    if path.suffix.lower() != ".gguf" and not path.name.startswith("sha256-"):  # Ollama's blobs have no suffix
+        raise ModelLoadError(f"{path}: not a .gguf file (the llama.cpp backend reads GGUF only)")
+    return path
+
+
+def load_gguf(
+    spec: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_threads: int | None = None, **options: Any
+) -> Any:
+    """A GGUF file loaded by llama.cpp for the ``llama.cpp`` backend (needs ``llmri[llamacpp]``): a
+    :class:`~llmri.backends.llamacpp.GGUFModel` (its keywords: ``n_ctx``, ``n_threads``, ``flash_attn``).
+    ``spec``: ``None`` for the bundled SmolLM2-135M-Instruct, or a ``.gguf`` path (or an Ollama blob)."""
+    path = gguf_path(spec)
+    from .backends.llamacpp import GGUFModel
+
+    default = spec is None or (isinstance(spec, str) and spec.strip() in ("", "default"))
+    return GGUFModel(path, name=DEFAULT_NAME if default else None, n_ctx=n_ctx, n_threads=n_threads, **options)
+
+
 def _check_dir(path: Path, allow_pickle: bool) -> bool:
     """Validate a model directory; returns whether safetensors weights are present."""
     if not (path / "config.json").is_file():
@@ -268,7 +318,9 @@ def _finish(model: Any, tok: Any, name: str, path: str, device: Any) -> LoadedMo
     model.eval()
     if tok.pad_token_id is None and tok.eos_token_id is not None:
         tok.pad_token = tok.eos_token
-    return LoadedModel(model=model, tokenizer=tok, name=name, path=path, fingerprint=fingerprint(model))
+    from .backends._wrapped import module_fingerprint  # once per model object: llmri.wrap(it) reuses it
+
+    return LoadedModel(model=model, tokenizer=tok, name=name, path=path, fingerprint=module_fingerprint(model))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -283,13 +335,20 @@ def load_model(
     device: Any = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
-) -> LoadedModel:
+    backend: str | None = None,
+) -> Any:
     """Load a causal LM for capture.
 
     ``spec``: ``None`` or ``"default"`` for the bundled SmolLM2-135M-Instruct (converted once from
     its GGUF into a safetensors directory in the cache), a local model directory, a ``.gguf`` file,
-    or a Hugging Face hub id (needs network). ``dtype`` defaults to float32.
+    or a Hugging Face hub id (needs network). ``dtype`` defaults to float32. Returns a
+    :class:`LoadedModel`; with ``backend="llama.cpp"``, the GGUF file itself loaded by llama.cpp
+    (:func:`load_gguf`; ``dtype`` and ``device`` do not apply).
     """
+    if backend == "llama.cpp":
+        if dtype is not None or device is not None:
+            raise ModelLoadError("the llama.cpp backend runs the GGUF as it is: dtype and device do not apply")
+        return load_gguf(spec)
     if isinstance(spec, str) and spec.strip() in ("", "default"):
         spec = None
     if spec is None:

@@ -3,6 +3,7 @@ TransformerLens bridge, an nnsight model): the LoadedModel-shaped view the captu
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -13,6 +14,7 @@ from typing import Any
 
 _BUILD_LOCK = threading.Lock()
 _FINGERPRINTS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_BUILT: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(eq=False)
@@ -131,13 +133,32 @@ def hf_param_names(config: Any) -> set[str] | None:
         return None
 
 
-def cached_on(loaded: Any, key: str, build: Any) -> Any:
-    """``build()`` once per model object, kept on it (a LoadedModel is a mutable dataclass)."""
-    obj = getattr(loaded, key, None)
-    if obj is None:
-        with _BUILD_LOCK:
-            obj = getattr(loaded, key, None)
-            if obj is None:
-                obj = build()
-                setattr(loaded, key, obj)
-    return obj
+def cached_for(module: Any, key: str, build: Any) -> Any:
+    """``build()`` once per model object and ``key``, kept while ``module`` lives (a wrapper built
+    around it must not hold ``module`` itself, or it would never be freed)."""
+    with _BUILD_LOCK:
+        slot = _BUILT.get(module)
+        if slot is None:
+            slot = _BUILT[module] = {}
+        if key not in slot:
+            slot[key] = build()
+        return slot[key]
+
+
+def weight_sharing_copy(module: Any) -> Any:
+    """A copy of ``module``'s tree of modules whose parameters and buffers *are* ``module``'s
+    tensors: no weight is copied (the copy costs its module objects only), and what a wrapper
+    does to the copy's structure (replacing submodules, installing forwards, switching the
+    attention implementation in its config) leaves ``module`` as it was. The copy is in eval mode."""
+    import torch
+
+    memo: dict[int, Any] = {}
+    for m in module.modules():
+        tensors = [*m._parameters.values(), *m._buffers.values()]
+        tensors += [v for v in vars(m).values() if isinstance(v, torch.Tensor)]
+        for t in tensors:
+            if t is not None:
+                memo[id(t)] = t
+    shell = copy.deepcopy(module, memo)
+    shell.eval()
+    return shell

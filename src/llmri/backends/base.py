@@ -82,9 +82,13 @@ class Capture(ABC):
     provides: ClassVar[tuple[str, ...]] = SIGNALS
     #: Whether ``step`` accepts ``attention=True`` (and then returns ``Step.attn_weights``).
     supports_attention: ClassVar[bool] = False
+    #: Whether the constructor accepts ``hook_points=`` (the user names the module per signal).
+    supports_hook_points: ClassVar[bool] = False
 
-    def __init__(self, model: Any, signals: Sequence[str] = SIGNALS) -> None:
+    def __init__(self, model: Any, signals: Sequence[str] | str | None = None) -> None:
         self.loaded = model
+        #: Whether the caller named the signals (``None``: every signal the model has).
+        self.signals_requested = signals is not None
         self.signals = check_signals(signals, self.provides, self.name)
 
     @property
@@ -113,6 +117,13 @@ class Capture(ABC):
             f"backend {self.name!r} cannot find the model's final norm / unembedding: lens=True is not available"
         )
 
+    @property
+    def signal_modules(self) -> dict[str, list[str | None]]:
+        """What each signal records, per layer: ``{signal: [module or hook point per layer]}``;
+        ``None`` where a layer has no such module (its values are zeros). Empty where the
+        backend does not say (session meta ``signal_modules``)."""
+        return {}
+
     def torch_module(self) -> Any:
         """The torch module tree this backend runs (where its hooks go, and where a leftover hook
         would be), or ``None`` for an engine that runs no torch module."""
@@ -133,7 +144,10 @@ class Capture(ABC):
         self.close()
 
 
-def check_signals(signals: Sequence[str] | str, provides: Sequence[str], backend: str) -> list[str]:
+def check_signals(signals: Sequence[str] | str | None, provides: Sequence[str], backend: str) -> list[str]:
+    """The signals asked for, checked, in ``SIGNALS`` order; ``None``: all the backend provides."""
+    if signals is None:
+        return [s for s in SIGNALS if s in provides]
     if isinstance(signals, str):
         signals = [s.strip() for s in signals.split(",") if s.strip()]
     out: list[str] = []

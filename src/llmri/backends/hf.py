@@ -152,6 +152,20 @@ def _configs(model: Any) -> Iterator[Any]:
 
 
 @contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """``model`` in eval mode inside the block (no dropout), its modules' training flags put back
+    in ``finally``: a model the user wrapped in training mode is left in it."""
+    training = [m for m in model.modules() if m.training]
+    try:
+        for m in training:
+            m.training = False
+        yield
+    finally:
+        for m in training:
+            m.training = True
+
+
+@contextmanager
 def eager_attention(model: Any) -> Iterator[None]:
     """``model`` runs eager attention (the one that materialises its weights) inside the block.
 
@@ -281,7 +295,8 @@ class HFHooksCapture(Capture):
                     if mod is not None:
                         handles.append(mod.register_forward_hook(keep_weights(i)))
             ids = input_ids.to(self.loaded.device)
-            with torch.inference_mode(), eager_attention(self.model) if attention else nullcontext():
+            eager = eager_attention(self.model) if attention else nullcontext()
+            with torch.inference_mode(), eval_mode(self.model), eager:
                 if not logits and self._decoder is not None:
                     out = self._decoder(input_ids=ids, **{self._decoder_cache_kw: cache, "use_cache": True})
                 else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import sys
@@ -11,7 +10,7 @@ from typing import Any
 
 from .._errors import CaptureError, require
 from ..frame import SIGNALS
-from ._wrapped import WrappedModel, cached_on, hidden_size, module_fingerprint
+from ._wrapped import WrappedModel, cached_for, hidden_size, module_fingerprint, weight_sharing_copy
 from .base import BACKENDS, Capture, LensHead, Step
 from .hf import find_layers, find_lens_head, find_submodule
 
@@ -72,15 +71,17 @@ def wrap(nn_model: Any, *, remote: bool | str = False) -> WrappedModel:
 
 
 def wrap_loaded(loaded: Any) -> Any:
-    """An nnsight ``TransformersModel`` around a *copy* of a LoadedModel's transformers model.
+    """An nnsight ``TransformersModel`` around a LoadedModel's transformers model, without copying
+    its weights.
 
-    nnsight installs its own ``forward`` on every module it wraps; the copy keeps the user's
-    model exactly as it was (at the cost of its memory once more, kept for the life of ``loaded``).
+    nnsight installs its own ``forward`` on every module it wraps (for good), so it wraps a
+    :func:`weight_sharing_copy` (new module objects, the same parameter and buffer tensors): the
+    user's model stays exactly as it was and no weight exists twice.
     """
     _nnsight()
     from nnsight.modeling.transformers import TransformersModel
 
-    return TransformersModel(copy.deepcopy(loaded.model), tokenizer=loaded.tokenizer, task="text-generation")
+    return TransformersModel(weight_sharing_copy(loaded.model), tokenizer=loaded.tokenizer, task="text-generation")
 
 
 def _first(out: Any) -> Any:
@@ -92,7 +93,8 @@ class NNsightCapture(Capture):
     """One nnsight trace per step, recording (``tracer.cache``) each decoder layer's output
     (``resid``), its attention output (``attn``) and its MLP output (``mlp``).
 
-    ``model``: a :class:`~llmri.models.LoadedModel` (wrapped once, as a copy, and kept on it) or
+    ``model``: a :class:`~llmri.models.LoadedModel` (wrapped once, around a weight-sharing copy,
+    and kept while its transformers model lives) or
     the wrapped model of ``llmri.capture(nnsight_model, ...)``. ``remote`` (or the wrapped
     model's ``remote`` option) is passed to ``trace``: then the KV cache travels to the server
     and back with every step. A trace leaves nothing on the model when it ends, also when it
@@ -113,7 +115,7 @@ class NNsightCapture(Capture):
             _nnsight()
             if getattr(model, "model", None) is None:
                 raise CaptureError("nnsight needs a transformers model (a LoadedModel or an nnsight model)")
-            self.nn_model = cached_on(model, _CACHE_KEY, lambda: wrap_loaded(model))
+            self.nn_model = cached_for(model.model, _CACHE_KEY, lambda: wrap_loaded(model))
             self.remote = remote or False
         if self.remote and self.remote != "local":
             repo = getattr(self.nn_model, "repo_id", None)

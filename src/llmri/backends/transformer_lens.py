@@ -10,7 +10,7 @@ from typing import Any
 
 from .._errors import CaptureError, require
 from ..frame import SIGNALS
-from ._wrapped import WrappedModel, cached_on, module_fingerprint
+from ._wrapped import WrappedModel, cached_for, module_fingerprint, weight_sharing_copy
 from .base import BACKENDS, Capture, LensHead, Step
 from .hf import logit_postprocess
 
@@ -64,17 +64,18 @@ def wrap(bridge: Any) -> WrappedModel:
 
 
 def boot_from_loaded(loaded: Any) -> Any:
-    """Boot a bridge around a *copy* of a LoadedModel's transformers model.
+    """Boot a bridge around a LoadedModel's transformers model, without copying its weights.
 
     The bridge replaces the submodules of the model it wraps and switches it to eager attention,
-    so wrapping the user's own model would change what the ``hf`` backend records on it; the copy
-    costs the model's memory once more (kept for the life of ``loaded``).
+    so it wraps a :func:`weight_sharing_copy` (new module objects, the same parameter and buffer
+    tensors): the user's model keeps its modules, forwards and attention implementation, and no
+    weight exists twice. The bridge is kept while the transformers model lives.
     """
     TransformerBridge = _bridge_class()
     try:
         return TransformerBridge.boot_transformers(
             str(getattr(loaded, "path", "") or loaded.name),
-            hf_model=copy.deepcopy(loaded.model),
+            hf_model=weight_sharing_copy(loaded.model),
             tokenizer=copy.deepcopy(loaded.tokenizer),
             device=str(loaded.device),
             dtype=loaded.dtype,
@@ -100,8 +101,9 @@ class TransformerLensCapture(Capture):
     """Hooks on a TransformerBridge's hook points: ``resid`` = ``blocks.N.hook_resid_post``,
     ``attn`` = ``blocks.N.hook_attn_out``, ``mlp`` = ``blocks.N.hook_mlp_out``.
 
-    ``model``: a :class:`~llmri.models.LoadedModel` (a bridge is booted once around a copy of
-    its transformers model and kept on it) or the wrapped bridge of ``llmri.capture(bridge, ...)``.
+    ``model``: a :class:`~llmri.models.LoadedModel` (a bridge is booted once around a
+    weight-sharing copy of its transformers model and kept while that model lives) or the
+    wrapped bridge of ``llmri.capture(bridge, ...)``.
     Each ``step`` runs the bridge on the new positions with the transformers KV cache; hooks are
     added for that step only and removed in ``finally`` (hooks the user put on the bridge stay).
     Activations come back in the model's dtype, detached, as ``[n, layers, d_model]``.
@@ -120,7 +122,7 @@ class TransformerLensCapture(Capture):
             _bridge_class()
             if getattr(model, "model", None) is None:
                 raise CaptureError("transformer-lens needs a transformers model (a LoadedModel or a bridge)")
-            self.bridge = cached_on(model, _CACHE_KEY, lambda: boot_from_loaded(model))
+            self.bridge = cached_for(model.model, _CACHE_KEY, lambda: boot_from_loaded(model))
         hook_dict = self.bridge.hook_dict
         n = int(self.bridge.cfg.n_layers)
         self._points: dict[str, list[Any]] = {}
