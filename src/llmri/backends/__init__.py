@@ -6,8 +6,8 @@ activations: chat-only mode, an OpenAI-compatible server's answer as a
 :class:`~llmri.backends.openai.ChatOnlyStream`; it is not a Capture, so it is not registered.
 """
 
-# transformer_lens and nnsight import their libraries only inside methods: registering is free.
-from . import hf, nnsight, synthetic, transformer_lens  # noqa: F401 - register
+# transformer_lens, nnsight and llamacpp import their libraries only inside methods: registering is free.
+from . import hf, llamacpp, nnsight, synthetic, transformer_lens  # noqa: F401 - register
 from .base import BACKENDS, Capture, Step
 
 __all__ = ["BACKENDS", "Capture", "Step"]

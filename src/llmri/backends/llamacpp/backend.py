@@ -1,0 +1,147 @@
+"""``llama.cpp``: every layer's activations from llama.cpp's eval callback, on a GGUF model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..._errors import CaptureError
+from ...frame import SIGNALS
+from ..base import BACKENDS, Capture, Step
+from .ggml import ggml
+from .recorder import Recorder
+
+#: llama.cpp's graph tensor per signal (``cb(cur, "l_out", il)`` in its model builders, named
+#: ``l_out-N``), and what each is: the block's output; the attention sub-layer's output after its
+#: output projection, before the residual add; the feed-forward output before the residual add.
+#: The same points as the ``hf`` backend's hooks (block output, ``self_attn`` and ``mlp`` outputs).
+TENSORS = {"resid": "l_out", "attn": "attn_out", "mlp": "ffn_out"}
+#: Architectures (``general.architecture``) that name a signal's tensor differently; every mapping
+#: is checked on the model's first capture (a probe decode), and a name the graph lacks is refused.
+TENSORS_BY_ARCH: dict[str, dict[str, str]] = {}
+
+
+def tensor_names(architecture: str) -> dict[str, str]:
+    return {**TENSORS, **TENSORS_BY_ARCH.get(architecture, {})}
+
+
+@dataclass(frozen=True)
+class LlamaCache:
+    """The ``cache`` a step returns: which sequence of the shared context (``epoch``) and how many
+    positions it holds (``n_past``); the KV cache itself stays in llama.cpp."""
+
+    epoch: int
+    n_past: int
+
+    def get_seq_length(self) -> int:
+        return self.n_past
+
+
+@BACKENDS.register("llama.cpp")
+class LlamaCppCapture(Capture):
+    """llama.cpp's eval callback on a :class:`~llmri.backends.llamacpp.GGUFModel`.
+
+    ``step`` decodes the new positions on the model's shared context (its KV cache is the cache:
+    ``cache=None`` starts a new sequence, a :class:`LlamaCache` continues one) with every position
+    an output, and returns float32 logits ``[n, vocab]`` and float32 ``acts`` ``[n, layers,
+    d_model]`` per signal, both new numpy buffers seen as Tensors without a copy (``torch.from_numpy``).
+    The callback's recorder is installed for that decode only; an exception inside it is kept,
+    llama.cpp is told to stop, the step's positions are dropped from the KV cache and the
+    exception is raised after the decode returns. One capture at a time per model: a cache from
+    before another capture used the context is refused.
+    """
+
+    name = "llama.cpp"
+    provides = SIGNALS
+
+    def __init__(self, model: Any, signals: Sequence[str] = SIGNALS) -> None:
+        super().__init__(model, signals)
+        from .model import GGUFModel
+
+        if not isinstance(model, GGUFModel):
+            raise CaptureError(
+                f"the llama.cpp backend runs a GGUF file, not a {type(model).__name__}: pass a .gguf path "
+                "(or no model, for the bundled one) or llmri.load_model(path, backend='llama.cpp')"
+            )
+        self.model = model
+        self._lib = ggml()
+        self.ctx = model.context()
+        names = tensor_names(model.architecture)
+        self._names = [f"blk.{i}" for i in range(model.n_layers)]
+        self._slots = {
+            f"{names[s]}-{i}".encode(): (k, i) for k, s in enumerate(self.signals) for i in range(model.n_layers)
+        }
+        self._verify(names)
+
+    def _verify(self, names: dict[str, str]) -> None:
+        """Probe once per model: decode one token with every signal asked for, and refuse the
+        signals whose tensors the graph does not compute for every layer."""
+        model = self.model
+        if not set(self.signals) <= model.verified:
+            slots = {f"{names[s]}-{i}".encode(): (k, i) for k, s in enumerate(SIGNALS) for i in range(model.n_layers)}
+            rec = Recorder(self._lib, slots, len(SIGNALS), 1, model.n_layers, model.d_model)
+            probe = model.tokenizer.bos_token_id or 0
+            with self.ctx.lock:
+                self.ctx.reset()
+                try:
+                    with self.ctx.recording(rec):
+                        rec.start(0, 1)
+                        self.ctx.decode([probe])
+                finally:
+                    self.ctx.reset()
+            if rec.error is not None:
+                raise rec.error
+            missing = set(rec.missing())
+            model.verified = {
+                s for s in SIGNALS if not any(f"{names[s]}-{i}" in missing for i in range(model.n_layers))
+            }
+        for s in self.signals:
+            if s not in model.verified:
+                raise CaptureError(
+                    f"llama.cpp: no mapping for signal {s!r} in architecture {model.architecture!r}: its graph has "
+                    f"no tensor {names[s]}-N for every layer"
+                )
+
+    @property
+    def layer_names(self) -> list[str]:
+        return self._names
+
+    @property
+    def d_model(self) -> int:
+        return self.model.d_model
+
+    def step(self, input_ids: Any, cache: Any = None, *, logits: bool = True) -> Step:
+        import torch
+
+        ids = [int(x) for x in (input_ids.reshape(-1).tolist() if hasattr(input_ids, "reshape") else input_ids)]
+        ctx, n = self.ctx, len(ids)
+        rec = Recorder(self._lib, self._slots, len(self.signals), n, self.model.n_layers, self.model.d_model)
+        out = np.empty((n, ctx.n_vocab), dtype=np.float32) if logits else None
+        with ctx.lock:
+            if cache is None:
+                ctx.reset()
+            elif not isinstance(cache, LlamaCache) or (cache.epoch, cache.n_past) != (ctx.epoch, ctx.n_past):
+                raise CaptureError(
+                    "llama.cpp: this cache is stale: the model's context was used by another capture since "
+                    "(one capture at a time per model)"
+                )
+            start = ctx.n_past
+            try:
+                with ctx.recording(rec):
+                    for r0 in range(0, n, ctx.n_batch):
+                        chunk = ids[r0 : r0 + ctx.n_batch]
+                        rec.start(r0, len(chunk))
+                        ctx.decode(chunk, None if out is None else out[r0 : r0 + len(chunk)])
+                        if rec.error is not None:
+                            raise rec.error
+                        if rec.seen != rec.slots.keys():
+                            raise CaptureError(f"llama.cpp: the graph did not compute {', '.join(rec.missing()[:5])}")
+            except BaseException:
+                ctx.rollback(start)
+                raise
+            new_cache = LlamaCache(ctx.epoch, ctx.n_past)
+        acts = dict(zip(self.signals, rec.tensors(), strict=True))
+        return Step(logits=None if out is None else torch.from_numpy(out), acts=acts, cache=new_cache)

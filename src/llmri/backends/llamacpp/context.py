@@ -1,0 +1,139 @@
+"""One llama.cpp context (its KV cache, batch and eval callback) through llama-cpp-python's low-level API."""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from ..._errors import CaptureError
+from .recorder import Recorder
+
+
+class LlamaContext:
+    """A ``llama_context`` on a loaded ``llama_model``: one sequence, every position an output.
+
+    ``eval_callback=True`` installs llmri's eval callback for the context's lifetime (llama.cpp
+    takes it only at creation). It does nothing unless a :class:`Recorder` is installed, which
+    :meth:`recording` does for one decode and removes in ``finally``, so no state outlives a step.
+    Without it the context is plain llama.cpp (the benchmarks' baseline). ``lock`` serialises users.
+    ``flash_attn``: ``False`` (llmri's default: the CPU flash-attention kernel works in float16 and
+    moves activations further from the float32 reference, see docs/backends.md), ``True``, or
+    ``None`` for llama.cpp's own choice.
+
+    Every position of a batch is flagged as an output: the prompt's frames need the logits at every
+    position, and llama.cpp keeps only the output rows in the last layer (``ggml_get_rows`` before
+    its ``ffn_out`` / ``l_out``). A batch holds at most :attr:`n_batch` positions (one ubatch, so one
+    graph per ``llama_decode``). Freed by :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        n_ctx: int,
+        n_threads: int,
+        n_batch: int = 512,
+        eval_callback: bool = True,
+        flash_attn: bool | None = False,
+    ) -> None:
+        import llama_cpp as L
+
+        self._L = L
+        p = L.llama_context_default_params()
+        p.n_ctx = n_ctx
+        p.n_batch = p.n_ubatch = n_batch
+        p.n_seq_max = 1
+        p.n_threads = p.n_threads_batch = n_threads
+        p.no_perf = True
+        auto, on, off = L.LLAMA_FLASH_ATTN_TYPE_AUTO, L.LLAMA_FLASH_ATTN_TYPE_ENABLED, L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        p.flash_attn_type = auto if flash_attn is None else (on if flash_attn else off)
+        self._callback = None
+        if eval_callback:
+            self._callback = L.ggml_backend_sched_eval_callback(self._on_eval)  # kept alive with the context
+            p.cb_eval = self._callback
+        ctx = L.llama_init_from_model(model, p)
+        if not ctx:
+            raise CaptureError(f"llama.cpp: cannot create a context of {n_ctx} positions (out of memory?)")
+        self.ctx = ctx
+        self.n_ctx = int(L.llama_n_ctx(ctx))
+        self.n_batch = n_batch
+        self.n_vocab = int(L.llama_vocab_n_tokens(L.llama_model_get_vocab(model)))
+        self._mem = L.llama_get_memory(ctx)
+        self._batch = L.llama_batch_init(n_batch, 0, 1)
+        for i in range(n_batch):  # one sequence, every position an output: only token and pos change
+            self._batch.n_seq_id[i] = 1
+            self._batch.seq_id[i][0] = 0
+            self._batch.logits[i] = 1
+        self.recorder: Recorder | None = None
+        self.lock = threading.Lock()
+        self.epoch = 0  # bumped by reset(): a cache from before names an older sequence
+        self.n_past = 0
+
+    # -- the callback -------------------------------------------------------------------------
+    def _on_eval(self, t: int, ask: bool, _user_data: Any) -> bool:
+        rec = self.recorder
+        if rec is None:
+            return not ask
+        try:
+            return rec.wants(t) if ask else rec.computed(t)
+        except BaseException as exc:  # noqa: BLE001 - nothing may cross into C; raised after the decode
+            rec.fail(exc)
+            return False
+
+    @contextmanager
+    def recording(self, recorder: Recorder) -> Iterator[Recorder]:
+        """Install ``recorder`` for the decodes inside the block; removed in ``finally``."""
+        if self._callback is None:
+            raise CaptureError("llama.cpp: this context was made without the eval callback")
+        self.recorder = recorder
+        try:
+            yield recorder
+        finally:
+            self.recorder = None
+
+    # -- the sequence -------------------------------------------------------------------------
+    def reset(self) -> int:
+        """Forget every position (a new sequence); returns the new epoch."""
+        self._L.llama_memory_clear(self._mem, True)
+        self.n_past = 0
+        self.epoch += 1
+        return self.epoch
+
+    def rollback(self, n_past: int) -> None:
+        """Drop the positions from ``n_past`` on (after a failed step), keeping the ones before."""
+        self._L.llama_memory_seq_rm(self._mem, 0, n_past, -1)
+        self.n_past = n_past
+
+    def decode(self, ids: Sequence[int], logits: np.ndarray | None = None) -> None:
+        """Run ``ids`` (at most :attr:`n_batch`) at positions ``n_past ..``; with ``logits`` (float32
+        ``[len(ids), vocab]``) copy the logits there (llama.cpp reuses its own buffer next decode).
+        Raises :class:`CaptureError` when llama.cpp refuses; the positions stay unless it succeeded."""
+        n = len(ids)
+        if not 0 < n <= self.n_batch:
+            raise CaptureError(f"llama.cpp: a batch holds 1 to {self.n_batch} positions, got {n}")
+        if self.n_past + n > self.n_ctx:
+            raise CaptureError(f"llama.cpp: {self.n_past + n} positions exceed the context of {self.n_ctx}")
+        b = self._batch
+        tok, pos, start = b.token, b.pos, self.n_past
+        for i, t in enumerate(ids):
+            tok[i] = t
+            pos[i] = start + i
+        b.n_tokens = n
+        rc = self._L.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise CaptureError(f"llama.cpp: llama_decode returned {rc}")
+        self.n_past = start + n
+        if logits is not None:
+            src = self._L.llama_get_logits(self.ctx)
+            ctypes.memmove(logits.ctypes.data, src, 4 * n * self.n_vocab)
+
+    def close(self) -> None:
+        if self.ctx:
+            self._L.llama_batch_free(self._batch)
+            self._L.llama_free(self.ctx)
+            self.ctx = None

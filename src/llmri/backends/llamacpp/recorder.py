@@ -1,0 +1,87 @@
+"""What the eval callback does during one ``llama_decode``: answer ``ask`` and copy the wanted tensors."""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import numpy as np
+
+from ..._errors import CaptureError
+from .ggml import GGML_TYPE_F32, GGML_TYPE_NAMES, Ggml, TensorHead
+
+_string_at = ctypes.string_at
+
+
+class Recorder:
+    """Copies the tensors named in ``slots`` into float32 buffers ``[n, layers, d]``, one per signal.
+
+    ``slots`` maps a graph tensor name (``b"l_out-3"``) to ``(signal index, layer)``. The buffers
+    are new for every step: the caller owns them (the returned Tensors share their memory).
+    :meth:`wants` answers ``ask`` with a dict lookup; :meth:`computed` checks a computed tensor
+    (f32, ``ne = [d, rows]``, rows contiguous) and copies it with ``ggml_backend_tensor_get`` straight
+    into the buffer when ``rows == 1``, else through one scratch block. The first error is kept in
+    :attr:`error` and every later tensor is declined, so llama.cpp stops computing soon.
+    """
+
+    def __init__(self, lib: Ggml, slots: dict[bytes, tuple[int, int]], n_signals: int, n: int, layers: int, d: int):
+        self.name_offset = lib.name_offset
+        self.tensor_get = lib.tensor_get
+        self.slots = slots
+        self.layers, self.d = layers, d
+        self.bufs = [np.empty((n, layers, d), dtype=np.float32) for _ in range(n_signals)]
+        self._base = [b.ctypes.data for b in self.bufs]
+        self._scratch: np.ndarray | None = None
+        self.row0 = 0  # first row of the batch being decoded (a step longer than n_ubatch decodes several)
+        self.rows = 0
+        self.seen: set[bytes] = set()
+        self.error: BaseException | None = None
+
+    def start(self, row0: int, rows: int) -> None:
+        self.row0, self.rows = row0, rows
+        self.seen.clear()
+
+    def wants(self, t: int) -> bool:
+        """The answer to ``ask``: whether tensor ``t`` is one of :attr:`slots` (the hot path: one
+        name read and a dict lookup, for every node of the graph)."""
+        return self.error is None and _string_at(t + self.name_offset) in self.slots
+
+    def computed(self, t: int) -> bool:
+        """Tensor ``t`` (one :meth:`wants` accepted) is computed: check it and copy it out."""
+        if self.error is not None:
+            return False
+        name = _string_at(t + self.name_offset)
+        sig, layer = self.slots[name]
+        head = TensorHead.from_address(t)
+        d, rows = self.d, self.rows
+        if head.type != GGML_TYPE_F32 or list(head.ne) != [d, rows, 1, 1] or head.nb[1] != 4 * d:
+            what = GGML_TYPE_NAMES.get(head.type, f"type {head.type}")
+            raise CaptureError(
+                f"llama.cpp: tensor {name.decode()} is {what} {list(head.ne)}, expected f32 [{d}, {rows}, 1, 1] "
+                "with contiguous rows"
+            )
+        if name in self.seen:
+            raise CaptureError(f"llama.cpp: tensor {name.decode()} appears twice in one graph")
+        self.seen.add(name)
+        if rows == 1:
+            self.tensor_get(t, self._base[sig] + 4 * d * (self.row0 * self.layers + layer), 0, 4 * d)
+        else:
+            if self._scratch is None or self._scratch.shape[0] < rows:
+                self._scratch = np.empty((rows, d), dtype=np.float32)
+            self.tensor_get(t, self._scratch.ctypes.data, 0, 4 * d * rows)
+            self.bufs[sig][self.row0 : self.row0 + rows, layer] = self._scratch[:rows]
+        return True
+
+    def fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+
+    def missing(self) -> list[str]:
+        """The wanted tensors the last graph did not compute."""
+        return sorted(n.decode() for n in self.slots.keys() - self.seen)
+
+    def tensors(self) -> list[Any]:
+        """The buffers as torch Tensors ``[n, layers, d]`` sharing their memory (no copy)."""
+        import torch
+
+        return [torch.from_numpy(b) for b in self.bufs]
