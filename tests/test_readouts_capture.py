@@ -176,3 +176,191 @@ def test_real_model_lens_at_the_last_layer_is_the_model(real_model, real_lens):
             errs.append(float(np.abs(lens.entropy[:, layer] - ent).max()))
     print(f"lens vs output_hidden_states, every layer: max abs error {max(errs):.2e}")
     assert max(errs) <= 1e-4
+
+
+# -- attention ---------------------------------------------------------------------------------
+
+
+def _eager_reference(model: LoadedModel, ids: list[int]):
+    """Hugging Face's own run on a copy: eager attention, the whole sequence, no cache
+    (``output_attentions`` installs transformers' recording hooks for good, hence the copy)."""
+    ref = copy.deepcopy(model.model)
+    ref.set_attn_implementation("eager")
+    with torch.inference_mode():
+        out = ref(torch.tensor([ids]), output_attentions=True, use_cache=False)
+    return torch.stack([a[0] for a in out.attentions], 1).transpose(0, 2).double().numpy()  # [T, L, H, T]
+
+
+def _check_attention(attn, ref_w, k: int, atol: float = 1e-5) -> dict[str, float]:
+    """The session's attention readout against full weights ``ref_w`` ``[T, L, H, T]``."""
+    n = ref_w.shape[0]
+    causal = np.arange(n)[None, :] <= np.arange(n)[:, None]
+    masked = np.where(causal[:, None, None], ref_w, -1.0)
+    ref_sorted = -np.sort(-masked, -1)[..., :k]
+    ref_sorted = np.pad(ref_sorted, [(0, 0)] * 3 + [(0, k - ref_sorted.shape[-1])], constant_values=-1)
+    valid = attn.top_pos >= 0
+    assert (valid == (ref_sorted >= 0)).all()
+    at = np.take_along_axis(ref_w, np.where(valid, attn.top_pos, 0), -1)
+    np.testing.assert_allclose(np.where(valid, at, 0), np.where(valid, attn.top_weight, 0), atol=atol)
+    np.testing.assert_allclose(np.where(valid, attn.top_weight, 0), np.where(valid, ref_sorted, 0), atol=atol)
+    ref_ent = -np.where(causal[:, None, None], ref_w * np.log(np.where(ref_w > 0, ref_w, 1)), 0).sum(-1)
+    errs = {
+        "weights": float(np.nanmax(np.abs(np.where(valid, attn.top_weight - at, 0)))),
+        "entropy": float(np.abs(attn.entropy - ref_ent).max()),
+        "sink": float(np.abs(attn.sink - ref_w[..., 0]).max()),
+    }
+    assert errs["entropy"] <= 10 * atol and errs["sink"] <= atol, errs
+    return errs
+
+
+@pytest.mark.parametrize("k", [4, "full"])
+def test_attention_session_against_eager_output_attentions(k):
+    model = tiny_model()
+    if k == "full":
+        with pytest.warns(UserWarning, match=r"attention_k='full' keeps whole attention rows: up to 26 positions x "):
+            s = _cap(model, attention=True, attention_k=k)
+    else:
+        s = _cap(model, attention=True, attention_k=k)
+    n = len(s)
+    width = n if k == "full" else k
+    attn = s.attention()
+    assert s.meta["attention"] == {"k": width, "full": k == "full", "heads": 4}
+    assert attn.top_pos.shape == (n, 3, 4, width) and attn.entropy.shape == (n, 3, 4)
+    _check_attention(attn, _eager_reference(model, s.tokens.ids.tolist()), width)
+    assert model.model.config._attn_implementation == "sdpa"
+
+
+def test_attention_and_lens_do_not_change_the_capture(tiny):
+    a = _cap(tiny, max_new_tokens=8)
+    b = _cap(tiny, max_new_tokens=8, lens=True, attention=True)
+    assert a.tokens.ids.tolist() == b.tokens.ids.tolist()
+    np.testing.assert_allclose(a.tokens.logprob, b.tokens.logprob, atol=1e-5)
+    assert b.readouts == ["lens", "attention"]
+
+
+def test_attention_needs_a_backend_that_records_it(synthetic_model, tiny):
+    with pytest.raises(CaptureError, match="backend 'synthetic' cannot record attention weights"):
+        llmri.stream(synthetic_model, PROMPT, attention=True)
+    for bad in (0, -1, "all", 2.5, True):
+        with pytest.raises(CaptureError, match="attention_k must be a whole number >= 1 or 'full'"):
+            llmri.stream(tiny, PROMPT, attention=True, attention_k=bad)
+
+
+def test_layers_without_attention_are_absent():
+    """A hybrid model (Jamba: layers 0 and 2 are Mamba blocks) records -1 / NaN there."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(
+        "jamba",
+        vocab_size=257,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        num_experts=2,
+        attn_layer_period=2,
+        attn_layer_offset=1,
+        expert_layer_period=2,
+        mamba_d_state=8,
+        mamba_expand=2,
+        eos_token_id=256,
+    )
+    model = LoadedModel(
+        AutoModelForCausalLM.from_config(cfg).eval(), ByteTokenizer(), "tiny-jamba", "", fingerprint="tiny-jamba"
+    )
+    s = _cap(model, attention=True, lens=True, max_new_tokens=3, signals="resid")
+    attn = s.attention()
+    assert (attn.top_pos[:, [0, 2]] == -1).all() and np.isnan(attn.sink[:, [0, 2]]).all()
+    assert (attn.top_pos[:, 1, :, 0] >= 0).all()
+    total = np.nansum(attn.top_weight[:, 1], -1)  # [T, H]: the top-16 of a row that has <= 16 positions is all of it
+    np.testing.assert_allclose(total[:16], 1.0, atol=1e-5)
+    assert (total <= 1 + 1e-5).all()
+
+
+@pytest.mark.slow
+def test_real_model_attention_against_eager_output_attentions(real_model):
+    """Every layer and head, prompt positions and cached generated tokens, against an eager,
+    full-sequence, uncached run with output_attentions on a copy of the model."""
+    s = llmri.capture(real_model, PROMPT, chat=True, max_new_tokens=6, attention=True, reducer="neurons")
+    attn = s.attention()
+    assert attn.top_pos.shape == (len(s), 30, 9, 16)
+    assert s.tokens.role.count("generated") == 6
+    errs = _check_attention(attn, _eager_reference(real_model, s.tokens.ids.tolist()), 16)
+    print(f"session attention vs eager output_attentions: max abs error {errs}")
+    assert real_model.model.config._attn_implementation == "sdpa"
+
+
+# -- the store, the CLI, exports, markers ---------------------------------------------------------
+
+
+def test_store_holds_the_same_readouts_as_memory(tiny, tmp_path):
+    mem = _cap(tiny, lens=True, attention=True, attention_k=4)
+    st = llmri.stream(
+        tiny,
+        PROMPT,
+        chat=False,
+        max_new_tokens=6,
+        ignore_eos=True,
+        lens=True,
+        attention=True,
+        attention_k=4,
+        store=tmp_path / "r.zarr",
+    )
+    for _ in st:
+        pass
+    s = llmri.open_store(tmp_path / "r.zarr").session(st.session_id)
+    assert s.readouts == ["lens", "attention"] and s.meta["attention"]["k"] == 4
+    for kind in ("lens", "attention"):
+        a, b = getattr(mem, kind)().arrays(), getattr(s, kind)().arrays()
+        for name in a:
+            np.testing.assert_allclose(b[name], a[name], atol=1e-6, err_msg=f"{kind}/{name}")
+    import zarr
+
+    g = zarr.open_group(str(tmp_path / "r.zarr"), mode="r")[f"sessions/{st.session_id}"]
+    assert g["lens/top_ids"].metadata.dimension_names == ("token", "layer", "rank")
+    assert g["attention/top_pos"].metadata.dimension_names == ("token", "layer", "head", "attn_rank")
+    assert g["attention/sink"].metadata.dimension_names == ("token", "layer", "head")
+    assert g["lens/top_ids"].dtype == np.int32 and g["attention/top_weight"].dtype == np.float32
+    assert [str(x) for x in g["lens/layer"][:]] == s.layers
+
+
+def test_markers_with_and_without_readouts(tiny):
+    from llmri.readouts import markers
+
+    plain, full = _cap(tiny, max_new_tokens=12), _cap(tiny, max_new_tokens=12, lens=True, attention=True)
+    for s in (plain, full):
+        got = markers(s)
+        assert all(m.token < len(s) for m in got)
+    kinds = {m.kind for m in markers(full)} - {m.kind for m in markers(plain)}
+    assert kinds <= {"early_decision", "late_decision", "attention_jump"}
+
+
+def test_cli_capture_with_lens_and_attention(tmp_path, capsys, monkeypatch, tiny):
+    from llmri import cli
+    from llmri.export import export
+
+    monkeypatch.setattr(llmri, "stream", _tiny_stream(tiny, llmri.stream))
+    path = tmp_path / "c.zarr"
+    rc = cli.main(["capture", PROMPT, "-o", str(path), "--raw", "--max-new-tokens", "3", "--lens", "--attention", "4"])
+    assert rc == 0
+    sid = capsys.readouterr().out.strip().splitlines()[-1]
+    s = llmri.open_store(path).session(sid)
+    assert s.readouts == ["lens", "attention"] and s.attention().top_pos.shape[-1] == 4
+    with np.load(export(s, "npz", tmp_path / "c.npz")[0]) as z:
+        assert z["lens_next_prob"].shape == (len(s), 3) and z["attention_top_pos"].shape == (len(s), 3, 4, 4)
+    with pytest.warns(UserWarning, match=r"keeps whole attention rows: .* 43.3 KiB \(44352 bytes\)"):
+        rc = cli.main(["capture", PROMPT, "-o", str(path), "--raw", "--max-new-tokens", "1", "--attention", "full"])
+    assert rc == 0
+    assert cli.main(["capture", "x", "-o", str(path), "--attention", "many"]) != 0
+    assert "--attention takes a whole number K or 'full'" in capsys.readouterr().err
+
+
+def _tiny_stream(tiny, real):
+    """``llmri.stream`` recording the tiny model whatever --model says (the CLI loads by spec)."""
+
+    def stream(model, prompt, **kw):
+        return real(tiny, prompt, **kw)
+
+    return stream

@@ -164,6 +164,40 @@ class StoreSuite:
         assert len(s.lens(30, 40)) == 0 and s.lens(30, 40).top_ids.shape == (0, L, LENS_K)
         np.testing.assert_array_equal(s.tokens.ids, [f.token.id for f in frames])
 
+    def test_readouts_in_xarray_exports_and_markers(self, store, tmp_path):
+        pytest.importorskip("xarray")
+        pytest.importorskip("dask")
+        from llmri.export import export, session_json
+        from llmri.readouts import markers
+
+        frames = [make_frame(i, readouts=True) for i in range(21)]
+        with store.create_session(base_meta(readouts=True)) as w:
+            for f in frames:
+                w.append(f)
+        s = self.reopen(store).session(w.id)
+        ds = s.to_xarray()
+        assert dict(ds.sizes) == {
+            "token": 21,
+            "layer": L,
+            "tile_y": H,
+            "tile_x": W,
+            "rank": 5,
+            "head": HEADS,
+            "attn_rank": ATTN_K,
+        }
+        assert ds.lens_top_ids.dims == ("token", "layer", "rank")
+        assert ds.attn_top_pos.dims == ("token", "layer", "head", "attn_rank")
+        np.testing.assert_array_equal(ds.lens_next_prob.values, s.lens().next_prob)
+        np.testing.assert_array_equal(ds.attn_top_weight.values, s.attention().top_weight)
+        out = export(s, "npz", tmp_path / "s.npz")[0]
+        with np.load(out) as z:
+            np.testing.assert_array_equal(z["lens_top_ids"], s.lens().top_ids)
+            np.testing.assert_array_equal(z["attention_sink"], s.attention().sink)
+        doc = session_json(s)
+        assert doc["lens"]["layers"] == s.layers and len(doc["attention"]["top_pos"]) == 21
+        assert doc["attention"]["top_weight"][0][1][0][0] is None  # NaN -> null (layer 1 has none)
+        assert isinstance(markers(s), list)
+
     def test_readouts_are_checked_on_append(self, store):
         with pytest.raises(StoreError, match="frame 0 has no lens readout"):
             with store.create_session(base_meta(readouts=True)) as w:

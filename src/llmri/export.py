@@ -34,16 +34,28 @@ class ExportError(LlmriError):
     """An export could not be written (bad options, output exists, missing encoder)."""
 
 
+def readout_arrays(session: SessionReader) -> dict[str, dict[str, np.ndarray]]:
+    """``{"lens": {field: array}, "attention": {...}}`` of the readouts the session holds."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    if "lens" in session.readouts:
+        out["lens"] = session.lens().arrays()
+    if "attention" in session.readouts:
+        out["attention"] = session.attention().arrays()
+    return out
+
+
 def session_json(session: SessionReader) -> dict[str, Any]:
-    """``{"meta", "n_tokens", "text", "tokens": [...]}``; NaN becomes ``null``."""
-    return json_safe(
-        {
-            "meta": session.meta,
-            "n_tokens": len(session),
-            "text": session.text,
-            "tokens": session.tokens.to_records(),
-        }
-    )
+    """``{"meta", "n_tokens", "text", "tokens": [...]}``, and where the session holds them
+    ``"lens"`` / ``"attention"``: ``{"layers", <field>: nested lists [T, ...]}``; NaN becomes ``null``."""
+    doc: dict[str, Any] = {
+        "meta": session.meta,
+        "n_tokens": len(session),
+        "text": session.text,
+        "tokens": session.tokens.to_records(),
+    }
+    for kind, arrays in readout_arrays(session).items():
+        doc[kind] = {"layers": session.layers, **arrays}
+    return json_safe(doc)
 
 
 def export_json(session: SessionReader, out: Path) -> Path:
@@ -56,8 +68,10 @@ def export_npz(session: SessionReader, out: Path) -> Path:
 
     Keys: ``frames_<signal>`` ``[T, L, H, W]`` float16, ``norm_<signal>`` and ``sparsity_<signal>``
     ``[T, L]`` float32, ``token_ids``, ``token_text``, ``token_role``, ``logprob``, ``entropy``,
-    ``top_ids`` ``[T, k]``, ``top_probs`` ``[T, k]``, ``reducer_state_<name>``. Loads with
-    ``np.load(path)`` (no pickles).
+    ``top_ids`` ``[T, k]``, ``top_probs`` ``[T, k]``, ``reducer_state_<name>``, and where the
+    session holds them ``lens_<field>`` (``top_ids``, ``top_probs`` ``[T, L, k]``, ``next_prob``,
+    ``next_rank``, ``entropy`` ``[T, L]``) and ``attention_<field>`` (``top_pos``, ``top_weight``
+    ``[T, L, H, k]``, ``entropy``, ``sink`` ``[T, L, H]``). Loads with ``np.load(path)`` (no pickles).
     """
     t = session.tokens
     arrays: dict[str, np.ndarray] = {
@@ -77,6 +91,8 @@ def export_npz(session: SessionReader, out: Path) -> Path:
         arrays[f"sparsity_{s}"] = sparsity
     for k, v in session.reducer_state.items():
         arrays[f"reducer_state_{k}"] = np.asarray(v)
+    for kind, fields in readout_arrays(session).items():
+        arrays.update({f"{kind}_{name}": a for name, a in fields.items()})
     with open(out, "wb") as fh:
         np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub types the kwargs as bool
     return out

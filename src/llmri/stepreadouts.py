@@ -50,6 +50,13 @@ def attention_heads(capture: Capture) -> int:
     raise CaptureError("cannot tell how many attention heads the model has (no num_attention_heads in its config)")
 
 
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
 def _identity(x: Any) -> Any:
     return x
 
@@ -98,8 +105,8 @@ class StepReadouts:
             size = rows * self.n_layers * self.heads * (self.attn_k * 8 + 8)
             warnings.warn(
                 f"attention_k='full' keeps whole attention rows: up to {rows} positions x {self.n_layers} layers x "
-                f"{self.heads} heads x {self.attn_k} keys, {size / 2**20:.1f} MiB for this session "
-                f"({size} bytes)",
+                f"{self.heads} heads x {self.attn_k} keys, {_size(size)} ({size} bytes) for this session, in "
+                "memory and in the store",
                 UserWarning,
                 stacklevel=4,
             )

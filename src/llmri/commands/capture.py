@@ -36,6 +36,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     chat.add_argument("--chat", dest="chat", action="store_true", default=True, help="prompt is a user message")
     chat.add_argument("--raw", dest="chat", action="store_false", help="feed the prompt as raw text")
     p.add_argument("--messages", metavar="CHAT.json", help="a JSON list of {role, content} messages")
+    p.add_argument("--lens", action="store_true", help="record the logit lens (every layer's next-token top-5)")
+    p.add_argument(
+        "--attention",
+        nargs="?",
+        const="16",
+        default=None,
+        metavar="K|full",
+        help="record attention per head: the top K attended positions (default 16), or full rows",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress line")
     return p
 
@@ -117,6 +126,19 @@ class _Progress:
             sys.stderr.flush()
 
 
+def _readout_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``lens`` / ``attention`` / ``attention_k`` from ``--lens`` and ``--attention [K|full]``."""
+    out: dict[str, Any] = {}
+    if getattr(args, "lens", False):
+        out["lens"] = True
+    value = getattr(args, "attention", None)
+    if value is not None:
+        if value != "full" and not value.isdigit():
+            raise CaptureError(f"--attention takes a whole number K or 'full', got {value!r}")
+        out["attention"], out["attention_k"] = True, value if value == "full" else int(value)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     import llmri
 
@@ -150,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             stop=args.stop,
             chat=True if args.messages else args.chat,
+            **_readout_options(args),
         )
     except (ValueError, TypeError) as exc:
         raise CaptureError(str(exc)) from None

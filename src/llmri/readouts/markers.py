@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .._errors import LlmriError
+
 #: Marker kinds, in the order markers of one token are listed.
 KINDS: tuple[str, ...] = (
     "surprise",
@@ -287,7 +289,7 @@ def _optional(obj: Any, name: str) -> Any:
     if callable(value):
         try:
             value = value()
-        except (KeyError, LookupError, ValueError):  # the session has no such arrays
+        except (LlmriError, LookupError, ValueError):  # the session has no such arrays (StoreError)
             return None
     return value
 

@@ -199,11 +199,14 @@ class SessionReader(ABC):
         token). Variables: per signal ``<signal>`` (float16 tiles ``[token, layer, tile_y, tile_x]``),
         ``<signal>_norm`` and ``<signal>_sparsity`` (float32 ``[token, layer]``); the token table
         ``token_id``, ``logprob``, ``entropy`` ``[token]`` and ``top_ids``, ``top_probs``,
-        ``top_texts`` ``[token, rank]`` (padded with -1, NaN, ``""``). ``attrs`` hold ``meta``.
-        A reader that :class:`SupportsArrays` (a Zarr session) gives dask arrays over its chunks,
-        read only when computed, so a session larger than memory opens at once (only the ``text``
-        and ``role`` coordinates are read: selections need them); others hold numpy arrays. Only
-        committed rows appear.
+        ``top_texts`` ``[token, rank]`` (padded with -1, NaN, ``""``); where the session holds
+        them, the lens ``lens_top_ids``, ``lens_top_probs`` ``[token, layer, rank]``,
+        ``lens_next_prob``, ``lens_next_rank``, ``lens_entropy`` ``[token, layer]``, and attention
+        ``attn_top_pos``, ``attn_top_weight`` ``[token, layer, head, attn_rank]``, ``attn_entropy``,
+        ``attn_sink`` ``[token, layer, head]``. ``attrs`` hold ``meta``. A reader that
+        :class:`SupportsArrays` (a Zarr session) gives dask arrays over its chunks, read only when computed,
+        so a session larger than memory opens at once (only the ``text`` and ``role`` coordinates are read:
+        selections need them); others hold numpy arrays. Only committed rows appear.
         """
         from .dataset import session_dataset
 

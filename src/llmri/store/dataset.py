@@ -16,7 +16,10 @@ import numpy as np
 
 from .._errors import require
 from ..frame import TOP_K
-from .base import LAYER, RANK, TILE_X, TILE_Y, TOKEN, SessionReader, SupportsArrays
+from .base import LAYER, RANK, TILE_X, TILE_Y, TOKEN, SessionReader, SupportsArrays, readout_layout
+
+#: The variable of readout field ``<kind>/<field>`` in :func:`session_dataset`.
+READOUT_PREFIX = {"lens": "lens_", "attention": "attn_"}
 
 #: The token table: (variable, stored column, axes); text and role become coordinates.
 TOKEN_COLUMNS = (
@@ -70,6 +73,9 @@ def _eager_columns(session: SessionReader) -> dict[str, Any]:
     for s in session.signals:
         cols[f"frames/{s}"] = session.frames(s)
         cols[f"stats/{s}/norm"], cols[f"stats/{s}/sparsity"] = session.stats(s)
+    for kind in session.readouts:
+        table = session.lens() if kind == "lens" else session.attention()
+        cols.update({f"{kind}/{name}": a for name, a in table.arrays().items()})
     return {name: _readonly(np.asarray(a)) for name, a in cols.items()}
 
 
@@ -95,6 +101,9 @@ def session_dataset(session: SessionReader) -> Any:
         data[f"{s}_sparsity"] = ((TOKEN, LAYER), col(f"stats/{s}/sparsity"))
     for var, name, dims in TOKEN_COLUMNS:
         data[var] = (dims, col(name))
+    for kind, fields in readout_layout(session.meta).items():
+        for name, (_, row_dims) in fields.items():
+            data[READOUT_PREFIX[kind] + name] = ((TOKEN, *row_dims), col(f"{kind}/{name}"))
     # text and role are read now: coordinates select (``ds.where(ds.role == "generated", drop=True)``
     # needs them in memory), and they are a small part of a session; every data variable stays lazy
     coords: dict[str, Any] = {
