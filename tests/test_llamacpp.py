@@ -398,3 +398,45 @@ def test_live_chat_records_with_llama_cpp(gguf, tmp_path):
         live.close()
         served.close()
     assert gguf.context().recorder is None
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def test_cli_capture_and_view_with_llama_cpp(tmp_path, capsys):
+    import argparse
+
+    from llmri.cli import main as cli_main
+    from llmri.commands import view
+
+    out = tmp_path / "cli.zarr"
+    args = ["capture", "Why is the sky blue?", "--backend", "llama.cpp", "-o", str(out), "--max-new-tokens", "3"]
+    assert cli_main([*args, "--model", gguf_default_path()]) == 0
+    sid = capsys.readouterr().out.strip().splitlines()[-1]
+    s = llmri.open_store(out).session(sid)
+    assert s.meta["backend"] == "llama.cpp" and s.meta["model"]["format"] == "gguf"
+    assert cli_main(["capture", "hi", "--backend", "llama.cpp", "-o", str(out), "--model", str(tmp_path)]) == 1
+    assert "needs a .gguf file" in capsys.readouterr().err
+    ns = argparse.Namespace(model=None, openai_url=None, backend="llama.cpp", paths=[])
+    with pytest.raises(CaptureError, match="give --model too"):
+        view.live_plugin(ns)
+    ns = argparse.Namespace(model="default", openai_url=None, backend="nope", paths=[])
+    with pytest.raises(CaptureError, match="unknown backend 'nope'"):
+        view.live_plugin(ns)
+
+
+def gguf_default_path() -> str:
+    from llmri.models import default_gguf_path
+
+    return str(default_gguf_path())
+
+
+def test_demo_uses_llama_cpp_when_installed(monkeypatch):
+    import importlib.util
+
+    from llmri.commands.demo import demo_backend
+
+    assert demo_backend(None) == "llama.cpp" and demo_backend("hf") == "hf"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    assert demo_backend(None) == "hf"

@@ -106,7 +106,7 @@ def backend_for(model: Any, backend: str | None) -> tuple[str, type[Capture]]:
     own = getattr(model, "llmri_backend", None)
     if backend is None:
         backend = own or "hf"
-    elif own and backend != own and own in ("transformer-lens", "nnsight"):
+    elif own and backend != own and own in ("transformer-lens", "nnsight", "llama.cpp"):
         raise CaptureError(f"this model is wrapped for the {own!r} backend: it cannot record with {backend!r}")
     try:
         return backend, BACKENDS.get(backend)
@@ -201,7 +201,7 @@ class CaptureStream(FrameStream):
         self.reducer = make_reducer(reducer, tile=tile, seed=reducer_seed)
         if isinstance(prompt, (list, tuple)):
             check_messages(prompt)
-        self.model = load_model(model) if spec else adapted
+        self.model = load_model(model, backend=name) if spec else adapted  # llama.cpp: the GGUF itself
         self.backend_name, cls = backend_for(self.model, backend)
         extra = {} if hook_points is None else {"hook_points": hook_points}
         self.capture: Capture = cls(self.model, signals, **extra)

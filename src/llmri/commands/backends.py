@@ -7,7 +7,14 @@ import importlib.util
 
 from ..backends import BACKENDS
 
-_EXTRA = {"hf": None, "synthetic": None, "transformer-lens": "transformer_lens", "nnsight": "nnsight"}
+_EXTRA = {
+    "hf": None,
+    "synthetic": None,
+    "transformer-lens": "transformer_lens",
+    "nnsight": "nnsight",
+    "llama.cpp": "llama_cpp",
+}
+_PIP_EXTRA = {"llama.cpp": "llamacpp"}  # where the extra's name is not the backend's
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -20,6 +27,6 @@ def run(args: argparse.Namespace) -> int:
         cls = BACKENDS.get(name)
         mod = _EXTRA.get(name)
         ok = mod is None or importlib.util.find_spec(mod) is not None
-        extra = "" if ok else f"  (pip install 'llmri[{name}]')"
+        extra = "" if ok else f"  (pip install 'llmri[{_PIP_EXTRA.get(name, name)}]')"
         print(f"{name:<18} {'yes' if ok else 'no':<10} {','.join(cls.provides)}{extra}")
     return 0

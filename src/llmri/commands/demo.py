@@ -27,7 +27,23 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    p.add_argument(
+        "--backend",
+        default=None,
+        metavar="NAME",
+        help="capture backend: llama.cpp when llama-cpp-python is installed (fast), else hf; --backend hf "
+        "keeps transformers",
+    )
     return p
+
+
+def demo_backend(requested: str | None) -> str:
+    """``llama.cpp`` when llama-cpp-python is installed (``pip install 'llmri[llamacpp]'``), else ``hf``."""
+    if requested:
+        return requested
+    import importlib.util
+
+    return "llama.cpp" if importlib.util.find_spec("llama_cpp") is not None else "hf"
 
 
 def sparkline(values: Any) -> str:
@@ -70,7 +86,7 @@ def summarise(session: Any, seconds: float | None = None, out: Any = sys.stdout)
             )
 
 
-def capture_demo(store_path: str, max_new_tokens: int, recapture: bool) -> Any:
+def capture_demo(store_path: str, max_new_tokens: int, recapture: bool, backend: str = "hf") -> Any:
     import llmri
 
     store = llmri.open_store(store_path, create=True)
@@ -78,16 +94,22 @@ def capture_demo(store_path: str, max_new_tokens: int, recapture: bool) -> Any:
     if done and not recapture:
         print(f"demo store {store_path} already holds session {done[-1].id}; reusing it (--recapture to redo)")
         return done[-1], None
-    print("loading the bundled model (SmolLM2-135M-Instruct; the first run converts it once)...", flush=True)
-    model = llmri.load_model()
+    if backend == "llama.cpp":
+        print("loading the bundled model (SmolLM2-135M-Instruct, its GGUF run by llama.cpp)...", flush=True)
+    else:
+        print("loading the bundled model (SmolLM2-135M-Instruct; the first run converts it once)...", flush=True)
+    model = llmri.load_model(backend=backend)
     print("capturing an example conversation (resid, attn, mlp on every layer)...", flush=True)
     t0 = time.perf_counter()
-    s = llmri.capture(model, DEMO_MESSAGES, max_new_tokens=max_new_tokens, store=store, meta={"demo": True})
+    s = llmri.capture(
+        model, DEMO_MESSAGES, max_new_tokens=max_new_tokens, store=store, meta={"demo": True}, backend=backend
+    )
     return store.session(s.id), time.perf_counter() - t0
 
 
 def run(args: argparse.Namespace) -> int:
-    session, seconds = capture_demo(args.store, args.max_new_tokens, args.recapture)
+    backend = demo_backend(args.backend)
+    session, seconds = capture_demo(args.store, args.max_new_tokens, args.recapture, backend)
     summarise(session, seconds)
     if args.no_view:
         return 0
@@ -102,13 +124,14 @@ def run(args: argparse.Namespace) -> int:
         no_browser=args.no_browser,
         allow_remote=False,
         model="default",
+        backend=backend,
         openai_url=None,
         openai_model=None,
         api_key_env=None,
     )
     print(
-        "starting the viewer with live chat on the bundled model (Ctrl-C to stop): type a message in the chat "
-        "panel and watch every layer light up as the answer streams in...",
+        f"starting the viewer with live chat on the bundled model ({backend}; Ctrl-C to stop): type a message in "
+        "the chat panel and watch every layer light up as the answer streams in...",
         flush=True,
     )
     return int(view.run(view_args) or 0)

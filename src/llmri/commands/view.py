@@ -34,6 +34,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "a .gguf file or a Hugging Face id",
     )
     live.add_argument(
+        "--backend",
+        default=None,
+        metavar="NAME",
+        help="capture backend for --model (default hf; 'llama.cpp' runs a .gguf file itself, fast: "
+        "pip install 'llmri[llamacpp]')",
+    )
+    live.add_argument(
         "--openai-url",
         default=None,
         metavar="URL",
@@ -65,10 +72,18 @@ def open_stores(paths: list[str]) -> dict[str, Any]:
 def live_plugin(args: argparse.Namespace) -> Any:
     """The live chat plug-in for ``create_app(live=...)`` (--model or --openai-url), or None."""
     model, url = args.model, args.openai_url
+    backend = getattr(args, "backend", None)
+    if backend and not model:
+        raise CaptureError("--backend chooses how --model is recorded: give --model too")
     if not (model or url):
         return None
     if model and url:
         raise CaptureError("give --model (activations) or --openai-url (chat-only), not both")
+    if backend:
+        from ..backends import BACKENDS
+
+        if backend not in BACKENDS:  # before a model load that can take minutes
+            raise CaptureError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS.names())})")
     from ..store import open_store
     from ..viewer.live import ChatOnlyEngine, LiveChat, ModelEngine
 
@@ -95,8 +110,8 @@ def live_plugin(args: argparse.Namespace) -> Any:
         return LiveChat(ChatOnlyEngine(client))
     from ..models import load_model
 
-    print(f"llmri view: loading model {model} for live chat...", flush=True)
-    return LiveChat(ModelEngine(load_model(model)))
+    print(f"llmri view: loading model {model} for live chat{f' ({backend})' if backend else ''}...", flush=True)
+    return LiveChat(ModelEngine(load_model(model, backend=backend), backend=backend))
 
 
 def build_app(args: argparse.Namespace, live: Any = None) -> Any:

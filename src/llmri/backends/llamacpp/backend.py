@@ -57,7 +57,7 @@ class LlamaCppCapture(Capture):
     name = "llama.cpp"
     provides = SIGNALS
 
-    def __init__(self, model: Any, signals: Sequence[str] = SIGNALS) -> None:
+    def __init__(self, model: Any, signals: Sequence[str] | str | None = None) -> None:
         super().__init__(model, signals)
         from .model import GGUFModel
 
@@ -108,6 +108,12 @@ class LlamaCppCapture(Capture):
     @property
     def layer_names(self) -> list[str]:
         return self._names
+
+    @property
+    def signal_modules(self) -> dict[str, list[str | None]]:
+        """The llama.cpp graph tensor each signal copies, per layer (``l_out-0``, ...)."""
+        names = tensor_names(self.model.architecture)
+        return {s: [f"{names[s]}-{i}" for i in range(self.model.n_layers)] for s in self.signals}
 
     @property
     def d_model(self) -> int:

@@ -10,7 +10,9 @@ import numpy as np
 from ..._errors import CaptureError
 from .ggml import GGML_TYPE_F32, GGML_TYPE_NAMES, Ggml, TensorHead
 
-_string_at = ctypes.string_at
+# ggml_tensor.name is a char[GGML_MAX_NAME = 64]; ``.value`` stops at its NUL. A third of the cost of
+# ctypes.string_at, and this runs for every node of every graph.
+_name_at = (ctypes.c_char * 64).from_address
 
 
 class Recorder:
@@ -44,20 +46,21 @@ class Recorder:
     def wants(self, t: int) -> bool:
         """The answer to ``ask``: whether tensor ``t`` is one of :attr:`slots` (the hot path: one
         name read and a dict lookup, for every node of the graph)."""
-        return self.error is None and _string_at(t + self.name_offset) in self.slots
+        return self.error is None and _name_at(t + self.name_offset).value in self.slots
 
     def computed(self, t: int) -> bool:
         """Tensor ``t`` (one :meth:`wants` accepted) is computed: check it and copy it out."""
         if self.error is not None:
             return False
-        name = _string_at(t + self.name_offset)
+        name = _name_at(t + self.name_offset).value
         sig, layer = self.slots[name]
         head = TensorHead.from_address(t)
         d, rows = self.d, self.rows
-        if head.type != GGML_TYPE_F32 or list(head.ne) != [d, rows, 1, 1] or head.nb[1] != 4 * d:
+        ne = head.ne
+        if head.type != GGML_TYPE_F32 or ne[0] != d or ne[1] != rows or ne[2] * ne[3] != 1 or head.nb[1] != 4 * d:
             what = GGML_TYPE_NAMES.get(head.type, f"type {head.type}")
             raise CaptureError(
-                f"llama.cpp: tensor {name.decode()} is {what} {list(head.ne)}, expected f32 [{d}, {rows}, 1, 1] "
+                f"llama.cpp: tensor {name.decode()} is {what} {list(ne)}, expected f32 [{d}, {rows}, 1, 1] "
                 "with contiguous rows"
             )
         if name in self.seen:
