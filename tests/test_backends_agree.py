@@ -281,14 +281,12 @@ class TestNNsight(BackendSuite):
 # -- what only some backends have -----------------------------------------------------------
 
 
-def test_hf_missing_signal_mapping_names_signal_and_module(real_model, monkeypatch):
-    import llmri.backends.hf as hf
-
-    monkeypatch.setitem(hf._SUBMODULES, "mlp", ("feed_forward",))
+def test_hf_missing_signal_mapping_names_signal_and_module(real_model):
+    bad = {"mlp": "model.layers.{i}.feed_forward"}
     with pytest.raises(CaptureError, match=r"no mapping for signal 'mlp'.*model\.layers\.0\.feed_forward"):
-        llmri.capture(real_model, PROMPT, backend="hf", max_new_tokens=1)
+        llmri.capture(real_model, PROMPT, backend="hf", max_new_tokens=1, hook_points=bad)
     with pytest.raises(CaptureError, match=r"no mapping for signal 'mlp'.*model\.layers\.0\.feed_forward"):
-        llmri.capture(real_model, PROMPT, backend="nnsight", max_new_tokens=1)
+        llmri.capture(real_model, PROMPT, backend="nnsight", max_new_tokens=1, hook_points=bad)
 
 
 def test_tl_missing_hook_point_names_signal_and_hook(real_model, monkeypatch):

@@ -27,11 +27,20 @@ def neurons_session(real_model):
     return llmri.capture(real_model, PROMPT, chat=True, max_new_tokens=12, reducer="neurons")
 
 
-def test_resid_neurons_frames_equal_output_hidden_states(real_model, neurons_session):
+@pytest.fixture(scope="module")
+def reference(real_model):
+    """A copy of the model for Hugging Face's own runs: ``output_hidden_states`` leaves
+    transformers' recording hooks on the model it runs, for good."""
+    import copy
+
+    return copy.deepcopy(real_model.model)
+
+
+def test_resid_neurons_frames_equal_output_hidden_states(real_model, neurons_session, reference):
     s = neurons_session
     ids = torch.from_numpy(s.tokens.ids)[None]
     with torch.no_grad():
-        hs = real_model.model(ids, output_hidden_states=True).hidden_states
+        hs = reference(ids, output_hidden_states=True).hidden_states
     frames = torch.from_numpy(s.frames("resid").astype(np.float32)).reshape(len(s), real_model.n_layers, -1)
     frames = frames[:, :, : real_model.d_model]
     # hidden_states[l + 1] is block l's output, except the last entry, which transformers stores after the final norm.
@@ -80,12 +89,12 @@ def test_a_step_without_logits_skips_the_lm_head_and_records_the_same(real_model
         torch.testing.assert_close(a.acts[s], b.acts[s], rtol=0, atol=0)
 
 
-def test_greedy_tokens_equal_model_generate(real_model, neurons_session):
+def test_greedy_tokens_equal_model_generate(neurons_session, reference):
     s = neurons_session
     n_prompt = s.tokens.role.count("prompt")
     prompt = torch.from_numpy(s.tokens.ids[:n_prompt])[None]
     with torch.no_grad():
-        ref = real_model.model.generate(prompt, max_new_tokens=12, do_sample=False)[0, n_prompt:].tolist()
+        ref = reference.generate(prompt, max_new_tokens=12, do_sample=False)[0, n_prompt:].tolist()
     assert list(s.tokens.ids[n_prompt:]) == ref
 
 

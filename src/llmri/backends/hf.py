@@ -9,47 +9,22 @@ from typing import Any
 
 from .._errors import CaptureError
 from ..frame import SIGNALS
+from ._wrapped import hidden_size
 from .base import BACKENDS, Capture, LensHead, Step
+from .hf_layout import Layout, describe, find_layout, get, pick, residual_arg, text_config
 
-# Where the decoder blocks and their sub-layers live, for the architectures transformers ships.
-_LAYER_PATHS = (
-    "model.layers",
-    "model.decoder.layers",
-    "transformer.h",
-    "gpt_neox.layers",
-    "transformer.blocks",
-    "model.language_model.layers",
-)
-_SUBMODULES = {"attn": ("self_attn", "attn", "attention", "self_attention"), "mlp": ("mlp", "feed_forward", "ffn")}
+#: The forward argument (and output field) that carries the cache, by transformers generation.
+_CACHE_KWS = ("cache", "past_key_values", "cache_params", "state")
 
 
-def _get(obj: Any, path: str) -> Any:
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
+class Replay:
+    """The "cache" of a model that keeps none (GPT-1): the ids so far, run again whole each step."""
 
+    def __init__(self, ids: Any) -> None:
+        self.ids = ids
 
-def find_layers(model: Any) -> tuple[str, Any]:
-    for path in _LAYER_PATHS:
-        layers = _get(model, path)
-        if layers is not None and hasattr(layers, "__len__") and len(layers) > 0:
-            return path, layers
-    raise CaptureError(f"{type(model).__name__}: cannot find the decoder layers (looked for {', '.join(_LAYER_PATHS)})")
-
-
-def find_submodule(layer: Any, signal: str, where: str) -> tuple[str, Any]:
-    for name in _SUBMODULES[signal]:
-        mod = getattr(layer, name, None)
-        if mod is not None:
-            return name, mod
-    looked = ", ".join(f"{where}.{n}" for n in _SUBMODULES[signal])
-    raise CaptureError(f"no mapping for signal {signal!r} in this architecture: looked for {looked}")
-
-
-def _first(out: Any) -> Any:
-    return out[0] if isinstance(out, tuple) else out
+    def get_seq_length(self) -> int:
+        return int(self.ids.shape[-1])
 
 
 # The final norm, on the module that holds the decoder layers, for the architectures transformers ships.
@@ -66,11 +41,6 @@ _LOGIT_POSTPROCESS: tuple[tuple[str, tuple[str, ...] | None, str], ...] = (
     ("final_logit_softcapping", None, "softcap"),
     ("unpadded_vocab_size", None, "cut"),
 )
-
-
-def text_config(config: Any) -> Any:
-    get = getattr(config, "get_text_config", None)
-    return get() if callable(get) else config
 
 
 def logit_postprocess(config: Any) -> Callable[[Any], Any] | None:
@@ -110,7 +80,7 @@ def logit_postprocess(config: Any) -> Callable[[Any], Any] | None:
 def find_lens_head(model: Any, layers_path: str) -> LensHead:
     """The final norm (on the module holding the layers) and the output embedding of ``model``."""
     where = layers_path.rsplit(".", 1)[0] if "." in layers_path else ""
-    decoder = _get(model, where) if where else model
+    decoder = get(model, where) if where else model
     unembed = model.get_output_embeddings() if callable(getattr(model, "get_output_embeddings", None)) else None
     found = [n for n in _FINAL_NORMS if decoder is not None and hasattr(decoder, n)]
     if unembed is None or not found:
@@ -130,10 +100,11 @@ def find_lens_head(model: Any, layers_path: str) -> LensHead:
 
 
 def find_attention(layer: Any) -> Any:
-    """The attention module of a decoder block, or ``None`` for a block without one."""
-    for name in _SUBMODULES["attn"]:
-        mod = getattr(layer, name, None)
-        if mod is not None:
+    """The attention module of a decoder block, or ``None`` for a block without one (a state-space
+    or linear-attention mixer has no attention weights)."""
+    for mod in layer.children():
+        cls = type(mod).__name__
+        if "Attention" in cls and "Linear" not in cls:
             return mod
     return None
 
@@ -203,46 +174,65 @@ def attention_weights(out: Any, n_total: int, layer: int) -> Any:
 
 @BACKENDS.register("hf")
 class HFHooksCapture(Capture):
-    """Forward hooks on each decoder block (``resid``), its attention (``attn``) and its MLP
-    (``mlp``). Hooks are registered for the duration of one ``step`` only, so no state is left on
-    the model between steps, after an exception, or when the caller stops early."""
+    """Forward hooks on each decoder block (``resid``), its token-mixing sub-layer (``attn``:
+    attention, or the state-space / linear-attention mixer a layer has instead) and its MLP
+    (``mlp``: dense or mixture of experts), found for the architectures transformers ships or
+    named with ``hook_points`` (``{signal: "path.{i}.module"}``, or a list of paths per layer).
+
+    Hooks are registered for the duration of one ``step`` only, so no state is left on the model
+    between steps, after an exception, or when the caller stops early. Each hooked output must
+    hold a ``[1, n, d_model]`` vector (tuples, ModelOutputs and a flattened ``[n, d_model]`` are
+    read); anything else is an error naming the module. A layer without a module for a signal
+    records zeros there (``signal_modules`` says ``None``); a signal no layer has is an error when
+    asked for, else left out.
+    """
 
     name = "hf"
     provides = SIGNALS
     supports_attention = True
+    supports_hook_points = True
 
-    def __init__(self, model: Any, signals: Sequence[str] = SIGNALS) -> None:
+    def __init__(
+        self, model: Any, signals: Sequence[str] | str | None = None, *, hook_points: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(model, signals)
         self.model = model.model
-        path, layers = find_layers(self.model)
-        self._layers_path = path
-        self._blocks = list(layers)
-        self._targets: dict[str, list[Any]] = {}
-        for sig in self.signals:
-            if sig == "resid":
-                self._targets[sig] = list(layers)
-            else:
-                self._targets[sig] = [find_submodule(layer, sig, f"{path}.{i}")[1] for i, layer in enumerate(layers)]
-        self._names = [f"{path}.{i}" for i in range(len(layers))]
-        self._attn_mods = [find_attention(layer) for layer in layers]
+        self._d_model = hidden_size(text_config(self.model.config))
+        self.layout: Layout = find_layout(
+            self.model, self.signals, self._d_model, requested=self.signals_requested, hook_points=hook_points
+        )
+        self.signals = [s for s in self.signals if s in self.layout.points]
+        self._layers_path = self.layout.layers_path
+        self._blocks = list(self.layout.blocks)
+        self._names = [p.path if p else "" for p in self.layout.points.get("resid") or []] or [
+            f"{self._layers_path}.{i}" for i in range(len(self._blocks))
+        ]
+        self._attn_mods = [find_attention(b) for b in self._blocks]
         params = inspect.signature(self.model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._cache_kw = next((k for k in _CACHE_KWS if k in params), "")  # "": none, replay the sequence
+        self._has_use_cache = "use_cache" in params
         self._has_keep = "logits_to_keep" in params
+        self._own_cache: bool | None = None  # whether llmri makes the cache (a model that returns none)
         # The decoder alone (the module holding the layers), for forwards whose logits nobody
         # reads (the last generated token, calibration): it skips the LM head, ~20% of a small
         # model's forward. Used only where it takes ids and a cache the same way.
         self._decoder: Any = None
         self._decoder_cache_kw = ""
-        decoder = _get(self.model, path.rsplit(".", 1)[0])
+        where = self._layers_path.rsplit(".", 1)[0] if "." in self._layers_path else ""
+        decoder = get(self.model, where) if where else None
         if decoder is not None and decoder is not self.model and callable(getattr(decoder, "forward", None)):
             dparams = inspect.signature(decoder.forward).parameters
-            kw = next((k for k in ("cache", "past_key_values") if k in dparams), "")
+            kw = next((k for k in _CACHE_KWS if k in dparams), "")
             if "input_ids" in dparams and kw and "use_cache" in dparams:
                 self._decoder, self._decoder_cache_kw = decoder, kw
 
     @property
     def layer_names(self) -> list[str]:
         return self._names
+
+    @property
+    def signal_modules(self) -> dict[str, list[str | None]]:
+        return self.layout.paths()
 
     def torch_module(self) -> Any:
         return self.model
@@ -252,12 +242,17 @@ class HFHooksCapture(Capture):
 
     @property
     def d_model(self) -> int:
-        return int(self.model.config.hidden_size)
+        return self._d_model
 
     def lens_head(self) -> LensHead:
         """``<layers' parent>.norm`` (or ``ln_f``, ``final_layer_norm``, ...) and
         ``get_output_embeddings()``, with the logit scaling / soft-capping the model's config names."""
         return find_lens_head(self.model, self._layers_path)
+
+    def _new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
 
     def step(self, input_ids: Any, cache: Any = None, *, logits: bool = True, attention: bool = False) -> Step:
         """One forward; ``attention=True`` runs it with eager attention (switched for this step
@@ -265,12 +260,19 @@ class HFHooksCapture(Capture):
         for layers without an attention module."""
         import torch
 
-        bufs: dict[str, list[Any]] = {s: [None] * len(self._names) for s in self.signals}
+        n_new = int(input_ids.shape[-1])
+        if not self._cache_kw:  # a model without a cache runs the whole sequence every step
+            ids_so_far = input_ids if cache is None else torch.cat([cache.ids, input_ids.to(cache.ids.device)], 1)
+            input_ids, cache = ids_so_far, None
+        n_layers, n, d = len(self._names), int(input_ids.shape[-1]), self._d_model
+        if cache is None and self._own_cache:
+            cache = self._new_cache()
+        bufs: dict[str, list[Any]] = {s: [None] * n_layers for s in self.signals}
         handles = []
-        n_total = (int(cache.get_seq_length()) if cache is not None else 0) + int(input_ids.shape[-1])
-        weights: list[Any] = [None] * len(self._names)
+        weights: list[Any] = [None] * n_layers
         if attention and all(m is None for m in self._attn_mods):
             raise CaptureError(f"hf: {type(self.model).__name__} has no attention modules to read weights from")
+        n_total = n + (int(cache.get_seq_length()) if attention and cache is not None else 0)
 
         def keep_weights(i: int):  # noqa: ANN202
             def hook(_mod: Any, _inp: Any, out: Any) -> None:
@@ -278,18 +280,32 @@ class HFHooksCapture(Capture):
 
             return hook
 
-        def make(sig: str, i: int):  # noqa: ANN202
+        def make(sig: str, i: int, path: str, residual: str | None):  # noqa: ANN202
             slot = bufs[sig]
 
-            def hook(_mod: Any, _inp: Any, out: Any) -> None:
-                slot[i] = _first(out)  # an inference tensor (the forward runs in inference_mode)
+            def hook(mod: Any, args: Any, kwargs: Any, out: Any) -> None:
+                t = pick(out, n, d)  # an inference tensor (the forward runs in inference_mode)
+                if t is None:
+                    raise CaptureError(
+                        f"hf: {path} ({type(mod).__name__}) returned {describe(out)}, not the [1, {n}, {d}] "
+                        f"(batch, positions, d_model) vector the {sig!r} signal reads: name the module that "
+                        f"outputs it with hook_points={{{sig!r}: '...{{i}}...'}}"
+                    )
+                if residual is not None:  # the module returns residual + its output: undo the sum
+                    t = t - residual_arg(mod, residual, args, kwargs).reshape(t.shape)
+                # a copy: the forward may write into the output afterwards (Falcon adds attention
+                # into the MLP's output in place)
+                slot[i] = t.clone()
 
             return hook
 
         try:
-            for sig, mods in self._targets.items():
-                for i, mod in enumerate(mods):
-                    handles.append(mod.register_forward_hook(make(sig, i)))
+            for sig, pts in self.layout.points.items():
+                if sig in bufs:
+                    for i, pt in enumerate(pts):
+                        if pt is not None:
+                            hook = make(sig, i, pt.path, pt.residual)
+                            handles.append(pt.module.register_forward_hook(hook, with_kwargs=True))
             if attention:
                 for i, mod in enumerate(self._attn_mods):
                     if mod is not None:
@@ -300,19 +316,39 @@ class HFHooksCapture(Capture):
                 if not logits and self._decoder is not None:
                     out = self._decoder(input_ids=ids, **{self._decoder_cache_kw: cache, "use_cache": True})
                 else:
-                    kw: dict[str, Any] = {self._cache_kw: cache, "use_cache": True}
+                    kw: dict[str, Any] = {self._cache_kw: cache} if self._cache_kw else {}
+                    if self._has_use_cache:
+                        kw["use_cache"] = bool(self._cache_kw)
                     if not logits and self._has_keep:
                         kw["logits_to_keep"] = 1
                     out = self.model(input_ids=ids, **kw)
         finally:
             for h in handles:
                 h.remove()
-        new_cache = getattr(out, "cache", None)
-        if new_cache is None:
-            new_cache = getattr(out, "past_key_values", None)
-        missing = [s for s, b in bufs.items() if any(t is None for t in b)]
+        new_cache = next((c for c in (getattr(out, k, None) for k in _CACHE_KWS) if c is not None), None)
+        if not self._cache_kw:
+            new_cache = Replay(input_ids)
+        elif new_cache is None:
+            if cache is None and self._own_cache is None:
+                # The model keeps its cache to itself (RecurrentGemma): run again with one of ours.
+                self._own_cache = True
+                return self.step(input_ids, None, logits=logits, attention=attention)
+            new_cache = cache  # updated in place
+        missing = [s for s, b in bufs.items() if all(t is None for t in b)]
         if missing:
             raise CaptureError(f"hf: the forward did not run the hooked modules for {', '.join(missing)}")
-        acts = {s: torch.stack(b, dim=2)[0] for s, b in bufs.items()}  # [1, n, L, d] -> [n, L, d]
-        lg = out.logits[0].float() if logits else None
+        zeros = None
+        for s, b in bufs.items():
+            for i, t in enumerate(b):
+                if t is None:
+                    pt = self.layout.points[s][i]
+                    if pt is not None:
+                        raise CaptureError(f"hf: the forward did not run {pt.path} (signal {s!r})")
+                    ref = next(x for x in b if x is not None)
+                    zeros = zeros if zeros is not None and zeros.dtype == ref.dtype else torch.zeros_like(ref)
+                    b[i] = zeros
+        acts = {s: torch.stack(b, dim=2)[0, -n_new:] for s, b in bufs.items()}  # [1, n, L, d] -> [n, L, d]
+        lg = out.logits[0, -n_new:].float() if logits else None
+        if attention and not self._cache_kw:
+            weights = [w if w is None else w[:, -n_new:] for w in weights]
         return Step(logits=lg, acts=acts, cache=new_cache, attn_weights=weights if attention else None)

@@ -12,7 +12,8 @@ from .._errors import CaptureError, require
 from ..frame import SIGNALS
 from ._wrapped import WrappedModel, cached_for, hidden_size, module_fingerprint, weight_sharing_copy
 from .base import BACKENDS, Capture, LensHead, Step
-from .hf import find_layers, find_lens_head, find_submodule
+from .hf import find_lens_head
+from .hf_layout import find_layers, find_layout, pick, text_config
 
 EXTRA = "nnsight"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -84,8 +85,12 @@ def wrap_loaded(loaded: Any) -> Any:
     return TransformersModel(weight_sharing_copy(loaded.model), tokenizer=loaded.tokenizer, task="text-generation")
 
 
-def _first(out: Any) -> Any:
-    return out[0] if isinstance(out, (tuple, list)) else out
+def _envoy(nn_model: Any, path: str) -> Any:
+    """The nnsight envoy of the module at ``path`` (``model.layers.3.mlp``)."""
+    envoy = nn_model
+    for part in path.split("."):
+        envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
+    return envoy
 
 
 @BACKENDS.register("nnsight")
@@ -103,8 +108,16 @@ class NNsightCapture(Capture):
 
     name = "nnsight"
     provides = SIGNALS
+    supports_hook_points = True
 
-    def __init__(self, model: Any, signals: Sequence[str] = SIGNALS, *, remote: bool | str | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        signals: Sequence[str] | str | None = None,
+        *,
+        remote: bool | str | None = None,
+        hook_points: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(model, signals)
         if isinstance(model, WrappedModel):
             if model.llmri_backend != self.name:
@@ -125,39 +138,46 @@ class NNsightCapture(Capture):
                     f"the model as TransformersModel('org/name') (this one is {repo!r}); see docs/backends.md"
                 )
         hf = _module(self.nn_model)
-        path, layers = find_layers(hf)
-        envoy = self.nn_model
-        for part in path.split("."):
-            envoy = getattr(envoy, part)
+        self._d_model = hidden_size(text_config(hf.config))
+        self.layout = find_layout(
+            hf, self.signals, self._d_model, requested=self.signals_requested, hook_points=hook_points
+        )
+        self.signals = [s for s in self.signals if s in self.layout.points]
         # Execution order inside a block (attention, then MLP, then the block's output), which is
         # the order nnsight needs should the values ever be read one by one in the trace.
         self._order = [s for s in ("attn", "mlp", "resid") if s in self.signals]
-        self._envoys: list[list[Any]] = []
-        for i, layer in enumerate(layers):
-            row = []
-            for sig in self._order:
-                if sig == "resid":
-                    row.append(envoy[i])
-                else:
-                    sub, _ = find_submodule(layer, sig, f"{path}.{i}")
-                    row.append(getattr(envoy[i], sub))
-            self._envoys.append(row)
-        self._names = [f"{path}.{i}" for i in range(len(layers))]
-        self._layers_path = path
-        self._blocks = list(layers)
-        self._flat = [e for row in self._envoys for e in row]
-        self._paths: dict[str, list[str]] = {
-            sig: [row[j].path for row in self._envoys] for j, sig in enumerate(self._order)
-        }
-        self._d_model = hidden_size(hf.config)
+        self._paths: dict[str, list[str | None]] = {}
+        self._flat: list[Any] = []
+        for sig in self._order:
+            row: list[str | None] = []
+            for pt in self.layout.points[sig]:
+                if pt is not None and pt.residual is not None:
+                    raise CaptureError(
+                        f"nnsight: {pt.path} returns its output plus its residual argument: name its inner "
+                        "projection with hook_points, or use the hf backend"
+                    )
+                envoy = _envoy(self.nn_model, pt.path) if pt is not None else None
+                if envoy is not None:
+                    self._flat.append(envoy)
+                row.append(envoy.path if envoy is not None else None)
+            self._paths[sig] = row
+        self._layers_path = self.layout.layers_path
+        self._blocks = list(self.layout.blocks)
+        self._names = [p.path if p else "" for p in self.layout.points.get("resid") or []] or [
+            f"{self._layers_path}.{i}" for i in range(len(self._blocks))
+        ]
         import inspect
 
         params = inspect.signature(type(hf).forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._cache_kw = next((k for k in ("cache", "past_key_values", "cache_params") if k in params), "cache")
 
     @property
     def layer_names(self) -> list[str]:
         return self._names
+
+    @property
+    def signal_modules(self) -> dict[str, list[str | None]]:
+        return self.layout.paths()
 
     def torch_module(self) -> Any:
         return _module(self.nn_model)
@@ -212,12 +232,23 @@ class NNsightCapture(Capture):
             new_cache = getattr(out, "past_key_values", None)
         if new_cache is None:
             raise CaptureError("nnsight: the model returned no KV cache")
+        n, d = int(input_ids.shape[-1]), self._d_model
         acts = {}
         for sig in self.signals:
-            try:
-                outs = [_first(recorded[p].output) for p in self._paths[sig]]
-            except (KeyError, AttributeError, TypeError) as exc:
-                raise CaptureError(f"nnsight: the trace did not record {sig!r} ({exc})") from exc
-            acts[sig] = torch.stack([t[0].detach() for t in outs], dim=1)
+            outs: list[Any] = []
+            for p in self._paths[sig]:
+                if p is None:
+                    outs.append(None)
+                    continue
+                try:
+                    got = recorded[p].output
+                except (KeyError, AttributeError, TypeError) as exc:
+                    raise CaptureError(f"nnsight: the trace did not record {sig!r} ({exc})") from exc
+                t = pick(got, n, d)
+                if t is None:
+                    raise CaptureError(f"nnsight: {p} returned no [1, {n}, {d}] vector for the {sig!r} signal")
+                outs.append(t[0].detach())
+            ref = next(t for t in outs if t is not None)
+            acts[sig] = torch.stack([torch.zeros_like(ref) if t is None else t for t in outs], dim=1)
         lg = out.logits[0].float() if logits else None
         return Step(logits=lg, acts=acts, cache=new_cache)
