@@ -374,3 +374,47 @@ def test_an_architecture_without_findable_blocks_is_refused_before_generation():
     cap = HFHooksCapture(Loaded(), hook_points={"resid": "model.stack.{i}"}, signals=["resid", "mlp"])
     assert cap.layer_names == ["model.stack.0", "model.stack.1", "model.stack.2"]
     assert cap.signal_modules["mlp"] == [f"model.stack.{i}.mlp" for i in range(3)]
+
+
+# -- llmri inspect, and --hook-points on the command line --------------------------------------
+
+
+@pytest.mark.parametrize("case", ["jamba"], indirect=True)
+def test_inspect_prints_each_signals_module_per_layer(case, capsys):
+    from llmri.cli import main
+
+    assert main(["inspect", "--model", str(case.where)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"model: {case.where.name}  (JambaForCausalLM)"
+    assert out[1] == "layers: 3  d_model: 64  backend: hf"
+    rows = [line.split() for line in out[2:]]
+    assert rows == [
+        ["resid", "model.layers.{i}", "JambaMambaDecoderLayer", "layers", "0,", "2"],
+        ["model.layers.{i}", "JambaAttentionDecoderLayer", "layers", "1"],
+        ["attn", "model.layers.{i}.mamba", "JambaMambaMixer", "layers", "0,", "2"],
+        ["model.layers.{i}.self_attn", "JambaAttention", "layers", "1"],
+        ["mlp", "model.layers.{i}.feed_forward", "JambaMLP", "layers", "0,", "2"],
+        ["model.layers.{i}.feed_forward", "JambaSparseMoeBlock", "layers", "1"],
+    ]
+    assert main(["inspect", "--model", str(case.where), "--hook-points", "mlp=model.layers.{i}.pre_ff_layernorm"]) == 0
+    assert "mlp    model.layers.{i}.pre_ff_layernorm" in capsys.readouterr().out
+    assert main(["inspect", "--model", str(case.where), "--hook-points", "mlp=model.layers.{i}.nope"]) == 1
+    assert "no mapping for signal 'mlp'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["mamba"], indirect=True)
+def test_capture_command_takes_hook_points_and_every_signal_by_default(case, tmp_path, capsys):
+    from llmri.cli import main
+
+    store = str(tmp_path / "s.zarr")
+    args = ["capture", "hi", "--model", str(case.where), "-o", store, "--raw", "--max-new-tokens", "1", "--quiet"]
+    assert main(args) == 0  # no mlp in Mamba: the default records the signals it has
+    assert main([*args, "--hook-points", "attn=backbone.layers.{i}.mixer.out_proj"]) == 0
+    ids = capsys.readouterr().out.split()
+    sessions = {s.id: s for s in llmri.open_store(store).sessions()}
+    assert sessions[ids[0]].signals == ["resid", "attn"]
+    assert sessions[ids[1]].meta["signal_modules"]["attn"][0] == "backbone.layers.0.mixer.out_proj"
+    np.testing.assert_array_equal(sessions[ids[0]].frames("attn"), sessions[ids[1]].frames("attn"))
+    with pytest.raises(SystemExit) as bad:  # argparse: SIGNAL=PATH expected
+        main([*args, "--hook-points", "attn"])
+    assert bad.value.code == 2 and "expected SIGNAL=PATH" in capsys.readouterr().err

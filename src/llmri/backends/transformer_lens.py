@@ -148,6 +148,10 @@ class TransformerLensCapture(Capture):
     def layer_names(self) -> list[str]:
         return [f"blocks.{i}" for i in range(self._n)]
 
+    @property
+    def signal_modules(self) -> dict[str, list[str | None]]:
+        return {s: [HOOK_POINTS[s].format(i=i) for i in range(self._n)] for s in self.signals}
+
     def torch_module(self) -> Any:
         return self.bridge
 

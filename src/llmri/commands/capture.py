@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import CaptureError, StoreError
+from .inspect import parse_hook_points
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -23,7 +24,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="STORE", help="store path or URL (created if missing)")
     p.add_argument("--model", default=None, metavar="SPEC", help="model dir, .gguf file or hub id (default: bundled)")
     p.add_argument("--backend", default=None, metavar="NAME", help="capture backend (see `llmri backends`)")
-    p.add_argument("--signals", default="resid,attn,mlp", help="comma-separated subset of resid,attn,mlp")
+    p.add_argument(
+        "--signals", default=None, help="comma-separated subset of resid,attn,mlp (default: every one the model has)"
+    )
+    p.add_argument(
+        "--hook-points",
+        type=parse_hook_points,
+        default=None,
+        metavar="SIG=PATH,...",
+        help="name the module per signal, {i} for the layer: resid=model.layers.{i},mlp=model.layers.{i}.mlp "
+        "(see `llmri inspect`)",
+    )
     p.add_argument("--reducer", default="random", help="random, ipca or neurons")
     p.add_argument("--tile", default="16x16", help="tile shape HxW (default 16x16)")
     p.add_argument("--reducer-seed", type=int, default=0)
@@ -163,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
             store=store,
             backend=args.backend,
             signals=args.signals,
+            hook_points=args.hook_points,
             reducer=args.reducer,
             tile=args.tile,
             reducer_seed=args.reducer_seed,
