@@ -41,6 +41,7 @@ BASE = dict(
     head_dim=16,
     vocab_size=256,
     max_position_embeddings=256,
+    is_decoder=True,  # the BERT-style *ForCausalLM are causal only as decoders
     num_experts=4,
     num_local_experts=4,
     num_experts_per_tok=2,

@@ -17,6 +17,17 @@ from .hf_layout import Layout, describe, find_layout, get, pick, residual_arg, t
 _CACHE_KWS = ("cache", "past_key_values", "cache_params", "state")
 
 
+def _is_empty(cache: Any) -> bool:
+    """Whether a transformers cache holds nothing after a forward (the model did not use it)."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        return False
+    return not any(getattr(layer, "keys", None) is not None and layer.keys.numel() > 0 for layer in layers) and not any(
+        getattr(layer, "conv_states", None) is not None or getattr(layer, "recurrent_states", None) is not None
+        for layer in layers
+    )
+
+
 class Replay:
     """The "cache" of a model that keeps none (GPT-1): the ids so far, run again whole each step."""
 
@@ -265,7 +276,8 @@ class HFHooksCapture(Capture):
             ids_so_far = input_ids if cache is None else torch.cat([cache.ids, input_ids.to(cache.ids.device)], 1)
             input_ids, cache = ids_so_far, None
         n_layers, n, d = len(self._names), int(input_ids.shape[-1]), self._d_model
-        if cache is None and self._own_cache:
+        fresh = cache is None and bool(self._own_cache)
+        if fresh:
             cache = self._new_cache()
         bufs: dict[str, list[Any]] = {s: [None] * n_layers for s in self.signals}
         handles = []
@@ -332,6 +344,10 @@ class HFHooksCapture(Capture):
             if cache is None and self._own_cache is None:
                 # The model keeps its cache to itself (RecurrentGemma): run again with one of ours.
                 self._own_cache = True
+                return self.step(input_ids, None, logits=logits, attention=attention)
+            if fresh and _is_empty(cache):
+                # It keeps no cache at all (a BERT-style model that is not a decoder): replay.
+                self._cache_kw = ""
                 return self.step(input_ids, None, logits=logits, attention=attention)
             new_cache = cache  # updated in place
         missing = [s for s, b in bufs.items() if all(t is None for t in b)]

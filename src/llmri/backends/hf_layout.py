@@ -151,10 +151,19 @@ def _kind(name: str, mod: Any) -> str | None:
     return "mlp" if mlp_like else None
 
 
+def _adds_residual(mod: Any) -> bool:
+    """Whether ``mod.forward`` takes the residual it adds (``residual``, or BERT's ``input_tensor``)."""
+    try:
+        params = inspect.signature(mod.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "residual" in params or "input_tensor" in params
+
+
 def _point(path: str, mod: Any) -> Point:
     inner = INNER_OUTPUT.get(type(mod).__name__)
-    if inner is None and get(mod, "output.dense") is not None and get(mod, "output.LayerNorm") is not None:
-        inner = "output.dense"  # BERT-style attention: ``output`` adds the residual and normalises
+    if inner is None and get(mod, "output.dense") is not None and _adds_residual(get(mod, "output")):
+        inner = "output.dense"  # BERT-style attention: its ``output`` adds the residual (and normalises)
     if inner is not None and get(mod, inner) is not None:
         return Point(f"{path}.{inner}", get(mod, inner))
     try:
