@@ -253,3 +253,102 @@ def test_wrap_refusals(tmp_path):
         llmri.capture((model, object()), "hi", tokenizer=object())
     with pytest.raises(llmri.CaptureError, match="a model spec brings its own tokenizer"):
         llmri.capture(str(tmp_path), "hi", tokenizer=object())
+
+
+# -- dtype, device and accelerate's device_map -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, default_dir):
+    """A tiny random Llama with the bundled tokenizer, saved with safetensors."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    tok = AutoTokenizer.from_pretrained(default_dir)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    torch.manual_seed(0)
+    where = tmp_path_factory.mktemp("tiny")
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(where)
+    tok.save_pretrained(where)
+    return where
+
+
+def _generate(loaded, session, n):
+    import torch
+
+    k = session.tokens.role.count("prompt")
+    with torch.inference_mode():
+        out = loaded.model.generate(torch.from_numpy(session.tokens.ids[:k])[None], max_new_tokens=n, do_sample=False)
+    return out[0, k:].tolist()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_dtypes_end_to_end_on_cpu(tiny_dir, dtype):
+    """The model computes in its dtype; frames are stored float16, norms and statistics float32."""
+    import torch
+
+    loaded = llmri.load_model(tiny_dir, dtype=dtype)
+    assert loaded.dtype == getattr(torch, dtype) and loaded.describe()["dtype"] == dtype
+    s = llmri.capture(loaded, PROMPT, max_new_tokens=4, reducer="neurons")
+    for sig in s.signals:
+        assert s.frames(sig).dtype == np.float16 and np.isfinite(s.frames(sig)).all()
+        assert all(a.dtype == np.float32 for a in s.stats(sig))
+    assert s.tokens.ids[s.tokens.role.count("prompt") :].tolist() == _generate(loaded, s, 4)
+    assert s.meta["model"]["dtype"] == dtype
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        pytest.param("cuda", marks=pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="no CUDA")),
+        pytest.param(
+            "mps", marks=pytest.mark.skipif("not __import__('torch').backends.mps.is_available()", reason="no MPS")
+        ),
+    ],
+)
+def test_accelerator_devices(tiny_dir, device):
+    """On the accelerator: the same greedy tokens as generate() there, frames on the CPU side."""
+    loaded = llmri.load_model(tiny_dir, device=device, dtype="bfloat16" if device == "cuda" else "float32")
+    assert loaded.device.type == device
+    s = llmri.capture(loaded, PROMPT, max_new_tokens=4, reducer="neurons")
+    assert s.tokens.ids[s.tokens.role.count("prompt") :].tolist() == _generate(loaded, s, 4)
+    assert s.frames("resid").dtype == np.float16
+    own = llmri.wrap(loaded.model, loaded.tokenizer)
+    assert next(own.model.parameters()).device.type == device  # not moved
+
+
+def test_a_disk_offloaded_model_is_captured_like_the_whole_one(tiny_dir, tmp_path):
+    """accelerate's device_map with layers on disk: load_model(device_map=...) and a model the user
+    dispatched record the same frames and fingerprint as the model loaded whole."""
+    from transformers import AutoModelForCausalLM
+
+    whole = llmri.load_model(tiny_dir)
+    ref = llmri.capture(whole, PROMPT, max_new_tokens=4, reducer="neurons")
+    dm = {
+        "model.embed_tokens": "cpu",
+        "model.layers.0": "cpu",
+        "model.layers.1": "disk",
+        "model.layers.2": "disk",
+        "model.norm": "cpu",
+        "model.rotary_emb": "cpu",
+        "lm_head": "cpu",
+    }
+    loaded = llmri.load_model(tiny_dir, device_map=dm, offload_folder=str(tmp_path / "offload"))
+    mine = AutoModelForCausalLM.from_pretrained(tiny_dir, device_map=dm, offload_folder=str(tmp_path / "mine"))
+    assert loaded.model.hf_device_map["model.layers.1"] == "disk"
+    assert loaded.model.model.layers[1].mlp.up_proj.weight.is_meta  # on disk, not in memory
+    for model in (loaded, mine):
+        s = llmri.capture(model, PROMPT, max_new_tokens=4, reducer="neurons")
+        assert s.tokens.ids.tolist() == ref.tokens.ids.tolist()
+        for sig in ref.signals:
+            np.testing.assert_array_equal(s.frames(sig), ref.frames(sig))
+        assert s.meta["model"]["fingerprint"] == whole.fingerprint  # read back from the offloaded weights
+    with pytest.raises(ModelLoadError, match="device or device_map, not both"):
+        llmri.load_model(tiny_dir, device="cpu", device_map=dm)

