@@ -418,3 +418,15 @@ def test_capture_command_takes_hook_points_and_every_signal_by_default(case, tmp
     with pytest.raises(SystemExit) as bad:  # argparse: SIGNAL=PATH expected
         main([*args, "--hook-points", "attn"])
     assert bad.value.code == 2 and "expected SIGNAL=PATH" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["falcon", "mamba", "jamba", "opt", "bloom", "llama4-text"], indirect=True)
+def test_nnsight_finds_the_same_modules_and_records_the_same(case):
+    """nnsight uses the same layout; Falcon writes attention into the MLP's output in place after
+    the MLP returns, which a recorded reference (not a copy) would show as mlp = attn + mlp."""
+    loaded, s = case.loaded, case.session
+    got = llmri.capture(loaded, PROMPT, max_new_tokens=N_NEW, reducer="neurons", calibration=CAL, backend="nnsight")
+    assert got.meta["signal_modules"] == s.meta["signal_modules"] and got.signals == s.signals
+    assert got.tokens.ids.tolist() == s.tokens.ids.tolist()
+    for sig in s.signals:
+        np.testing.assert_allclose(got.frames(sig).astype(np.float32), s.frames(sig).astype(np.float32), atol=2e-3)

@@ -137,8 +137,13 @@ class NNsightCapture(Capture):
                     "nnsight remote execution (NDIF) runs models named by their Hugging Face hub id: build "
                     f"the model as TransformersModel('org/name') (this one is {repo!r}); see docs/backends.md"
                 )
+        import torch
+
         hf = _module(self.nn_model)
         self._d_model = hidden_size(text_config(hf.config))
+        first = next(iter(hf.parameters()), None)
+        self._dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+        self._copy_dtype = torch.float64 if self._dtype == torch.float32 else torch.float32
         self.layout = find_layout(
             hf, self.signals, self._d_model, requested=self.signals_requested, hook_points=hook_points
         )
@@ -202,14 +207,16 @@ class NNsightCapture(Capture):
     def _trace_kwargs(self, input_ids: Any, cache: Any) -> dict[str, Any]:
         import torch
 
-        past = int(cache.get_seq_length()) if cache is not None else 0
-        # A mask over the cached positions too: nnsight would otherwise build one over the new
-        # positions only, which transformers reads as a shorter sequence on some architectures.
-        kw: dict[str, Any] = {
-            "attention_mask": torch.ones((1, past + input_ids.shape[1]), dtype=torch.long, device=input_ids.device),
-            self._cache_kw: cache,
-            "use_cache": True,
-        }
+        try:
+            past: int | None = int(cache.get_seq_length()) if cache is not None else 0
+        except ValueError:  # a cache of state-space layers only (Mamba) has no length, and needs no mask
+            past = None
+        kw: dict[str, Any] = {self._cache_kw: cache, "use_cache": True}
+        if past is not None:
+            # A mask over the cached positions too: nnsight would otherwise build one over the new
+            # positions only, which transformers reads as a shorter sequence on some architectures.
+            n = past + input_ids.shape[1]
+            kw["attention_mask"] = torch.ones((1, n), dtype=torch.long, device=input_ids.device)
         if self.remote:
             kw["remote"] = self.remote
         return kw
@@ -225,7 +232,9 @@ class NNsightCapture(Capture):
             with nn_model.trace(ids, **kw) as tracer:
                 # tracer.cache records the modules as the forward passes them, without a hand-off to
                 # the trace's worker per value (measured: 8% faster per step than .output.save()).
-                recorded = tracer.cache(modules=self._flat, device=None)
+                # Cast to a wider dtype, so each value is a copy taken as the module returns it: the
+                # forward may write into an output afterwards (Falcon adds attention into the MLP's).
+                recorded = tracer.cache(modules=self._flat, device=None, dtype=self._copy_dtype)
                 out = save(nn_model.output)
         new_cache = getattr(out, "cache", None)
         if new_cache is None:
@@ -247,7 +256,7 @@ class NNsightCapture(Capture):
                 t = pick(got, n, d)
                 if t is None:
                     raise CaptureError(f"nnsight: {p} returned no [1, {n}, {d}] vector for the {sig!r} signal")
-                outs.append(t[0].detach())
+                outs.append(t[0].detach().to(self._dtype))
             ref = next(t for t in outs if t is not None)
             acts[sig] = torch.stack([torch.zeros_like(ref) if t is None else t for t in outs], dim=1)
         lg = out.logits[0].float() if logits else None
