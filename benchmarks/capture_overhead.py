@@ -1,10 +1,17 @@
-"""Capture overhead: plain ``model.generate()`` against llmri capture, on the bundled model.
+"""Capture overhead: plain decoding against llmri capture, on the bundled model.
 
 2 threads, greedy, a 32-token prompt and 128 new tokens (EOS ignored so every run makes 128).
 Variants alternate; medians of wall time; tokens/s counts the 128 new tokens. Peak RSS is
 measured per variant in a fresh subprocess (ru_maxrss is per process and only grows).
 
-    python benchmarks/capture_overhead.py [--rounds 5] [--backends hf,transformer-lens,nnsight] [--new-tokens 128]
+The torch backends (hf, transformer-lens, nnsight) are compared with plain ``model.generate()``;
+``llama.cpp`` with plain llama.cpp decoding through the same low-level API without the eval callback
+(``llama.cpp-plain``, same context settings), and, when ``hf`` runs too, with the hf backend's capture
+(``x_hf``). ``--store`` writes every capture into a zarr store on disk. For llama.cpp variants the time
+outside ``llama_decode`` (llmri's Python: frames, reducer, statistics, store) is reported per new token.
+
+    python benchmarks/capture_overhead.py [--rounds 5] [--backends hf,transformer-lens,nnsight,llama.cpp]
+                                          [--new-tokens 128] [--threads 2] [--store]
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -23,43 +31,82 @@ PROMPT_TEXT = (
     "In a quiet village by the sea, an old lighthouse keeper kept a journal of every ship that passed. "
     "One stormy night he wrote about a vessel with no lights, drifting silently towards the rocks, and"
 )
+TORCH_BACKENDS = ("hf", "transformer-lens", "nnsight")
 
 
-def setup(threads: int):  # noqa: ANN201
+def setup(threads: int, backends: list[str]):  # noqa: ANN201
     import torch
 
     import llmri
+    from llmri.models import load_gguf
 
     torch.set_num_threads(threads)
-    model = llmri.load_model()
-    ids = model.tokenizer(PROMPT_TEXT)["input_ids"][:32]
-    return model, ids
+    model = llmri.load_model() if any(b in TORCH_BACKENDS for b in backends) else None
+    gguf = load_gguf(n_threads=threads) if "llama.cpp" in backends else None
+    tok = (model or gguf).tokenizer
+    ids = tok(PROMPT_TEXT)["input_ids"][:32]
+    return model, gguf, ids
 
 
-def variants(model, ids, new_tokens: int, backends: list[str]):  # noqa: ANN001, ANN201
+def variants(model, gguf, ids, new_tokens: int, backends: list[str], store):  # noqa: ANN001, ANN201
     import torch
 
     import llmri
 
-    prompt = model.tokenizer.decode(ids)
-    inp = torch.tensor([ids])
+    tok = (model or gguf).tokenizer
+    prompt = tok.decode(ids)
+    out = {}
+    if model is not None:
+        inp = torch.tensor([ids])
 
-    def plain() -> None:
-        with torch.inference_mode():
-            out = model.model.generate(inp, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-        assert out.shape[1] == len(ids) + new_tokens
+        def plain() -> None:
+            with torch.inference_mode():
+                out = model.model.generate(inp, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            assert out.shape[1] == len(ids) + new_tokens
 
-    out = {"generate": plain}
+        out["generate"] = plain
+    if gguf is not None:
+        from _llamacpp import PlainDecoder
+
+        assert gguf.tokenizer(prompt)["input_ids"] == ids
+        decoder = PlainDecoder(gguf)
+
+        def plain_llama() -> None:
+            assert len(decoder.generate(ids, new_tokens)) == new_tokens
+
+        out["llama.cpp-plain"] = plain_llama
     for backend in backends:
+        m = gguf if backend == "llama.cpp" else model
         for label, signals in (("all", ["resid", "attn", "mlp"]), ("resid", ["resid"])):
 
-            def cap(signals=signals, backend=backend) -> None:
-                s = llmri.capture(model, prompt, max_new_tokens=new_tokens, ignore_eos=True, signals=signals,
-                                  reducer="random", backend=backend)
+            def cap(signals=signals, backend=backend, m=m) -> None:
+                s = llmri.capture(
+                    m,
+                    prompt,
+                    max_new_tokens=new_tokens,
+                    ignore_eos=True,
+                    signals=signals,
+                    reducer="random",
+                    backend=backend,
+                    store=store,
+                )
                 assert s.tokens.role.count("generated") == new_tokens
 
             out[f"llmri-{backend}-{label}"] = cap
+    for label, kw in READOUT_VARIANTS.items():  # --readouts: the hf capture (all signals) with readouts on
+
+        def cap_readouts(kw=kw) -> None:
+            s = llmri.capture(
+                model, prompt, max_new_tokens=new_tokens, ignore_eos=True, reducer="random", store=store, **kw
+            )
+            assert s.tokens.role.count("generated") == new_tokens and s.readouts
+
+        out[f"llmri-hf-all-{label}"] = cap_readouts
     return out
+
+
+#: The readout variants ``--readouts`` adds (the hf backend, every signal), against plain generate().
+READOUT_VARIANTS: dict[str, dict] = {}
 
 
 def main() -> None:
@@ -68,34 +115,85 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--backends", default="hf,transformer-lens,nnsight")
+    ap.add_argument("--store", action="store_true", help="write every capture into a zarr store on disk")
+    ap.add_argument("--readouts", action="store_true", help="also hf captures with lens=True, attention=True, both")
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
+    ap.add_argument("--no-rss", action="store_true", help="skip the per-variant peak RSS subprocesses")
     args = ap.parse_args()
+    if args.readouts:
+        both = {"lens": True, "attention": True}
+        READOUT_VARIANTS.update(lens={"lens": True}, attention={"attention": True}, both=both)
     backends = [b for b in args.backends.split(",") if b]
-    model, ids = setup(args.threads)
-    vs = variants(model, ids, args.new_tokens, backends)
+    tmp = tempfile.TemporaryDirectory(prefix="llmri-bench-overhead-")
+    store = None
+    if args.store:
+        import llmri
+
+        store = llmri.open_store(Path(tmp.name) / "bench.zarr", create=True)
+    model, gguf, ids = setup(args.threads, backends)
+    vs = variants(model, gguf, ids, args.new_tokens, backends, store)
     if args.rss_child:  # one variant, fresh process: report its peak RSS
         vs[args.rss_child]()
         base = peak_rss_mib()
         vs[args.rss_child]()
         print(json.dumps({"peak_rss_mib": peak_rss_mib(), "after_first_mib": base}))
         return
+    clock = None
+    inside: dict[str, list[float]] = {}
+    if gguf is not None:
+        from _llamacpp import DecodeClock
+
+        clock = DecodeClock()
+
+        def timed(name, fn):  # noqa: ANN001, ANN202 - seconds inside llama_decode, per run
+            def run() -> None:
+                clock.take()
+                fn()
+                inside.setdefault(name, []).append(clock.take())
+
+            return run
+
+        vs = {k: timed(k, f) if ("llama.cpp" in k) else f for k, f in vs.items()}
     times = alternate(vs, args.rounds)
-    base = median(times["generate"])
     rss = {}
-    for name in vs:
-        r = subprocess.run([sys.executable, __file__, "--rss-child", name, "--threads", str(args.threads),
-                            "--new-tokens", str(args.new_tokens), "--backends", args.backends],
-                           capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    for name in vs if not args.no_rss else ():
+        cmd = [sys.executable, __file__, "--rss-child", name, "--threads", str(args.threads)]
+        cmd += ["--new-tokens", str(args.new_tokens), "--backends", args.backends] + (["--store"] if args.store else [])
+        cmd += ["--readouts"] if args.readouts else []
+        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
         rss[name] = json.loads(r.stdout.strip().splitlines()[-1])["peak_rss_mib"] if r.returncode == 0 else float("nan")
     rows = []
+    n = args.new_tokens
     for name, ts in times.items():
         m = median(ts)
-        rows.append({"variant": name, "median_s": m, "tokens_per_s": args.new_tokens / m, "ratio": m / base,
-                     "peak_rss_mib": rss[name], "runs": len(ts)})
-    print(f"capture overhead: 32-token prompt, {args.new_tokens} new tokens, greedy, {args.threads} threads, "
-          f"{args.rounds} alternating rounds (medians)")
-    print(table(rows, ["variant", "median_s", "tokens_per_s", "ratio", "peak_rss_mib", "runs"]))
-    print("saved", save("capture_overhead", {"args": vars(args), "rows": rows, "times": times}))
+        llama = "llama.cpp" in name
+        base = "llama.cpp-plain" if llama else "generate"
+        row = {"variant": name, "median_s": m, "tokens_per_s": n / m, "runs": len(ts)}
+        if base in times and llama:
+            row["speed_vs_plain"] = median(times[base]) / m
+        elif base in times:
+            row["ratio"] = m / median(times[base])  # time, as before: 1.08 is 8% slower than generate()
+        if llama and name.startswith("llmri") and "llmri-hf-all" in times and name.endswith("-all"):
+            row["x_hf"] = median(times["llmri-hf-all"]) / m
+        if llama:
+            # the run's wall time less its time inside llama_decode (run by run, then the median)
+            runs = inside[name][-len(ts) :]  # the warm-up left out
+            row["outside_ms_per_token"] = 1000 * median([t - i for t, i in zip(ts, runs, strict=True)]) / n
+            row["decode_ms_per_token"] = 1000 * median(runs) / n
+        row["peak_rss_mib"] = rss.get(name, float("nan"))
+        rows.append(row)
+    load = os.getloadavg()
+    print(
+        f"capture overhead: 32-token prompt, {n} new tokens, greedy, {args.threads} threads, "
+        f"{args.rounds} alternating rounds (medians), store={'zarr' if args.store else 'none'}; "
+        f"load average {load[0]:.1f}/{load[1]:.1f}"
+    )
+    cols = ["variant", "median_s", "tokens_per_s", "ratio", "speed_vs_plain", "x_hf"]
+    cols += ["decode_ms_per_token", "outside_ms_per_token", "peak_rss_mib", "runs"]
+    print(table(rows, [c for c in cols if any(c in r for r in rows)]))
+    name = "capture_overhead" + ("_llamacpp" if gguf is not None else "")
+    print("saved", save(name, {"args": vars(args), "load_average": load, "rows": rows, "times": times}))
+    tmp.cleanup()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,11 @@ On the bundled model, greedy, the same chat prompt for both, EOS ignored so ever
 * ``live-ws``: a real viewer (uvicorn, zarr store on disk) with live chat; a WebSocket client sends the
   chat message and reads every frame (all three signals, random reducer) until ``done``.
 
+With ``--backend llama.cpp`` the model is the bundled GGUF run by llama.cpp, and the baseline is
+``llama.cpp-plain``: greedy decoding through llama-cpp-python's low-level API without the eval callback
+(the same context settings), on a worker thread, stamping each token; capture and live-ws record with
+the ``llama.cpp`` backend.
+
 The three alternate for ``--rounds`` rounds after a warm-up. Per variant (medians):
 
 * end to end: wall time from request to the end of the turn (the last token, ``done`` for live-ws,
@@ -23,6 +28,7 @@ the Python client during the throughput runs, and in a real page (headless Chrom
 ``--page-turns`` answers) both on arrival and once drawn and shown (p50/p95).
 
     python benchmarks/live.py [--rounds 5] [--new-tokens 64] [--threads 2] [--page-turns 2] [--no-page]
+                              [--backend hf|llama.cpp]
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--page-turns", type=int, default=2)
     ap.add_argument("--no-page", action="store_true", help="skip the Chromium latency phase")
+    ap.add_argument("--backend", default="hf", choices=["hf", "llama.cpp"])
     args = ap.parse_args()
 
     import torch
@@ -69,7 +76,16 @@ def main() -> None:
     from llmri.viewer.live import LiveChat, ModelEngine
 
     torch.set_num_threads(args.threads)
-    model = llmri.load_model()
+    llama = args.backend == "llama.cpp"
+    if llama:
+        from _llamacpp import PlainDecoder
+        from llmri.models import load_gguf
+
+        model = load_gguf(n_threads=args.threads)
+        decoder = PlainDecoder(model)
+    else:
+        model = llmri.load_model()
+    base_name = "llama.cpp-plain" if llama else "generate"
     n = args.new_tokens
     ids = model.tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True)
     if isinstance(ids, dict) or hasattr(ids, "keys"):
@@ -78,7 +94,7 @@ def main() -> None:
 
     tmp = tempfile.TemporaryDirectory(prefix="llmri-bench-live-")
     store = llmri.open_store(Path(tmp.name) / "live.zarr", create=True)
-    live = LiveChat(ModelEngine(model))
+    live = LiveChat(ModelEngine(model, backend=args.backend))
     served = ServedApp(create_app(store, live=live))
     url = f"http://127.0.0.1:{served.port}"
     ws_latency: list[float] = []
@@ -89,7 +105,7 @@ def main() -> None:
     }
 
     # per variant and run: (request time, [time each generated token appeared], end time)
-    stamps: dict[str, list[tuple[float, list[float], float]]] = {"generate": [], "capture": [], "live-ws": []}
+    stamps: dict[str, list[tuple[float, list[float], float]]] = {base_name: [], "capture": [], "live-ws": []}
 
     class Stamps(BaseStreamer):
         def __init__(self) -> None:
@@ -103,6 +119,17 @@ def main() -> None:
 
         def end(self) -> None:
             pass
+
+    def plain_llama() -> None:
+        times: list[float] = []
+        t0 = time.perf_counter()
+        th = threading.Thread(
+            target=decoder.generate, args=(list(ids), n, lambda _tok: times.append(time.perf_counter()))
+        )
+        th.start()
+        th.join()
+        stamps[base_name].append((t0, times, time.perf_counter()))
+        assert len(times) == n
 
     def plain() -> None:
         # On a worker thread, like the live engine: on this oversubscribed 2-core machine torch ran about 5x
@@ -120,13 +147,13 @@ def main() -> None:
         th = threading.Thread(target=work)
         th.start()
         th.join()
-        stamps["generate"].append((t0, streamer.times, time.perf_counter()))
+        stamps[base_name].append((t0, streamer.times, time.perf_counter()))
         assert out[0].shape[1] == inp.shape[1] + n and len(streamer.times) == n
 
     def capture_only() -> None:
         # the same capture (all signals, random reducer, zarr store) without the viewer: what streaming adds
         times: list[float] = []
-        kw = {"max_new_tokens": n, "ignore_eos": True, "reducer": "random", "store": store}
+        kw = {"max_new_tokens": n, "ignore_eos": True, "reducer": "random", "store": store, "backend": args.backend}
         t0 = time.perf_counter()
 
         def work() -> None:
@@ -167,11 +194,13 @@ def main() -> None:
             stamps["live-ws"].append((t0, times, time.perf_counter()))
         assert gen == n, gen
 
-    times = alternate({"generate": plain, "capture": capture_only, "live-ws": live_ws}, args.rounds)
+    times = alternate(
+        {base_name: plain_llama if llama else plain, "capture": capture_only, "live-ws": live_ws}, args.rounds
+    )
     runs = {name: st[-args.rounds :] for name, st in stamps.items()}  # the warm-up left out
     first = {name: median([ts[0] - t0 for t0, ts, _ in st]) for name, st in runs.items()}
     stream = {name: median([(n - 1) / (ts[-1] - ts[0]) for _, ts, _ in st]) for name, st in runs.items()}
-    base = median(times["generate"])
+    base = median(times[base_name])
     rows = []
     for name, ts in times.items():
         m = median(ts)
@@ -180,22 +209,23 @@ def main() -> None:
                 "variant": name,
                 "median_s": m,
                 "tokens_per_s": n / m,
-                "vs_generate": base / m,
+                "vs_baseline": base / m,
                 "first_token_ms": first[name] * 1000,
                 "stream_tokens_per_s": stream[name],
-                "stream_vs_generate": stream[name] / stream["generate"],
+                "stream_vs_baseline": stream[name] / stream[base_name],
                 "runs": len(ts),
             }
         )
     load = os.getloadavg()
     print(
-        f"live chat throughput: {len(ids)}-token chat prompt, {n} new tokens (EOS ignored), greedy, "
+        f"live chat throughput ({args.backend}; baseline {base_name}): {len(ids)}-token chat prompt, {n} new "
+        "tokens (EOS ignored), greedy, "
         f"{args.threads} threads, {args.rounds} alternating rounds after a warm-up (medians); "
         f"load average {load[0]:.1f}/{load[1]:.1f}"
     )
     print("end to end (request -> end of turn), first token, and streaming ((n - 1) / (last - first token)):")
-    cols = ["variant", "median_s", "tokens_per_s", "vs_generate", "first_token_ms", "stream_tokens_per_s"]
-    print(table(rows, [*cols, "stream_vs_generate", "runs"]))
+    cols = ["variant", "median_s", "tokens_per_s", "vs_baseline", "first_token_ms", "stream_tokens_per_s"]
+    print(table(rows, [*cols, "stream_vs_baseline", "runs"]))
     ws_ms = [x * 1000 for x in ws_latency]
     lat_rows = [
         {"where": "python ws client (arrival)", "n": len(ws_ms), "p50_ms": pct(ws_ms, 0.5), "p95_ms": pct(ws_ms, 0.95)}
@@ -212,7 +242,7 @@ def main() -> None:
     served.close()
     live.close()
     path = save(
-        "live",
+        "live" + ("_llamacpp" if llama else ""),
         {
             "args": vars(args),
             "load_average": load,

@@ -94,6 +94,15 @@ def test_bad_specs_are_one_line_errors(tmp_path):
         load_gguf(tmp_path / "bad.gguf")
 
 
+def test_an_ollama_blob_loads_by_its_digest_name(tmp_path):
+    """Ollama keeps GGUFs as ``blobs/sha256-<hex>`` without a suffix: the model takes its ``general.name``."""
+    blob = tmp_path / ("sha256-" + "ab" * 32)
+    blob.symlink_to(gguf_default_path())
+    with load_gguf(blob, n_threads=1) as m:
+        assert m.name == m.gguf_name == "Smollm2 135M 8k Lc100K Mix1 Ep2"
+        assert m.describe()["quantization"] == "Q4_1"
+
+
 def test_a_model_that_is_not_gguf_is_refused(synthetic_model):
     with pytest.raises(CaptureError, match="runs a GGUF file"):
         LlamaCppCapture(synthetic_model)

@@ -83,7 +83,7 @@ class GGUFModel:
         self.n_ctx = int(n_ctx or min(trained, 8192))
         self.architecture = self.meta("general.architecture") or "?"
         self.gguf_name = self.meta("general.name") or ""
-        stem = Path(self.path).stem
+        stem = Path(path).stem  # as given: an Ollama blob may be a link to a file named otherwise
         self.name = name or (self.gguf_name if stem.startswith("sha256-") and self.gguf_name else stem)
         ftype = self.meta("general.file_type")
         self.quantization = _file_types(L).get(int(ftype), f"file_type {ftype}") if ftype else self._desc_quant()
