@@ -7,8 +7,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..._errors import StoreError
 from ...frame import READOUT_DTYPES, TOP_K, Frame, fit_into
-from ..base import LAYER, RANK, STATUSES, TILE_X, TILE_Y, TOKEN, readout_layout
+from ..base import FORMAT_VERSION, LAYER, RANK, STATUSES, TILE_X, TILE_Y, TOKEN, readout_layout
 
 #: Frames per chunk along the token axis of ``frames/<signal>``.
 FRAME_CHUNK = 16
@@ -114,6 +115,17 @@ def fill_value(dtype: Any) -> Any:
     if np.issubdtype(np.dtype(dtype), np.integer):
         return -1
     return np.nan
+
+
+def check_format_version(llm: dict[str, Any], where: str, what: str = "metadata") -> None:
+    """Refuse a group whose ``format_version`` is missing or newer than this llmri reads."""
+    fv = llm.get("format_version")
+    if not isinstance(fv, int):
+        raise StoreError(f"{where}: corrupt {what} (format_version {fv!r})")
+    if fv > FORMAT_VERSION:
+        raise StoreError(
+            f"{where}: written by a newer llmri (format {fv}; this llmri reads up to {FORMAT_VERSION}): upgrade llmri"
+        )
 
 
 def check_meta(meta: dict[str, Any]) -> str:

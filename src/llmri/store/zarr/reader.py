@@ -8,8 +8,8 @@ import numpy as np
 
 from ..._errors import StoreError
 from ...frame import READOUT_DTYPES, TOP_K, TokenTable
-from ..base import FORMAT_VERSION, SessionReader, check_signal, norm_range, readout_layout
-from .columns import check_meta
+from ..base import SessionReader, check_signal, norm_range, readout_layout
+from .columns import check_format_version, check_meta
 from .liveness import effective_status
 from .location import Location
 
@@ -38,14 +38,7 @@ class ZarrSession(SessionReader):
         llm = attrs.get("llmri")
         if not isinstance(llm, dict) or llm.get("kind") != "session":
             raise StoreError(f"{self._where}: not an llmri session (no llmri attributes)")
-        fv = llm.get("format_version")
-        if not isinstance(fv, int):
-            raise StoreError(f"{self._where}: corrupt metadata (format_version {fv!r})")
-        if fv > FORMAT_VERSION:
-            raise StoreError(
-                f"{self._where}: written by a newer llmri (format {fv}; this llmri reads up to {FORMAT_VERSION}):"
-                " upgrade llmri"
-            )
+        check_format_version(llm, self._where)
         meta, n = attrs.get("meta"), attrs.get("n_committed")
         if not isinstance(meta, dict):
             raise StoreError(f"{self._where}: corrupt metadata (no meta object)")

@@ -17,7 +17,7 @@ import numpy as np
 from ..._errors import StoreError
 from ..base import FORMAT_VERSION, FrameStore, SessionWriter
 from ..ids import new_session_id, prepare_meta
-from .columns import check_meta
+from .columns import check_format_version, check_meta
 from .location import Location
 from .reader import ZarrSession
 from .writer import ZarrSessionWriter
@@ -98,14 +98,7 @@ class ZarrFrameStore(FrameStore):
             raise StoreError(f"{self.url}: this is one session of a store: open the store two levels up")
         if not isinstance(llm, dict) or llm.get("kind") != "store":
             raise StoreError(f"{self.url}: not an llmri store (a Zarr group without llmri attributes)")
-        fv = llm.get("format_version")
-        if not isinstance(fv, int):
-            raise StoreError(f"{self.url}: corrupt store metadata (format_version {fv!r})")
-        if fv > FORMAT_VERSION:
-            raise StoreError(
-                f"{self.url}: written by a newer llmri (format {fv}; this llmri reads up to {FORMAT_VERSION}):"
-                " upgrade llmri"
-            )
+        check_format_version(llm, self.url, "store metadata")
         if not self._exists("sessions/zarr.json"):
             zarr.open_group(self._loc.zstore, path="sessions", mode="a")
 
