@@ -324,6 +324,11 @@ def test_store_holds_the_same_readouts_as_memory(tiny, tmp_path):
     assert g["attention/sink"].metadata.dimension_names == ("token", "layer", "head")
     assert g["lens/top_ids"].dtype == np.int32 and g["attention/top_weight"].dtype == np.float32
     assert [str(x) for x in g["lens/layer"][:]] == s.layers
+    # Session.markers() on either reader is llmri.readouts.markers over what it holds
+    from llmri.readouts import markers
+
+    assert [m.to_dict() for m in s.markers()] == [m.to_dict() for m in markers(s)]
+    assert [m.to_dict() for m in mem.markers()] == [m.to_dict() for m in markers(mem)]
 
 
 def test_markers_with_and_without_readouts(tiny):

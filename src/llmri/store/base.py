@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from .._errors import StoreError
-from ..frame import ATTENTION_FIELDS, LENS_FIELDS, AttentionTable, Frame, LensTable, TokenTable
+from ..frame import ATTENTION_FIELDS, LENS_FIELDS, LENS_TEXT, AttentionTable, Frame, LensTable, TokenTable
 
 #: The version of docs/FORMAT.md this llmri writes, and the newest it reads.
 FORMAT_VERSION = 1
@@ -39,8 +39,8 @@ RowLayout = tuple[tuple[int, ...], tuple[str, ...]]
 
 def readout_layout(meta: dict[str, Any]) -> dict[str, dict[str, RowLayout]]:
     """``{kind: {field: (row shape, row axes)}}`` of the readouts ``meta`` says a session holds:
-    ``meta["lens"] = {"k": k}`` and ``meta["attention"] = {"k": k, "heads": H}`` (absent or null:
-    none)."""
+    ``meta["lens"] = {"k": k}`` (with ``"texts": true``, also ``top_text``) and
+    ``meta["attention"] = {"k": k, "heads": H}`` (absent or null: none)."""
     n_layers = len(meta.get("layers") or [])
     out: dict[str, dict[str, RowLayout]] = {}
     top: RowLayout
@@ -50,6 +50,8 @@ def readout_layout(meta: dict[str, Any]) -> dict[str, dict[str, RowLayout]]:
         k = int(lens.get("k", 5))
         top, per = ((n_layers, k), (LAYER, RANK)), ((n_layers,), (LAYER,))
         out["lens"] = {"top_ids": top, "top_probs": top, "next_prob": per, "next_rank": per, "entropy": per}
+        if lens.get("texts"):  # each top id's text (older sessions have none)
+            out["lens"][LENS_TEXT] = top
     attn = meta.get("attention")
     if isinstance(attn, dict):
         k, h = int(attn.get("k", 16)), int(attn.get("heads", 0))
@@ -187,6 +189,14 @@ class SessionReader(ABC):
         ``top_pos``, ``top_weight`` ``[T, L, H, k]``, ``entropy``, ``sink`` ``[T, L, H]``,
         ``layers``); raises StoreError for a session captured without ``attention=True``."""
         return AttentionTable(self.layers, **self._readout_checked("attention", start, stop))
+
+    def markers(self) -> list[Any]:
+        """Notable tokens of this session (:func:`llmri.readouts.markers`): a list of
+        :class:`~llmri.readouts.Marker` (``kind``, ``token``, ``layer``, ``reason``) from what it
+        holds; a session without lens or attention gets the markers its data allows."""
+        from ..readouts.markers import markers  # the one readout a store offers; pure numpy
+
+        return markers(self)
 
     def sparsity(self, signal: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
         return self.stats(signal, start, stop)[1]
