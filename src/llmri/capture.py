@@ -240,6 +240,7 @@ class CaptureStream(FrameStream):
             attention=attention,
             attention_k=attention_k,
             n_positions=len(self.prompt_ids) + self.settings.max_new_tokens,
+            piece=self.codec.piece,
         )
         self.meta.update(self.readouts.meta())
         self.attach(store, meta)

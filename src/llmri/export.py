@@ -69,7 +69,7 @@ def export_npz(session: SessionReader, out: Path) -> Path:
     Keys: ``frames_<signal>`` ``[T, L, H, W]`` float16, ``norm_<signal>`` and ``sparsity_<signal>``
     ``[T, L]`` float32, ``token_ids``, ``token_text``, ``token_role``, ``logprob``, ``entropy``,
     ``top_ids`` ``[T, k]``, ``top_probs`` ``[T, k]``, ``reducer_state_<name>``, and where the
-    session holds them ``lens_<field>`` (``top_ids``, ``top_probs`` ``[T, L, k]``, ``next_prob``,
+    session holds them ``lens_<field>`` (``top_ids``, ``top_probs``, ``top_text`` ``[T, L, k]``, ``next_prob``,
     ``next_rank``, ``entropy`` ``[T, L]``) and ``attention_<field>`` (``top_pos``, ``top_weight``
     ``[T, L, H, k]``, ``entropy``, ``sink`` ``[T, L, H]``). Loads with ``np.load(path)`` (no pickles).
     """
@@ -92,7 +92,8 @@ def export_npz(session: SessionReader, out: Path) -> Path:
     for k, v in session.reducer_state.items():
         arrays[f"reducer_state_{k}"] = np.asarray(v)
     for kind, fields in readout_arrays(session).items():
-        arrays.update({f"{kind}_{name}": a for name, a in fields.items()})
+        # texts (lens top_text) as numpy strings: an object array would need a pickle to load
+        arrays.update({f"{kind}_{name}": a.astype(str) if a.dtype == object else a for name, a in fields.items()})
     with open(out, "wb") as fh:
         np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub types the kwargs as bool
     return out

@@ -60,6 +60,9 @@ class Token:
 #: The arrays of the logit lens, per position: ``top_ids`` / ``top_probs`` ``[L, k]``, ``next_prob``,
 #: ``next_rank``, ``entropy`` ``[L]`` (docs/readouts.md).
 LENS_FIELDS: tuple[str, ...] = ("top_ids", "top_probs", "next_prob", "next_rank", "entropy")
+#: The lens's optional text field: ``top_text`` ``[L, k]``, each top id's text decoded on its own (the
+#: capture's tokenizer), so a session reads without it; sessions written before it lack the field.
+LENS_TEXT = "top_text"
 #: The arrays of attention per head, per position: ``top_pos`` / ``top_weight`` ``[L, H, k]``,
 #: ``entropy`` and ``sink`` ``[L, H]``.
 ATTENTION_FIELDS: tuple[str, ...] = ("top_pos", "top_weight", "entropy", "sink")
@@ -73,7 +76,17 @@ READOUT_DTYPES: dict[str, type] = {
     "entropy": np.float32,
     "top_weight": np.float32,
     "sink": np.float32,
+    LENS_TEXT: str,
 }
+
+
+def readout_fill(name: str) -> tuple[type, object]:
+    """The numpy dtype and the padding of readout field ``name``: -1 for ids, NaN for floats,
+    ``""`` for texts (an object array of Python strings)."""
+    dtype = READOUT_DTYPES[name]
+    if dtype is str:
+        return object, ""
+    return dtype, -1 if dtype is np.int32 else np.nan
 
 
 @dataclass
@@ -82,7 +95,8 @@ class LensRow:
 
     ``top_ids`` int32 / ``top_probs`` float32 ``[L, k]``; ``next_prob`` float32 and ``next_rank``
     int32 ``[L]``: the probability each layer gives the token that came next and its rank (0 is
-    top-1), NaN / -1 where there is no next token; ``entropy`` float32 ``[L]`` (nats).
+    top-1), NaN / -1 where there is no next token; ``entropy`` float32 ``[L]`` (nats);
+    ``top_text`` ``[L, k]`` (object, str): each top id's text, or None where the capture had none.
     """
 
     top_ids: np.ndarray
@@ -90,6 +104,7 @@ class LensRow:
     next_prob: np.ndarray
     next_rank: np.ndarray
     entropy: np.ndarray
+    top_text: np.ndarray | None = None
 
 
 @dataclass
@@ -222,37 +237,51 @@ class ReadoutTable:
     """
 
     fields: tuple[str, ...] = ()
+    #: Fields a table may lack (None then): a session written before they existed.
+    optional: tuple[str, ...] = ()
 
     def __init__(self, layers: list[str], **arrays: np.ndarray) -> None:
         self.layers = list(layers)
+        known = (*self.fields, *self.optional)
         missing = [f for f in self.fields if f not in arrays]
-        if missing or set(arrays) - set(self.fields):
+        if missing or set(arrays) - set(known):
             raise ValueError(f"{type(self).__name__}: fields {sorted(arrays)}, expected {list(self.fields)}")
-        for name in self.fields:
-            setattr(self, name, np.asarray(arrays[name], dtype=READOUT_DTYPES[name]))
+        for name in known:
+            value = arrays.get(name)
+            if value is None:
+                setattr(self, name, None)
+                continue
+            dtype, _ = readout_fill(name)
+            # texts: zarr's strings (numpy StringDType) or a '<U' array, as Python strings
+            a = np.asarray(value).astype(object) if dtype is object else np.asarray(value, dtype=dtype)
+            setattr(self, name, a)
 
     def __len__(self) -> int:
         return int(getattr(self, self.fields[0]).shape[0])
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """``{field: array}``."""
-        return {name: getattr(self, name) for name in self.fields}
+        """``{field: array}``, an optional field only where the table has it."""
+        names = (*self.fields, *(f for f in self.optional if getattr(self, f) is not None))
+        return {name: getattr(self, name) for name in names}
 
     @classmethod
     def from_rows(cls, rows: list, layers: list[str], shapes: dict[str, tuple[int, ...]]) -> ReadoutTable:
         """Stack per-position rows (:class:`LensRow` / :class:`AttentionRow`), each field padded to
-        ``shapes[field]`` (a row's shape) with -1 / NaN."""
+        ``shapes[field]`` (a row's shape) with -1 / NaN / ``""``; an optional field only where
+        ``shapes`` names it."""
         out = {}
-        for name in cls.fields:
-            dtype = READOUT_DTYPES[name]
-            arr: np.ndarray = np.full((len(rows), *shapes[name]), -1 if dtype is np.int32 else np.nan, dtype=dtype)
+        for name in (*cls.fields, *(f for f in cls.optional if f in shapes)):
+            dtype, fill = readout_fill(name)
+            arr: np.ndarray = np.full((len(rows), *shapes[name]), fill, dtype=dtype)
             for i, row in enumerate(rows):
-                fit_into(arr[i], getattr(row, name))
+                value = getattr(row, name)
+                if value is not None:
+                    fit_into(arr[i], value)
             out[name] = arr
         return cls(layers, **out)
 
     def __repr__(self) -> str:
-        shapes = ", ".join(f"{f} {list(getattr(self, f).shape)}" for f in self.fields)
+        shapes = ", ".join(f"{f} {list(a.shape)}" for f, a in self.arrays().items())
         return f"{type(self).__name__}({shapes})"
 
 
@@ -267,9 +296,13 @@ def fit_into(dst: np.ndarray, src: np.ndarray) -> None:
 
 class LensTable(ReadoutTable):
     """The logit lens of a session: ``top_ids`` / ``top_probs`` ``[T, L, k]``, ``next_prob``,
-    ``next_rank``, ``entropy`` ``[T, L]`` (NaN / -1 where there is no next token), ``layers``."""
+    ``next_rank``, ``entropy`` ``[T, L]`` (NaN / -1 where there is no next token), ``layers``;
+    ``top_text`` ``[T, L, k]`` (object, str: each top id's text), None for a session captured
+    before llmri recorded it."""
 
     fields = LENS_FIELDS
+    optional = (LENS_TEXT,)
+    top_text: np.ndarray | None
     top_ids: np.ndarray
     top_probs: np.ndarray
     next_prob: np.ndarray

@@ -14,6 +14,7 @@ frame reaches the consumer (and the store) one forward later.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -87,8 +88,10 @@ class StepReadouts:
         attention: bool,
         attention_k: int | str = ATTN_TOP_K,
         n_positions: int = 0,
+        piece: Callable[[int], str] | None = None,
     ) -> None:
         self.lens = bool(lens)
+        self.piece = piece  # a token's text (cached per id: TextCodec.piece), for the lens's top_text
         self.attention = bool(attention)
         self.n_layers = capture.n_layers
         self.head = capture.lens_head() if self.lens else None
@@ -120,7 +123,7 @@ class StepReadouts:
         """The session meta keys that say which readouts it holds (docs/FORMAT.md, "Readouts")."""
         out: dict[str, Any] = {}
         if self.lens:
-            out["lens"] = {"k": LENS_TOP_K, "signal": "resid"}
+            out["lens"] = {"k": LENS_TOP_K, "signal": "resid", "texts": self.piece is not None}
         if self.attention:
             out["attention"] = {"k": self.attn_k, "full": self.full, "heads": self.heads}
         return out
@@ -157,12 +160,28 @@ class StepReadouts:
         self._pending = out.pending
         top_ids = out.top_ids.astype(np.int32)
         next_rank = out.next_rank.astype(np.int32)
+        texts = self._texts(top_ids)
         rows = [
-            LensRow(top_ids[j], out.top_probs[j], out.next_prob[j].copy(), next_rank[j].copy(), out.entropy[j])
+            LensRow(
+                top_ids[j],
+                out.top_probs[j],
+                out.next_prob[j].copy(),
+                next_rank[j].copy(),
+                out.entropy[j],
+                None if texts is None else texts[j],
+            )
             for j in range(n)
         ]
         self._last = rows[-1] if rows else None
         return rows
+
+    def _texts(self, top_ids: np.ndarray) -> np.ndarray | None:
+        """Each id's text (object array of the shape of ``top_ids``): one ``piece`` per distinct id."""
+        if self.piece is None:
+            return None
+        uniq, inv = np.unique(top_ids, return_inverse=True)
+        table = np.array([self.piece(int(i)) if i >= 0 else "" for i in uniq.tolist()], dtype=object)
+        return table[inv.reshape(top_ids.shape)]
 
     def _attention_rows(self, pos: Positions) -> list[AttentionRow]:
         if pos.attn_weights is None:

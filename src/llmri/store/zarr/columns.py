@@ -63,7 +63,8 @@ def column_specs(meta: dict[str, Any]) -> dict[str, ColumnSpec]:
     for kind, fields in readout_layout(meta).items():
         for name, (shape, dims) in fields.items():
             dtype = READOUT_DTYPES[name]
-            row_bytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            # a text is taken as 8 bytes (a short token's UTF-8 bytes and its length)
+            row_bytes = int(np.prod(shape, dtype=np.int64)) * (8 if dtype is str else np.dtype(dtype).itemsize)
             chunk = max(1, min(ROW_CHUNK, READOUT_CHUNK_BYTES // max(1, row_bytes)))
             specs[f"{kind}/{name}"] = ColumnSpec(dtype, shape, chunk, dims)
     return specs
@@ -175,10 +176,10 @@ def frame_rows(
     for kind, fields in (readouts or {}).items():
         row = getattr(frame, kind)
         for name, (shape, _) in fields.items():
-            value = np.asarray(getattr(row, name))
+            dtype = READOUT_DTYPES[name]
+            value = np.asarray(getattr(row, name), dtype=object if dtype is str else None)
             if value.shape != shape:
-                dtype = READOUT_DTYPES[name]
-                padded = np.full(shape, fill_value(dtype), dtype=dtype)
+                padded = np.full(shape, fill_value(dtype), dtype=object if dtype is str else dtype)
                 fit_into(padded, value)
                 value = padded
             rows[f"{kind}/{name}"] = value

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..._errors import StoreError
-from ...frame import READOUT_DTYPES, TOP_K, TokenTable
+from ...frame import TOP_K, TokenTable, readout_fill
 from ..base import SessionReader, check_signal, norm_range, readout_layout
 from .columns import check_format_version, check_meta
 from .liveness import effective_status
@@ -112,7 +112,7 @@ class ZarrSession(SessionReader):
     def readout_arrays(self, kind: str, start: int, stop: int) -> dict[str, np.ndarray]:
         fields = readout_layout(self._meta)[kind]
         return {
-            name: self._read(f"{kind}/{name}", start, stop, shape, READOUT_DTYPES[name])
+            name: self._read(f"{kind}/{name}", start, stop, shape, readout_fill(name)[0])
             for name, (shape, _) in fields.items()
         }
 
