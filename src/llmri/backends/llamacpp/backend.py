@@ -22,6 +22,18 @@ TENSORS = {"resid": "l_out", "attn": "attn_out", "mlp": "ffn_out"}
 #: Architectures (``general.architecture``) that name a signal's tensor differently; every mapping
 #: is checked on the model's first capture (a probe decode), and a name the graph lacks is refused.
 TENSORS_BY_ARCH: dict[str, dict[str, str]] = {}
+#: Many builders (qwen2, qwen3, starcoder2, gemma, ... in this llama.cpp) name no ``attn_out-N``.
+#: There the attention sub-layer's output is recovered from the residual add that takes it in: the
+#: residual stream after attention (the first of :data:`ATTN_FROM` the graph computes for every
+#: layer: ``ffn_inp-N``, or gemma's ``sa_out-N``) minus the block's input, ``l_out-(N-1)``, and for
+#: block 0 the first of :data:`LAYER0_INPUTS` it computes (the scaled embeddings where a builder
+#: scales them, else the token embeddings: ``embd`` in this llama.cpp, ``inp_embd`` in others).
+#: Not where the attention output is normalised before the add (:data:`POST_NORM`: OLMo 2, Gemma 2
+#: and 3): the difference would be the normalised output, not what the ``hf`` backend records
+#: there, so ``attn`` is refused. The probe decides, per model.
+ATTN_FROM = ("ffn_inp", "sa_out")
+LAYER0_INPUTS = ("inp_scaled", "inp_embd", "embd")
+POST_NORM = "attn_post_norm"
 
 
 def tensor_names(architecture: str) -> dict[str, str]:
@@ -71,18 +83,37 @@ class LlamaCppCapture(Capture):
         self.ctx = model.context()
         names = tensor_names(model.architecture)
         self._names = [f"blk.{i}" for i in range(model.n_layers)]
-        self._slots = {
-            f"{names[s]}-{i}".encode(): (k, i) for k, s in enumerate(self.signals) for i in range(model.n_layers)
-        }
         self._verify(names)
+        self._plan(names)
+
+    def _plan(self, names: dict[str, str]) -> None:
+        """The recorder's slots: one buffer per signal, and where ``attn`` is derived (see
+        :data:`ATTN_FROM`) the buffers it is derived from (``resid``'s when recorded)."""
+        n_layers = self.model.n_layers
+        self._derived = "attn" in self.signals and "attn" in self.model.derived
+        after, first_input = self.model.attn_from
+        tensor = {s: after if s == "attn" and self._derived else names[s] for s in self.signals}
+        self._slots = {f"{tensor[s]}-{i}".encode(): (k, i) for k, s in enumerate(self.signals) for i in range(n_layers)}
+        self._layers = [n_layers] * len(self.signals)
+        if self._derived:
+            self._resid = self.signals.index("resid") if "resid" in self.signals else len(self._layers)
+            if "resid" not in self.signals:
+                self._layers.append(n_layers)
+                self._slots.update({f"{names['resid']}-{i}".encode(): (self._resid, i) for i in range(n_layers - 1)})
+            self._input = len(self._layers)
+            self._layers.append(1)
+            self._slots[first_input.encode()] = (self._input, 0)
 
     def _verify(self, names: dict[str, str]) -> None:
         """Probe once per model: decode one token with every signal asked for, and refuse the
         signals whose tensors the graph does not compute for every layer."""
         model = self.model
         if not set(self.signals) <= model.verified:
-            slots = {f"{names[s]}-{i}".encode(): (k, i) for k, s in enumerate(SIGNALS) for i in range(model.n_layers)}
-            rec = Recorder(self._lib, slots, len(SIGNALS), 1, model.n_layers, model.d_model)
+            wanted = [names[s] for s in SIGNALS] + [*ATTN_FROM, POST_NORM]
+            slots = {f"{t}-{i}".encode(): (k, i) for k, t in enumerate(wanted) for i in range(model.n_layers)}
+            slots.update({t.encode(): (len(wanted) + j, 0) for j, t in enumerate(LAYER0_INPUTS)})
+            layers = [model.n_layers] * len(wanted) + [1] * len(LAYER0_INPUTS)
+            rec = Recorder(self._lib, slots, len(layers), 1, layers, model.d_model)
             probe = model.tokenizer.bos_token_id or 0
             with self.ctx.lock:
                 self.ctx.reset()
@@ -95,10 +126,34 @@ class LlamaCppCapture(Capture):
             if rec.error is not None:
                 raise rec.error
             missing = set(rec.missing())
-            model.verified = {
-                s for s in SIGNALS if not any(f"{names[s]}-{i}" in missing for i in range(model.n_layers))
-            }
+
+            def complete(tensor: str) -> bool:
+                return not any(f"{tensor}-{i}" in missing for i in range(model.n_layers))
+
+            model.verified = {s for s in SIGNALS if complete(names[s])}
+            model.derived = set()
+            model.post_norm = complete(POST_NORM)
+            after = next((t for t in ATTN_FROM if complete(t)), "")
+            first_input = next((t for t in LAYER0_INPUTS if t not in missing), "")
+            if (
+                "attn" not in model.verified
+                and names["attn"] == TENSORS["attn"]  # an explicit mapping is taken as given
+                and not model.post_norm
+                and after
+                and first_input
+                and complete(names["resid"])
+            ):
+                model.verified.add("attn")
+                model.derived = {"attn"}
+                model.attn_from = (after, first_input)
         for s in self.signals:
+            if s == "attn" and s not in model.verified and model.post_norm:
+                raise CaptureError(
+                    f"llama.cpp: no mapping for signal 'attn' in architecture {model.architecture!r}: its graph "
+                    f"normalises the attention output before the residual add ({POST_NORM}-N) and names no "
+                    f"{names[s]}-N, so the output the other backends record is not there; capture "
+                    "signals=['resid', 'mlp'] (or use the hf backend)"
+                )
             if s not in model.verified:
                 raise CaptureError(
                     f"llama.cpp: no mapping for signal {s!r} in architecture {model.architecture!r}: its graph has "
@@ -113,7 +168,14 @@ class LlamaCppCapture(Capture):
     def signal_modules(self) -> dict[str, list[str | None]]:
         """The llama.cpp graph tensor each signal copies, per layer (``l_out-0``, ...)."""
         names = tensor_names(self.model.architecture)
-        return {s: [f"{names[s]}-{i}" for i in range(self.model.n_layers)] for s in self.signals}
+        out: dict[str, list[str | None]] = {
+            s: [f"{names[s]}-{i}" for i in range(self.model.n_layers)] for s in self.signals
+        }
+        if self._derived:
+            after, first_input = self.model.attn_from
+            prev = [first_input] + [f"{names['resid']}-{i}" for i in range(self.model.n_layers - 1)]
+            out["attn"] = [f"{after}-{i} - {p}" for i, p in enumerate(prev)]
+        return out
 
     @property
     def d_model(self) -> int:
@@ -124,7 +186,7 @@ class LlamaCppCapture(Capture):
 
         ids = [int(x) for x in (input_ids.reshape(-1).tolist() if hasattr(input_ids, "reshape") else input_ids)]
         ctx, n = self.ctx, len(ids)
-        rec = Recorder(self._lib, self._slots, len(self.signals), n, self.model.n_layers, self.model.d_model)
+        rec = Recorder(self._lib, self._slots, len(self._layers), n, self._layers, self.model.d_model)
         out = np.empty((n, ctx.n_vocab), dtype=np.float32) if logits else None
         with ctx.lock:
             if cache is None:
@@ -149,5 +211,9 @@ class LlamaCppCapture(Capture):
                 ctx.rollback(start)
                 raise
             new_cache = LlamaCache(ctx.epoch, ctx.n_past)
-        acts = dict(zip(self.signals, rec.tensors(), strict=True))
+        if self._derived:  # attn = (residual after attention) - (the block's input), in place
+            attn = rec.bufs[self.signals.index("attn")]
+            attn[:, 0] -= rec.bufs[self._input][:, 0]
+            attn[:, 1:] -= rec.bufs[self._resid][:, :-1]
+        acts = dict(zip(self.signals, rec.tensors()[: len(self.signals)], strict=True))
         return Step(logits=None if out is None else torch.from_numpy(out), acts=acts, cache=new_cache)

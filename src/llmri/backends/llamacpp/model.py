@@ -103,6 +103,9 @@ class GGUFModel:
         self._context: LlamaContext | None = None
         self._lock = threading.Lock()
         self.verified: set[str] = set()  # signals whose tensors a probe found (see LlamaCppCapture)
+        self.derived: set[str] = set()  # verified signals computed from other tensors (see backend.ATTN_FROM)
+        self.attn_from = ("", "")  # a derived attn's (residual after attention, block 0's input) tensors
+        self.post_norm = False  # the graph normalises the attention output before the residual add
 
     def meta(self, key: str) -> str | None:
         """A GGUF metadata value as text (``None`` when the file has no such key)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ _name_at = (ctypes.c_char * 64).from_address
 class Recorder:
     """Copies the tensors named in ``slots`` into float32 buffers ``[n, layers, d]``, one per signal.
 
-    ``slots`` maps a graph tensor name (``b"l_out-3"``) to ``(signal index, layer)``. The buffers
+    ``slots`` maps a graph tensor name (``b"l_out-3"``) to ``(buffer index, layer)``. The buffers
     are new for every step: the caller owns them (the returned Tensors share their memory).
     :meth:`wants` answers ``ask`` with a dict lookup; :meth:`computed` checks a computed tensor
     (f32, ``ne = [d, rows]``, rows contiguous) and copies it with ``ggml_backend_tensor_get`` straight
@@ -26,12 +27,22 @@ class Recorder:
     :attr:`error` and every later tensor is declined, so llama.cpp stops computing soon.
     """
 
-    def __init__(self, lib: Ggml, slots: dict[bytes, tuple[int, int]], n_signals: int, n: int, layers: int, d: int):
+    def __init__(
+        self,
+        lib: Ggml,
+        slots: dict[bytes, tuple[int, int]],
+        n_signals: int,
+        n: int,
+        layers: int | Sequence[int],
+        d: int,
+    ):
         self.name_offset = lib.name_offset
         self.tensor_get = lib.tensor_get
         self.slots = slots
-        self.layers, self.d = layers, d
-        self.bufs = [np.empty((n, layers, d), dtype=np.float32) for _ in range(n_signals)]
+        self.d = d
+        #: layers per buffer (``layers`` for all, or one count per buffer: an internal buffer can be smaller)
+        self.layers = [layers] * n_signals if isinstance(layers, int) else list(layers)
+        self.bufs = [np.empty((n, lk, d), dtype=np.float32) for lk in self.layers]
         self._base = [b.ctypes.data for b in self.bufs]
         self._scratch: np.ndarray | None = None
         self.row0 = 0  # first row of the batch being decoded (a step longer than n_ubatch decodes several)
@@ -67,7 +78,7 @@ class Recorder:
             raise CaptureError(f"llama.cpp: tensor {name.decode()} appears twice in one graph")
         self.seen.add(name)
         if rows == 1:
-            self.tensor_get(t, self._base[sig] + 4 * d * (self.row0 * self.layers + layer), 0, 4 * d)
+            self.tensor_get(t, self._base[sig] + 4 * d * (self.row0 * self.layers[sig] + layer), 0, 4 * d)
         else:
             if self._scratch is None or self._scratch.shape[0] < rows:
                 self._scratch = np.empty((rows, d), dtype=np.float32)
