@@ -41,6 +41,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "pip install 'llmri[llamacpp]')",
     )
     live.add_argument(
+        "--lens",
+        action="store_true",
+        help="record the logit lens of every token (hf backend): the page shows each layer's top tokens",
+    )
+    live.add_argument(
+        "--attention",
+        action="store_true",
+        help="record attention per head (hf backend): the page shows the layer x head grid",
+    )
+    live.add_argument(
         "--openai-url",
         default=None,
         metavar="URL",
@@ -75,6 +85,9 @@ def live_plugin(args: argparse.Namespace) -> Any:
     backend = getattr(args, "backend", None)
     if backend and not model:
         raise CaptureError("--backend chooses how --model is recorded: give --model too")
+    lens, attention = bool(getattr(args, "lens", False)), bool(getattr(args, "attention", False))
+    if (lens or attention) and not model:
+        raise CaptureError("--lens and --attention are readouts of a local model: give --model too")
     if not (model or url):
         return None
     if model and url:
@@ -111,7 +124,9 @@ def live_plugin(args: argparse.Namespace) -> Any:
     from ..models import load_model
 
     print(f"llmri view: loading model {model} for live chat{f' ({backend})' if backend else ''}...", flush=True)
-    return LiveChat(ModelEngine(load_model(model, backend=backend), backend=backend))
+    if (lens or attention) and backend == "llama.cpp":  # before a model load that can take minutes
+        raise CaptureError("the llama.cpp engine has no lens or attention readouts: use --backend hf")
+    return LiveChat(ModelEngine(load_model(model, backend=backend), backend=backend, lens=lens, attention=attention))
 
 
 def build_app(args: argparse.Namespace, live: Any = None) -> Any:

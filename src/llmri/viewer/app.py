@@ -21,6 +21,11 @@ Endpoints (every one behind :class:`~llmri.viewer.security.SecurityMiddleware`),
                                                          ``&dtype=uint8`` for quantised; ``signal=resid,mlp``
                                                          stacks several: ``[signals, n, ...]``); see encoding.py
 ``GET /api/sessions/{store}/{session}/stats``            ``[2, n, layers]`` float32 norm/sparsity, binary
+``routes/readouts.py``                                   (docs/readouts.md; 400 for a session without it)
+``GET /api/sessions/{store}/{session}/lens``             the logit lens of a range (``?start=&stop=``), JSON
+``GET /api/sessions/{store}/{session}/attention``        attention per head of a range (at most 16), JSON
+``GET /api/sessions/{store}/{session}/lensstrip``        ``[n, layers]`` float32 ``next_prob``, binary
+``GET /api/sessions/{store}/{session}/markers``          notable tokens with their reasons, JSON
 ``routes/progress.py``
 ``WS  /api/sessions/{store}/{session}/live``             JSON progress messages while a session records
 =======================================================  ==============================================
@@ -74,7 +79,7 @@ def create_app(
     """
     fastapi = require("fastapi", "viewer")
     from .errors import install_error_handlers
-    from .routes import frames, info, progress, sessions, static
+    from .routes import frames, info, progress, readouts, sessions, static
 
     if remote and not token:
         raise ValueError("a remote (non-loopback) viewer needs a token")
@@ -83,7 +88,7 @@ def create_app(
     app = fastapi.FastAPI(title="llmri viewer", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.llmri = state
     install_error_handlers(app)
-    for module in (static, info, sessions, frames, progress):
+    for module in (static, info, sessions, frames, readouts, progress):
         app.include_router(module.router)
     if isinstance(state.live, LivePlugin):
         state.live.attach(app, state)

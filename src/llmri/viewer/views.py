@@ -18,7 +18,8 @@ def _title(meta: Mapping[str, Any]) -> str:
 
 
 def summary(store_id: str, r: SessionReader) -> dict[str, Any]:
-    """One line of the session list: ids, status, shape, model, backend, reducer, title."""
+    """One line of the session list: ids, status, shape, model, backend, reducer, title, and the
+    readouts it holds (``"lens"``, ``"attention"``)."""
     meta = r.meta
     model = meta.get("model") or {}
     reducer = meta.get("reducer") or {}
@@ -33,6 +34,7 @@ def summary(store_id: str, r: SessionReader) -> dict[str, Any]:
             "n_layers": len(r.layers),
             "tile": list(r.tile),
             "chat_only": r.chat_only or not r.signals,
+            "readouts": r.readouts,
             "model": model.get("name", "") if isinstance(model, dict) else str(model),
             "backend": meta.get("backend", ""),
             "reducer": reducer.get("kind", "") if isinstance(reducer, dict) else str(reducer),

@@ -13,16 +13,24 @@ class ModelEngine:
 
     ``model``: a :class:`~llmri.models.LoadedModel` (or anything :func:`llmri.stream` accepts, such
     as :class:`~llmri.backends.synthetic.SyntheticModel`); ``backend``: the capture backend name
-    (``None``: the model's own, or ``hf``).
+    (``None``: the model's own, or ``hf``); ``lens`` / ``attention``: record those readouts in
+    every turn (docs/readouts.md; the hf backend; each frame then reaches the page one forward
+    later, with its lens complete).
     """
 
     mode = "model"
 
-    def __init__(self, model: Any, backend: str | None = None) -> None:
+    def __init__(self, model: Any, backend: str | None = None, *, lens: bool = False, attention: bool = False) -> None:
+        from ..._errors import CaptureError
         from ...capture import as_model, backend_for
 
         self.model = as_model(model)
         self.backend, cls = backend_for(self.model, backend)
+        if attention and not getattr(cls, "supports_attention", False):
+            raise CaptureError(f"the {self.backend} backend records no attention: --attention needs --backend hf")
+        if lens and self.backend == "llama.cpp":
+            raise CaptureError("the llama.cpp engine has no logit lens: --lens needs --backend hf")
+        self.readouts = [name for name, on in (("lens", lens), ("attention", attention)) if on]
         self.signals = [s for s in SIGNALS if s in getattr(cls, "provides", ())]
         describe = getattr(self.model, "describe", None)
         info = describe() if callable(describe) else {}
@@ -37,6 +45,7 @@ class ModelEngine:
             "signals": self.signals,
             "reducers": REDUCERS.names(),
             "n_layers": self.n_layers,
+            "readouts": self.readouts,
         }
 
     def open(self, messages: list[dict[str, str]], settings: dict[str, Any], store: Any, meta: dict[str, Any]) -> Any:
@@ -55,6 +64,8 @@ class ModelEngine:
             ignore_eos=settings.get("ignore_eos", False),
             store=store,
             meta=meta,
+            lens="lens" in self.readouts,
+            attention="attention" in self.readouts,
         )
 
     def close(self) -> None:
@@ -81,6 +92,7 @@ class ChatOnlyEngine:
             "backend": "openai",
             "signals": [],
             "reducers": [],
+            "readouts": [],
         }
 
     def open(self, messages: list[dict[str, str]], settings: dict[str, Any], store: Any, meta: dict[str, Any]) -> Any:

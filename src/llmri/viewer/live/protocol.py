@@ -22,7 +22,11 @@ turn if any), ``started`` (``session`` = ``"store/id"``, ``messages``, ``setting
 ``yours``), ``done`` (``session``, ``status``, ``stop_reason``, ``n_frames``), ``error``
 (``message``: one line; the server keeps running), ``busy`` (``message``), ``resync`` (this client
 fell behind: its queued frames were dropped, the rest of the turn still comes; fetch the gap from
-the store over REST), ``pong``.
+the store over REST), ``pong``, and with ``llmri view --model ... --lens --attention``
+``readouts`` (``session``, ``start``, ``stop``; ``lens``: ``{field: [n, ...]}`` of the frames
+``start..stop`` as the REST ``/lens`` route gives them, ``top_text`` included; ``attention``:
+``{"index", field: [L, H, ...]}`` of the last of those frames only), sent just before the binary
+message of the same frames. ``hello``'s ``readouts`` lists what the engine records.
 
 Server to client, binary messages: one or more frames in the replay encoding
 (:mod:`llmri.viewer.encoding`) with ``kind: "live"``: the array is ``[n, signals, layers, H, W]``

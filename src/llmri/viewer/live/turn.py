@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..._errors import LlmriError, one_line
+from ...jsonsafe import json_safe
 from ..encoding import encode_array
 from .protocol import PROMPT_BATCH, message
 
@@ -83,9 +84,11 @@ class Turn:
                 batch.append(frame)
                 if frame.token.role == "prompt" and len(batch) < PROMPT_BATCH and frame.index < n_prompt - 1:
                     continue
+                send_readouts(post, key, batch)
                 send_frames(post, key, signals, batch)
                 batch = []
             if batch:
+                send_readouts(post, key, batch)
                 send_frames(post, key, signals, batch)
             status = "complete"
             reason = getattr(stream, "stop_reason", "")
@@ -105,6 +108,26 @@ def _header_token(frame: Any) -> dict[str, Any]:
         if not math.isfinite(a["prob"]):
             a["prob"] = 0.0
     return d
+
+
+def send_readouts(post: Post, key: str, frames: list[Any]) -> None:
+    """Post the readouts of ``frames`` as one ``readouts`` message, before their frames (so the page
+    has them when it draws the newest frame): the lens of every frame, attention of the last only
+    (a row is ``L * H * k`` pairs; the page reads older ones from the store)."""
+    lens = [f.lens for f in frames]
+    last = frames[-1].attention
+    if all(x is None for x in lens) and last is None:
+        return
+    doc: dict[str, Any] = {"type": "readouts", "session": key, "start": frames[0].index, "stop": frames[-1].index + 1}
+    if all(x is not None for x in lens):
+        fields = ("top_ids", "top_probs", "next_prob", "next_rank", "entropy", "top_text")
+        doc["lens"] = {name: [getattr(x, name) for x in lens] for name in fields if getattr(lens[0], name) is not None}
+    if last is not None:
+        doc["attention"] = {
+            "index": frames[-1].index,
+            **{name: getattr(last, name) for name in ("top_pos", "top_weight", "entropy", "sink")},
+        }
+    post(message(**json_safe(doc)), key)
 
 
 def send_frames(post: Post, key: str, signals: Sequence[str], frames: list[Any]) -> None:

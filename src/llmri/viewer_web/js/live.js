@@ -5,7 +5,8 @@ import { getJSON } from "./api.js";
 import { applyFrames, answerText, fillGap, onBinary } from "./liveframes.js";
 import { bubble, buildPanel, describeMode, el, restore, setBusy, setFollow, settings, showError } from "./livepanel.js";
 import { openSession, refreshSessions, setBadge } from "./session.js";
-import { S, chat as C, ready } from "./state.js";
+import { putLive } from "./readouts.js";
+import { S, chat as C, emit, ready } from "./state.js";
 import { refreshStats } from "./timeline.js";
 import { $ } from "./ui.js";
 
@@ -91,6 +92,9 @@ function onJSON(m) {
     undoSend();
   } else if (m.type === "resync") {
     fillGap(true);
+  } else if (m.type === "readouts") {
+    putLive(m); // before the frames they belong to: the lens and attention panels draw the newest token from it
+    emit("readouts", m.session, m.stop - 1);
   }
 }
 

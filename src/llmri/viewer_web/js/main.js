@@ -1,10 +1,13 @@
 // llmri viewer: pick a session, scrub its frames token by token, re-map colours, hover to read values, compare.
 // This module wires the page together and boots it; the panels live in their own modules around state.js.
 import { LRU, getJSON } from "./api.js";
+import { A, wireAttention } from "./attention.js";
 import { setDiff, wireCompare } from "./compare.js";
+import { wireLens } from "./lens.js";
+import { M, markerFrom, wireMarkers } from "./markers.js";
 import { wireReadout } from "./readout.js";
 import { emptyStoreState, openSession, refreshSessions } from "./session.js";
-import { S, setReady, whenDrawn } from "./state.js";
+import { S, emit, setReady, whenDrawn } from "./state.js";
 import { fetchFailed, layout, renderer, savePng, setCmap, updateColorbar, wireTiles } from "./tiles.js";
 import { drawSparklines, play, seek, stop, wireTimeline } from "./timeline.js";
 import { $, banner } from "./ui.js";
@@ -15,12 +18,15 @@ function wire() {
   wireTiles();
   wireCompare();
   wireReadout();
+  wireLens((t) => { stop(); seek(t); });
+  wireAttention();
+  wireMarkers(seek, stop);
   $("help-btn").onclick = () => { $("help").hidden = !$("help").hidden; };
   document.addEventListener("keydown", onKey);
   let resizeTimer = 0;
   window.addEventListener("resize", () => {
     clearTimeout(resizeTimer);
-    resizeTimer = setTimeout(() => { layout(); drawSparklines(); }, 120);
+    resizeTimer = setTimeout(() => { layout(); drawSparklines(); emit("resize"); }, 120);
   });
 }
 
@@ -39,12 +45,19 @@ function onKey(e) {
   else if (e.key === "g") setCmap("grayscale");
   else if (e.key === "e") setCmap("energy");
   else if (e.key === "d") setCmap("diverging");
-  else if (e.key === "p") setDiff(S.diff === "prev" ? "off" : "prev");
+  else if (e.key === "n" || e.key === "p") jumpMarker(e.key === "n" ? 1 : -1);
+  else if (e.key === "c") setDiff(S.diff === "prev" ? "off" : "prev");
   else if (e.key === "s") savePng();
   else if (e.key === "Escape") $("help").hidden = true;
   else if (e.key === "?") $("help").hidden = !$("help").hidden;
   else handled = false;
   if (handled) e.preventDefault();
+}
+
+/** n / p: the playhead to the next / previous marked token (if any). */
+function jumpMarker(dir) {
+  const t = markerFrom(S.t, dir);
+  if (t >= 0) { stop(); seek(t); }
 }
 
 /** A remote viewer's launch token came in the URL; once a request has worked without it (the page load set
@@ -100,6 +113,8 @@ window.llmri = {
   whenDrawn,
   get drawCount() { return S.drawCount; },
   get drawn() { return S.drawn; },
+  markers: M, // the session's markers ({list})
+  attention: A, // the attention panel's pick and the weights highlighted on the token strip
 };
 
 main().catch((e) => banner(`viewer error: ${e.message}`, "error"));

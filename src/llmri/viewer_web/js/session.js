@@ -1,7 +1,7 @@
 // Sessions: the list (polled), opening one, and following one while it is being recorded.
 import { FrameSource, getJSON, sessionUrl } from "./api.js";
 import { setDiff } from "./compare.js";
-import { S, grow, on } from "./state.js";
+import { S, emit, grow, on } from "./state.js";
 import { SIGNAL_TITLES, layout, loadStats, redraw, resetFrames, updateColorbar } from "./tiles.js";
 import { appendTokens, buildTokenStrip, drawSparklines, seek, stop, updateTotal } from "./timeline.js";
 import { $, banner, esc, fillSelect, segment, setSeg } from "./ui.js";
@@ -89,6 +89,11 @@ export async function openSession(key, t0 = 0) {
   const n = detail.summary.n_frames;
   showSessionState(detail);
   updateTotal(n, true);
+  const readouts = detail.summary.readouts || [];
+  $("rside").hidden = !readouts.length; // the lens and attention column, where the session has them
+  $("lens-panel").hidden = !readouts.includes("lens");
+  $("attn-panel").hidden = !readouts.includes("attention");
+  $("layout").classList.toggle("with-readouts", readouts.length > 0);
   layout();
   await loadStats();
   if (seq !== S.openSeq) return;
@@ -96,6 +101,7 @@ export async function openSession(key, t0 = 0) {
     followLive(detail.summary);
     t0 = n - 1;
   }
+  emit("open", S.cur); // the readout panels: which this session has, its markers and lens strip
   seek(Math.min(Math.max(0, t0), Math.max(0, n - 1)));
   drawSparklines();
   S.loaded = key; // fully open: tokens, layout, stats and the first frame requested

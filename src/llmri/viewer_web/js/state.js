@@ -62,7 +62,8 @@ export const chat = {
 };
 
 // ---------------------------------------------------------------------------------------------
-// events: "seek" (t), "drawn" (t), "grow" (n, before)
+// events: "seek" (t), "drawn" (t), "grow" (n, before), "open" (S.cur: a session opened, before its first seek),
+// "readouts" (session key, t: the live chat's readouts of token t arrived), "resize" (the page was laid out again)
 const listeners = new Map();
 
 export function on(name, fn) {

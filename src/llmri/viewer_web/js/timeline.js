@@ -1,6 +1,7 @@
 // The timeline: the playhead (seek, play), the slider and counter, the token strip and the sparklines.
 import { S, emit, on, whenDrawn } from "./state.js";
 import { loadStats } from "./tiles.js";
+import { attentionTip } from "./attention.js";
 import { hideTip, showTip, tokenHTML } from "./readout.js";
 import { $, esc, fmt, oneLine, showTok } from "./ui.js";
 
@@ -142,8 +143,7 @@ export function drawSparklines() {
   c.height = Math.round(cssH * dpr);
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, cssW, cssH);
-  const left = 34;
-  const W = cssW - left - 4;
+  const { left, W } = stripGeometry();
   const n = S.src ? S.src.total : 0;
   sparkBg = { left, W, top, rowH, L, n, cssW, cssH, dpr };
   ctx.font = "10px ui-monospace, Menlo, monospace";
@@ -211,6 +211,12 @@ function drawNormRow(ctx, st, l, L, left, W, y0, rowH) {
   }
 }
 
+/** The sparklines' time axis, which the lens strip and the marker ticks share: x = left + (t + 0.5) / n * W. */
+export function stripGeometry() {
+  const cssW = $("sparklines").clientWidth || 800;
+  return { left: 34, W: cssW - 38, n: S.src ? S.src.total : 0 };
+}
+
 function drawPlayhead() {
   if (!sparkBg || !sparkBg.img || !sparkBg.n) return;
   const c = $("sparklines");
@@ -255,7 +261,7 @@ export function wireTimeline() {
   tokens.addEventListener("mousemove", (e) => {
     const i = e.target.dataset && e.target.dataset.i;
     if (i === undefined) { hideTip(); return; }
-    showTip(tokenHTML(S.tokens[Number(i)]), e);
+    showTip(tokenHTML(S.tokens[Number(i)]) + attentionTip(Number(i)), e);
   });
   tokens.addEventListener("mouseleave", hideTip);
   const spark = $("sparklines");

@@ -1,0 +1,138 @@
+// Attention per head: a layer x head grid for the current token (colour = the head's entropy or its weight on
+// position 0, the sink). Click a head, or a layer's label for all its heads: the token strip highlights the
+// positions it attends to, with their weights on hover.
+import { attentionRow, cachedRow, has } from "./readouts.js";
+import { S, on } from "./state.js";
+import { $, fmt, segment, setSeg } from "./ui.js";
+
+export const A = {
+  colour: "entropy", // "entropy" | "sink"
+  pick: null, // {layer, head} (head -1: all heads of the layer)
+  row: null, // the attention row shown
+  weights: new Map(), // token index -> weight, highlighted on the strip
+};
+
+/** The weights head `head` of layer `layer` gives each position (head -1: the mean over the layer's heads). */
+export function attended(row, layer, head) {
+  const out = new Map();
+  if (!row) return out;
+  const heads = head >= 0 ? [head] : row.top_pos[layer].map((_, h) => h);
+  const live = heads.filter((h) => row.top_pos[layer][h].some((p) => p >= 0));
+  for (const h of live) {
+    row.top_pos[layer][h].forEach((p, j) => {
+      const w = row.top_weight[layer][h][j];
+      if (p >= 0 && w !== null) out.set(p, (out.get(p) || 0) + w / live.length);
+    });
+  }
+  return out;
+}
+
+function colourOf(v, lo, hi) {
+  const lut = S.luts.energy || S.luts.grayscale;
+  if (v === null || v === undefined || !lut) return "#1a2230";
+  const u = hi > lo ? (v - lo) / (hi - lo) : 0.5;
+  const i = Math.max(0, Math.min(255, Math.round(u * 255)));
+  return `rgb(${lut[3 * i]},${lut[3 * i + 1]},${lut[3 * i + 2]})`;
+}
+
+/** The layer x head grid of one attention row into `el` (reused by the live chat). `onPick(layer, head)`. */
+export function renderGrid(el, row, pick, colour, onPick) {
+  el.innerHTML = "";
+  if (!row) { el.innerHTML = `<span class="dim">no attention for this token yet</span>`; return; }
+  const vals = colour === "sink" ? row.sink : row.entropy;
+  const flat = vals.flat().filter((v) => v !== null);
+  const lo = colour === "sink" ? 0 : Math.min(...flat), hi = colour === "sink" ? 1 : Math.max(...flat);
+  const L = vals.length;
+  const frag = document.createDocumentFragment();
+  for (let l = L - 1; l >= 0; l--) {
+    const line = document.createElement("div");
+    line.className = "ag-row";
+    const lab = document.createElement("button");
+    lab.className = `ag-l${pick && pick.layer === l && pick.head < 0 ? " on" : ""}`;
+    lab.textContent = `L${l}`;
+    lab.title = `all heads of layer ${l}`;
+    lab.dataset.l = String(l);
+    lab.dataset.h = "-1";
+    lab.onclick = () => onPick(l, -1);
+    line.appendChild(lab);
+    vals[l].forEach((v, h) => {
+      const b = document.createElement("button");
+      const on_ = pick && pick.layer === l && (pick.head === h || pick.head < 0);
+      b.className = `ag-c${on_ ? " on" : ""}`;
+      b.dataset.l = String(l);
+      b.dataset.h = String(h);
+      b.title = `L${l} H${h} · entropy ${fmt(row.entropy[l][h], 2)} nats · sink ${fmt(row.sink[l][h], 2)}`;
+      b.style.background = colourOf(v, lo, hi); // CSSOM: the page's CSP blocks inline style attributes
+      b.onclick = () => onPick(l, h);
+      line.appendChild(b);
+    });
+    frag.appendChild(line);
+  }
+  el.appendChild(frag);
+}
+
+/** The token strip's highlight: each attended position's span shaded by its weight. */
+function highlight() {
+  const el = $("tokens");
+  for (const span of el.querySelectorAll(".t.att")) {
+    span.classList.remove("att");
+    span.style.removeProperty("background");
+    delete span.dataset.aw;
+  }
+  A.weights = A.pick && A.row ? attended(A.row, A.pick.layer, A.pick.head) : new Map();
+  const max = Math.max(0, ...A.weights.values());
+  for (const [p, w] of A.weights) {
+    const span = el.children[p];
+    if (!span) continue;
+    span.classList.add("att");
+    span.dataset.aw = w.toFixed(4);
+    span.style.background = `rgba(255, 183, 77, ${(0.25 + 0.75 * (max > 0 ? w / max : 0)).toFixed(3)})`;
+  }
+}
+
+/** The tooltip line of token i on the strip: its attention weight from the picked head (or ""). */
+export function attentionTip(i) {
+  const w = A.weights.get(i);
+  if (w === undefined || !A.pick) return "";
+  const who = A.pick.head < 0 ? `L${A.pick.layer} all heads (mean)` : `L${A.pick.layer} H${A.pick.head}`;
+  return `<div class="gap">attention from token ${S.t} · ${who}: <b>${fmt(w, 4)}</b></div>`;
+}
+
+function pickHead(layer, head) {
+  A.pick = { layer, head };
+  draw();
+}
+
+function draw() {
+  renderGrid($("attn-grid"), A.row, A.pick, A.colour, pickHead);
+  highlight();
+  const msg = $("attn-msg");
+  if (!A.row) msg.textContent = "";
+  else if (!A.pick) msg.textContent = "click a head (or a layer) to see what it attends to";
+  else {
+    const top = [...A.weights.entries()].sort((a, b) => b[1] - a[1]).slice(0, 3);
+    const who = A.pick.head < 0 ? `L${A.pick.layer} · all heads` : `L${A.pick.layer} H${A.pick.head}`;
+    msg.textContent = `${who} → ${top.map(([p, w]) => `#${p} ${fmt(w, 2)}`).join(", ")}`;
+  }
+}
+
+let seq = 0;
+async function showAttention(t) {
+  const panel = $("attn-panel");
+  if (!has("attention")) { panel.hidden = true; A.row = null; highlight(); return; }
+  panel.hidden = false;
+  const mine = ++seq;
+  const row = cachedRow("attention", t) || (await attentionRow(t).catch(() => null));
+  if (mine !== seq || S.t !== t) return;
+  A.row = row;
+  draw();
+  $("attn-grid").dataset.t = String(t);
+}
+
+on("seek", (t) => showAttention(t));
+on("readouts", (key, t) => { if (S.cur && S.cur.summary.key === key && S.t === t) showAttention(t); });
+on("open", () => { A.pick = null; A.row = null; });
+
+export function wireAttention() {
+  segment($("attn-colour"), A.colour, (v) => { A.colour = v; setSeg($("attn-colour"), v); draw(); });
+}
