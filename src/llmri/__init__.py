@@ -14,6 +14,7 @@ from .framestream import FrameStream
 from .models import LoadedModel, load_model
 from .reducers import REDUCERS, Reducer, make_reducer
 from .store import FrameStore, MemoryFrameStore, Session, SessionReader, open_store
+from .viewing import view
 from .wrapping import wrap
 
 __all__ = [
@@ -47,5 +48,6 @@ __all__ = [
     "make_reducer",
     "open_store",
     "stream",
+    "view",
     "wrap",
 ]

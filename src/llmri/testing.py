@@ -9,8 +9,6 @@
 from __future__ import annotations
 
 import os
-import threading
-import time
 from typing import Any
 
 #: The Chromium executable browser tests and benchmarks drive.
@@ -40,7 +38,7 @@ class ServedApp:
     def __init__(self, app: Any) -> None:
         import uvicorn
 
-        from .viewer.serve import bind, server_config
+        from .viewer.serve import Served, bind, server_config
         from .viewer.state import state_of
 
         self.app = app
@@ -48,13 +46,8 @@ class ServedApp:
         self.port = self.sock.getsockname()[1]
         state_of(app).policy.port = self.port
         self.server = uvicorn.Server(server_config(app, quiet=True))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
+        self._served = Served(self.server, self.sock, f"{self.url}/")
+        self.thread = self._served.thread
 
     @property
     def url(self) -> str:
@@ -72,6 +65,4 @@ class ServedApp:
         return connect(self.ws_url, **opts)
 
     def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
+        self._served.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import sys
 import threading
+import time
 import webbrowser
 from typing import Any
 
@@ -60,14 +61,51 @@ def server_config(app: Any, *, quiet: bool = False) -> Any:
     )
 
 
+class Served:
+    """A viewer app serving in a daemon thread of this process (``serve(..., block=False)``):
+    :attr:`url` to open, :meth:`close` (or ``with``) to stop it."""
+
+    def __init__(self, server: Any, sock: socket.socket, url: str) -> None:
+        self.server, self.sock, self.url = server, sock, url
+        self.thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="llmri-view")
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                self.close()
+                raise ViewerError("the viewer server did not start")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+    def __enter__(self) -> Served:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<llmri viewer at {self.url}>"
+
+
 def serve(
-    app: Any, host: str = "127.0.0.1", port: int = 8000, open_browser: bool = True, *, quiet: bool = False
-) -> None:
-    """Serve ``app`` (from :func:`create_app`) until interrupted.
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    open_browser: bool = True,
+    *,
+    quiet: bool = False,
+    block: bool = True,
+) -> Served | None:
+    """Serve ``app`` (from :func:`create_app`) until interrupted, or in the background.
 
     Binds first, so ``port=0`` works and the app's Host check learns the real port; prints the URL
     (with the token for remote binds) on stdout, then opens a browser tab unless ``open_browser`` is
-    False. Raises :class:`ViewerError` if the address cannot be bound.
+    False. ``block=False`` returns at once with a :class:`Served` handle (its ``url``, ``close()``).
+    Raises :class:`ViewerError` if the address cannot be bound.
     """
     uvicorn = require("uvicorn", "viewer")
     state = state_of(app)
@@ -84,8 +122,11 @@ def serve(
     server = uvicorn.Server(server_config(app, quiet=quiet))
     if open_browser:
         threading.Timer(0.6, lambda: webbrowser.open(url)).start()
+    if not block:
+        return Served(server, sock, url)
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
         sys.stdout.flush()
+    return None
