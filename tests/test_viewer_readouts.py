@@ -112,8 +112,16 @@ def test_lens_strip_is_next_prob(client, stores):
     r = client.get(_url(sid, "lensstrip"))
     assert r.headers["content-type"] == "application/x-llmri-array"
     head, arr = decode_array(r.content)
-    assert head["kind"] == "lensstrip" and arr.shape == (len(s), len(s.layers))
-    np.testing.assert_array_equal(arr, s.lens().next_prob)
+    assert head["kind"] == "lensstrip" and arr.shape == (2, len(s), len(s.layers))
+    lens = s.lens()
+    np.testing.assert_array_equal(arr[0], lens.next_prob)
+    top1 = lens.top_ids[:, :, 0]
+    np.testing.assert_array_equal(arr[1], (top1 == top1[:, -1:]).astype(np.float32))
+    # the decision layer is the first layer from which [1] stays 1
+    from llmri.readouts import decision_layers
+
+    first = [next(layer for layer in range(arr.shape[2]) if arr[1, t, layer:].all()) for t in range(len(s))]
+    assert first == decision_layers(top1).tolist()
 
 
 def test_markers_are_the_readouts(client, stores):

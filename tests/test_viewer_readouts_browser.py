@@ -35,6 +35,12 @@ def recorded(real_model, tmp_path_factory):
     path = tmp_path_factory.mktemp("readouts_browser") / "r.zarr"
     s = llmri.capture(real_model, PROMPT, chat=True, max_new_tokens=10, lens=True, attention=True, store=path)
     llmri.capture(real_model, "Hi!", chat=True, max_new_tokens=3, store=path)  # no readouts
+    # a lens session as llmri wrote it before lens/top_text: the panel shows ids
+    old = llmri.capture(real_model, "Hello?", chat=True, max_new_tokens=3, lens=True)
+    meta = {**old.meta, "lens": {"k": 5, "signal": "resid"}}
+    with llmri.open_store(path).create_session(meta) as w:
+        for i in range(len(old)):
+            w.append(old.frame(i))
     return path, s.id
 
 
@@ -197,6 +203,19 @@ def test_a_session_without_readouts_hides_the_panels(page):
     wait_for(page, f"() => window.llmri.state.loaded === {key!r}")
     assert page.locator("#lens-panel").is_hidden() and page.locator("#attn-panel").is_hidden()
     assert page.locator("#lens-strip").is_hidden()
+
+
+def test_an_older_session_without_texts_shows_ids(page, recorded):
+    key = page.evaluate("window.llmri.state.sessions.find(s => s.title === 'Hello?').key")
+    page.select_option("#session-select", key)
+    wait_for(page, f"() => window.llmri.state.loaded === {key!r}")
+    seek(page, 2)
+    s = llmri.open_store(recorded[0]).session(key.split("/")[1])
+    texts = page.evaluate(
+        "[...document.querySelectorAll('#lens .lens-row')].map(r => r.querySelector('.lx').textContent)"
+    )
+    assert texts == [f"#{i}" for i in s.lens(2, 3).top_ids[0, ::-1, 0].tolist()]
+    assert page.locator("#attn-panel").is_hidden() and page.locator("#lens-panel").is_visible()
 
 
 def test_live_chat_shows_the_newest_tokens_lens(browser, real_model, tmp_path):

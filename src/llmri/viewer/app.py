@@ -24,7 +24,7 @@ Endpoints (every one behind :class:`~llmri.viewer.security.SecurityMiddleware`),
 ``routes/readouts.py``                                   (docs/readouts.md; 400 for a session without it)
 ``GET /api/sessions/{store}/{session}/lens``             the logit lens of a range (``?start=&stop=``), JSON
 ``GET /api/sessions/{store}/{session}/attention``        attention per head of a range (at most 16), JSON
-``GET /api/sessions/{store}/{session}/lensstrip``        ``[n, layers]`` float32 ``next_prob``, binary
+``GET /api/sessions/{store}/{session}/lensstrip``        ``[2, n, layers]`` float32 ``next_prob``, top-1 final, binary
 ``GET /api/sessions/{store}/{session}/markers``          notable tokens with their reasons, JSON
 ``routes/progress.py``
 ``WS  /api/sessions/{store}/{session}/live``             JSON progress messages while a session records

@@ -87,12 +87,17 @@ def attention(state: State, store_id: str, session_id: str, start: int | None = 
 
 @router.get("/api/sessions/{store_id}/{session_id}/lensstrip")
 def lens_strip(state: State, store_id: str, session_id: str) -> Response:
-    """``[T, L]`` float32: each position's ``next_prob`` per layer (NaN where there is no next
-    token), binary (:mod:`llmri.viewer.encoding`, ``kind: "lensstrip"``)."""
+    """``[2, T, L]`` float32, binary (:mod:`llmri.viewer.encoding`, ``kind: "lensstrip"``): ``[0]``
+    each position's ``next_prob`` per layer (NaN where there is no next token), ``[1]`` 1 where the
+    layer's top-1 is the last layer's (0 where not, NaN where absent): the decision layer is the
+    first from which ``[1]`` stays 1."""
     r = state.reader(store_id, session_id)
     _has(r, "lens")
-    total = len(r)
-    arr = np.asarray(r.lens(0, total).next_prob, dtype=np.float32).reshape(total, len(r.layers))
+    total, n_layers = len(r), len(r.layers)
+    table = r.lens(0, total)
+    top1 = table.top_ids[:, :, 0].reshape(total, n_layers)
+    same = np.where(top1[:, -1:] >= 0, (top1 == top1[:, -1:]).astype(np.float32), np.nan)
+    arr = np.stack([np.asarray(table.next_prob, dtype=np.float32).reshape(total, n_layers), same.astype(np.float32)])
     body = encode_array(arr, kind="lensstrip", start=0, stop=total, total=total, status=r.status)
     return Response(body, media_type=MEDIA_TYPE)
 

@@ -68,6 +68,10 @@ export function renderGrid(el, row, pick, colour, onPick) {
     });
     frag.appendChild(line);
   }
+  const legend = document.createElement("div");
+  legend.className = "ag-legend";
+  legend.textContent = colour === "sink" ? "weight on position 0: blue 0 → red 1" : `entropy: blue ${fmt(lo, 2)} → red ${fmt(hi, 2)} nats`;
+  frag.appendChild(legend);
   el.appendChild(frag);
 }
 

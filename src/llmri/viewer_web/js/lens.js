@@ -118,6 +118,16 @@ export function drawLensStrip() {
       ctx.fillRect(g.left + x, (strip.L - 1 - l) * rowH, 1, rowH); // the last layer on top, as in the panel
     }
   }
+  // each token's decision layer (the first from which the top-1 stays the final one), where a token has room
+  if (W / Math.max(1, n) >= 3) {
+    ctx.fillStyle = "#ffffff";
+    for (let t = 0; t < strip.n; t++) {
+      const d = strip.decision[t];
+      if (d < 0) continue;
+      const x0 = g.left + (t / n) * W, x1 = g.left + ((t + 1) / n) * W;
+      ctx.fillRect(Math.round(x0 + 1), (strip.L - 1 - d) * rowH + rowH / 2 - 0.5, Math.max(1, Math.round(x1 - x0) - 2), 1.5);
+    }
+  }
   stripImg = { img: ctx.getImageData(0, 0, c.width, c.height), rowH, n, W, left: g.left, dpr, cssH };
   drawLensPlayhead();
 }
@@ -157,7 +167,9 @@ export function wireLens(seek) {
     if (!h) { hideTip(); return; }
     const tok = S.tokens[h.t], nxt = S.tokens[h.t + 1];
     const p = strip.data[h.t * strip.L + h.l];
-    showTip(`<span class="h">token ${h.t}</span> ${esc(oneLine(tok ? tok.text : ""))}<br>L${h.l} p(next “${esc(oneLine(nxt ? nxt.text : "–"))}”) <b>${fmt(p === p ? p : null, 3)}</b>`, e);
+    const d = strip.decision[h.t];
+    showTip(`<span class="h">token ${h.t}</span> ${esc(oneLine(tok ? tok.text : ""))}<br>L${h.l} p(next “${esc(oneLine(nxt ? nxt.text : "–"))}”) <b>${fmt(p === p ? p : null, 3)}</b>` +
+      (d >= 0 ? `<br><span class="dim">decided at L${d} (white mark)</span>` : ""), e);
   });
   c.addEventListener("mouseleave", hideTip);
 }

@@ -107,11 +107,20 @@ export function decisionLayer(topIds) {
   return d;
 }
 
-/** The lens strip of the session shown: {n, L, data: Float32Array [n*L]} of next_prob, or null. */
+/** The lens strip of the session shown, or null: {n, L, data: next_prob [n*L], decision: Int32Array [n]}. */
 export async function lensStrip() {
   if (!has("lens")) return null;
   const { header, data } = await getArray(`${sessionUrl(S.cur.summary)}/lensstrip`);
-  return { n: header.shape[0], L: header.shape[1], data };
+  const [, n, L] = header.shape;
+  const same = data.subarray(n * L); // 1 where a layer's top-1 is the last layer's
+  const decision = new Int32Array(n).fill(-1);
+  for (let t = 0; t < n; t++) {
+    if (!(same[t * L + L - 1] === 1)) continue;
+    let d = L - 1;
+    while (d > 0 && same[t * L + d - 1] === 1) d--;
+    decision[t] = d;
+  }
+  return { n, L, data: data.subarray(0, n * L), decision };
 }
 
 /** The markers of the session shown (sorted by token). */
