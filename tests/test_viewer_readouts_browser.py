@@ -192,6 +192,23 @@ def test_n_and_p_jump_between_markers(page, recorded):
     reasons = [m.reason for m in markers(s) if m.token == first]
     assert reasons[0] in page.locator("#tooltip").inner_text()
     shot(page, "markers")
+    # a kind turned off: its ticks go, and n / p skip it
+    all_ms = markers(s)
+    kinds = {m.kind for m in all_ms}
+    if "attention_jump" in kinds and len(kinds) > 1:
+        page.click('#marker-kinds .mkind[data-kind="attention_jump"]')
+        rest = sorted({m.token for m in all_ms if m.kind != "attention_jump"})
+        assert page.locator("#marker-ticks .mk").count() == len(rest)
+        seek(page, 0)
+        for want in rest[:3]:
+            page.locator("body").press("n")
+            wait_for(page, f"() => window.llmri.state.t === {want}", what=f"the marker at {want}")
+            reasons = [m.reason for m in all_ms if m.token == want and m.kind != "attention_jump"]
+            assert reasons[0] in page.locator("#marker-here").inner_text()
+        page.locator("#marker-panel").scroll_into_view_if_needed()
+        shot(page, "markers_filtered")
+        page.click('#marker-kinds .mkind[data-kind="attention_jump"]')
+        assert page.locator("#marker-ticks .mk").count() == len(marked)
     # c is now the diff toggle
     page.locator("body").press("c")
     wait_for(page, "() => window.llmri.state.diff === 'prev'", what="the diff")

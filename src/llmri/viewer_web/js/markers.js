@@ -6,11 +6,13 @@ import { stripGeometry } from "./timeline.js";
 import { hideTip, showTip } from "./readout.js";
 import { $, esc } from "./ui.js";
 
-export const M = { list: [], key: null };
+export const M = { list: [], key: null, off: new Set() }; // off: the kinds the user turned off
 
-/** The marked token indices, sorted and distinct. */
+const shown = () => M.list.filter((m) => !M.off.has(m.kind));
+
+/** The marked token indices (of the kinds turned on), sorted and distinct. */
 export function markedTokens() {
-  return [...new Set(M.list.map((m) => m.token))].sort((a, b) => a - b);
+  return [...new Set(shown().map((m) => m.token))].sort((a, b) => a - b);
 }
 
 /** The next (dir 1) or previous (dir -1) marked token from t, or -1. */
@@ -22,10 +24,44 @@ export function markerFrom(t, dir) {
 }
 
 function reasonsAt(t) {
-  return M.list.filter((m) => m.token === t);
+  return shown().filter((m) => m.token === t);
+}
+
+/** The kinds this session's markers have, each a toggle with its count; and the current token's reasons. */
+function drawPanel() {
+  const panel = $("marker-panel");
+  panel.hidden = !M.list.length;
+  if (!M.list.length) return;
+  const counts = new Map();
+  for (const m of M.list) counts.set(m.kind, (counts.get(m.kind) || 0) + 1);
+  const el = $("marker-kinds");
+  el.innerHTML = "";
+  for (const [kind, n] of counts) {
+    const b = document.createElement("button");
+    b.className = `mkind mk-${kind}${M.off.has(kind) ? "" : " on"}`;
+    b.dataset.kind = kind;
+    b.textContent = `${kind.replace(/_/g, " ")} ${n}`;
+    b.title = M.off.has(kind) ? "hidden: click to show these markers" : "click to hide these markers (n / p skip them)";
+    b.onclick = () => {
+      if (M.off.has(kind)) M.off.delete(kind); else M.off.add(kind);
+      drawMarkers();
+    };
+    el.appendChild(b);
+  }
+  drawHere(S.t);
+}
+
+function drawHere(t) {
+  const here = reasonsAt(t);
+  const el = $("marker-here");
+  el.innerHTML = here.length
+    ? here.slice(0, 4).map((m) => `<div><span class="h">${esc(m.kind)}</span> ${esc(m.reason)}</div>`).join("") +
+      (here.length > 4 ? `<div class="dim">and ${here.length - 4} more</div>` : "")
+    : `<span class="dim">no marker at this token</span>`;
 }
 
 export function drawMarkers() {
+  drawPanel();
   const el = $("marker-ticks");
   el.innerHTML = "";
   if (!S.cur || !M.list.length) { el.hidden = true; return; }
@@ -59,6 +95,7 @@ let timer = 0;
 on("open", () => { M.list = []; drawMarkers(); loadMarkers(); });
 on("grow", () => { if (!timer) timer = setTimeout(() => { timer = 0; loadMarkers(); }, 2000); }); // at most every 2 s
 on("resize", () => drawMarkers());
+on("seek", (t) => { if (M.list.length) drawHere(t); });
 
 export function wireMarkers(seek, stop) {
   const el = $("marker-ticks");

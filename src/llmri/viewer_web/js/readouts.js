@@ -125,6 +125,6 @@ export async function lensStrip() {
 
 /** The markers of the session shown (sorted by token). */
 export async function markerList() {
-  if (!S.cur || !(S.cur.meta.signals || []).length) return [];
+  if (!S.cur) return [];
   return (await getJSON(`${sessionUrl(S.cur.summary)}/markers`)).markers;
 }
