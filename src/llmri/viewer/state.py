@@ -67,6 +67,9 @@ class ViewerState:
     #: ``{name: (bytes, content type)}``: every file the static route may serve, read once at start.
     static: dict[str, tuple[bytes, str]] = field(default_factory=dict)
     _readers: dict[tuple[str, str], tuple[float, SessionReader]] = field(default_factory=dict)
+    #: Computed per session and kept while it is unchanged (e.g. its markers), by (kind, store,
+    #: session, committed length, status); bounded, oldest first out.
+    derived: dict[tuple[str, str, str, int, str], Any] = field(default_factory=dict)
 
     def store(self, store_id: str) -> StoreEntry:
         if not valid_id(store_id) or store_id not in self.stores:

@@ -102,9 +102,8 @@ def lens_strip(state: State, store_id: str, session_id: str) -> Response:
     return Response(body, media_type=MEDIA_TYPE)
 
 
-#: Markers computed, by (store, session, committed length, status): a session read again as it
+#: How many sessions' markers an app keeps (``ViewerState.derived``): a session read again as it
 #: grows gets them again, a finished one once.
-_MARKERS: dict[tuple[str, str, int, str], list[dict[str, Any]]] = {}
 _MARKERS_KEPT = 32
 
 
@@ -113,10 +112,11 @@ def markers(state: State, store_id: str, session_id: str) -> Any:
     """The session's markers (:func:`llmri.readouts.markers`), sorted by token: ``kind``,
     ``token``, ``layer``, ``head``, ``signal``, ``score``, ``reason``."""
     r = state.reader(store_id, session_id)
-    key = (store_id, session_id, len(r), r.status)
-    found = _MARKERS.get(key)
+    cache = state.derived
+    key = ("markers", store_id, session_id, len(r), r.status)
+    found = cache.get(key)
     if found is None:
-        found = _MARKERS[key] = [m.to_dict() for m in session_markers(r)]
-        while len(_MARKERS) > _MARKERS_KEPT:
-            del _MARKERS[next(iter(_MARKERS))]
+        found = cache[key] = [m.to_dict() for m in session_markers(r)]
+        while len(cache) > _MARKERS_KEPT:
+            del cache[next(iter(cache))]
     return json_safe({"total": len(r), "markers": found})
