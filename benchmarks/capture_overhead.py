@@ -7,8 +7,11 @@ measured per variant in a fresh subprocess (ru_maxrss is per process and only gr
 The torch backends (hf, transformer-lens, nnsight) are compared with plain ``model.generate()``;
 ``llama.cpp`` with plain llama.cpp decoding through the same low-level API without the eval callback
 (``llama.cpp-plain``, same context settings), and, when ``hf`` runs too, with the hf backend's capture
-(``x_hf``). ``--store`` writes every capture into a zarr store on disk. For llama.cpp variants the time
-outside ``llama_decode`` (llmri's Python: frames, reducer, statistics, store) is reported per new token.
+(``x_hf``). ``--store`` writes every capture into a zarr store on disk. Per new token: the time inside
+the engine (``llama_decode`` with its eval callback; the model's forward with the hf backend's hooks, for
+``generate()`` and the hf captures), the time outside it (the run's wall time less that: llmri's frames,
+reducer, statistics and store hand-off, or ``generate()``'s own loop), and the process's CPU time on every
+thread (work moved to a thread would show there, not in the time outside).
 
     python benchmarks/capture_overhead.py [--rounds 5] [--backends hf,transformer-lens,nnsight,llama.cpp]
                                           [--new-tokens 128] [--threads 2] [--store]
@@ -22,6 +25,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -116,13 +120,19 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--backends", default="hf,transformer-lens,nnsight")
     ap.add_argument("--store", action="store_true", help="write every capture into a zarr store on disk")
-    ap.add_argument("--readouts", action="store_true", help="also hf captures with lens=True, attention=True, both")
+    ap.add_argument(
+        "--readouts",
+        action="store_true",
+        help="also hf captures with lens=True, attention=True, both, and the lens in bfloat16 (lens_dtype)",
+    )
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
     ap.add_argument("--no-rss", action="store_true", help="skip the per-variant peak RSS subprocesses")
     args = ap.parse_args()
     if args.readouts:
         both = {"lens": True, "attention": True}
+        bf16 = {"lens_dtype": "bfloat16"}
         READOUT_VARIANTS.update(lens={"lens": True}, attention={"attention": True}, both=both)
+        READOUT_VARIANTS.update({"lens-bf16": {"lens": True, **bf16}, "both-bf16": {**both, **bf16}})
     backends = [b for b in args.backends.split(",") if b]
     tmp = tempfile.TemporaryDirectory(prefix="llmri-bench-overhead-")
     store = None
@@ -138,22 +148,43 @@ def main() -> None:
         vs[args.rss_child]()
         print(json.dumps({"peak_rss_mib": peak_rss_mib(), "after_first_mib": base}))
         return
-    clock = None
+    # seconds inside the engine per run: llama_decode (its eval callback included) for llama.cpp variants,
+    # the model's forward (the hf backend's hooks included) for generate() and the hf captures; and the
+    # process's CPU seconds per run (every thread: a frame thread's work would show here)
     inside: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    cpu_inside: dict[str, list[float]] = {}  # the main thread's CPU inside the forward (hf variants)
+    clocks = {}
     if gguf is not None:
         from _llamacpp import DecodeClock
 
-        clock = DecodeClock()
+        clocks["llama.cpp"] = DecodeClock()
+    if model is not None:
+        from _torchclock import ForwardClock
 
-        def timed(name, fn):  # noqa: ANN001, ANN202 - seconds inside llama_decode, per run
-            def run() -> None:
+        clocks["hf"] = ForwardClock(model)
+
+    def timed(name, fn, clock):  # noqa: ANN001, ANN202
+        def run() -> None:
+            if clock is not None:
                 clock.take()
-                fn()
+                getattr(clock, "take_cpu", float)()
+            c0 = time.process_time()
+            fn()
+            cpu.setdefault(name, []).append(time.process_time() - c0)
+            if clock is not None:
                 inside.setdefault(name, []).append(clock.take())
+                if hasattr(clock, "take_cpu"):
+                    cpu_inside.setdefault(name, []).append(clock.take_cpu())
 
-            return run
+        return run
 
-        vs = {k: timed(k, f) if ("llama.cpp" in k) else f for k, f in vs.items()}
+    def clock_of(name: str):  # noqa: ANN202
+        if "llama.cpp" in name:
+            return clocks.get("llama.cpp")
+        return clocks.get("hf") if name == "generate" or name.startswith("llmri-hf") else None
+
+    vs = {k: timed(k, f, clock_of(k)) for k, f in vs.items()}
     times = alternate(vs, args.rounds)
     rss = {}
     for name in vs if not args.no_rss else ():
@@ -175,11 +206,15 @@ def main() -> None:
             row["ratio"] = m / median(times[base])  # time, as before: 1.08 is 8% slower than generate()
         if llama and name.startswith("llmri") and "llmri-hf-all" in times and name.endswith("-all"):
             row["x_hf"] = median(times["llmri-hf-all"]) / m
-        if llama:
-            # the run's wall time less its time inside llama_decode (run by run, then the median)
+        if name in inside:
+            # the run's wall time less its time inside llama_decode / the forward (run by run, then the median)
             runs = inside[name][-len(ts) :]  # the warm-up left out
             row["outside_ms_per_token"] = 1000 * median([t - i for t, i in zip(ts, runs, strict=True)]) / n
-            row["decode_ms_per_token"] = 1000 * median(runs) / n
+            row["decode_ms_per_token" if llama else "forward_ms_per_token"] = 1000 * median(runs) / n
+        row["cpu_ms_per_token"] = 1000 * median(cpu[name][-len(ts) :]) / n
+        if name in cpu_inside:  # CPU outside the forward: robust to load with --threads 1 (all CPU is this thread's)
+            pairs = zip(cpu[name][-len(ts) :], cpu_inside[name][-len(ts) :], strict=True)
+            row["outside_cpu_ms_per_token"] = 1000 * median([c - i for c, i in pairs]) / n
         row["peak_rss_mib"] = rss.get(name, float("nan"))
         rows.append(row)
     load = os.getloadavg()
@@ -189,10 +224,13 @@ def main() -> None:
         f"load average {load[0]:.1f}/{load[1]:.1f}"
     )
     cols = ["variant", "median_s", "tokens_per_s", "ratio", "speed_vs_plain", "x_hf"]
-    cols += ["decode_ms_per_token", "outside_ms_per_token", "peak_rss_mib", "runs"]
+    cols += ["decode_ms_per_token", "forward_ms_per_token", "outside_ms_per_token", "outside_cpu_ms_per_token"]
+    cols += ["cpu_ms_per_token"]
+    cols += ["peak_rss_mib", "runs"]
     print(table(rows, [c for c in cols if any(c in r for r in rows)]))
-    name = "capture_overhead" + ("_llamacpp" if gguf is not None else "")
-    print("saved", save(name, {"args": vars(args), "load_average": load, "rows": rows, "times": times}))
+    name = "capture_overhead" + ("_llamacpp" if gguf is not None else "") + ("_readouts" if args.readouts else "")
+    payload = {"args": vars(args), "load_average": load, "rows": rows, "times": times, "inside": inside, "cpu": cpu}
+    print("saved", save(name, payload))
     tmp.cleanup()
 
 

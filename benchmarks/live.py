@@ -28,7 +28,7 @@ the Python client during the throughput runs, and in a real page (headless Chrom
 ``--page-turns`` answers) both on arrival and once drawn and shown (p50/p95).
 
     python benchmarks/live.py [--rounds 5] [--new-tokens 64] [--threads 2] [--page-turns 2] [--no-page]
-                              [--backend hf|llama.cpp]
+                              [--backend hf|llama.cpp] [--readouts]
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--page-turns", type=int, default=2)
     ap.add_argument("--no-page", action="store_true", help="skip the Chromium latency phase")
     ap.add_argument("--backend", default="hf", choices=["hf", "llama.cpp"])
+    ap.add_argument("--readouts", action="store_true", help="capture and live chat with lens=True and attention=True")
     args = ap.parse_args()
 
     import torch
@@ -94,7 +95,8 @@ def main() -> None:
 
     tmp = tempfile.TemporaryDirectory(prefix="llmri-bench-live-")
     store = llmri.open_store(Path(tmp.name) / "live.zarr", create=True)
-    live = LiveChat(ModelEngine(model, backend=args.backend))
+    readouts = {"lens": True, "attention": True} if args.readouts else {}
+    live = LiveChat(ModelEngine(model, backend=args.backend, **readouts))
     served = ServedApp(create_app(store, live=live))
     url = f"http://127.0.0.1:{served.port}"
     ws_latency: list[float] = []
@@ -154,6 +156,7 @@ def main() -> None:
         # the same capture (all signals, random reducer, zarr store) without the viewer: what streaming adds
         times: list[float] = []
         kw = {"max_new_tokens": n, "ignore_eos": True, "reducer": "random", "store": store, "backend": args.backend}
+        kw.update(readouts)
         t0 = time.perf_counter()
 
         def work() -> None:
@@ -242,7 +245,7 @@ def main() -> None:
     served.close()
     live.close()
     path = save(
-        "live" + ("_llamacpp" if llama else ""),
+        "live" + ("_llamacpp" if llama else "") + ("_readouts" if args.readouts else ""),
         {
             "args": vars(args),
             "load_average": load,

@@ -89,7 +89,8 @@ def sample(logits: Any, settings: GenerationSettings, generator: Any) -> int:
 class Positions:
     """Output of one forward: ``ids`` at positions ``start..start+len(ids)``, their activations,
     and the logits that *predicted* each of them (``pred_logits[i]`` is ``None`` for position 0);
-    ``attn_weights``: the step's :attr:`~llmri.backends.base.Step.attn_weights` (``attention=True``)."""
+    ``attn_weights``: the step's :attr:`~llmri.backends.base.Step.attn_weights` (``attention=True``);
+    ``stacked``: its :attr:`~llmri.backends.base.Step.stacked` (every signal in one Tensor), if any."""
 
     start: int
     ids: list[int]
@@ -97,6 +98,7 @@ class Positions:
     acts: dict[str, Any]
     pred_logits: Any  # Tensor [n, vocab] float32, rows aligned with ids; all-NaN row for position 0
     attn_weights: list[Any] | None = None
+    stacked: Any = None
 
 
 def decode_loop(
@@ -139,7 +141,7 @@ def decode_loop(
         else:
             pred = torch.cat([prev_logits[None], logits[:-1]], dim=0)
         prev_logits = logits[-1]
-        yield Positions(s, list(chunk), "prompt", step.acts, pred, step.attn_weights)
+        yield Positions(s, list(chunk), "prompt", step.acts, pred, step.attn_weights, step.stacked)
         if should_stop():
             return
     for i in range(settings.max_new_tokens):
@@ -151,7 +153,7 @@ def decode_loop(
         # the last token's forward exists for its activations only: nothing reads its logits
         step = capture.step(torch.tensor([[tok]], dtype=torch.long), cache, logits=not last, **extra)
         cache = step.cache
-        yield Positions(n + i, [tok], "generated", step.acts, prev_logits[None], step.attn_weights)
+        yield Positions(n + i, [tok], "generated", step.acts, prev_logits[None], step.attn_weights, step.stacked)
         if last:
             return
         prev_logits = step.logits[-1]

@@ -51,15 +51,24 @@ def attention_heads(capture: Capture) -> int:
     raise CaptureError("cannot tell how many attention heads the model has (no num_attention_heads in its config)")
 
 
+#: What ``lens_dtype`` takes: the model's float32 path, or a copy of the unembedding in lower precision.
+LENS_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_lens_dtype(lens_dtype: Any) -> str:
+    """``lens_dtype`` checked (``None`` is ``"float32"``: the exact lens)."""
+    if lens_dtype is None:
+        return "float32"
+    if lens_dtype not in LENS_DTYPES:
+        raise CaptureError(f"lens_dtype must be one of {', '.join(LENS_DTYPES)}, got {lens_dtype!r}")
+    return str(lens_dtype)
+
+
 def _size(n: int) -> str:
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{n} bytes"
-
-
-def _identity(x: Any) -> Any:
-    return x
 
 
 def _padded(a: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -89,12 +98,21 @@ class StepReadouts:
         attention_k: int | str = ATTN_TOP_K,
         n_positions: int = 0,
         piece: Callable[[int], str] | None = None,
+        lens_dtype: str | None = None,
     ) -> None:
         self.lens = bool(lens)
         self.piece = piece  # a token's text (cached per id: TextCodec.piece), for the lens's top_text
         self.attention = bool(attention)
         self.n_layers = capture.n_layers
         self.head = capture.lens_head() if self.lens else None
+        self.lens_dtype = check_lens_dtype(lens_dtype)
+        # the head the rows go through: the model's own, or a lower-precision copy (lens_dtype=)
+        self.rows_head = self.head
+        if self.head is not None and self.lens_dtype != "float32":
+            import torch
+
+            self.rows_head = self.head.lowered(getattr(torch, self.lens_dtype))
+        self._check_resid: Any = None
         if self.lens and "resid" not in capture.signals:
             raise CaptureError("lens=True reads each layer's residual: add 'resid' to signals")
         self.heads = attention_heads(capture) if self.attention else 0
@@ -124,6 +142,8 @@ class StepReadouts:
         out: dict[str, Any] = {}
         if self.lens:
             out["lens"] = {"k": LENS_TOP_K, "signal": "resid", "texts": self.piece is not None}
+            if self.lens_dtype != "float32":
+                out["lens"]["dtype"] = self.lens_dtype
         if self.attention:
             out["attention"] = {"k": self.attn_k, "full": self.full, "heads": self.heads}
         return out
@@ -144,12 +164,13 @@ class StepReadouts:
         resid = pos.acts["resid"]
         n = len(pos.ids)
         head = self.head
-        assert head is not None
-        out = logit_lens(resid, head, pos.ids[1:], k=LENS_TOP_K)
+        assert head is not None and self.rows_head is not None
+        out = logit_lens(resid, self.rows_head, pos.ids[1:], k=LENS_TOP_K)
         if self._pending is not None and self._last is not None:
-            if not self._checked:  # the model's logits of the previous step's last position
-                check_lens_head(_identity, self._pending.logits[-1:], pos.pred_logits[:1])
+            if not self._checked:  # the model's own head on the previous step's last position, against its logits
+                check_lens_head(head, self._check_resid, pos.pred_logits[:1])
                 self._checked = True
+                self._check_resid = None
             prob, rank = fill_next(self._pending, pos.ids[0])
             self._last.next_prob[:] = prob
             self._last.next_rank[:] = rank
@@ -158,6 +179,8 @@ class StepReadouts:
             check_lens_head(head, resid[a - 1 : n - 1, -1], pos.pred_logits[a:n])
             self._checked = True
         self._pending = out.pending
+        if not self._checked:
+            self._check_resid = resid[-1:, -1]
         top_ids = out.top_ids.astype(np.int32)
         next_rank = out.next_rank.astype(np.int32)
         texts = self._texts(top_ids)

@@ -11,6 +11,7 @@ from .._errors import CaptureError
 from ..frame import SIGNALS
 from ._wrapped import hidden_size
 from .base import BACKENDS, Capture, LensHead, Step
+from .hf_hooks import add_hook, eval_mode
 from .hf_layout import Layout, describe, find_layout, get, pick, residual_arg, text_config
 
 #: The forward argument (and output field) that carries the cache, by transformers generation.
@@ -134,36 +135,34 @@ def _configs(model: Any) -> Iterator[Any]:
 
 
 @contextmanager
-def eval_mode(model: Any) -> Iterator[None]:
-    """``model`` in eval mode inside the block (no dropout), its modules' training flags put back
-    in ``finally``: a model the user wrapped in training mode is left in it."""
-    training = [m for m in model.modules() if m.training]
-    try:
-        for m in training:
-            m.training = False
-        yield
-    finally:
-        for m in training:
-            m.training = True
-
-
-@contextmanager
-def eager_attention(model: Any) -> Iterator[None]:
+def eager_attention(model: Any, memo: dict[str, Any] | None = None) -> Iterator[None]:
     """``model`` runs eager attention (the one that materialises its weights) inside the block.
 
     Switched with transformers' ``set_attn_implementation("eager")``; restored in ``finally`` by
     writing back each config's own setting (``set_attn_implementation`` would turn an unset one
-    into an explicit value).
+    into an explicit value). ``memo`` (a dict the caller keeps for one model): the configs and the
+    settings the first switch gave, written straight back on later switches (walking the model's
+    modules and configs each step cost ~1 ms).
     """
-    saved = [(cfg, cfg._attn_implementation_internal) for cfg in _configs(model)]
+    memo = {} if memo is None else memo
+    configs = memo.get("configs")
+    if configs is None:
+        configs = memo["configs"] = list(_configs(model))
+    saved = [(cfg, cfg._attn_implementation_internal) for cfg in configs]
     try:
-        if model.config._attn_implementation != "eager":
+        eager = memo.get("eager")
+        if eager is not None and [v for _, v in saved] == memo["before"]:
+            for cfg, value in eager:
+                cfg._attn_implementation_internal = value
+        elif model.config._attn_implementation != "eager":
             model.set_attn_implementation("eager")
             if model.config._attn_implementation != "eager":  # transformers declined, with a warning
                 raise CaptureError(
                     f"hf: {type(model).__name__} cannot switch to eager attention at run time: attention weights "
                     "are not available (load it with attn_implementation='eager')"
                 )
+            memo["before"] = [v for _, v in saved]
+            memo["eager"] = [(cfg, cfg._attn_implementation_internal) for cfg in configs]
         yield
     finally:
         for cfg, value in saved:
@@ -219,6 +218,8 @@ class HFHooksCapture(Capture):
             f"{self._layers_path}.{i}" for i in range(len(self._blocks))
         ]
         self._attn_mods = [find_attention(b) for b in self._blocks]
+        self._modules = list(self.model.modules())  # for eval_mode, once
+        self._eager_memo: dict[str, Any] = {}  # for eager_attention
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = next((k for k in _CACHE_KWS if k in params), "")  # "": none, replay the sequence
         self._has_use_cache = "use_cache" in params
@@ -317,14 +318,14 @@ class HFHooksCapture(Capture):
                     for i, pt in enumerate(pts):
                         if pt is not None:
                             hook = make(sig, i, pt.path, pt.residual)
-                            handles.append(pt.module.register_forward_hook(hook, with_kwargs=True))
+                            handles.append(add_hook(pt.module, hook))
             if attention:
                 for i, mod in enumerate(self._attn_mods):
                     if mod is not None:
                         handles.append(mod.register_forward_hook(keep_weights(i)))
             ids = input_ids.to(self.loaded.device)
-            eager = eager_attention(self.model) if attention else nullcontext()
-            with torch.inference_mode(), eval_mode(self.model), eager:
+            eager = eager_attention(self.model, self._eager_memo) if attention else nullcontext()
+            with torch.inference_mode(), eval_mode(self.model, self._modules), eager:
                 if not logits and self._decoder is not None:
                     out = self._decoder(input_ids=ids, **{self._decoder_cache_kw: cache, "use_cache": True})
                 else:
@@ -363,8 +364,13 @@ class HFHooksCapture(Capture):
                     ref = next(x for x in b if x is not None)
                     zeros = zeros if zeros is not None and zeros.dtype == ref.dtype else torch.zeros_like(ref)
                     b[i] = zeros
-        acts = {s: torch.stack(b, dim=2)[0, -n_new:] for s, b in bufs.items()}  # [1, n, L, d] -> [n, L, d]
+        stacked = None
+        if n == 1:  # a decode step: every signal in one stack, [1, 1, S * L, d] is [S, 1, L, d]
+            stacked = torch.stack([t for b in bufs.values() for t in b], dim=2).view(len(bufs), 1, n_layers, -1)
+            acts = dict(zip(bufs, stacked.unbind(0), strict=True))
+        else:
+            acts = {s: torch.stack(b, dim=2)[0, -n_new:] for s, b in bufs.items()}  # [1, n, L, d] -> [n, L, d]
         lg = out.logits[0, -n_new:].float() if logits else None
         if attention and not self._cache_kw:
             weights = [w if w is None else w[:, -n_new:] for w in weights]
-        return Step(logits=lg, acts=acts, cache=new_cache, attn_weights=weights if attention else None)
+        return Step(logits=lg, acts=acts, cache=new_cache, attn_weights=weights if attention else None, stacked=stacked)

@@ -60,20 +60,25 @@ def attention_readout(weights: Sequence[Any], *, k: int | Literal["full"] = ATTN
         dev = present[0].device
         query = torch.arange(n_total - n, n_total, device=dev)
         causal = torch.arange(n_total, device=dev)[None, :] <= query[:, None]  # [n, n_total]
+        groups: dict[int, list[int]] = {}  # layers by head count: each group's weights in one stack
         for layer, w in enumerate(weights):
             if w is None:
                 continue
             if tuple(w.shape[1:]) != (n, n_total):
                 raise ValueError(f"layer {layer}: weights {tuple(w.shape)}, expected [heads, {n}, {n_total}]")
-            w = w.float()
-            h = int(w.shape[0])
+            groups.setdefault(int(w.shape[0]), []).append(layer)
+        for h, layers in groups.items():
+            # [g, h, n, n_total]: every layer of the group at once (one op each, not one per layer)
+            w = torch.stack([weights[i] for i in layers]).float()
             tw, tp = w.masked_fill(~causal, float("-inf")).topk(kk, dim=-1)
             outside = torch.isinf(tw)
             tp = tp.masked_fill(outside, -1)
             tw = tw.masked_fill(outside, float("nan"))
             ent = -(torch.xlogy(w, w) * causal).sum(-1)
-            top_pos[:, layer, :h] = tp.transpose(0, 1).cpu().numpy()
-            top_weight[:, layer, :h] = tw.transpose(0, 1).cpu().numpy()
-            entropy[:, layer, :h] = ent.transpose(0, 1).cpu().numpy()
-            sink[:, layer, :h] = w[..., 0].transpose(0, 1).cpu().numpy()
+            idx = np.asarray(layers)
+            # [g, h, n, ...] -> [n, g, h, ...]
+            top_pos[:, idx, :h] = tp.permute(2, 0, 1, 3).cpu().numpy()
+            top_weight[:, idx, :h] = tw.permute(2, 0, 1, 3).cpu().numpy()
+            entropy[:, idx, :h] = ent.permute(2, 0, 1).cpu().numpy()
+            sink[:, idx, :h] = w[..., 0].permute(2, 0, 1).cpu().numpy()
     return AttentionRows(top_pos, top_weight, entropy, sink)

@@ -78,6 +78,14 @@ class Reducer(ABC):
         projection does not depend on the signal override this to read their weights once."""
         return {s: self.transform(x, s) for s, x in xs.items()}
 
+    def transform_stacked(self, x: Any, signals: list[str]) -> Any:
+        """``x``: Tensor ``[signals, n, layers, d_model]`` (``signals`` in order) -> float32
+        ``[signals, n, layers, H, W]``; the same values as :meth:`transform_many`."""
+        import torch
+
+        out = self.transform_many({s: x[i] for i, s in enumerate(signals)})
+        return torch.stack([out[s] for s in signals])
+
     # -- description --------------------------------------------------------------------
     @property
     def spec(self) -> dict[str, Any]:

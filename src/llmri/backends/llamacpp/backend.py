@@ -186,7 +186,9 @@ class LlamaCppCapture(Capture):
 
         ids = [int(x) for x in (input_ids.reshape(-1).tolist() if hasattr(input_ids, "reshape") else input_ids)]
         ctx, n = self.ctx, len(ids)
-        rec = Recorder(self._lib, self._slots, len(self._layers), n, self._layers, self.model.d_model)
+        rec = Recorder(
+            self._lib, self._slots, len(self._layers), n, self._layers, self.model.d_model, stacked=len(self.signals)
+        )
         out = np.empty((n, ctx.n_vocab), dtype=np.float32) if logits else None
         with ctx.lock:
             if cache is None:
@@ -216,4 +218,6 @@ class LlamaCppCapture(Capture):
             attn[:, 0] -= rec.bufs[self._input][:, 0]
             attn[:, 1:] -= rec.bufs[self._resid][:, :-1]
         acts = dict(zip(self.signals, rec.tensors()[: len(self.signals)], strict=True))
-        return Step(logits=None if out is None else torch.from_numpy(out), acts=acts, cache=new_cache)
+        stacked = None if rec.block is None else torch.from_numpy(rec.block)  # every signal, one buffer
+        lg = None if out is None else torch.from_numpy(out)
+        return Step(logits=lg, acts=acts, cache=new_cache, stacked=stacked)

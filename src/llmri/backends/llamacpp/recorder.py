@@ -35,6 +35,7 @@ class Recorder:
         n: int,
         layers: int | Sequence[int],
         d: int,
+        stacked: int = 0,
     ):
         self.name_offset = lib.name_offset
         self.tensor_get = lib.tensor_get
@@ -42,7 +43,14 @@ class Recorder:
         self.d = d
         #: layers per buffer (``layers`` for all, or one count per buffer: an internal buffer can be smaller)
         self.layers = [layers] * n_signals if isinstance(layers, int) else list(layers)
-        self.bufs = [np.empty((n, lk, d), dtype=np.float32) for lk in self.layers]
+        #: the first ``stacked`` buffers (the signals') are views of one block ``[stacked, n, layers, d]``
+        self.block: np.ndarray | None = None
+        if stacked:
+            self.block = np.empty((stacked, n, self.layers[0], d), dtype=np.float32)
+        self.bufs = [
+            self.block[k] if self.block is not None and k < stacked else np.empty((n, lk, d), dtype=np.float32)
+            for k, lk in enumerate(self.layers)
+        ]
         self._base = [b.ctypes.data for b in self.bufs]
         self._scratch: np.ndarray | None = None
         self.row0 = 0  # first row of the batch being decoded (a step longer than n_ubatch decodes several)
