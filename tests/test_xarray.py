@@ -372,6 +372,19 @@ def test_upgrade_store_names_every_array_as_the_writer_does(tmp_path, capsys):
     assert "2 sessions already current" in capsys.readouterr().out
 
 
+def test_info_on_an_old_store_points_at_upgrade_store_in_one_line(tmp_path, capsys):
+    path = old_store(tmp_path)
+    for argv in (["info", str(path)], ["info", str(path), OLD_SID], ["info", "--json", str(path)]):
+        assert cli_main(argv) == 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("llmri info: 2 sessions were written before"), err
+        assert f"`llmri upgrade-store {path}`" in err[0]
+    assert cli_main(["upgrade-store", str(path)]) == 0
+    capsys.readouterr()
+    assert cli_main(["info", str(path)]) == 0
+    assert capsys.readouterr().err == ""  # once upgraded, nothing to say
+
+
 def test_upgrade_store_dry_run_writes_nothing(tmp_path, capsys):
     path = old_store(tmp_path)
     assert cli_main(["upgrade-store", "--dry-run", str(path)]) == 0

@@ -12,6 +12,7 @@ from .decode import GenerationSettings
 from .frame import SIGNALS, Frame, Token, TokenTable
 from .framestream import FrameStream
 from .models import LoadedModel, load_model
+from .notebook import show
 from .reducers import REDUCERS, Reducer, make_reducer
 from .store import FrameStore, MemoryFrameStore, Session, SessionReader, open_store
 from .viewing import view
@@ -47,6 +48,7 @@ __all__ = [
     "load_model",
     "make_reducer",
     "open_store",
+    "show",
     "stream",
     "view",
     "wrap",

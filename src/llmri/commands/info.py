@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from typing import Any
 
@@ -97,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(doc, ensure_ascii=False, indent=1))
         else:
             print(_details(s))
+        _print_upgrade_note(store, args.store)
         return 0
     sessions = store.sessions()
     rows = [_row(s) for s in sessions]
@@ -108,4 +110,33 @@ def run(args: argparse.Namespace) -> int:
         print(f"{store.url}: no sessions")
     for p in store.problems:
         print(f"llmri info: skipped: {p}", file=sys.stderr)
+    _print_upgrade_note(store, args.store)
     return 0
+
+
+def _print_upgrade_note(store: Any, typed: str) -> None:
+    note = upgrade_note(store, typed)
+    if note:
+        print(f"llmri info: {note}", file=sys.stderr)
+
+
+def upgrade_note(store: Any, typed: str) -> str:
+    """One line when some sessions of a Zarr store predate the current layout (no ``dimension_names``):
+    llmri reads them as they are, xarray alone needs ``llmri upgrade-store``. ``""`` otherwise."""
+    from llmri.store.zarr import ZarrFrameStore
+    from llmri.store.zarr.upgrade import upgrade_store
+
+    if not isinstance(store, ZarrFrameStore):
+        return ""
+    try:
+        old = upgrade_store(store.url, dry_run=True).upgraded
+    except StoreError:
+        return ""  # unreadable parts are already reported as skipped
+    if not old:
+        return ""
+    n = len(old)
+    what = "1 session was" if n == 1 else f"{n} sessions were"
+    return (
+        f"{what} written before arrays had dimension names; llmri reads them as they are, "
+        f"`llmri upgrade-store {shlex.quote(typed)}` names their axes for xarray and other Zarr readers"
+    )

@@ -230,6 +230,13 @@ class SessionReader(ABC):
 
         return tokens_frame(self)
 
+    def show(self, **kw: Any) -> Any:
+        """This session in the viewer, in a notebook's output (:func:`llmri.show`; keywords ``t``,
+        ``height``); outside a notebook, one line saying to run ``llmri view STORE`` instead."""
+        from ..notebook import show  # the widget lives in an outer room; loaded only when asked
+
+        return show(self, **kw)
+
     def __repr__(self) -> str:
         return (
             f"<{type(self).__name__} {self.id} {self.status} {len(self)} tokens "

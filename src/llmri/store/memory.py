@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import numpy as np
@@ -135,13 +135,14 @@ class Session(SessionReader):
         return self._frames[i]
 
     @classmethod
-    def collect(cls, stream: FrameSource) -> Session:
+    def collect(cls, stream: FrameSource, on_start: Callable[[Session], None] | None = None) -> Session:
         """Run ``stream`` to its end and return a Session holding its frames.
 
         The session starts from the stream's metadata and reducer state, keeps the stream's session
         id (or gets a fresh one without a store), and takes the stream's final metadata (stop
         reason, errors) when it ends. An exception marks the session ``interrupted`` before it
-        propagates.
+        propagates. ``on_start(session)`` is called before the first frame (a viewer that follows
+        the session while it grows: ``llmri.show(stream)``).
         """
         meta = dict(stream.meta)
         session = cls(meta, stream.reducer_state)
@@ -155,6 +156,8 @@ class Session(SessionReader):
             session.set_status(status)
 
         try:
+            if on_start is not None:
+                on_start(session)
             for frame in stream:
                 session.append(frame)
         except BaseException:

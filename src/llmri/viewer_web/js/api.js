@@ -26,8 +26,12 @@ async function check(res) {
   throw new ApiError(res.status, msg);
 }
 
+/** fetch, or the page's transport where one is installed (the notebook widget answers in its kernel, over the
+ * notebook's comm: llmri/notebook/widget.js); both take (url, init) and resolve to a Response. */
+const request = (url, init) => (window.llmriTransport ? window.llmriTransport(url, init) : fetch(url, init));
+
 export async function getJSON(url) {
-  return (await check(await fetch(url, { credentials: "same-origin" }))).json();
+  return (await check(await request(url, { credentials: "same-origin" }))).json();
 }
 
 /** Decode one binary array message: {header, data: Float32Array}. */
@@ -58,7 +62,7 @@ export function decodeArray(buf) {
 }
 
 export async function getArray(url, init = {}) {
-  const res = await check(await fetch(url, { credentials: "same-origin", ...init }));
+  const res = await check(await request(url, { credentials: "same-origin", ...init }));
   return decodeArray(await res.arrayBuffer());
 }
 
