@@ -10,8 +10,11 @@ Split in two so that the next forward never waits for a frame's host work:
 * :meth:`StepFrames.finish` builds the :class:`~llmri.frame.Frame` objects from those results on
   the host. The capture stream calls it *after* the next step's forward has been queued where
   :attr:`Launched.deferred` is true, so on a GPU the Python work of frame ``t`` runs while the GPU
-  computes forward ``t + 1``. On the CPU the forward is synchronous and a frame thread only takes
-  cores from torch (docs/benchmarks.md), so there the two halves run back to back.
+  computes forward ``t + 1``. On the CPU the forward is synchronous: the two halves run back to
+  back. A frame thread (``LLMRI_FRAME_THREAD=1``) can do the tensor work of frame ``t`` during
+  forward ``t + 1``, but it was slower in every case measured (docs/benchmarks.md): where torch's
+  threads take every core it takes cores from them, and llama.cpp's eval callback needs the GIL at
+  every graph node, which the frame thread's work holds.
 
 The values are the same either way (the same operations on the same tensors).
 """
@@ -93,6 +96,7 @@ class Launched:
     deferred: bool = False
     host: Any = None  # pinned uint8 Tensor holding every array, filled by a queued copy
     event: Any = None  # recorded after that copy
+    future: Any = None  # the frame thread's (host, event, arrays), where it computes them
 
 
 #: The packed order on an asynchronous device: the widest types first, so every part stays aligned.
@@ -104,9 +108,11 @@ class StepFrames:
     """Builds a capture stream's frames, one step at a time (see the module's docstring).
 
     ``readouts``: the stream's :class:`~llmri.stepreadouts.StepReadouts` (their rows are computed
-    at launch: they fill the previous step's last lens row). ``defer``: ``None`` decides from the
-    device of each step's activations; ``True`` / ``False`` force it (tests run the deferred path on
-    the CPU).
+    at launch, on the calling thread: they fill the previous step's last lens row). ``defer``:
+    ``None`` decides from the device of each step's activations; ``True`` / ``False`` force it
+    (tests run the deferred path on the CPU). ``thread``: a CPU step's tensor work runs on one frame
+    thread while the next forward runs (deferred); off unless asked for (``LLMRI_FRAME_THREAD=1``):
+    measured slower here (docs/benchmarks.md); :meth:`close` ends it.
     """
 
     def __init__(
@@ -116,18 +122,42 @@ class StepFrames:
         piece: Callable[[int], str],
         readouts: Any,
         defer: bool | None = None,
+        thread: bool = False,
     ) -> None:
         self.signals = list(signals)
         self.reducer = reducer
         self.piece = piece
         self.readouts = readouts
         self.defer = defer
+        self.thread = bool(thread)
+        self._pool: Any = None
 
     def launch(self, pos: Positions, detok: Detokenizer) -> Launched:
-        """Queue the step's frame work (on an asynchronous device nothing here waits for it)."""
+        """Queue the step's frame work (on an asynchronous device nothing here waits for it; with
+        :attr:`thread`, a CPU step's tensor work goes to the frame thread)."""
+        texts = [detok.push(tid) for tid in pos.ids]
+        device = pos.pred_logits.device
+        deferred = device.type in ASYNC_DEVICES if self.defer is None else bool(self.defer)
+        future = None
+        host = event = None
+        arrays: dict[str, Any]
+        if self.thread and device.type == "cpu":
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmri-frames")
+            future, arrays, deferred = self._pool.submit(self._tensors, pos), {}, True
+        else:
+            host, event, arrays = self._tensors(pos)
+        lens, attention = self.readouts.rows(pos)
+        job = Launched(pos, texts, arrays, lens, attention, deferred, host, event)
+        job.future = future
+        return job
+
+    def _tensors(self, pos: Positions) -> tuple[Any, Any, dict[str, Any]]:
+        """The step's tiles and statistics (see :class:`Launched`): ``(host, event, arrays)``."""
         import torch
 
-        texts = [detok.push(tid) for tid in pos.ids]
         with torch.inference_mode():
             x = pos.stacked if pos.stacked is not None else torch.stack([pos.acts[s] for s in self.signals])
             tiles = self.reducer.transform_stacked(x, self.signals).to(torch.float16)
@@ -136,7 +166,6 @@ class StepFrames:
             sparsity = hoyer_sparsity(xf.abs().sum(-1), l2, xf.shape[-1])
             logits = pos.pred_logits
             device = logits.device
-            deferred = device.type in ASYNC_DEVICES if self.defer is None else bool(self.defer)
             ids: Any = pos.ids
             if device.type == "cuda":  # no blocking host-to-device copy for the ids
                 ids = torch.tensor(pos.ids, dtype=torch.long).pin_memory().to(device, non_blocking=True)
@@ -150,16 +179,22 @@ class StepFrames:
                 "top_ids": top_i,
                 "top_probs": top_p,
             }
-            host = event = None
             if device.type == "cuda":
-                host, event, arrays = _queue_host_copy(parts, device)
-            else:  # the CPU: views, no copy; another device: one synchronous copy per array
-                arrays = {k: v.cpu().numpy() for k, v in parts.items()}
-        lens, attention = self.readouts.rows(pos)
-        return Launched(pos, texts, arrays, lens, attention, deferred, host, event)
+                return _queue_host_copy(parts, device)
+            # the CPU: views, no copy; another device: one synchronous copy per array
+            return None, None, {k: v.cpu().numpy() for k, v in parts.items()}
+
+    def close(self) -> None:
+        """End the frame thread, if one was started (after the work it was given)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def finish(self, job: Launched) -> list[Frame]:
         """The step's frames, built on the host (waits for the queued copy, if any)."""
+        if job.future is not None:
+            _, _, job.arrays = job.future.result()
+            job.future = None
         arrays = job.arrays
         if job.host is not None:
             job.event.synchronize()

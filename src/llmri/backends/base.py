@@ -71,7 +71,7 @@ class LensHead:
     def lowered(self, dtype: Any) -> LensHead:
         """This head with the unembedding in ``dtype`` (a copy of its weights, made here once):
         ``bfloat16`` halves the bytes the lens reads per token and runs ~3x faster on a CPU with
-        AVX-512 BF16, at ~1e-2 on probabilities (docs/readouts.md). The norm stays as it is. Needs a
+        AVX-512 BF16, at ~1e-2 on probabilities (docs/benchmarks.md, "Readouts"). The norm stays as it is. Needs a
         linear unembedding (``weight`` and optional ``bias``)."""
         import torch
 

@@ -50,6 +50,33 @@ class LensPending:
     lse: Any
 
 
+#: Columns per block of :func:`topk_rows`.
+TOPK_BLOCK = 128
+
+
+def topk_rows(x: Any, k: int, block: int = TOPK_BLOCK) -> tuple[Any, Any]:
+    """``x.topk(k, dim=-1)`` (values, indices) of float rows ``[m, v]``, ~10x faster for a
+    vocabulary-wide row: the k largest entries lie in the k blocks of ``block`` columns whose maxima
+    are largest (any other block's maximum has k blocks' maxima at least as large above it), so one
+    max per block, a top-k of the block maxima, and a top-k of those k blocks' entries (plus the
+    columns after the last whole block) give the same values; indices may differ only between equal
+    values. Small rows go to ``topk`` itself."""
+    import torch
+
+    m, v = int(x.shape[0]), int(x.shape[-1])
+    nb = v // block
+    if nb < 4 * k:
+        return x.topk(k, dim=-1)
+    maxima = x[:, : nb * block].reshape(m, nb, block).amax(-1)
+    blocks = maxima.topk(k, dim=-1).indices  # [m, k]
+    cand = (blocks[:, :, None] * block + torch.arange(block, device=x.device)).reshape(m, k * block)
+    if v > nb * block:
+        tail = torch.arange(nb * block, v, device=x.device).expand(m, -1)
+        cand = torch.cat([cand, tail], dim=1)
+    values, at = x.gather(1, cand).topk(k, dim=-1)
+    return values, cand.gather(1, at)
+
+
 def _stats(logits: Any, k: int) -> tuple[Any, Any, Any, Any, Any]:
     """Top-k ids and probabilities, entropy, max and log-sum-exp of float32 ``[m, vocab]`` rows.
 
@@ -58,7 +85,7 @@ def _stats(logits: Any, k: int) -> tuple[Any, Any, Any, Any, Any]:
     vocabulary, as ``bmm`` gives, accumulates ~1e-4 nats of error at 10 nats; this ~1e-6). Masked
     (-inf) logits are clamped to -1e30.
     """
-    top_l, top_i = logits.topk(k, dim=-1)
+    top_l, top_i = topk_rows(logits, k)
     mx = top_l[:, :1]
     shifted = (logits - mx).clamp_min_(-1e30)
     e = shifted.exp()
@@ -72,8 +99,10 @@ def _stats(logits: Any, k: int) -> tuple[Any, Any, Any, Any, Any]:
 
 def _next(logits: Any, lse: Any, ids: Any) -> tuple[Any, Any]:
     """Probability and rank (entries strictly greater) of ``ids[i]`` in row ``i`` of ``logits``."""
+    import torch
+
     chosen = logits.gather(1, ids[:, None])
-    rank = (logits > chosen).sum(-1)
+    rank = (logits > chosen).sum(-1, dtype=torch.int32)  # int32: half the time of the default int64 sum
     return (chosen[:, 0] - lse).exp(), rank
 
 
