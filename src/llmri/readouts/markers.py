@@ -279,22 +279,22 @@ def find_markers(
                 best[int(t)] = cand
         n_hit = hit.sum((1, 2))
         most = int(np.ceil(th.jump_max_tokens * jumps.shape[0]))
-        for t in sorted(sorted(best, key=lambda u: (-best[u][0], u))[:most]):
-            score, layer, head = best[t]
-            p0, p1 = int(attn_pos[t - 1, layer, head, 0]), int(attn_pos[t, layer, head, 0])
-            w0, w1 = float(attn_weight[t - 1, layer, head, 0]), float(attn_weight[t, layer, head, 0])
-            others = int(n_hit[t]) - 1
+        for tok in sorted(sorted(best, key=lambda u: (-best[u][0], u))[:most]):
+            score, lay, hd = best[tok]
+            p0, p1 = int(attn_pos[tok - 1, lay, hd, 0]), int(attn_pos[tok, lay, hd, 0])
+            w0, w1 = float(attn_weight[tok - 1, lay, hd, 0]), float(attn_weight[tok, lay, hd, 0])
+            others = int(n_hit[tok]) - 1
             more = f"; {others} other head{'s' if others != 1 else ''} moved too" if others else ""
             out.append(
                 Marker(
                     "attention_jump",
-                    t,
-                    layer,
-                    f"{_label(texts, t)}: layer {layer} head {head} moves its attention (total variation "
-                    f"{jumps[t, layer, head]:.2f} from the token before; this head's median "
-                    f"{head_med[layer, head]:.2f}): "
+                    tok,
+                    lay,
+                    f"{_label(texts, tok)}: layer {lay} head {hd} moves its attention (total variation "
+                    f"{jumps[tok, lay, hd]:.2f} from the token before; this head's median "
+                    f"{head_med[lay, hd]:.2f}): "
                     f"its top position was {p0} ({w0:.2f}), now {p1} ({w1:.2f}){more}",
-                    head=head,
+                    head=hd,
                     score=score,
                 )
             )
