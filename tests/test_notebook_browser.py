@@ -145,7 +145,18 @@ def test_quickstart_in_jupyterlab_draws_tiles_that_follow_the_timeline(lab):
         after = first.evaluate(CANVAS)
         assert after["lit"] > 0.05 * after["w"] * after["h"], after
         assert after["sum"] != at40["sum"], (at40, after)
-        # the token strip and the widget's own `t` (Python side) agree with the frame drawn
+        # hover read-outs: a pixel of the first tile reads its value
+        box = viewer.locator("#view").bounding_box()
+        assert box is not None
+        x, y = first.evaluate(
+            """() => { const L = window.llmri.renderer.layout;
+              const [x, y] = window.llmri.renderer.tileXY(L.grids[0], 7); return [x + L.D / 2, y + L.E / 2]; }"""
+        )
+        page.mouse.move(box["x"] + x, box["y"] + y)
+        readout = viewer.locator("#readout")
+        readout.filter(has_not_text="hover a pixel").wait_for(timeout=20_000)
+        assert "layer" in readout.inner_text() and "resid" in readout.inner_text(), readout.inner_text()
+        # the token strip agrees with the frame drawn
         counter = viewer.locator("#counter").inner_text()
         assert counter.startswith("token 46 / 60"), counter
         # the streamed capture: the notebook's wait cell held the kernel, so it opens complete, on frame 0
@@ -169,7 +180,7 @@ def test_quickstart_in_jupyterlab_draws_tiles_that_follow_the_timeline(lab):
               panel.content.activeCellIndex = m.cells.length - 1;
               await window.jupyterapp.commands.execute("notebook:run-cell");
             }""",
-            'anim = llmri.show(llmri.stream(model, "Count from one to twenty.", chat=True, max_new_tokens=40))',
+            'anim = llmri.show(llmri.stream(model, "Count to fifty.", chat=True, max_new_tokens=160, ignore_eos=True))',
         )
         frames.nth(2).wait_for(timeout=120_000)
         third = frames.nth(2).element_handle().content_frame()

@@ -110,7 +110,19 @@ function socketClass(win, chan) {
     event(msg, buffers) {
       if (this.readyState === 3) return;
       if (msg.event === "open") { this.readyState = 1; this.fire("open", {}); }
-      else if (msg.event === "text") this.fire("message", { data: msg.data });
+      else if (msg.event === "text") {
+        const live = this.url.match(/\/api\/sessions\/([^/]+)\/([^/]+)\/live$/);
+        if (live) { // the newest frame the server has named (see the bootstrap in modules())
+          try {
+            const p = JSON.parse(msg.data);
+            const key = `${decodeURIComponent(live[1])}/${decodeURIComponent(live[2])}`;
+            const old = win.llmriProgress;
+            const ns = old && old.key === key ? old.ns.slice(-7) : [];
+            if (p.type === "progress") win.llmriProgress = { key, ns: [...ns, p.n_frames] };
+          } catch { /* not JSON: the client's business */ }
+        }
+        this.fire("message", { data: msg.data });
+      }
       else if (msg.event === "bytes") {
         const b = bytesOf(buffers && buffers[0]).slice();
         this.fire("message", { data: this.binaryType === "arraybuffer" ? b.buffer : new win.Blob([b]) });
@@ -162,29 +174,30 @@ async function modules(chan, entries) {
   const imports = {};
   for (const [path, code] of src) imports[`${BARE}${path}`] = blob(code);
   // the bootstrap: tell the widget which frame is drawn (its `t`) and when the page is ready; and keep a playhead
-  // that sat on the newest frame of a recording there as frames come (session.js decides that from a total that a
-  // frame chunk's header may already have raised, without "grow": at a fast stream's pace that race is lost)
+  // that sits on the newest frame of a recording there as frames come. session.js does that too, but judges "on the
+  // newest frame" against a total that a frame chunk's header may have raised (and, across its await, a stale
+  // one, so a late handler seeks back to what an older message said): at a stream's pace it loses the race. Here
+  // the playhead is "on the newest frame" on the total's last frame or on one the last /live progress messages
+  // named (window.llmriProgress, kept by the socket class below), and then follows the total.
   const state = `${BARE}/static/js/state.js`;
   const hook = imports[state]
     ? `import { S, on, ready } from "${state}";
 const host = window.llmriHost;
-let cur = null, known = 0, atEnd = false;
-const more = (n) => {
-  if (S.cur !== cur || !(n > known)) return;
-  const follow = atEnd && S.cur.summary.status === "recording";
-  known = n;
-  if (follow && S.t < n - 1) window.llmri.seek(n - 1);
+let cur = null, atEnd = false;
+const told = () => { const p = window.llmriProgress; return p && S.cur && p.key === S.cur.summary.key ? p.ns : []; };
+const more = () => {
+  const n = S.src ? S.src.total : 0;
+  if (S.cur === cur && atEnd && S.cur.summary.status === "recording" && S.t < n - 1) window.llmri.seek(n - 1);
 };
 on("seek", (t) => {
   if (S.cur !== cur) {
     cur = S.cur;
-    known = S.src.total;
     const loaded = S.src.onload; // a chunk's header may raise the total without "grow"
-    S.src.onload = () => { if (loaded) loaded(); more(S.src.total); };
+    S.src.onload = () => { if (loaded) loaded(); more(); };
     atEnd = S.cur.summary.status === "recording"; // session.js opens a recording on its newest frame
     return;
   }
-  atEnd = t >= known - 1;
+  atEnd = t >= S.src.total - 1 || told().includes(t + 1);
 });
 on("grow", more);
 on("drawn", (t) => host.drawn(t));
