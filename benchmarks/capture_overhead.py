@@ -212,7 +212,7 @@ def main() -> None:
             row["outside_ms_per_token"] = 1000 * median([t - i for t, i in zip(ts, runs, strict=True)]) / n
             row["decode_ms_per_token" if llama else "forward_ms_per_token"] = 1000 * median(runs) / n
         row["cpu_ms_per_token"] = 1000 * median(cpu[name][-len(ts) :]) / n
-        if name in cpu_inside:  # CPU outside the forward: robust to load with --threads 1 (all CPU is this thread's)
+        if name in cpu_inside and args.threads == 1:  # CPU outside the forward: with one thread, all CPU is this one's
             pairs = zip(cpu[name][-len(ts) :], cpu_inside[name][-len(ts) :], strict=True)
             row["outside_cpu_ms_per_token"] = 1000 * median([c - i for c, i in pairs]) / n
         row["peak_rss_mib"] = rss.get(name, float("nan"))
