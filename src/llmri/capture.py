@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import math
+import os
 from collections.abc import Generator, Sequence
 from typing import Any
 
@@ -12,12 +12,13 @@ from .backends.base import BACKENDS, Capture, check_signals
 from .calibration import prepare_reducer
 from .codec import TextCodec
 from .decode import Detokenizer, Positions, decode_loop
-from .frame import TOP_K, Frame, Token
+from .frame import Frame
 from .framestream import FrameStream
 from .messages import check_messages
 from .models import LoadedModel, load_model
 from .reducers.base import Reducer, make_reducer
-from .stepreadouts import StepReadouts, check_attention_k
+from .stepframes import Launched, StepFrames
+from .stepreadouts import StepReadouts, check_attention_k, check_lens_dtype
 from .store import Session
 from .wrapping import is_transformers_model, wrap
 
@@ -114,38 +115,6 @@ def backend_for(model: Any, backend: str | None) -> tuple[str, type[Capture]]:
         raise CaptureError(str(exc.args[0])) from None
 
 
-def hoyer_sparsity(l1: Any, l2: Any, d: int) -> Any:
-    """Hoyer's measure per vector from its L1 and L2 norms, in [0, 1]: 0 for equal magnitudes,
-    1 for a single non-zero."""
-    return ((d**0.5 - l1 / l2.clamp_min(1e-30)) / (d**0.5 - 1)).clamp(0, 1)
-
-
-def token_stats(
-    pred_logits: Any, ids: list[int]
-) -> tuple[list[float], list[float], list[list[int]], list[list[float]]]:
-    """Per row of ``pred_logits`` ``[n, vocab]``: log p of ``ids[row]``, the entropy (nats), and the
-    top-k ids and probabilities; NaN rows (position 0) give NaNs.
-
-    One exp pass: with l = logits - max, e = exp(l), z = sum(e): log p(i) = l[i] - log z,
-    entropy = log z - (e . l) / z, top-k probabilities = exp(top-k of l - log z). Masked (-inf)
-    logits are clamped to -1e30, as 0 * -inf would be NaN.
-    """
-    import torch
-
-    logits = pred_logits.float()
-    top_l, top_i = logits.topk(TOP_K, dim=-1)  # its first column is the max
-    mx = top_l[:, :1]
-    shifted = (logits - mx).clamp_min_(-1e30)
-    e = shifted.exp()
-    z = e.sum(-1)
-    lse = z.log()
-    dot = torch.bmm(e[:, None, :], shifted[:, :, None])[:, 0, 0]  # e . l without an [n, vocab] temporary
-    ent = (lse - dot / z).clamp_min(0)
-    chosen = shifted.gather(1, torch.tensor(ids, dtype=torch.long, device=shifted.device)[:, None])[:, 0] - lse
-    top_p = (top_l - mx - lse[:, None]).exp()
-    return chosen.tolist(), ent.tolist(), top_i.tolist(), top_p.tolist()
-
-
 class CaptureStream(FrameStream):
     """An iterable of :class:`~llmri.frame.Frame`, one per token position, prompt first.
 
@@ -155,6 +124,10 @@ class CaptureStream(FrameStream):
     ends generation after the current forward (thread-safe); ``close()`` stops it too. With
     ``store``, each frame is appended to a new session of that store as it is produced
     (``session_id``). See :class:`~llmri.framestream.FrameStream` for the lifecycle.
+
+    ``lens_dtype`` (``"bfloat16"``, ``"float16"``; default float32, exact): the lens's unembedding in
+    that precision, ~3x faster on a CPU with AVX-512 BF16 but ~1e-2 off in probabilities
+    (docs/benchmarks.md, "Readouts").
     """
 
     what = "capture stream"
@@ -179,6 +152,7 @@ class CaptureStream(FrameStream):
         lens: bool = False,
         attention: bool = False,
         attention_k: int | str = 16,
+        lens_dtype: str | None = None,
         store: Any = None,
         calibration: str | None = None,
         meta: dict[str, Any] | None = None,
@@ -198,6 +172,7 @@ class CaptureStream(FrameStream):
         if attention and not cls.supports_attention:
             raise CaptureError(f"backend {name!r} cannot record attention weights: attention=True needs the hf backend")
         attention_k = check_attention_k(attention_k)
+        check_lens_dtype(lens_dtype)
         self.reducer = make_reducer(reducer, tile=tile, seed=reducer_seed)
         if isinstance(prompt, (list, tuple)):
             check_messages(prompt)
@@ -241,62 +216,44 @@ class CaptureStream(FrameStream):
             attention_k=attention_k,
             n_positions=len(self.prompt_ids) + self.settings.max_new_tokens,
             piece=self.codec.piece,
+            lens_dtype=lens_dtype,
         )
         self.meta.update(self.readouts.meta())
+        thread = os.environ.get("LLMRI_FRAME_THREAD") == "1"  # opt-in: slower in every case measured
+        self.frames = StepFrames(self.signals, self.reducer, self.codec.piece, self.readouts, thread=thread)
+        self._generated = ""  # the answer's tail, for stop strings
+        self._tail = max((len(x) for x in self.settings.stop), default=0) + 32
         self.attach(store, meta)
 
     @property
     def reducer_state(self) -> dict[str, Any]:
         return self.reducer.state_dict()
 
-    def _frames(self, pos: Positions, detok: Detokenizer) -> list[Frame]:
-        import torch
+    def _release(self) -> None:
+        self.frames.close()
 
-        sigs = self.signals
-        acts = [pos.acts[s] for s in sigs]
-        reduced = self.reducer.transform_many(dict(zip(sigs, acts, strict=True)))
-        # every signal at once: [signals, n, layers, d]
-        x = torch.stack(acts).float()
-        l2 = x.norm(dim=-1)
-        sparsity = hoyer_sparsity(x.abs().sum(-1), l2, x.shape[-1]).cpu().numpy()
-        norms = l2.cpu().numpy()
-        tiles = torch.stack([reduced[s] for s in sigs]).to(torch.float16).cpu().numpy()
-        chosen, ent, top_ids, top_probs = token_stats(pos.pred_logits, pos.ids)
-        lens, attention = self.readouts.rows(pos)
-        out = []
-        for j, tid in enumerate(pos.ids):
-            first = math.isnan(chosen[j]) and math.isnan(ent[j])  # position 0: nothing predicted it
-            tops = () if first else tuple(top_ids[j])
-            token = Token(
-                index=pos.start + j,
-                id=tid,
-                text=detok.push(tid),
-                role=pos.role,
-                logprob=chosen[j],
-                entropy=ent[j],
-                top_ids=tops,
-                top_probs=() if first else tuple(top_probs[j]),
-                top_texts=tuple(self.codec.piece(t) for t in tops),
-            )
-            out.append(
-                Frame(
-                    token,
-                    {s: tiles[i, j] for i, s in enumerate(sigs)},
-                    {s: norms[i, j] for i, s in enumerate(sigs)},
-                    {s: sparsity[i, j] for i, s in enumerate(sigs)},
-                    lens=lens[j],
-                    attention=attention[j],
-                )
-            )
-        return out
+    def _frames(self, pos: Positions, detok: Detokenizer) -> list[Frame]:
+        """One step's frames at once (launch and finish back to back)."""
+        return self.frames.finish(self.frames.launch(pos, detok))
+
+    def _check_stops(self, pos: Positions, texts: list[str]) -> None:
+        """The stop conditions, from each generated token's text: known at launch, before the next forward."""
+        if pos.role != "generated":
+            return
+        stops = self.settings.stop
+        for tid, text in zip(pos.ids, texts, strict=True):
+            self._generated = (self._generated + text)[-self._tail * 2 :]
+            if tid in self.codec.eos_ids and not self.settings.ignore_eos:
+                self.stop_reason = "eos"
+            elif stops and any(x in self._generated for x in stops):
+                self.stop_reason = "stop_string"
+                self._stop_event.set()
 
     def _produce(self) -> Generator[Frame, None, None]:
         detok = Detokenizer(self.codec.decode)
-        generated = ""
-        stops = self.settings.stop
-        tail = max((len(x) for x in stops), default=0) + 32
-        held: Frame | None = None
-        for pos in decode_loop(
+        held: list[Frame] = []  # a step's last frame, waiting for its next token (the lens)
+        pending: Launched | None = None  # a deferred step: its frames are built after the next forward is queued
+        steps = decode_loop(
             self.capture,
             self.prompt_ids,
             self.settings,
@@ -304,24 +261,35 @@ class CaptureStream(FrameStream):
             should_stop=self._stop_event.is_set,
             max_positions=self._max_positions,
             attention=self.readouts.attention,
-        ):
-            frames = self._frames(pos, detok)  # fills the held frame's lens (its next token is this step's first)
-            for frame in frames:  # stop conditions as each frame is built, before any frame waits
-                if pos.role == "generated":
-                    generated = (generated + frame.token.text)[-tail * 2 :]
-                    if frame.token.id in self.codec.eos_ids and not self.settings.ignore_eos:
-                        self.stop_reason = "eos"
-                    elif stops and any(x in generated for x in stops):
-                        self.stop_reason = "stop_string"
-                        self._stop_event.set()
-            if held is not None:
-                yield held
+        )
+        while True:
+            try:
+                pos = next(steps)
+            except StopIteration:
+                break
+            except Exception:
+                if pending is not None:  # what was produced before the error, as without deferral
+                    frames = self.frames.finish(pending)
+                    yield from frames[:-1] if self.readouts.holds_last else frames
+                raise
+            job = self.frames.launch(pos, detok)  # fills the previous step's last lens row
+            self._check_stops(pos, job.texts)
+            if pending is not None:  # complete now: this launch filled its last lens row
+                yield from self.frames.finish(pending)
+                pending = None
+            yield from held
+            held = []
+            if job.deferred:
+                pending = job
+                continue
+            frames = self.frames.finish(job)
             if self.readouts.holds_last:  # docs/readouts.md: the lens's next token comes a step later
-                frames, held = frames[:-1], frames[-1]
+                frames, held = frames[:-1], frames[-1:]
             yield from frames
         self.readouts.finish()
-        if held is not None:
-            yield held
+        if pending is not None:
+            yield from self.frames.finish(pending)
+        yield from held
         if not self.stop_reason:
             self.stop_reason = "stopped" if self._stop_event.is_set() else "max_new_tokens"
 
@@ -333,7 +301,7 @@ def stream(model: Any, prompt: Any, **kw: Any) -> CaptureStream:
     return CaptureStream(model, prompt, **kw)
 
 
-def capture(model: Any, prompt: Any, **kw: Any) -> Session:
+def capture(model: Any, prompt: Any, *, progress: bool | None = None, **kw: Any) -> Session:
     """Capture ``prompt`` on ``model`` and return the whole :class:`~llmri.session.Session`.
 
     ``model``: a spec for :func:`llmri.load_model` (``None`` for the bundled model), a
@@ -345,6 +313,10 @@ def capture(model: Any, prompt: Any, **kw: Any) -> Session:
     (random/ipca/neurons), ``tile`` (``"16x16"``), ``reducer_seed``, ``temperature``, ``top_p``,
     ``seed``, ``stop``, ``ignore_eos``, ``backend``, ``store`` (path/URL/FrameStore to append to),
     ``calibration``, ``tokenizer``, ``hook_points`` (``{signal: "path.{i}.to.module"}``, the
-    module each signal records per layer ``{i}``; hf and nnsight backends).
+    module each signal records per layer ``{i}``; hf and nnsight backends). ``progress``: a bar of
+    tokens and tokens/s (tqdm; ``None``: in a notebook only, once the capture has run a second).
     """
-    return Session.collect(CaptureStream(model, prompt, **kw))
+    from .progress import tracked
+
+    stream = CaptureStream(model, prompt, **kw)
+    return Session.collect(tracked(stream, progress, len(stream.prompt_ids) + stream.settings.max_new_tokens))
