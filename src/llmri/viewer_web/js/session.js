@@ -190,19 +190,17 @@ function followLive(summary) {
   ws.onmessage = async (ev) => {
     const msg = JSON.parse(ev.data);
     if (msg.type !== "progress" || !S.cur || S.cur.summary.key !== summary.key) return;
-    // The playhead on the newest frame the page has announced stays on the newest frame. Measured
-    // against the summary's count, which only grow() moves: a frame chunk's header can raise
-    // S.src.total first, and the playhead would look left behind. Handlers interleave at the await,
-    // so the seek goes to the newest frame known then, never back to this message's count.
-    const following = S.t >= (S.cur.summary.n_frames || 0) - 1;
+    const before = S.src.total;
+    const following = S.t >= before - 1; // the playhead on the newest frame stays on the newest frame
     if (msg.n_frames > S.tokens.length) {
       const tok = await getJSON(`${sessionUrl(summary)}/tokens?start=${S.tokens.length}`);
       if (S.cur.summary.key !== summary.key) return;
       appendTokens(tok.tokens.filter((t) => t.index >= S.tokens.length));
     }
-    grow(msg.n_frames);
-    const newest = Math.max(S.src.total, msg.n_frames) - 1;
-    if (following && S.t < newest) seek(newest);
+    if (msg.n_frames > before) {
+      grow(msg.n_frames);
+      if (following) seek(msg.n_frames - 1);
+    }
     if (msg.status !== S.cur.summary.status) {
       S.cur.summary.status = msg.status;
       setBadge(msg.status);

@@ -80,9 +80,9 @@ export function emit(name, ...args) {
  * the end; "grow" tells the timeline, the stats and the first-frame layout. */
 export function grow(n) {
   const before = S.src.total;
-  if (n > (S.cur.summary.n_frames || 0)) S.cur.summary.n_frames = n; // announced, even if a chunk knew first
   if (!(n > before)) return before; // not more frames (or no number at all)
   S.src.total = n;
+  S.cur.summary.n_frames = n;
   emit("grow", n, before);
   return before;
 }
