@@ -6,7 +6,7 @@ import { applyFrames, answerText, fillGap, onBinary } from "./liveframes.js";
 import { bubble, buildPanel, describeMode, el, restore, setBusy, setFollow, settings, showError } from "./livepanel.js";
 import { openSession, refreshSessions, setBadge } from "./session.js";
 import { putLive } from "./readouts.js";
-import { S, chat as C, emit, ready } from "./state.js";
+import { S, chat as C, emit, on, ready } from "./state.js";
 import { refreshStats } from "./timeline.js";
 import { $ } from "./ui.js";
 
@@ -184,6 +184,13 @@ async function main() {
   window.dispatchEvent(new Event("resize"));
   const cur = S.cur;
   if (cur && cur.meta && cur.meta.live && cur.summary.status !== "recording") restore(cur);
+  // a first session that opened after that wait (a slow page): its conversation still comes back
+  else if (!C.shownKey) {
+    const late = (opened) => {
+      if (!C.shownKey && opened && opened.meta && opened.meta.live && opened.summary.status !== "recording") restore(opened);
+    };
+    on("open", late);
+  }
   connect();
 }
 
