@@ -73,8 +73,12 @@ def _brute(resid: torch.Tensor, head: LensHead, next_ids: list[int], k: int):
     return out
 
 
+@pytest.mark.parametrize("stats_elements", [1, 120, 1 << 17])
 @pytest.mark.parametrize("max_elements", [1, 200, 1 << 24])
-def test_lens_equals_its_definition(max_elements):
+def test_lens_equals_its_definition(max_elements, stats_elements, monkeypatch):
+    from llmri.readouts import lens
+
+    monkeypatch.setattr(lens, "STATS_ELEMENTS", stats_elements)  # statistics a row, two rows, a group at a time
     head = _toy_head()
     resid = torch.randn(6, 4, 8, generator=torch.Generator().manual_seed(1))
     next_ids = [3, 7, 7, 0, 49, 12]
@@ -108,6 +112,55 @@ def test_lens_last_row_waits_for_its_next_token():
     np.testing.assert_allclose(fill_next(one.pending, 17)[0], prob, atol=1e-7)
     with pytest.raises(ValueError, match="next_ids"):
         logit_lens(resid, head, [1])
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 8])
+def test_lens_queue_fills_each_row_once_its_batch_is_due(batch):
+    """Positions pushed a step at a time (a prefill, then decode steps) get the rows of
+    :func:`logit_lens` over all of them; a row is complete exactly when ``done`` has passed it,
+    and no more than ``batch`` positions with a known next token wait."""
+    from llmri.readouts.lensqueue import LensQueue
+
+    head = _toy_head()
+    resid = torch.randn(11, 4, 8, generator=torch.Generator().manual_seed(5))
+    ids = [3, 7, 7, 0, 49, 12, 5, 5, 30, 1, 2]
+    pred = torch.full((11, 50), float("nan"))  # pred[j]: the model's logits at position j - 1
+    pred[1:] = head(resid[:-1, -1])
+    q = LensQueue(head, head, 4, batch=batch, k=5)
+    rows, start = [], 0
+    for n in (4, 1, 1, 1, 1, 1, 1, 1):
+        rows += q.push(start, ids[start : start + n], resid[start : start + n], pred[start : start + n])
+        start += n
+        assert q.done + q.waiting == start and 1 <= q.waiting <= batch
+        assert all(np.isfinite(r.top_probs).all() for r in rows[: q.done])
+        assert all(np.isnan(r.top_probs).all() for r in rows[q.done :])
+    assert q.waiting >= 1  # the newest position waits for its next token
+    q.flush(last=False)
+    assert q.waiting == 1
+    q.flush(last=True)
+    assert q.waiting == 0 and q.done == 11
+    want = _brute(resid, head, ids[1:], 5)
+    np.testing.assert_array_equal(np.stack([r.top_ids for r in rows]), want["top_ids"])
+    np.testing.assert_allclose(np.stack([r.top_probs for r in rows]), want["top_probs"], atol=1e-6)
+    np.testing.assert_allclose(np.stack([r.entropy for r in rows]), want["entropy"], atol=1e-5)
+    np.testing.assert_allclose(np.stack([r.next_prob for r in rows]), want["next_prob"], atol=1e-6, equal_nan=True)
+    np.testing.assert_array_equal(np.stack([r.next_rank for r in rows]), want["next_rank"])
+    assert rows[0].top_ids.dtype == np.int32 and rows[0].next_rank.dtype == np.int32
+
+
+def test_lens_queue_checks_the_head_against_the_models_logits():
+    from llmri.readouts.lensqueue import LensQueue
+
+    head = _toy_head()
+    resid = torch.randn(3, 4, 8, generator=torch.Generator().manual_seed(6))
+    wrong = torch.zeros(3, 50)
+    q = LensQueue(head, head, 4)
+    with pytest.raises(CaptureError, match="does not reproduce"):
+        q.push(0, [1, 2, 3], resid, wrong)
+    one = LensQueue(head, head, 4)  # a one-position prompt: checked on the next step's logits
+    one.push(0, [1], resid[:1], wrong[:1])
+    with pytest.raises(CaptureError, match="does not reproduce"):
+        one.push(1, [2], resid[1:2], wrong[1:2])
 
 
 def test_lens_rank_counts_strictly_greater_and_ties():

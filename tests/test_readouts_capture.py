@@ -364,6 +364,15 @@ def test_cli_capture_with_lens_and_attention(tmp_path, capsys, monkeypatch, tiny
     assert rc == 0
     assert cli.main(["capture", "x", "-o", str(path), "--attention", "many"]) != 0
     assert "--attention takes a whole number K or 'full'" in capsys.readouterr().err
+    # the lens's precision and batch
+    args = ["capture", PROMPT, "-o", str(path), "--raw", "--max-new-tokens", "3", "--lens"]
+    assert cli.main([*args, "--lens-dtype", "bfloat16", "--lens-batch", "2"]) == 0
+    fast = llmri.open_store(path).session(capsys.readouterr().out.strip().splitlines()[-1])
+    assert fast.meta["lens"]["dtype"] == "bfloat16" and np.isfinite(fast.lens().next_prob[:-1]).all()
+    assert cli.main([*args, "--lens-batch", "0"]) != 0
+    assert "lens_batch must be a whole number >= 1, got 0" in capsys.readouterr().err
+    assert cli.main(["capture", "x", "-o", str(path), "--lens-dtype", "bfloat16"]) != 0
+    assert "--lens-dtype goes with --lens" in capsys.readouterr().err
 
 
 def _tiny_stream(tiny, real):

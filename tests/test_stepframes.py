@@ -112,6 +112,71 @@ def test_real_model_deferred_frames_are_byte_identical(real_model, mode):
 # -- the readouts' cheaper paths ----------------------------------------------------------------
 
 
+def _close(a, b) -> None:
+    """The same frames, the lens computed in other batches: tiles and tokens byte for byte, the lens
+    within float32 rounding (a matmul of more rows may sum in another order)."""
+    assert [f.token.to_dict() for f in a] == [f.token.to_dict() for f in b]
+    for fa, fb in zip(a, b, strict=True):
+        assert _bytes(fa)["tiles"] == _bytes(fb)["tiles"] and _bytes(fa)["attention"] == _bytes(fb)["attention"]
+        la, lb = fa.lens, fb.lens
+        assert (la.top_ids == lb.top_ids).all() and (la.next_rank == lb.next_rank).all(), fa.index
+        assert (la.top_text == lb.top_text).all()
+        for name in ("top_probs", "next_prob", "entropy"):
+            np.testing.assert_allclose(getattr(lb, name), getattr(la, name), atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("batch", [2, 5])
+def test_lens_batch_changes_when_frames_come_not_what_they_hold(tiny, batch):
+    """``lens_batch``: a frame waits for its batch (at most ``batch`` forwards after its own),
+    and holds what one position at a time gives."""
+    one, _ = _run(tiny, False, lens=True, attention=True, max_new_tokens=12)
+    s = llmri.stream(
+        tiny, PROMPT, chat=False, lens=True, attention=True, max_new_tokens=12, ignore_eos=True, lens_batch=batch
+    )
+    real, forwards = s.capture.step, [0]
+
+    def step(*a, **k):
+        forwards[0] += 1
+        return real(*a, **k)
+
+    s.capture.step = step
+    got, seen = [], []
+    for f in s:
+        got.append(f)
+        seen.append(forwards[0])
+    _close(one, got)
+    n_prompt = sum(f.token.role == "prompt" for f in got)
+    own = [1 if i < n_prompt else i - n_prompt + 2 for i in range(len(got))]  # the forward that computed it
+    waits = [a - b for a, b in zip(seen, own, strict=True)]
+    assert max(waits[:-1]) == batch and min(waits[n_prompt:-1]) >= 1, waits
+    assert np.isnan(got[-1].lens.next_prob).all() and not np.isnan(got[-2].lens.next_prob).any()
+
+
+def test_capture_computes_the_lens_eight_positions_at_a_time(tiny):
+    from llmri.stepreadouts import CAPTURE_LENS_BATCH
+
+    s = llmri.stream(tiny, PROMPT, chat=False, lens=True)
+    assert s.readouts.queue.batch == 1 and CAPTURE_LENS_BATCH == 8
+    a = llmri.capture(tiny, PROMPT, chat=False, max_new_tokens=20, ignore_eos=True, lens=True)
+    b = llmri.capture(tiny, PROMPT, chat=False, max_new_tokens=20, ignore_eos=True, lens=True, lens_batch=1)
+    la, lb = a.lens(), b.lens()
+    assert (la.top_ids == lb.top_ids).all() and (la.next_rank == lb.next_rank).all()
+    np.testing.assert_allclose(la.next_prob, lb.next_prob, atol=1e-6, equal_nan=True)
+    with pytest.raises(llmri.CaptureError, match="lens_batch must be a whole number >= 1, got 0"):
+        llmri.stream(tiny, PROMPT, chat=False, lens=True, lens_batch=0)
+
+
+@pytest.mark.parametrize("mode", [False, True], ids=["inline", "deferred"])
+def test_lens_batch_error_keeps_every_frame_whose_next_token_is_known(tiny, tmp_path, mode):
+    store = llmri.open_store(tmp_path / "s.zarr", create=True)
+    one, _ = _run(tiny, False, fail_at=7, lens=True)
+    batched, s = _run(tiny, mode, fail_at=7, lens=True, lens_batch=4, store=store)
+    _close(one, batched)
+    assert len(batched) == len(one) > 0 and not np.isnan(batched[-1].lens.next_prob).any()
+    reader = llmri.open_store(tmp_path / "s.zarr").session(s.session_id)
+    assert len(reader) == len(batched) and reader.meta["status"] == "interrupted"
+
+
 def test_lens_in_bfloat16_is_close_to_the_exact_lens(tiny):
     exact = llmri.capture(tiny, PROMPT, chat=False, max_new_tokens=6, ignore_eos=True, lens=True)
     fast = llmri.capture(tiny, PROMPT, chat=False, max_new_tokens=6, ignore_eos=True, lens=True, lens_dtype="bfloat16")

@@ -213,3 +213,20 @@ def test_view_refuses_readouts_it_cannot_record():
         live_plugin(args(lens=True, openai_url="http://127.0.0.1:1/v1"))
     with pytest.raises(CaptureError, match="llama.cpp engine has no lens"):
         live_plugin(args(model="x.gguf", backend="llama.cpp", attention=True))
+    with pytest.raises(CaptureError, match="--lens-dtype goes with --lens"):
+        live_plugin(args(model="x", lens_dtype="bfloat16"))
+
+
+def test_live_lens_in_bfloat16(real_model):
+    """``llmri view --model M --lens --lens-dtype bfloat16``: each turn's stream records it."""
+    from llmri.viewer.live import ModelEngine
+
+    engine = ModelEngine(real_model, lens=True, lens_dtype="bfloat16")
+    settings = {"max_new_tokens": 2, "temperature": 0.0, "top_p": 1.0, "seed": 0, "signals": None, "reducer": "random"}
+    st = engine.open([{"role": "user", "content": "Hi"}], settings, None, {})
+    try:
+        assert st.meta["lens"]["dtype"] == "bfloat16"
+        frames = list(st)
+        assert np.isfinite(frames[-2].lens.next_prob).all()
+    finally:
+        st.close()

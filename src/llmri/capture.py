@@ -18,7 +18,7 @@ from .messages import check_messages
 from .models import LoadedModel, load_model
 from .reducers.base import Reducer, make_reducer
 from .stepframes import Launched, StepFrames
-from .stepreadouts import StepReadouts, check_attention_k, check_lens_dtype
+from .stepreadouts import CAPTURE_LENS_BATCH, StepReadouts, check_attention_k, check_lens_batch, check_lens_dtype
 from .store import Session
 from .wrapping import is_transformers_model, wrap
 
@@ -127,7 +127,9 @@ class CaptureStream(FrameStream):
 
     ``lens_dtype`` (``"bfloat16"``, ``"float16"``; default float32, exact): the lens's unembedding in
     that precision, ~3x faster on a CPU with AVX-512 BF16 but ~1e-2 off in probabilities
-    (docs/benchmarks.md, "Readouts").
+    (docs/benchmarks.md, "Readouts"). ``lens_batch``: positions whose lens rows are computed in one
+    matmul (default 1 here, 8 in :func:`capture`); a frame waits until its batch is computed, up to
+    ``lens_batch`` forwards, so a stream someone watches keeps 1.
     """
 
     what = "capture stream"
@@ -153,6 +155,7 @@ class CaptureStream(FrameStream):
         attention: bool = False,
         attention_k: int | str = 16,
         lens_dtype: str | None = None,
+        lens_batch: int | None = None,
         store: Any = None,
         calibration: str | None = None,
         meta: dict[str, Any] | None = None,
@@ -173,6 +176,7 @@ class CaptureStream(FrameStream):
             raise CaptureError(f"backend {name!r} cannot record attention weights: attention=True needs the hf backend")
         attention_k = check_attention_k(attention_k)
         check_lens_dtype(lens_dtype)
+        lens_batch = check_lens_batch(lens_batch)
         self.reducer = make_reducer(reducer, tile=tile, seed=reducer_seed)
         if isinstance(prompt, (list, tuple)):
             check_messages(prompt)
@@ -217,6 +221,7 @@ class CaptureStream(FrameStream):
             n_positions=len(self.prompt_ids) + self.settings.max_new_tokens,
             piece=self.codec.piece,
             lens_dtype=lens_dtype,
+            lens_batch=lens_batch,
         )
         self.meta.update(self.readouts.meta())
         thread = os.environ.get("LLMRI_FRAME_THREAD") == "1"  # opt-in: slower in every case measured
@@ -251,7 +256,7 @@ class CaptureStream(FrameStream):
 
     def _produce(self) -> Generator[Frame, None, None]:
         detok = Detokenizer(self.codec.decode)
-        held: list[Frame] = []  # a step's last frame, waiting for its next token (the lens)
+        held: list[Frame] = []  # frames waiting for their lens rows (docs/readouts.md)
         pending: Launched | None = None  # a deferred step: its frames are built after the next forward is queued
         steps = decode_loop(
             self.capture,
@@ -268,30 +273,36 @@ class CaptureStream(FrameStream):
             except StopIteration:
                 break
             except Exception:
-                if pending is not None:  # what was produced before the error, as without deferral
-                    frames = self.frames.finish(pending)
-                    yield from frames[:-1] if self.readouts.holds_last else frames
+                # what was produced before the error, whole: every frame whose next token is known
+                if pending is not None:
+                    held += self.frames.finish(pending)
+                self.readouts.flush(last=False)
+                yield from self._ready(held)
                 raise
-            job = self.frames.launch(pos, detok)  # fills the previous step's last lens row
+            job = self.frames.launch(pos, detok)  # completes the lens rows that waited for this step
             self._check_stops(pos, job.texts)
-            if pending is not None:  # complete now: this launch filled its last lens row
-                yield from self.frames.finish(pending)
+            if pending is not None:
+                held += self.frames.finish(pending)
                 pending = None
-            yield from held
-            held = []
             if job.deferred:
                 pending = job
-                continue
-            frames = self.frames.finish(job)
-            if self.readouts.holds_last:  # docs/readouts.md: the lens's next token comes a step later
-                frames, held = frames[:-1], frames[-1:]
-            yield from frames
-        self.readouts.finish()
+            else:
+                held += self.frames.finish(job)
+            yield from self._ready(held)
+        self.readouts.flush(last=True)
         if pending is not None:
-            yield from self.frames.finish(pending)
+            held += self.frames.finish(pending)
         yield from held
         if not self.stop_reason:
             self.stop_reason = "stopped" if self._stop_event.is_set() else "max_new_tokens"
+
+    def _ready(self, held: list[Frame]) -> list[Frame]:
+        """Take from ``held`` (in place) the frames whose lens rows are complete, oldest first."""
+        done = self.readouts.done
+        n = len(held) if done is None else sum(1 for f in held if f.token.index < done)
+        out = held[:n]
+        del held[:n]
+        return out
 
 
 def stream(model: Any, prompt: Any, **kw: Any) -> CaptureStream:
@@ -315,8 +326,10 @@ def capture(model: Any, prompt: Any, *, progress: bool | None = None, **kw: Any)
     ``calibration``, ``tokenizer``, ``hook_points`` (``{signal: "path.{i}.to.module"}``, the
     module each signal records per layer ``{i}``; hf and nnsight backends). ``progress``: a bar of
     tokens and tokens/s (tqdm; ``None``: in a notebook only, once the capture has run a second).
+    With ``lens=True``, ``lens_batch`` (default 8) positions' lens rows are computed at once.
     """
     from .progress import tracked
 
+    kw.setdefault("lens_batch", CAPTURE_LENS_BATCH)
     stream = CaptureStream(model, prompt, **kw)
     return Session.collect(tracked(stream, progress, len(stream.prompt_ids) + stream.settings.max_new_tokens))

@@ -4,11 +4,12 @@ the token after a step's last position.
 
 The token after a step's last position is sampled after that step, and it belongs to the session
 only once its own forward has run (a stop, an error or a closed stream may come first). So with the
-lens on, the capture stream holds each step's last frame until the next step has run, fills that
-frame's ``next_prob`` / ``next_rank`` from the next step's first token (:func:`~llmri.readouts.fill_next`),
-and only then emits it: frames are still appended in order, whole, and a frame in the store never
-changes. The session's last frame has no next token (NaN / -1). The cost: with ``lens=True`` a
-frame reaches the consumer (and the store) one forward later.
+lens on, a position's lens row is computed once the next step has run
+(:class:`~llmri.readouts.lensqueue.LensQueue`), ``lens_batch`` positions at a time, and the
+capture stream holds each frame until its row is complete (:attr:`StepReadouts.done`): frames are
+still appended in order, whole, and a frame in the store never changes. The session's last frame
+has no next token (NaN / -1). The cost: with ``lens=True`` a frame reaches the consumer (and the
+store) one forward later, or up to ``lens_batch`` forwards later.
 """
 
 from __future__ import annotations
@@ -23,10 +24,21 @@ from ._errors import CaptureError
 from .backends.base import Capture
 from .decode import Positions
 from .frame import READOUT_DTYPES, AttentionRow, LensRow, fit_into
-from .readouts import ATTN_TOP_K, LENS_TOP_K, attention_readout, check_lens_head, fill_next, logit_lens
+from .readouts import ATTN_TOP_K, LENS_TOP_K, attention_readout
+from .readouts.lensqueue import LensQueue
 
-#: Rows the lens's self-check compares on the first prefill step.
-CHECK_ROWS = 8
+#: Positions whose lens rows :func:`llmri.capture` computes at once (``lens_batch``); a stream's
+#: default is 1, so that each frame waits one step, not eight.
+CAPTURE_LENS_BATCH = 8
+
+
+def check_lens_batch(lens_batch: Any) -> int:
+    """``lens_batch`` checked: a whole number >= 1 (``None`` is 1)."""
+    if lens_batch is None:
+        return 1
+    if isinstance(lens_batch, bool) or not isinstance(lens_batch, (int, np.integer)) or lens_batch < 1:
+        raise CaptureError(f"lens_batch must be a whole number >= 1, got {lens_batch!r}")
+    return int(lens_batch)
 
 
 def check_attention_k(attention_k: Any) -> int | str:
@@ -99,28 +111,30 @@ class StepReadouts:
         n_positions: int = 0,
         piece: Callable[[int], str] | None = None,
         lens_dtype: str | None = None,
+        lens_batch: int = 1,
     ) -> None:
         self.lens = bool(lens)
-        self.piece = piece  # a token's text (cached per id: TextCodec.piece), for the lens's top_text
         self.attention = bool(attention)
         self.n_layers = capture.n_layers
-        self.head = capture.lens_head() if self.lens else None
         self.lens_dtype = check_lens_dtype(lens_dtype)
-        # the head the rows go through: the model's own, or a lower-precision copy (lens_dtype=)
-        self.rows_head = self.head
-        if self.head is not None and self.lens_dtype != "float32":
-            import torch
+        self.queue: LensQueue | None = None
+        if self.lens:
+            head = capture.lens_head()
+            # the head the rows go through: the model's own, or a lower-precision copy (lens_dtype=)
+            rows_head = head
+            if self.lens_dtype != "float32":
+                import torch
 
-            self.rows_head = self.head.lowered(getattr(torch, self.lens_dtype))
-        self._check_resid: Any = None
+                rows_head = head.lowered(getattr(torch, self.lens_dtype))
+            self.queue = LensQueue(
+                head, rows_head, self.n_layers, batch=check_lens_batch(lens_batch), k=LENS_TOP_K, piece=piece
+            )
+        self.piece = piece
         if self.lens and "resid" not in capture.signals:
             raise CaptureError("lens=True reads each layer's residual: add 'resid' to signals")
         self.heads = attention_heads(capture) if self.attention else 0
         self.full = attention_k == "full"
         self.attn_k = int(n_positions) if self.full else int(attention_k)
-        self._pending: Any = None
-        self._last: LensRow | None = None
-        self._checked = False
         if self.attention and self.full:
             rows = int(n_positions)
             size = rows * self.n_layers * self.heads * (self.attn_k * 8 + 8)
@@ -133,9 +147,14 @@ class StepReadouts:
             )
 
     @property
-    def holds_last(self) -> bool:
-        """Whether each step's last frame waits for the next step (the lens's next token)."""
-        return self.lens
+    def done(self) -> int | None:
+        """The first position whose lens row is not complete (its frame waits), ``None`` with the lens off."""
+        return None if self.queue is None else self.queue.done
+
+    @property
+    def waiting(self) -> int:
+        """Positions whose frames wait for their lens rows."""
+        return 0 if self.queue is None else self.queue.waiting
 
     def meta(self) -> dict[str, Any]:
         """The session meta keys that say which readouts it holds (docs/FORMAT.md, "Readouts")."""
@@ -149,62 +168,17 @@ class StepReadouts:
         return out
 
     def rows(self, pos: Positions) -> tuple[list[LensRow | None], list[AttentionRow | None]]:
-        """Each position's lens and attention rows (``None`` for a readout that is off). Fills the
-        previous step's last lens row now that its next token (``pos.ids[0]``) is known."""
+        """Each position's lens and attention rows (``None`` for a readout that is off). A lens row
+        is complete once :attr:`done` has passed its position; pushing this step completes the
+        rows waiting for its first token (``lens_batch`` at a time)."""
         n = len(pos.ids)
         lens: list[LensRow | None] = [None] * n
         attn: list[AttentionRow | None] = [None] * n
-        if self.head is not None:
-            lens = list(self._lens_rows(pos))
+        if self.queue is not None:
+            lens = list(self.queue.push(pos.start, list(pos.ids), pos.acts["resid"], pos.pred_logits))
         if self.attention:
             attn = list(self._attention_rows(pos))
         return lens, attn
-
-    def _lens_rows(self, pos: Positions) -> list[LensRow]:
-        resid = pos.acts["resid"]
-        n = len(pos.ids)
-        head = self.head
-        assert head is not None and self.rows_head is not None
-        out = logit_lens(resid, self.rows_head, pos.ids[1:], k=LENS_TOP_K)
-        if self._pending is not None and self._last is not None:
-            if not self._checked:  # the model's own head on the previous step's last position, against its logits
-                check_lens_head(head, self._check_resid, pos.pred_logits[:1])
-                self._checked = True
-                self._check_resid = None
-            prob, rank = fill_next(self._pending, pos.ids[0])
-            self._last.next_prob[:] = prob
-            self._last.next_rank[:] = rank
-        elif not self._checked and n >= 2:
-            a = max(1, n - CHECK_ROWS)  # pred_logits[j] are the model's logits at position j - 1
-            check_lens_head(head, resid[a - 1 : n - 1, -1], pos.pred_logits[a:n])
-            self._checked = True
-        self._pending = out.pending
-        if not self._checked:
-            self._check_resid = resid[-1:, -1]
-        top_ids = out.top_ids.astype(np.int32)
-        next_rank = out.next_rank.astype(np.int32)
-        texts = self._texts(top_ids)
-        rows = [
-            LensRow(
-                top_ids[j],
-                out.top_probs[j],
-                out.next_prob[j].copy(),
-                next_rank[j].copy(),
-                out.entropy[j],
-                None if texts is None else texts[j],
-            )
-            for j in range(n)
-        ]
-        self._last = rows[-1] if rows else None
-        return rows
-
-    def _texts(self, top_ids: np.ndarray) -> np.ndarray | None:
-        """Each id's text (object array of the shape of ``top_ids``): one ``piece`` per distinct id."""
-        if self.piece is None:
-            return None
-        uniq, inv = np.unique(top_ids, return_inverse=True)
-        table = np.array([self.piece(int(i)) if i >= 0 else "" for i in uniq.tolist()], dtype=object)
-        return table[inv.reshape(top_ids.shape)]
 
     def _attention_rows(self, pos: Positions) -> list[AttentionRow]:
         if pos.attn_weights is None:
@@ -223,7 +197,8 @@ class StepReadouts:
         sink = _padded(out.sink, per, "sink")
         return [AttentionRow(pos_a[j], w_a[j], ent[j], sink[j]) for j in range(n)]
 
-    def finish(self) -> None:
-        """Drop what waits for a next token that will not come (the session's last position)."""
-        self._pending = None
-        self._last = None
+    def flush(self, *, last: bool) -> None:
+        """Complete the waiting lens rows whose next token is known (``last``: the newest one too,
+        the session's last position, without a next token)."""
+        if self.queue is not None:
+            self.queue.flush(last=last)

@@ -48,6 +48,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     chat.add_argument("--raw", dest="chat", action="store_false", help="feed the prompt as raw text")
     p.add_argument("--messages", metavar="CHAT.json", help="a JSON list of {role, content} messages")
     p.add_argument("--lens", action="store_true", help="record the logit lens (every layer's next-token top-5)")
+    add_lens_dtype(p)
+    p.add_argument(
+        "--lens-batch",
+        type=int,
+        default=8,
+        metavar="N",
+        help="positions whose lens is computed at once (default 8; a frame is written up to N forwards later)",
+    )
     p.add_argument(
         "--attention",
         nargs="?",
@@ -58,6 +66,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress line")
     return p
+
+
+def add_lens_dtype(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--lens-dtype``, for ``llmri capture`` and ``llmri view``'s live chat."""
+    p.add_argument(
+        "--lens-dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default=None,
+        help="the lens's unembedding precision (default float32, exact; bfloat16 is faster and ~1e-2 off)",
+    )
 
 
 def read_messages(path: str) -> list[dict[str, Any]]:
@@ -142,6 +160,11 @@ def _readout_options(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if getattr(args, "lens", False):
         out["lens"] = True
+        out["lens_batch"] = getattr(args, "lens_batch", 8)
+        if getattr(args, "lens_dtype", None):
+            out["lens_dtype"] = args.lens_dtype
+    elif getattr(args, "lens_dtype", None):
+        raise CaptureError("--lens-dtype goes with --lens")
     value = getattr(args, "attention", None)
     if value is not None:
         if value != "full" and not value.isdigit():

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from .._errors import CaptureError, StoreError
+from .capture import add_lens_dtype
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -45,6 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action="store_true",
         help="record the logit lens of every token (hf backend): the page shows each layer's top tokens",
     )
+    add_lens_dtype(live)
     live.add_argument(
         "--attention",
         action="store_true",
@@ -88,6 +90,9 @@ def live_plugin(args: argparse.Namespace) -> Any:
     lens, attention = bool(getattr(args, "lens", False)), bool(getattr(args, "attention", False))
     if (lens or attention) and not model:
         raise CaptureError("--lens and --attention are readouts of a local model: give --model too")
+    lens_dtype = getattr(args, "lens_dtype", None)
+    if lens_dtype and not lens:
+        raise CaptureError("--lens-dtype goes with --lens")
     if not (model or url):
         return None
     if model and url:
@@ -126,7 +131,10 @@ def live_plugin(args: argparse.Namespace) -> Any:
     print(f"llmri view: loading model {model} for live chat{f' ({backend})' if backend else ''}...", flush=True)
     if (lens or attention) and backend == "llama.cpp":  # before a model load that can take minutes
         raise CaptureError("the llama.cpp engine has no lens or attention readouts: use --backend hf")
-    return LiveChat(ModelEngine(load_model(model, backend=backend), backend=backend, lens=lens, attention=attention))
+    engine = ModelEngine(
+        load_model(model, backend=backend), backend=backend, lens=lens, attention=attention, lens_dtype=lens_dtype
+    )
+    return LiveChat(engine)
 
 
 def build_app(args: argparse.Namespace, live: Any = None) -> Any:

@@ -15,12 +15,21 @@ class ModelEngine:
     as :class:`~llmri.backends.synthetic.SyntheticModel`); ``backend``: the capture backend name
     (``None``: the model's own, or ``hf``); ``lens`` / ``attention``: record those readouts in
     every turn (docs/readouts.md; the hf backend; each frame then reaches the page one forward
-    later, with its lens complete).
+    later, with its lens complete); ``lens_dtype``: the lens's unembedding precision (``None``:
+    float32, exact; ``"bfloat16"`` is faster, docs/benchmarks.md "Readouts").
     """
 
     mode = "model"
 
-    def __init__(self, model: Any, backend: str | None = None, *, lens: bool = False, attention: bool = False) -> None:
+    def __init__(
+        self,
+        model: Any,
+        backend: str | None = None,
+        *,
+        lens: bool = False,
+        attention: bool = False,
+        lens_dtype: str | None = None,
+    ) -> None:
         from ..._errors import CaptureError
         from ...capture import as_model, backend_for
 
@@ -31,6 +40,7 @@ class ModelEngine:
         if lens and self.backend == "llama.cpp":
             raise CaptureError("the llama.cpp engine has no logit lens: --lens needs --backend hf")
         self.readouts = [name for name, on in (("lens", lens), ("attention", attention)) if on]
+        self.lens_dtype = lens_dtype
         self.signals = [s for s in SIGNALS if s in getattr(cls, "provides", ())]
         describe = getattr(self.model, "describe", None)
         info = describe() if callable(describe) else {}
@@ -65,6 +75,7 @@ class ModelEngine:
             store=store,
             meta=meta,
             lens="lens" in self.readouts,
+            lens_dtype=self.lens_dtype,
             attention="attention" in self.readouts,
         )
 
