@@ -11,6 +11,9 @@ from typing import Any
 import numpy as np
 
 from ..._errors import CaptureError
+from . import native
+from .ggml import ggml
+from .native import NativeEval
 from .recorder import Recorder
 
 
@@ -20,6 +23,8 @@ class LlamaContext:
     ``eval_callback=True`` installs llmri's eval callback for the context's lifetime (llama.cpp
     takes it only at creation). It does nothing unless a :class:`Recorder` is installed, which
     :meth:`recording` does for one decode and removes in ``finally``, so no state outlives a step.
+    Where a C compiler is at hand the callback is the compiled one (:attr:`native`, see
+    :mod:`.native`: the same checks and copies, without Python at every graph node), else Python's.
     Without it the context is plain llama.cpp (the benchmarks' baseline). ``lock`` serialises users.
     ``flash_attn``: ``False`` (llmri's default: the CPU flash-attention kernel works in float16 and
     moves activations further from the float32 reference, see docs/backends.md), ``True``, or
@@ -53,9 +58,15 @@ class LlamaContext:
         auto, on, off = L.LLAMA_FLASH_ATTN_TYPE_AUTO, L.LLAMA_FLASH_ATTN_TYPE_ENABLED, L.LLAMA_FLASH_ATTN_TYPE_DISABLED
         p.flash_attn_type = auto if flash_attn is None else (on if flash_attn else off)
         self._callback = None
+        self._native: NativeEval | None = None
         if eval_callback:
             self._callback = L.ggml_backend_sched_eval_callback(self._on_eval)  # kept alive with the context
             p.cb_eval = self._callback
+            lib = native.library() if native.enabled() else None
+            if lib is not None:  # evalcb.c answers, handing a recorder it does not reimplement to _on_eval
+                self._native = NativeEval(lib, ggml(), self._callback)
+                p.cb_eval = ctypes.cast(self._native.function, L.ggml_backend_sched_eval_callback)
+                p.cb_eval_user_data = self._native.user_data
         ctx = L.llama_init_from_model(model, p)
         if not ctx:
             raise CaptureError(f"llama.cpp: cannot create a context of {n_ctx} positions (out of memory?)")
@@ -75,6 +86,11 @@ class LlamaContext:
         self.n_past = 0
 
     # -- the callback -------------------------------------------------------------------------
+    @property
+    def native(self) -> bool:
+        """Whether the eval callback is the compiled one (``evalcb.c``, see :mod:`.native`), not Python's."""
+        return self._native is not None
+
     def _on_eval(self, t: int, ask: bool, _user_data: Any) -> bool:
         rec = self.recorder
         if rec is None:
@@ -92,8 +108,12 @@ class LlamaContext:
             raise CaptureError("llama.cpp: this context was made without the eval callback")
         self.recorder = recorder
         try:
+            if self._native is not None:
+                self._native.bind(recorder)
             yield recorder
         finally:
+            if self._native is not None:
+                self._native.unbind()
             self.recorder = None
 
     # -- the sequence -------------------------------------------------------------------------
@@ -124,7 +144,17 @@ class LlamaContext:
             tok[i] = t
             pos[i] = start + i
         b.n_tokens = n
-        rc = self._L.llama_decode(self.ctx, b)
+        nat = self._native if self._native is not None and self._native.native else None
+        if nat is None:
+            rc = self._L.llama_decode(self.ctx, b)
+        else:  # the recorder's state into C and back, around the decode
+            rec = self.recorder
+            assert rec is not None
+            nat.load(rec)
+            try:
+                rc = self._L.llama_decode(self.ctx, b)
+            finally:
+                nat.store(rec)
         if rc != 0:
             raise CaptureError(f"llama.cpp: llama_decode returned {rc}")
         self.n_past = start + n

@@ -24,7 +24,8 @@ class Recorder:
     :meth:`wants` answers ``ask`` with a dict lookup; :meth:`computed` checks a computed tensor
     (f32, ``ne = [d, rows]``, rows contiguous) and copies it with ``ggml_backend_tensor_get`` straight
     into the buffer when ``rows == 1``, else through one scratch block. The first error is kept in
-    :attr:`error` and every later tensor is declined, so llama.cpp stops computing soon.
+    :attr:`error` and every later tensor is declined, so llama.cpp stops computing soon. ``evalcb.c``
+    does the same in C where it is built (:mod:`.native`), reading and writing this object's state.
     """
 
     def __init__(
@@ -51,7 +52,7 @@ class Recorder:
             self.block[k] if self.block is not None and k < stacked else np.empty((n, lk, d), dtype=np.float32)
             for k, lk in enumerate(self.layers)
         ]
-        self._base = [b.ctypes.data for b in self.bufs]
+        self.bases = [b.ctypes.data for b in self.bufs]  # each buffer's address (the native callback's too)
         self._scratch: np.ndarray | None = None
         self.row0 = 0  # first row of the batch being decoded (a step longer than n_ubatch decodes several)
         self.rows = 0
@@ -86,7 +87,7 @@ class Recorder:
             raise CaptureError(f"llama.cpp: tensor {name.decode()} appears twice in one graph")
         self.seen.add(name)
         if rows == 1:
-            self.tensor_get(t, self._base[sig] + 4 * d * (self.row0 * self.layers[sig] + layer), 0, 4 * d)
+            self.tensor_get(t, self.bases[sig] + 4 * d * (self.row0 * self.layers[sig] + layer), 0, 4 * d)
         else:
             if self._scratch is None or self._scratch.shape[0] < rows:
                 self._scratch = np.empty((rows, d), dtype=np.float32)
