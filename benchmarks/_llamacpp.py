@@ -1,5 +1,6 @@
 """Plain llama.cpp decoding through llama-cpp-python's low-level API (no eval callback): the baseline the
-``llama.cpp`` backend is measured against, on a context made with the same settings as the backend's."""
+``llama.cpp`` backend is measured against, on a context made with the same settings as the backend's.
+Run as a script, it compares the backend's eval callback in C with its Python one (see :func:`main`)."""
 
 from __future__ import annotations
 
@@ -71,3 +72,111 @@ class DecodeClock:
     def take(self) -> float:
         s, self.seconds = self.seconds, 0.0
         return s
+
+
+def main() -> None:
+    """``python benchmarks/_llamacpp.py``: llmri's eval callback in C against its Python one and plain
+    llama.cpp (and the hf capture with ``--hf``), alternated in one process; see docs/backends.md."""
+    import argparse
+    import os
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import alternate, median, save, table
+    from capture_overhead import PROMPT_TEXT
+
+    ap = argparse.ArgumentParser(description=main.__doc__.splitlines()[0] if main.__doc__ else None)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--hf", action="store_true", help="also the hf backend's capture (x_hf)")
+    ap.add_argument("--steps", action="store_true", help="also bare step loops (no frames, no store)")
+    ap.add_argument("--save", default="", help="save the results as benchmarks/results/<name>.json")
+    args = ap.parse_args()
+    import torch
+
+    import llmri
+    from llmri.backends.llamacpp import LlamaCppCapture
+    from llmri.models import load_gguf
+
+    torch.set_num_threads(args.threads)
+
+    def model(native: bool) -> Any:  # the variable is read when the model's context is made
+        os.environ["LLMRI_LLAMACPP_NATIVE"] = "1" if native else "0"
+        m = load_gguf(n_threads=args.threads)
+        assert m.context().native == native, "no C compiler here?"
+        return m
+
+    py, nat = model(False), model(True)
+    ids = nat.tokenizer(PROMPT_TEXT)["input_ids"][:32]
+    prompt, n = nat.tokenizer.decode(ids), args.new_tokens
+    tmp = tempfile.TemporaryDirectory(prefix="llmri-bench-native-")
+    store = llmri.open_store(Path(tmp.name) / "bench.zarr", create=True)
+    decoder = PlainDecoder(nat)
+    variants: dict[str, Callable[[], Any]] = {"llama.cpp-plain": lambda: decoder.generate(ids, n)}
+
+    def capture(m: Any, signals: list[str], backend: str = "llama.cpp") -> Callable[[], None]:
+        def run() -> None:
+            kw = {"signals": signals, "reducer": "random", "backend": backend, "store": store}
+            s = llmri.capture(m, prompt, max_new_tokens=n, ignore_eos=True, **kw)
+            assert s.tokens.role.count("generated") == n
+
+        return run
+
+    def steps(m: Any) -> Callable[[], None]:
+        cap = LlamaCppCapture(m)
+
+        def run() -> None:
+            st = cap.step(torch.tensor([ids]))
+            for _ in range(n - 1):
+                st = cap.step(torch.tensor([[int(st.logits[-1].argmax())]]), st.cache)
+
+        return run
+
+    for label, signals in (("all", ["resid", "attn", "mlp"]), ("resid", ["resid"])):
+        variants[f"python-{label}"] = capture(py, signals)
+        variants[f"native-{label}"] = capture(nat, signals)
+    if args.steps:
+        variants["steps-python"], variants["steps-native"] = steps(py), steps(nat)
+    if args.hf:
+        variants["hf-all"] = capture(llmri.load_model(), ["resid", "attn", "mlp"], "hf")
+    clock, inside = DecodeClock(), {}
+
+    def timed(name: str, fn: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
+            clock.take()
+            fn()
+            inside.setdefault(name, []).append(clock.take())
+
+        return run
+
+    times = alternate({k: timed(k, f) for k, f in variants.items()}, args.rounds)
+    rows = []
+    for name, ts in times.items():
+        m = median(ts)
+        row: dict[str, Any] = {"variant": name, "median_s": m, "tokens_per_s": n / m}
+        row["x_plain"] = median(times["llama.cpp-plain"]) / m
+        if "hf-all" in times and name.endswith("-all"):
+            row["x_hf"] = median(times["hf-all"]) / m
+        if name != "hf-all":
+            runs = inside[name][-len(ts) :]
+            row["decode_ms_per_token"] = 1000 * median(runs) / n
+            row["outside_ms_per_token"] = 1000 * median([t - i for t, i in zip(ts, runs, strict=True)]) / n
+        rows.append(row)
+    load = os.getloadavg()
+    print(
+        f"{n} new tokens, {args.threads} thread(s), {args.rounds} alternating rounds (medians), zarr store; "
+        f"load average {load[0]:.1f}/{load[1]:.1f}"
+    )
+    cols = ["variant", "median_s", "tokens_per_s", "x_plain", "x_hf", "decode_ms_per_token", "outside_ms_per_token"]
+    print(table(rows, cols))
+    if args.save:
+        print("saved", save(args.save, {"args": vars(args), "load_average": load, "rows": rows, "times": times}))
+    decoder.close()
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
