@@ -123,7 +123,8 @@ def main() -> None:
     ap.add_argument(
         "--readouts",
         action="store_true",
-        help="also hf captures with lens=True, attention=True, both, and the lens in bfloat16 (lens_dtype)",
+        help="also hf captures with lens=True, attention=True, both, the lens in bfloat16 (lens_dtype) and "
+        "one position at a time (lens_batch=1)",
     )
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
     ap.add_argument("--no-rss", action="store_true", help="skip the per-variant peak RSS subprocesses")
@@ -133,6 +134,8 @@ def main() -> None:
         bf16 = {"lens_dtype": "bfloat16"}
         READOUT_VARIANTS.update(lens={"lens": True}, attention={"attention": True}, both=both)
         READOUT_VARIANTS.update({"lens-bf16": {"lens": True, **bf16}, "both-bf16": {**both, **bf16}})
+        # the lens one position at a time (a stream's default, and capture()'s before lens_batch)
+        READOUT_VARIANTS.update({"lens-batch1": {"lens": True, "lens_batch": 1}})
     backends = [b for b in args.backends.split(",") if b]
     tmp = tempfile.TemporaryDirectory(prefix="llmri-bench-overhead-")
     store = None

@@ -28,7 +28,7 @@ the Python client during the throughput runs, and in a real page (headless Chrom
 ``--page-turns`` answers) both on arrival and once drawn and shown (p50/p95).
 
     python benchmarks/live.py [--rounds 5] [--new-tokens 64] [--threads 2] [--page-turns 2] [--no-page]
-                              [--backend hf|llama.cpp] [--readouts]
+                              [--backend hf|llama.cpp] [--readouts [--lens-dtype bfloat16]]
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def main() -> None:
     ap.add_argument("--no-page", action="store_true", help="skip the Chromium latency phase")
     ap.add_argument("--backend", default="hf", choices=["hf", "llama.cpp"])
     ap.add_argument("--readouts", action="store_true", help="capture and live chat with lens=True and attention=True")
+    ap.add_argument("--lens-dtype", default=None, choices=["bfloat16", "float16"], help="with --readouts: lens_dtype")
     args = ap.parse_args()
 
     import torch
@@ -95,7 +96,9 @@ def main() -> None:
 
     tmp = tempfile.TemporaryDirectory(prefix="llmri-bench-live-")
     store = llmri.open_store(Path(tmp.name) / "live.zarr", create=True)
-    readouts = {"lens": True, "attention": True} if args.readouts else {}
+    readouts: dict = {"lens": True, "attention": True} if args.readouts else {}
+    if args.readouts and args.lens_dtype:
+        readouts["lens_dtype"] = args.lens_dtype
     live = LiveChat(ModelEngine(model, backend=args.backend, **readouts))
     served = ServedApp(create_app(store, live=live))
     url = f"http://127.0.0.1:{served.port}"
@@ -245,7 +248,10 @@ def main() -> None:
     served.close()
     live.close()
     path = save(
-        "live" + ("_llamacpp" if llama else "") + ("_readouts" if args.readouts else ""),
+        "live"
+        + ("_llamacpp" if llama else "")
+        + ("_readouts" if args.readouts else "")
+        + (f"_{args.lens_dtype}" if args.readouts and args.lens_dtype else ""),
         {
             "args": vars(args),
             "load_average": load,

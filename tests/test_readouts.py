@@ -73,6 +73,15 @@ def _brute(resid: torch.Tensor, head: LensHead, next_ids: list[int], k: int):
     return out
 
 
+def _assert_rows(rows, want) -> None:
+    """``rows`` (LensRows) equal the definition's ``want`` (:func:`_brute`) within float32 rounding."""
+    np.testing.assert_array_equal(rows.top_ids, want["top_ids"])
+    np.testing.assert_allclose(rows.top_probs, want["top_probs"], atol=1e-6)
+    np.testing.assert_allclose(rows.entropy, want["entropy"], atol=1e-5)
+    np.testing.assert_allclose(rows.next_prob, want["next_prob"], atol=1e-6)
+    np.testing.assert_array_equal(rows.next_rank, want["next_rank"])
+
+
 @pytest.mark.parametrize("stats_elements", [1, 120, 1 << 17])
 @pytest.mark.parametrize("max_elements", [1, 200, 1 << 24])
 def test_lens_equals_its_definition(max_elements, stats_elements, monkeypatch):
@@ -86,11 +95,7 @@ def test_lens_equals_its_definition(max_elements, stats_elements, monkeypatch):
     want = _brute(resid, head, next_ids, 5)
     assert rows.pending is None and len(rows) == 6
     assert rows.top_ids.dtype == np.int64 and rows.top_probs.dtype == np.float32
-    np.testing.assert_array_equal(rows.top_ids, want["top_ids"])
-    np.testing.assert_allclose(rows.top_probs, want["top_probs"], atol=1e-6)
-    np.testing.assert_allclose(rows.entropy, want["entropy"], atol=1e-5)
-    np.testing.assert_allclose(rows.next_prob, want["next_prob"], atol=1e-6)
-    np.testing.assert_array_equal(rows.next_rank, want["next_rank"])
+    _assert_rows(rows, want)
 
 
 def test_lens_last_row_waits_for_its_next_token():
@@ -112,6 +117,36 @@ def test_lens_last_row_waits_for_its_next_token():
     np.testing.assert_allclose(fill_next(one.pending, 17)[0], prob, atol=1e-7)
     with pytest.raises(ValueError, match="next_ids"):
         logit_lens(resid, head, [1])
+
+
+def test_lens_of_logits_spread_over_hundreds_equals_its_definition():
+    """Most of exp(logit - max) below float32's smallest normal (the statistics clamp there, to
+    keep off the CPU's slow subnormal path): the same rows as the float64 definition."""
+    from llmri.readouts.lens import EXP_FLOOR
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(50, 8, generator=g) * 80
+    head = LensHead(norm=torch.nn.LayerNorm(8), unembed=lambda h: h @ w.T)
+    resid = torch.randn(4, 3, 8, generator=g)
+    spread = head(resid).reshape(-1, 50)
+    assert ((spread - spread.amax(-1, keepdim=True)) < EXP_FLOOR).float().mean() > 0.5
+    rows = logit_lens(resid, head, [4, 40, 2, 9])
+    want = _brute(resid, head, [4, 40, 2, 9], 5)
+    ls = torch.log_softmax(head(resid).double(), -1)  # the entropy without 0 * log 0
+    want["entropy"] = (-(ls.exp() * ls).sum(-1)).numpy()
+    _assert_rows(rows, want)
+
+
+def test_token_stats_keep_the_logprob_of_a_very_unlikely_token():
+    from llmri.stepframes import token_stats
+
+    logits = torch.tensor([[0.0, -150.0, 2.0, float("-inf")] + [-1.0] * 6])
+    chosen, ent, _, _ = token_stats(logits, [1])
+    want = torch.log_softmax(logits.double(), -1)
+    assert chosen[0] == pytest.approx(float(want[0, 1]), abs=1e-4)  # -152.x, not clamped
+    p = want.exp()
+    assert ent[0] == pytest.approx(float(-(p[p > 0] * want[p > 0]).sum()), abs=1e-6)
+    assert math.isfinite(token_stats(logits, [3])[0][0])  # a masked token: finite, as before
 
 
 @pytest.mark.parametrize("batch", [1, 2, 3, 8])

@@ -30,6 +30,7 @@ import numpy as np
 
 from .decode import Detokenizer, Positions
 from .frame import TOP_K, Frame, Token
+from .readouts.lens import EXP_FLOOR
 from .reducers.base import Reducer
 
 #: Devices whose kernels run asynchronously to the Python thread that queues them.
@@ -48,23 +49,25 @@ def token_stats_tensors(pred_logits: Any, ids: Any) -> tuple[Any, Any, Any, Any]
     logits' device; NaN rows (position 0) give NaNs. ``ids``: a list, or a long Tensor on that device.
 
     One exp pass: with l = logits - max, e = exp(l), z = sum(e): log p(i) = l[i] - log z,
-    entropy = log z - (e . l) / z, top-k probabilities = exp(top-k of l - log z). Masked (-inf)
-    logits are clamped to -1e30, as 0 * -inf would be NaN.
+    entropy = log z - (e . l) / z, top-k probabilities = exp(top-k of l - log z). ``l`` is clamped
+    at :data:`~llmri.readouts.lens.EXP_FLOOR` for the sums (masked -inf logits too, as 0 * -inf
+    would be NaN; below it exp is subnormal and slow); log p uses the unclamped logit.
     """
     import torch
 
     logits = pred_logits.float()
     top_l, top_i = logits.topk(TOP_K, dim=-1)  # its first column is the max
     mx = top_l[:, :1]
-    shifted = (logits - mx).clamp_min_(-1e30)
+    if not isinstance(ids, torch.Tensor):
+        ids = torch.tensor(ids, dtype=torch.long, device=logits.device)
+    picked = logits.gather(1, ids[:, None])[:, 0].clamp_min(-1e30) - mx[:, 0]  # a masked token: finite
+    shifted = (logits - mx).clamp_min_(EXP_FLOOR)
     e = shifted.exp()
     z = e.sum(-1)
     lse = z.log()
     dot = torch.bmm(e[:, None, :], shifted[:, :, None])[:, 0, 0]  # e . l without an [n, vocab] temporary
     ent = (lse - dot / z).clamp_min(0)
-    if not isinstance(ids, torch.Tensor):
-        ids = torch.tensor(ids, dtype=torch.long, device=shifted.device)
-    chosen = shifted.gather(1, ids[:, None])[:, 0] - lse
+    chosen = picked - lse
     top_p = (top_l - mx - lse[:, None]).exp()
     return chosen, ent, top_i, top_p
 

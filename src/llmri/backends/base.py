@@ -52,12 +52,16 @@ class LensHead:
     the model's forward does to the LM head's output before returning it (logit scaling,
     Gemma-2's ``tanh`` soft-capping, a padded vocabulary cut back), ``None`` for nothing.
     Calling it on ``[..., d_model]`` (on the model's device, in its dtype) returns float32
-    ``[..., vocab]``: applied to the last block's output it gives the model's own logits.
+    ``[..., vocab]`` (or, with ``keep_dtype``, the unembedding's dtype): applied to the last
+    block's output it gives the model's own logits.
     """
 
     norm: Callable[[Any], Any]
     unembed: Callable[[Any], Any]
     postprocess: Callable[[Any], Any] | None = None
+    #: return the unembedding's own dtype where there is no postprocessing (a :meth:`lowered` head:
+    #: the lens's statistics convert a few rows at a time, which saves a pass over all the logits)
+    keep_dtype: bool = False
 
     def __call__(self, resid: Any) -> Any:
         import torch
@@ -66,6 +70,8 @@ class LensHead:
             logits = self.unembed(self.norm(resid))
             if self.postprocess is not None:
                 logits = self.postprocess(logits)
+            elif self.keep_dtype:
+                return logits
             return logits.float()
 
     def lowered(self, dtype: Any) -> LensHead:
@@ -86,7 +92,7 @@ class LensHead:
         def unembed(h: Any) -> Any:
             return torch.nn.functional.linear(h.to(w.dtype), w, b)
 
-        return LensHead(norm=self.norm, unembed=unembed, postprocess=self.postprocess)
+        return LensHead(norm=self.norm, unembed=unembed, postprocess=self.postprocess, keep_dtype=True)
 
 
 class Capture(ABC):

@@ -56,6 +56,14 @@ class LensPending:
     lse: Any
 
 
+#: The floor of ``logit - max`` before ``exp`` in the statistics: exp(-87) = 1.6e-38 is float32's
+#: smallest normal number. Below it exp gives subnormals, which this CPU computes ~20x slower (a
+#: microcode assist per element: a lens row of an early layer, whose logits spread over hundreds,
+#: took 1.6 ms instead of 0.08). Each clamped entry adds < 1.6e-38 to a sum of at least 1 (and
+#: < 1.4e-36 to the entropy's), nothing at float32 precision; probabilities of single tokens come
+#: from the unclamped logits.
+EXP_FLOOR = -87.0
+
 #: Columns per block of :func:`topk_rows`.
 TOPK_BLOCK = 128
 
@@ -88,12 +96,12 @@ def _stats(logits: Any, k: int) -> tuple[Any, Any, Any, Any, Any]:
 
     One exp pass: with l = logits - max, e = exp(l), z = sum(e): entropy = log z - sum(e * l) / z.
     The sum is torch's pairwise one over ``e * l`` formed in place (a float32 dot product over the
-    vocabulary, as ``bmm`` gives, accumulates ~1e-4 nats of error at 10 nats; this ~1e-6). Masked
-    (-inf) logits are clamped to -1e30.
+    vocabulary, as ``bmm`` gives, accumulates ~1e-4 nats of error at 10 nats; this ~1e-6). ``l`` is
+    clamped at :data:`EXP_FLOOR` (masked -inf logits too).
     """
     top_l, top_i = topk_rows(logits, k)
     mx = top_l[:, :1]
-    shifted = (logits - mx).clamp_min_(-1e30)
+    shifted = (logits - mx).clamp_min_(EXP_FLOOR)
     e = shifted.exp()
     z = e.sum(-1)
     lse_shifted = z.log()
@@ -125,7 +133,8 @@ def logit_lens(
 
     ``resid``: Tensor ``[n, L, d_model]`` (each block's output, the ``resid`` signal, in the
     model's dtype and on its device); ``head``: the model's final norm + unembedding
-    (:meth:`~llmri.backends.base.Capture.lens_head`), ``[..., d] -> float32 [..., vocab]``;
+    (:meth:`~llmri.backends.base.Capture.lens_head`), ``[..., d] -> float32 [..., vocab]`` (or
+    a lower-precision copy's dtype);
     ``next_ids``: the token at position ``t + 1`` for each row ``t``, known for every row (``n``
     ids) or for all but the last (``n - 1``; then ``pending`` keeps the last row's logits for
     :func:`fill_next`). All layers of a group of positions go through ``head`` in one call;
@@ -174,7 +183,7 @@ def _logit_lens(
             next_prob[start : start + known] = p.reshape(known, n_layers).cpu().numpy()
             next_rank[start : start + known] = r.reshape(known, n_layers).cpu().numpy()
         if stop == n and len(ids) < n:
-            pending = LensPending(logits=flat[-n_layers:].clone(), lse=lse[-n_layers:].clone())
+            pending = LensPending(logits=flat[-n_layers:].float().clone(), lse=lse[-n_layers:].clone())
         start = stop
         group = max(1, max_elements // max(1, n_layers * vocab))
     return LensRows(top_ids, top_probs, entropy, next_prob, next_rank, pending, vocab)
@@ -193,11 +202,12 @@ def _group_stats(flat: Any, k: int, row_ids: Any) -> tuple[Any, Any, Any, Any, A
     nexts: list[tuple[Any, Any]] = []
     for a in range(0, m, step):
         b = min(m, a + step)
-        ti, tp, ent, _, lse = _stats(flat[a:b], k)
+        chunk = flat[a:b].float()  # a no-op for float32; a lowered head's rows converted here, in cache
+        ti, tp, ent, _, lse = _stats(chunk, k)
         parts.append((ti, tp, ent, lse))
         if a < known:
             c = min(b, known)
-            nexts.append(_next(flat[a:c], lse[: c - a], row_ids[a:c]))
+            nexts.append(_next(chunk[: c - a], lse[: c - a], row_ids[a:c]))
     ti, tp, ent, lse = (torch.cat(x) if len(parts) > 1 else x[0] for x in zip(*parts, strict=True))
     if not nexts:
         return ti, tp, ent, lse, None, None
