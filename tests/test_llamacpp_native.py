@@ -192,6 +192,47 @@ def test_a_shape_error_in_a_step_leaves_the_context_clean(pair):
 
 
 @needs_native
+def test_a_signal_during_a_native_decode_is_raised_after_it_and_leaves_the_context_clean(pair):
+    """Python runs nothing inside a native decode: a signal's handler (Ctrl-C's, here SIGUSR1's) raises
+    once ``llama_decode`` returns; the step's positions are dropped and the state unbound."""
+    import signal
+    import threading
+    import time
+
+    import torch
+
+    _, nat = pair
+    ids = nat.tokenizer(TEXT * 30)["input_ids"][:600]
+    ref = _steps(nat, ids[:8], decode=1)
+    cap, state = LlamaCppCapture(nat), nat.context()._native.state
+
+    class Stop(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Stop
+
+    def fire():  # once the first 512-row decode is under way
+        deadline = time.monotonic() + 60
+        while state.rows != 512 and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    old = signal.signal(signal.SIGUSR1, handler)
+    thread = threading.Thread(target=fire)
+    try:
+        thread.start()
+        with pytest.raises(Stop):
+            cap.step(torch.tensor([ids]))
+    finally:
+        thread.join()
+        signal.signal(signal.SIGUSR1, old)
+    ctx = nat.context()
+    assert ctx.recorder is None and state.mode == native.MODE_IDLE and ctx.n_past == 0
+    assert _steps(nat, ids[:8], decode=1) == ref
+
+
+@needs_native
 def test_early_stop_leaves_the_native_state_unbound(pair):
     _, nat = pair
     with llmri.stream(nat, TEXT, max_new_tokens=12, ignore_eos=True, reducer="neurons") as st:
