@@ -74,6 +74,43 @@ class DecodeClock:
         return s
 
 
+def per_decode(models: dict[str, Any], ids: list[int], n: int) -> dict[str, list[float]]:
+    """Seconds per ``llama_decode`` of one token after ``ids``, every signal recorded, ``n`` times per
+    variant, interleaved decode by decode (the callback's own cost, without frames or a store):
+    ``plain`` (no callback, on the first model) and one entry per model in ``models`` (name -> GGUFModel)."""
+    from llmri.backends.llamacpp import LlamaCppCapture
+    from llmri.backends.llamacpp.recorder import Recorder
+
+    first = next(iter(models.values()))
+    plain = first.new_context(eval_callback=False)
+    ctxs = {"plain": (None, plain)} | {k: (LlamaCppCapture(m), m.context()) for k, m in models.items()}
+    for _, ctx in ctxs.values():
+        ctx.reset()
+        ctx.decode(ids)
+    times: dict[str, list[float]] = {k: [] for k in ctxs}
+    for i in range(n + 20):  # 20 warm-up rounds
+        for name in list(ctxs) if i % 2 else reversed(list(ctxs)):
+            cap, ctx = ctxs[name]
+            if cap is None:
+                t0 = time.perf_counter()
+                ctx.decode([ids[-1]])
+                dt = time.perf_counter() - t0
+            else:
+                layers = cap._layers
+                rec = Recorder(cap._lib, cap._slots, len(layers), 1, layers, cap.d_model, stacked=len(cap.signals))
+                with ctx.recording(rec):
+                    rec.start(0, 1)
+                    t0 = time.perf_counter()
+                    ctx.decode([ids[-1]])
+                    dt = time.perf_counter() - t0
+                assert rec.error is None and rec.seen == rec.slots.keys()
+            ctx.rollback(len(ids))
+            if i >= 20:
+                times[name].append(dt)
+    plain.close()
+    return times
+
+
 def main() -> None:
     """``python benchmarks/_llamacpp.py``: llmri's eval callback in C against its Python one and plain
     llama.cpp (and the hf capture with ``--hf``), alternated in one process; see docs/backends.md."""
@@ -94,6 +131,7 @@ def main() -> None:
     ap.add_argument("--hf", action="store_true", help="also the hf backend's capture (x_hf)")
     ap.add_argument("--steps", action="store_true", help="also bare step loops (no frames, no store)")
     ap.add_argument("--save", default="", help="save the results as benchmarks/results/<name>.json")
+    ap.add_argument("--per-decode", type=int, default=0, help="only this many one-token decodes per variant")
     args = ap.parse_args()
     import torch
 
@@ -111,6 +149,18 @@ def main() -> None:
 
     py, nat = model(False), model(True)
     ids = nat.tokenizer(PROMPT_TEXT)["input_ids"][:32]
+    if args.per_decode:
+        times = per_decode({"python": py, "native": nat}, ids, args.per_decode)
+        base = median(times["plain"])
+        rows = [
+            {"variant": k, "median_ms": 1000 * median(v), "over_plain_ms": 1000 * (median(v) - base), "runs": len(v)}
+            for k, v in times.items()
+        ]
+        print(f"ms per one-token llama_decode at position {len(ids)}, all signals; load {os.getloadavg()[0]:.1f}")
+        print(table(rows, ["variant", "median_ms", "over_plain_ms", "runs"]))
+        if args.save:
+            print("saved", save(args.save, {"args": vars(args), "rows": rows, "times": times}))
+        return
     prompt, n = nat.tokenizer.decode(ids), args.new_tokens
     tmp = tempfile.TemporaryDirectory(prefix="llmri-bench-native-")
     store = llmri.open_store(Path(tmp.name) / "bench.zarr", create=True)
