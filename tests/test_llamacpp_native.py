@@ -98,6 +98,42 @@ def test_captured_frames_are_byte_identical(pair, tmp_path):
 
 
 @needs_native
+def test_the_frame_thread_is_on_with_the_native_callback_and_changes_no_byte(pair, monkeypatch, tmp_path):
+    """llama_decode holds no GIL with the compiled callback, so the frame thread is on by default
+    there when llama.cpp's threads leave a core free (off with the Python callback, and where they
+    take every core); ``LLMRI_FRAME_THREAD`` overrides either way."""
+    from llmri.backends.llamacpp import backend
+
+    py, nat = pair
+    assert nat.n_threads == 2
+    monkeypatch.setattr(backend, "available_cores", lambda: 2)
+    assert not LlamaCppCapture(nat).frame_thread  # both cores are llama.cpp's
+    monkeypatch.setattr(backend, "available_cores", lambda: 8)
+
+    def thread(model) -> bool:
+        st = llmri.stream(model, TEXT, backend="llama.cpp", max_new_tokens=1)
+        try:
+            return st.frames.thread
+        finally:
+            st.close()
+
+    monkeypatch.delenv("LLMRI_FRAME_THREAD", raising=False)
+    assert thread(nat) and not thread(py)
+    kw = {"max_new_tokens": 6, "ignore_eos": True, "reducer": "random", "backend": "llama.cpp"}
+    on = llmri.capture(nat, TEXT, store=tmp_path / "s.zarr", **kw)
+    monkeypatch.setenv("LLMRI_FRAME_THREAD", "0")
+    assert not thread(nat)
+    off = llmri.capture(nat, TEXT, **kw)
+    for sig in llmri.SIGNALS:
+        assert on.frames(sig).tobytes() == off.frames(sig).tobytes(), sig
+        assert on.norms(sig).tobytes() == off.norms(sig).tobytes(), sig
+    assert on.tokens.ids.tolist() == off.tokens.ids.tolist()
+    np.testing.assert_array_equal(on.tokens.logprob, off.tokens.logprob)
+    monkeypatch.setenv("LLMRI_FRAME_THREAD", "1")
+    assert thread(py)
+
+
+@needs_native
 @pytest.mark.parametrize("model_type", ["llama", "qwen2", "gemma"])
 def test_tiny_ggufs_are_byte_identical(model_type, tmp_path):
     """``attn_out`` named (llama), derived from ``ffn_inp`` and ``embd`` (qwen2) or ``sa_out`` (gemma):

@@ -224,7 +224,9 @@ class CaptureStream(FrameStream):
             lens_batch=lens_batch,
         )
         self.meta.update(self.readouts.meta())
-        thread = os.environ.get("LLMRI_FRAME_THREAD") == "1"  # opt-in: slower in every case measured
+        # LLMRI_FRAME_THREAD=1 / 0 forces it; else the backend says (on: llama.cpp's compiled callback)
+        env = os.environ.get("LLMRI_FRAME_THREAD", "").strip()
+        thread = env == "1" if env in ("0", "1") else self.capture.frame_thread
         self.frames = StepFrames(self.signals, self.reducer, self.codec.piece, self.readouts, thread=thread)
         self._generated = ""  # the answer's tail, for stop strings
         self._tail = max((len(x) for x in self.settings.stop), default=0) + 32

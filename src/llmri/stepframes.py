@@ -11,10 +11,12 @@ Split in two so that the next forward never waits for a frame's host work:
   the host. The capture stream calls it *after* the next step's forward has been queued where
   :attr:`Launched.deferred` is true, so on a GPU the Python work of frame ``t`` runs while the GPU
   computes forward ``t + 1``. On the CPU the forward is synchronous: the two halves run back to
-  back. A frame thread (``LLMRI_FRAME_THREAD=1``) can do the tensor work of frame ``t`` during
-  forward ``t + 1``, but it was slower in every case measured (docs/benchmarks.md): where torch's
-  threads take every core it takes cores from them, and llama.cpp's eval callback needs the GIL at
-  every graph node, which the frame thread's work holds.
+  back. A frame thread can do the tensor work of frame ``t`` during forward ``t + 1``: on by
+  default only where the backend says it pays (:attr:`~llmri.backends.base.Capture.frame_thread`:
+  llama.cpp with its compiled eval callback, whose ``llama_decode`` holds no GIL);
+  ``LLMRI_FRAME_THREAD=1`` / ``0`` forces it. Elsewhere it was slower (docs/benchmarks.md): where
+  torch's threads take every core it takes cores from them, and llama.cpp's Python eval callback
+  needs the GIL at every graph node, which the frame thread's work holds.
 
 The values are the same either way (the same operations on the same tensors).
 """
@@ -114,8 +116,8 @@ class StepFrames:
     at launch, on the calling thread: they fill the previous step's last lens row). ``defer``:
     ``None`` decides from the device of each step's activations; ``True`` / ``False`` force it
     (tests run the deferred path on the CPU). ``thread``: a CPU step's tensor work runs on one frame
-    thread while the next forward runs (deferred); off unless asked for (``LLMRI_FRAME_THREAD=1``):
-    measured slower here (docs/benchmarks.md); :meth:`close` ends it.
+    thread while the next forward runs (deferred); the capture stream turns it on where the backend
+    says it pays or ``LLMRI_FRAME_THREAD=1`` asks (docs/benchmarks.md); :meth:`close` ends it.
     """
 
     def __init__(

@@ -155,6 +155,13 @@ class Capture(ABC):
         backend does not say (session meta ``signal_modules``)."""
         return {}
 
+    @property
+    def frame_thread(self) -> bool:
+        """Whether a CPU capture on this backend builds each step's frame on a thread while the next
+        step runs (``LLMRI_FRAME_THREAD`` decides where it is set). Off by default: where the forward
+        takes every core and holds the GIL, the thread only takes them from it (docs/benchmarks.md)."""
+        return False
+
     def torch_module(self) -> Any:
         """The torch module tree this backend runs (where its hooks go, and where a leftover hook
         would be), or ``None`` for an engine that runs no torch module."""

@@ -12,6 +12,7 @@ from ..._errors import CaptureError
 from ...frame import SIGNALS
 from ..base import BACKENDS, Capture, Step
 from .ggml import ggml
+from .model import available_cores
 from .recorder import Recorder
 
 #: llama.cpp's graph tensor per signal (``cb(cur, "l_out", il)`` in its model builders, named
@@ -85,6 +86,16 @@ class LlamaCppCapture(Capture):
         self._names = [f"blk.{i}" for i in range(model.n_layers)]
         self._verify(names)
         self._plan(names)
+
+    @property
+    def frame_thread(self) -> bool:
+        """On with the compiled eval callback where llama.cpp's threads leave a core free:
+        ``llama_decode`` then runs without the GIL throughout, and the frame thread's work overlaps it
+        on that core (0.86x -> 0.92x plain llama.cpp with 1 of 2 cores, docs/benchmarks.md). Where
+        llama.cpp's threads take every core, the frame thread takes time from them (0.64x -> 0.29x
+        with 2 of 2), and with the Python callback, which needs the GIL at every graph node, it made
+        the capture slower."""
+        return self.ctx.native and self.model.n_threads < available_cores()
 
     def _plan(self, names: dict[str, str]) -> None:
         """The recorder's slots: one buffer per signal, and where ``attn`` is derived (see

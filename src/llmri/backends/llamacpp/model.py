@@ -27,6 +27,14 @@ class GGUFConfig:
     max_position_embeddings: int  # the context llmri allocates (at most the model's trained context)
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform says, else all)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
