@@ -239,10 +239,6 @@ class CaptureStream(FrameStream):
     def _release(self) -> None:
         self.frames.close()
 
-    def _frames(self, pos: Positions, detok: Detokenizer) -> list[Frame]:
-        """One step's frames at once (launch and finish back to back)."""
-        return self.frames.finish(self.frames.launch(pos, detok))
-
     def _check_stops(self, pos: Positions, texts: list[str]) -> None:
         """The stop conditions, from each generated token's text: known at launch, before the next forward."""
         if pos.role != "generated":

@@ -113,7 +113,7 @@ class StepFrames:
     """Builds a capture stream's frames, one step at a time (see the module's docstring).
 
     ``readouts``: the stream's :class:`~llmri.stepreadouts.StepReadouts` (their rows are computed
-    at launch, on the calling thread: they fill the previous step's last lens row). ``defer``:
+    at launch, on the calling thread: they complete the lens rows that waited for this step). ``defer``:
     ``None`` decides from the device of each step's activations; ``True`` / ``False`` force it
     (tests run the deferred path on the CPU). ``thread``: a CPU step's tensor work runs on one frame
     thread while the next forward runs (deferred); the capture stream turns it on where the backend

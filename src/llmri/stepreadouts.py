@@ -120,6 +120,8 @@ class StepReadouts:
         self.queue: LensQueue | None = None
         if self.lens:
             head = capture.lens_head()
+            if "resid" not in capture.signals:
+                raise CaptureError("lens=True reads each layer's residual: add 'resid' to signals")
             # the head the rows go through: the model's own, or a lower-precision copy (lens_dtype=)
             rows_head = head
             if self.lens_dtype != "float32":
@@ -130,8 +132,6 @@ class StepReadouts:
                 head, rows_head, self.n_layers, batch=check_lens_batch(lens_batch), k=LENS_TOP_K, piece=piece
             )
         self.piece = piece
-        if self.lens and "resid" not in capture.signals:
-            raise CaptureError("lens=True reads each layer's residual: add 'resid' to signals")
         self.heads = attention_heads(capture) if self.attention else 0
         self.full = attention_k == "full"
         self.attn_k = int(n_positions) if self.full else int(attention_k)
@@ -150,11 +150,6 @@ class StepReadouts:
     def done(self) -> int | None:
         """The first position whose lens row is not complete (its frame waits), ``None`` with the lens off."""
         return None if self.queue is None else self.queue.done
-
-    @property
-    def waiting(self) -> int:
-        """Positions whose frames wait for their lens rows."""
-        return 0 if self.queue is None else self.queue.waiting
 
     def meta(self) -> dict[str, Any]:
         """The session meta keys that say which readouts it holds (docs/FORMAT.md, "Readouts")."""
