@@ -484,6 +484,8 @@ def test_empty_store_then_live_session(browser, tmp_path):
             assert total == pg.evaluate("window.llmri.state.tokens.length") and total > first
             assert pg.locator("#status-badge").inner_text().lower() == "complete"
             assert int(pg.locator("#slider").get_attribute("max")) == total - 1
+            # opened on its newest frame, the playhead followed the recording to its last frame
+            pg.wait_for_function(f"window.llmri.state.t === {total - 1}", timeout=10000)
         finally:
             rec.wait(60)
     finally:

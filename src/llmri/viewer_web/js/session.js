@@ -187,25 +187,33 @@ function followLive(summary) {
     const still = S.ws === ws && S.cur && S.cur.summary.key === summary.key && S.cur.summary.status === "recording";
     if (still && e.code !== 1000) setTimeout(() => { if (S.ws === ws) followLive(summary); }, 1500);
   };
-  ws.onmessage = async (ev) => {
+  // One message at a time, in the order sent: a handler waits for the token text, and two handlers
+  // interleaved there could finish out of order, the older one seeking the playhead back a frame.
+  let queue = Promise.resolve();
+  ws.onmessage = (ev) => {
     const msg = JSON.parse(ev.data);
-    if (msg.type !== "progress" || !S.cur || S.cur.summary.key !== summary.key) return;
-    const before = S.src.total;
-    const following = S.t >= before - 1; // the playhead on the newest frame stays on the newest frame
-    if (msg.n_frames > S.tokens.length) {
-      const tok = await getJSON(`${sessionUrl(summary)}/tokens?start=${S.tokens.length}`);
-      if (S.cur.summary.key !== summary.key) return;
-      appendTokens(tok.tokens.filter((t) => t.index >= S.tokens.length));
-    }
-    if (msg.n_frames > before) {
-      grow(msg.n_frames);
-      if (following) seek(msg.n_frames - 1);
-    }
-    if (msg.status !== S.cur.summary.status) {
-      S.cur.summary.status = msg.status;
-      setBadge(msg.status);
-      if (msg.status === "interrupted") banner(`This session was interrupted after ${msg.n_frames} tokens.`);
-      refreshSessions();
-    }
+    // a failed token fetch is retried by the next message, which asks from the same place
+    queue = queue.then(() => onProgress(summary, msg)).catch((e) => console.warn("live: progress", e));
   };
+}
+
+async function onProgress(summary, msg) {
+  if (msg.type !== "progress" || !S.cur || S.cur.summary.key !== summary.key) return;
+  const before = S.src.total;
+  const following = S.t >= before - 1; // the playhead on the newest frame stays on the newest frame
+  if (msg.n_frames > S.tokens.length) {
+    const tok = await getJSON(`${sessionUrl(summary)}/tokens?start=${S.tokens.length}`);
+    if (!S.cur || S.cur.summary.key !== summary.key) return;
+    appendTokens(tok.tokens.filter((t) => t.index >= S.tokens.length));
+  }
+  if (msg.n_frames > S.src.total) {
+    grow(msg.n_frames);
+    if (following) seek(msg.n_frames - 1);
+  }
+  if (msg.status !== S.cur.summary.status) {
+    S.cur.summary.status = msg.status;
+    setBadge(msg.status);
+    if (msg.status === "interrupted") banner(`This session was interrupted after ${msg.n_frames} tokens.`);
+    refreshSessions();
+  }
 }
