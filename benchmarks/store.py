@@ -7,7 +7,9 @@ Measures, in one run on this machine:
   with zstd-compressed and raw frame chunks, background and synchronous commits, against the
   target of 50x the generation rate; and how long ``append`` blocks the capture loop (p50/p95);
 - random-access read latency of one frame and of a 64-frame range (p50, p95), fresh reader;
-- bytes on disk per frame, with and without compression.
+- bytes on disk per frame, with and without compression;
+- the cost of one whole-file write that follows no link (``nofollow.write_file``, what every
+  commit does per file) against zarr's own ``LocalStore`` write, alternating, per file size.
 
 Variants alternate and repeat; medians are reported. Usage::
 
@@ -123,6 +125,39 @@ def read_latency(path: str, sid: str, signal: str, reads: int) -> dict:
     }
 
 
+def file_writes(root: Path, sizes: list[int], files: int, repeats: int) -> list[dict]:
+    """Microseconds per whole-file write: llmri's no-follow write vs zarr LocalStore's ``_put``,
+    rewriting the same few keys as commits do (median of ``repeats`` alternating runs)."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.storage._local import _put
+
+    from llmri.store.zarr.nofollow import write_file
+
+    rows = []
+    for size in sizes:
+        data = os.urandom(size)
+        buf = default_buffer_prototype().buffer.from_bytes(data)
+        made: set[str] = set()
+        ways = ("zarr LocalStore", "llmri no-follow")
+        us: dict[str, list[float]] = {k: [] for k in ways}
+        for r in range(repeats):
+            for name in ways if r % 2 == 0 else ways[::-1]:
+                t = time.perf_counter()
+                for i in range(files):
+                    key = f"w{size}-{r}-{name[0]}/frames/resid/c/{i % 4}/0/0/0"
+                    if name == "llmri no-follow":
+                        write_file(str(root), key, data, made)
+                    else:
+                        _put(root / key, buf)
+                us[name].append(1e6 * (time.perf_counter() - t) / files)
+        base = statistics.median(us["zarr LocalStore"])
+        rows += [
+            {"bytes": size, "way": k, "us_per_file": statistics.median(v), "x_zarr": statistics.median(v) / base}
+            for k, v in us.items()
+        ]
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model spec, or 'synthetic' (default: the bundled model)")
@@ -130,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=1024, help="frames appended per run")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--reads", type=int, default=200)
+    ap.add_argument("--file-writes", type=int, default=300, help="files written per run of the file-write comparison")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
 
@@ -154,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeats):
             for v in variants:
                 runs[v].append(append_run(root, meta, frames, *v))
+        writes = file_writes(root, [2_048, raw_bytes * 16], args.file_writes, 2 * args.repeats + 1)
         reads = {}
         for compress in (True, False):
             last = runs[(compress, True)][-1]
@@ -189,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "append": rows,
         "read": {"zstd" if k else "raw": v for k, v in reads.items()},
+        "file_write": writes,
         "target_ratio": TARGET_RATIO,
     }
     zstd_bytes = rows[0]["frame_bytes_per_frame"]
@@ -207,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in result["read"].items():
         print(f"{name:<10} {r['one_p50_ms']:>11.2f} {r['one_p95_ms']:>7.2f} {r['range64_p50_ms']:>13.2f} "
               f"{r['range64_p95_ms']:>7.2f} {r['open_and_read_one_ms']:>7.2f}")  # fmt: skip
+    print(f"\n{'file write':<16} {'bytes':>8} {'us/file':>8} {'x zarr':>7}")
+    for r in writes:
+        print(f"{r['way']:<16} {r['bytes']:>8} {r['us_per_file']:>8.0f} {r['x_zarr']:>7.2f}")
     best = max(r["x_generation"] for r in rows if r["commits"] == "background")
     verdict = "OK" if best >= TARGET_RATIO else "BELOW"
     print(f"\nzstd saves {100 * result['zstd_saving']:.1f}% of frame bytes; the store appends at up to "

@@ -13,6 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
+from llmri._errors import StoreError
 from llmri.store.zarr import ZarrFrameStore
 from test_store_suite import L, base_meta, make_frame
 from test_zarr_store import one_line_error
@@ -210,6 +211,79 @@ def test_linked_store_metadata_refuses_the_store(tmp_path):
     _link(away, os.path.join(store.url, "sessions"))
     msg = one_line_error(lambda: ZarrFrameStore(store.url), "symbolic link")
     assert str(away) not in msg
+
+
+# -- writes: a link planted while a session is written is refused, not written through --------------
+
+
+def _tree(folder):
+    """Every file under ``folder`` with its bytes: what a refused write must leave as it was."""
+    out = {}
+    for base, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(base, name)
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, folder)] = fh.read()
+    return out
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_folder_swapped_for_a_link_mid_session_is_not_written_through(tmp_path, background):
+    store = ZarrFrameStore(str(tmp_path / "s.zarr"), create=True, background=background)
+    w = store.create_session(base_meta())
+    for i in range(3):
+        w.append(make_frame(i))
+    w.commit()
+    folder = os.path.join(store.url, "sessions", w.id, "frames", "resid", "c")
+    away = tmp_path / "away"
+    shutil.move(folder, away)
+    _link(away, folder)
+    before = _tree(away)
+    msg = one_line_error(lambda: [w.append(make_frame(i)) for i in range(3, 6)] and w.commit(), "symbolic link")
+    assert "write failed" in msg and str(away) not in msg
+    assert _tree(away) == before  # nothing written (or left half-written) through the link
+    assert [f for f in os.listdir(away) if f.endswith(".partial")] == []
+    with pytest.raises(StoreError):
+        w.close()
+
+
+@pytest.mark.parametrize("at", [True, False], ids=["openat", "lstat-walk"])
+def test_the_zarr_store_refuses_links_for_writes_and_deletes(tmp_path, monkeypatch, at):
+    from zarr.core.buffer import default_buffer_prototype
+
+    from llmri.store.zarr import nofollow
+    from llmri.store.zarr.internals import run
+    from llmri.store.zarr.nofollow import NoFollowLocalStore, RefusedPath
+
+    monkeypatch.setattr(nofollow, "_AT", at and nofollow._AT)  # the walk for systems without openat
+
+    root, away = tmp_path / "root", tmp_path / "away"
+    (root / "inside").mkdir(parents=True)
+    away.mkdir()
+    (away / "kept").write_bytes(b"outside")
+    os.symlink(away, root / "linked")
+    os.symlink(away / "kept", root / "inside" / "named")
+    zs = NoFollowLocalStore(root)
+    data = default_buffer_prototype().buffer.from_bytes(b"new")
+    for key in ("linked/kept", "linked/new/deeper"):
+        with pytest.raises(RefusedPath, match="linked is a symbolic link"):
+            run(zs.set(key, data))
+        with pytest.raises(RefusedPath, match="linked is a symbolic link"):
+            zs.set_sync(key, data)
+    for delete in (zs.delete, zs.delete_dir):
+        with pytest.raises(RefusedPath, match="linked is a symbolic link"):
+            run(delete("linked/kept"))
+    with pytest.raises(RefusedPath):
+        zs.delete_sync("linked/kept")
+    # a file of that name which is a link: replaced by the new file, its target left alone
+    run(zs.set("inside/named", data))
+    assert not os.path.islink(root / "inside" / "named") and (root / "inside" / "named").read_bytes() == b"new"
+    run(zs.set_if_not_exists("inside/named", default_buffer_prototype().buffer.from_bytes(b"other")))
+    assert (root / "inside" / "named").read_bytes() == b"new"
+    run(zs.set("made/on/the/way", data))  # folders are made as zarr's own store makes them
+    assert (root / "made" / "on" / "the" / "way").read_bytes() == b"new"
+    assert _tree(away) == {"kept": b"outside"}
+    assert sorted(os.listdir(root / "inside")) == ["named"]  # no temporary file left
 
 
 def test_the_viewer_lists_a_linked_session_as_a_problem_and_does_not_serve_it(tmp_path):

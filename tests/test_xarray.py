@@ -407,22 +407,22 @@ def test_upgrade_store_refuses_a_recording_session(tmp_path, capsys):
 
 
 def test_an_interrupted_upgrade_is_finished_by_running_it_again(tmp_path, monkeypatch):
-    from llmri.store.zarr import location
+    from llmri.store.zarr import nofollow
 
     path = old_store(tmp_path)
-    real = location.write_file
+    real = nofollow.write_file
     calls = []
 
-    def failing(root, key, data, made):
+    def failing(root, key, *args, **kw):
         calls.append(key)
         if len(calls) == 7:
             raise OSError("disk full")
-        real(root, key, data, made)
+        real(root, key, *args, **kw)
 
-    monkeypatch.setattr(location, "write_file", failing)
+    monkeypatch.setattr(nofollow, "write_file", failing)
     with pytest.raises(llmri.StoreError, match="upgrade failed: disk full"):
         upgrade_store(str(path))
-    monkeypatch.setattr(location, "write_file", real)
+    monkeypatch.setattr(nofollow, "write_file", real)
     half = llmri.open_store(path).session(OLD_SID)  # half upgraded: llmri reads it as before
     np.testing.assert_array_equal(half.frames("resid")[3], make_frame(3).tiles["resid"])
     assert not list(path.rglob("*.partial"))

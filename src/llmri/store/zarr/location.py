@@ -1,36 +1,14 @@
 """Where a store's files live: its zarr Store, how llmri reads its group documents, and how it
-writes whole files (atomically on a local directory, as zarr's LocalStore does)."""
+writes whole files (atomically on a local directory, following no link: :mod:`.nofollow`)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import uuid
 from typing import Any
 
 from ..._errors import StoreError
 from .internals import run
-
-
-def write_file(root: str, key: str, data: bytes, made: set[str]) -> None:
-    """Write ``root/key`` atomically, as zarr's LocalStore does (a temporary file, then a rename);
-    ``made`` holds the folders known to exist."""
-    path = os.path.join(root, key)
-    folder = os.path.dirname(path)
-    if folder not in made:
-        os.makedirs(folder, exist_ok=True)
-        made.add(folder)
-    tmp = f"{path}.{uuid.uuid4().hex}.partial"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class Location:
@@ -97,12 +75,14 @@ class Location:
         return attrs
 
     def put(self, files: list[tuple[str, bytes]], made: set[str]) -> None:
-        """Write whole files ``(key, bytes)``: on a local store right here, each atomically as zarr's
-        LocalStore writes them (``made``: folders known to exist); elsewhere through the store,
-        concurrently. Returns once all are written."""
+        """Write whole files ``(key, bytes)``: on a local store right here, each atomically and
+        following no link (:func:`.nofollow.write_file`; ``made``: folder keys known to exist);
+        elsewhere through the store, concurrently. Returns once all are written."""
         if self.local_root is not None:
+            from . import nofollow
+
             for key, data in files:
-                write_file(self.local_root, key, data, made)
+                nofollow.write_file(self.local_root, key, data, made)
         elif files:
             from zarr.buffer import default_buffer_prototype
 

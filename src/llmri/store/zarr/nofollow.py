@@ -7,14 +7,21 @@ every read opens its path one component at a time relative to its parent's descr
 ``O_NOFOLLOW``, so a link swapped in after a check is refused too. A link, or anything that is
 neither a regular file nor a directory (a FIFO would block the reader), raises
 :class:`RefusedPath`; its message names the key inside the store, never the link's target.
+
+Writes walk the same way: :func:`write_file` makes and opens each folder relative to its parent
+with ``O_NOFOLLOW``, then writes a new temporary file in the last one and renames it into place
+there, so a link planted in the store (a folder swapped for a link to somewhere else) is refused,
+not written through. Deletes check the path for links first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import stat
+import uuid
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -51,22 +58,30 @@ def _is_link(name: str, dir_fd: int | None) -> bool:
         return False
 
 
-def _open_at(root: str, parts: list[str]) -> int | None:
-    """A read-only descriptor of ``root/<parts>`` opened without following any link; None if absent."""
+def _open_at(root: str, parts: list[str], *, make: bool = False, known: set[str] | None = None) -> int | None:
+    """A read-only descriptor of ``root/<parts>`` opened without following any link; None if absent.
+    ``make``: every part is a folder, made where missing (never None then); ``known`` holds the
+    folder keys known to exist (no ``mkdir`` tried for them), and gets the ones opened."""
     fd = os.open(root, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
     try:
         for i, name in enumerate(parts):
-            last = i == len(parts) - 1
+            key = "/".join(parts[: i + 1])
+            last = i == len(parts) - 1 and not make
+            if make and (known is None or key not in known):
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, dir_fd=fd)
             flags = os.O_RDONLY | _CLOEXEC | _NOFOLLOW | (_NONBLOCK if last else _DIRECTORY)
             try:
                 nxt = os.open(name, flags, dir_fd=fd)
             except OSError as exc:
                 # O_NOFOLLOW on a link fails with ELOOP (ENOTDIR with O_DIRECTORY): ask lstat which
                 if _is_link(name, fd):
-                    raise RefusedPath(f"{'/'.join(parts[: i + 1])} is a symbolic link") from None
-                if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+                    raise RefusedPath(f"{key} is a symbolic link") from None
+                if not make and isinstance(exc, (FileNotFoundError, NotADirectoryError)):
                     return None
                 raise
+            if known is not None:
+                known.add(key)
             os.close(fd)
             fd = nxt
         out, fd = fd, -1
@@ -114,6 +129,70 @@ def open_file(root: str, key: str) -> io.BufferedReader | None:
     except BaseException:
         os.close(fd)
         raise
+
+
+def _check_folders(root: str, parts: list[str]) -> None:
+    """Where descriptors cannot be opened relative to a directory: make the folders, refusing links."""
+    path = root
+    for i, name in enumerate(parts):
+        path = os.path.join(path, name)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path)
+        if os.path.islink(path):
+            raise RefusedPath(f"{'/'.join(parts[: i + 1])} is a symbolic link")
+
+
+def write_file(root: str, key: str, data: Any, known: set[str] | None = None, *, exclusive: bool = False) -> None:
+    """Write ``root/key`` whole and atomically (a new temporary file in its folder, then a rename,
+    as zarr's LocalStore does), making its folders, following no link below ``root``: a link on
+    the way raises :class:`RefusedPath`. ``exclusive``: raise ``FileExistsError`` if the file is
+    there. ``known``: folder keys known to exist (see :func:`_open_at`)."""
+    parts = _parts(key)
+    if not parts:
+        raise RefusedPath(f"{key!r} is not a key inside the store")
+    name, tmp = parts[-1], f"{parts[-1]}.{uuid.uuid4().hex}.partial"
+    if not _AT:
+        _check_folders(root, parts[:-1])
+        folder = os.path.join(root, *parts[:-1])
+        _write_in(None, os.path.join(folder, tmp), os.path.join(folder, name), data, exclusive)
+        return
+    dfd = _open_at(root, parts[:-1], make=True, known=known)
+    assert dfd is not None  # made
+    try:
+        _write_in(dfd, tmp, name, data, exclusive)
+    finally:
+        os.close(dfd)
+
+
+def _write_in(dfd: int | None, tmp: str, name: str, data: Any, exclusive: bool) -> None:
+    """Write ``tmp`` (a new file: a link of that name is refused) in the folder ``dfd``, then move
+    it to ``name``. ``dfd`` None: ``tmp`` and ``name`` are whole paths (no folder descriptors)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC | getattr(os, "O_BINARY", 0)
+    fd = os.open(tmp, flags, 0o666, dir_fd=dfd)
+    try:
+        with open(fd, "wb", closefd=True) as fh:
+            fh.write(data)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dfd)
+        raise
+    moved = False
+    try:
+        if exclusive and os.name == "nt":
+            os.rename(tmp, name)  # fails if the name is taken
+            moved = True
+        elif exclusive:  # a hard link fails if the name is taken, and a link there is not followed
+            os.link(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
+        elif dfd is None:
+            os.replace(tmp, name)
+            moved = True
+        else:  # POSIX rename replaces the name itself, never what a link of that name points at
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            moved = True
+    finally:
+        if not moved:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
 
 
 def _read(root: str, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None) -> Buffer | None:
@@ -181,9 +260,15 @@ def find_refused(root: str, key: str) -> str | None:
     return None
 
 
+def _bytes_of(value: Buffer) -> Any:
+    if not isinstance(value, Buffer):
+        raise TypeError(f"LocalStore.set(): `value` must be a Buffer instance, not {type(value)}")
+    return value.as_buffer_like()
+
+
 class NoFollowLocalStore(LocalStore):
-    """zarr's :class:`~zarr.storage.LocalStore` whose reads, listings and ``exists`` never follow a
-    link below the (resolved) root: a link raises :class:`RefusedPath`. Writes are zarr's own."""
+    """zarr's :class:`~zarr.storage.LocalStore` whose reads, writes, deletes, listings and ``exists``
+    never follow a link below the (resolved) root: a link raises :class:`RefusedPath`."""
 
     def __init__(self, root: Any, *, read_only: bool = False) -> None:
         super().__init__(os.path.realpath(os.fspath(root)), read_only=read_only)
@@ -212,6 +297,29 @@ class NoFollowLocalStore(LocalStore):
                 *(asyncio.to_thread(_read, self._root, key, prototype, byte_range) for key, byte_range in key_ranges)
             )
         )
+
+    def set_sync(self, key: str, value: Buffer) -> None:
+        ensure_open_sync(self)
+        self._check_writable()
+        write_file(self._root, key, _bytes_of(value))
+
+    async def _set(self, key: str, value: Buffer, exclusive: bool = False) -> None:
+        # set() and set_if_not_exists() (which ignores FileExistsError) both come here
+        await ensure_open(self)
+        self._check_writable()
+        await asyncio.to_thread(write_file, self._root, key, _bytes_of(value), None, exclusive=exclusive)
+
+    def delete_sync(self, key: str) -> None:
+        lstat_key(self._root, key)  # raises for a link on the way (or at the key)
+        super().delete_sync(key)
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(lstat_key, self._root, key)
+        await super().delete(key)
+
+    async def delete_dir(self, prefix: str) -> None:
+        await asyncio.to_thread(lstat_key, self._root, prefix)
+        await super().delete_dir(prefix)
 
     async def exists(self, key: str) -> bool:
         st = await asyncio.to_thread(lstat_key, self._root, key)

@@ -60,7 +60,7 @@ class ZarrSessionWriter(SessionWriter):
         self._meta_dirty = False
         self._first_pending = 0.0
         self._last_write = time.monotonic()
-        self._made: set[str] = set()  # folders known to exist (local stores)
+        self._made: set[str] = set()  # folder keys known to exist (local stores)
         self._lock = threading.Lock()  # guards _pending, _meta and the counters
         self._write_lock = threading.Lock()  # one commit at a time, in order
         self._wake = threading.Event()
