@@ -2,7 +2,8 @@
 with a token (private HOME, config, data and runtime dirs; a kernel of this venv's python), opens
 examples/quickstart.ipynb, runs every cell, and checks the viewer's canvas inside the widget's iframe:
 non-blank tiles that change when the timeline moves, and a streamed capture that drew its frames.
-The screenshot lands in artifacts/notebook-quickstart.png (gitignored)."""
+The same quickstart runs in Notebook 7 (the ``notebook`` package). The screenshots land in
+artifacts/notebook-quickstart.png and artifacts/notebook7-quickstart.png (gitignored)."""
 
 from __future__ import annotations
 
@@ -50,11 +51,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """JupyterLab serving a temp dir that holds the quickstart; ``(base url, token, root)``."""
-    root = tmp_path_factory.mktemp("lab")
-    shutil.copy(EXAMPLES / "quickstart.ipynb", root / "quickstart.ipynb")
+def serve_jupyter(root: Path, app: str, *options: str):
+    """``python -m <app>`` (jupyterlab, or notebook for Notebook 7) serving ``root`` on loopback with
+    a token, confined to ``root/.jupyter``; yields ``(base url, token)``, stops it afterwards."""
     env = jupyter_env(root / ".jupyter")
     # no "official Jupyter news?" toast over the output (user settings live in the private config dir)
     settings = root / ".jupyter" / "settings"
@@ -68,21 +67,18 @@ def lab(tmp_path_factory):
     cmd = [
         sys.executable,
         "-m",
-        "jupyterlab",
+        app,
         "--no-browser",
         "--ip=127.0.0.1",
         f"--port={port}",
         "--ServerApp.port_retries=0",
         f"--IdentityProvider.token={token}",
         f"--ServerApp.root_dir={root}",
-        "--LabApp.expose_app_in_browser=True",
-        "--LabApp.news_url=",
-        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-        "--LabApp.extension_manager=readonly",
+        *options,
     ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:  # CI and containers run as root
         cmd.append("--allow-root")
-    log = open(root / "lab.log", "w")  # noqa: SIM115 - closed below
+    log = open(root / f"{app}.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -95,15 +91,45 @@ def lab(tmp_path_factory):
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            pytest.fail(f"JupyterLab did not start: {(root / 'lab.log').read_text()[-2000:]}")
+            pytest.fail(f"{app} did not start: {(root / f'{app}.log').read_text()[-2000:]}")
         time.sleep(0.5)
-    yield base, token, root
+    yield base, token
     proc.terminate()
     try:
         proc.wait(20)
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """JupyterLab serving a temp dir that holds the quickstart; ``(base url, token, root)``."""
+    root = tmp_path_factory.mktemp("lab")
+    shutil.copy(EXAMPLES / "quickstart.ipynb", root / "quickstart.ipynb")
+    options = [
+        "--LabApp.expose_app_in_browser=True",
+        "--LabApp.news_url=",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--LabApp.extension_manager=readonly",
+    ]
+    for base, token in serve_jupyter(root, "jupyterlab", *options):
+        yield base, token, root
+
+
+def open_and_run_all(page, url: str) -> None:
+    """Open a notebook page (JupyterLab or Notebook 7: both expose ``window.jupyterapp``), wait for its
+    kernel (this venv's python) to be up, and run every cell."""
+    page.goto(url)
+    loaded = "() => window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell')"
+    page.wait_for_function(loaded, timeout=120_000)
+    page.wait_for_function(
+        "() => { const w = window.jupyterapp.shell.currentWidget;"
+        " return w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel"
+        " && w.sessionContext.session.kernel.connectionStatus === 'connected'; }",
+        timeout=120_000,
+    )
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
 
 
 def test_quickstart_in_jupyterlab_draws_tiles_that_follow_the_timeline(lab):
@@ -114,17 +140,7 @@ def test_quickstart_in_jupyterlab_draws_tiles_that_follow_the_timeline(lab):
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
-        page.goto(f"{base}/lab/tree/quickstart.ipynb?token={token}")
-        loaded = "() => window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell')"
-        page.wait_for_function(loaded, timeout=120_000)
-        # the kernel (this venv's python) must be up before running everything
-        page.wait_for_function(
-            "() => { const w = window.jupyterapp.shell.currentWidget;"
-            " return w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel"
-            " && w.sessionContext.session.kernel.connectionStatus === 'connected'; }",
-            timeout=120_000,
-        )
-        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        open_and_run_all(page, f"{base}/lab/tree/quickstart.ipynb?token={token}")
         frames = page.locator("iframe[title='llmri viewer']")
         frames.first.wait_for(timeout=300_000)
         viewer = page.frame_locator("iframe[title='llmri viewer']").first
@@ -210,6 +226,63 @@ def test_quickstart_in_jupyterlab_draws_tiles_that_follow_the_timeline(lab):
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "notebook-quickstart.png"))
         frames.first.screenshot(path=str(ARTIFACTS / "notebook-quickstart-widget.png"))
+        assert not errors, errors
+        browser.close()
+    assert not list(Path(root).glob("*.zarr"))
+
+
+def notebook7_own(stack: str) -> bool:
+    """An error raised inside Notebook 7's own core bundle only. Notebook 7.6.5's page raises one
+    ("Cannot read properties of undefined (reading 'schema')", in its shortcuts settings) while it
+    loads a notebook with a single print(1) cell, without llmri or any widget."""
+    frames = [line for line in stack.splitlines() if "://" in line]
+    return bool(frames) and all("/static/notebook/" in line for line in frames)
+
+
+@pytest.fixture(scope="module")
+def notebook7(tmp_path_factory):
+    """Notebook 7 (the ``notebook`` package) serving a temp dir that holds the quickstart."""
+    pytest.importorskip("notebook")
+    root = tmp_path_factory.mktemp("nb7")
+    shutil.copy(EXAMPLES / "quickstart.ipynb", root / "quickstart.ipynb")
+    for base, token in serve_jupyter(root, "notebook", "--JupyterNotebookApp.expose_app_in_browser=True"):
+        yield base, token, root
+
+
+def test_quickstart_in_notebook7_draws_tiles_and_scrubs(notebook7):
+    """The same widget in Notebook 7's page (its own shell and widget manager): tiles drawn, the
+    viewer follows ``viewer.t`` from Python and the keyboard, and the streamed capture completes."""
+    base, token, root = notebook7
+    with playwright_api.sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: None if notebook7_own(e.stack or "") else errors.append(str(e)))
+        page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+        open_and_run_all(page, f"{base}/notebooks/quickstart.ipynb?token={token}")
+        frames = page.locator("iframe[title='llmri viewer']")
+        frames.first.wait_for(timeout=300_000)
+        first = frames.first.element_handle().content_frame()
+        drawn40 = "() => window.llmri && window.llmri.ready && window.llmri.drawn === 40"
+        first.wait_for_function(drawn40, timeout=120_000)
+        at40 = first.evaluate(CANVAS)
+        assert at40["lit"] > 0.05 * at40["w"] * at40["h"], at40
+        page.frame_locator("iframe[title='llmri viewer']").first.locator("#slider").focus()
+        for _ in range(3):
+            page.keyboard.press("ArrowRight")
+        first.wait_for_function("() => window.llmri.drawn === 43", timeout=60_000)
+        assert first.evaluate(CANVAS)["sum"] != at40["sum"]
+        frames.nth(1).wait_for(timeout=300_000)
+        second = frames.nth(1).element_handle().content_frame()
+        second.wait_for_function(
+            "() => window.llmri && window.llmri.ready && window.llmri.state.cur"
+            " && window.llmri.state.cur.summary.status === 'complete' && window.llmri.drawn >= 0",
+            timeout=300_000,
+        )
+        assert second.evaluate(CANVAS)["lit"] > 0
+        frames.first.scroll_into_view_if_needed()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "notebook7-quickstart.png"))
         assert not errors, errors
         browser.close()
     assert not list(Path(root).glob("*.zarr"))
