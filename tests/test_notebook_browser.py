@@ -176,13 +176,7 @@ def test_quickstart_in_jupyterlab_draws_tiles_that_follow_the_timeline(lab):
         counter = viewer.locator("#counter").inner_text()
         assert counter.startswith("token 46 / 60"), counter
         # the streamed capture: the notebook's wait cell held the kernel, so it opens complete, on frame 0
-        frames.nth(1).wait_for(timeout=300_000)
-        second = frames.nth(1).element_handle().content_frame()
-        second.wait_for_function(
-            "() => window.llmri && window.llmri.ready && window.llmri.state.cur"
-            " && window.llmri.state.cur.summary.status === 'complete' && window.llmri.drawn >= 0",
-            timeout=300_000,
-        )
+        second = complete_viewer(frames.nth(1))
         streamed = second.evaluate(CANVAS)
         assert streamed["lit"] > 0.05 * streamed["w"] * streamed["h"], streamed
         # a stream shown in a cell of its own, the kernel left free: the viewer animates while it records
@@ -231,6 +225,18 @@ def test_quickstart_in_jupyterlab_draws_tiles_that_follow_the_timeline(lab):
     assert not list(Path(root).glob("*.zarr"))
 
 
+def complete_viewer(frame):
+    """The content frame of a widget's iframe once its viewer shows a complete session."""
+    frame.wait_for(timeout=300_000)
+    inner = frame.element_handle().content_frame()
+    inner.wait_for_function(
+        "() => window.llmri && window.llmri.ready && window.llmri.state.cur"
+        " && window.llmri.state.cur.summary.status === 'complete' && window.llmri.drawn >= 0",
+        timeout=300_000,
+    )
+    return inner
+
+
 def notebook7_own(stack: str) -> bool:
     """An error raised inside Notebook 7's own core bundle only. Notebook 7.6.5's page raises one
     ("Cannot read properties of undefined (reading 'schema')", in its shortcuts settings) while it
@@ -272,13 +278,7 @@ def test_quickstart_in_notebook7_draws_tiles_and_scrubs(notebook7):
             page.keyboard.press("ArrowRight")
         first.wait_for_function("() => window.llmri.drawn === 43", timeout=60_000)
         assert first.evaluate(CANVAS)["sum"] != at40["sum"]
-        frames.nth(1).wait_for(timeout=300_000)
-        second = frames.nth(1).element_handle().content_frame()
-        second.wait_for_function(
-            "() => window.llmri && window.llmri.ready && window.llmri.state.cur"
-            " && window.llmri.state.cur.summary.status === 'complete' && window.llmri.drawn >= 0",
-            timeout=300_000,
-        )
+        second = complete_viewer(frames.nth(1))
         assert second.evaluate(CANVAS)["lit"] > 0
         frames.first.scroll_into_view_if_needed()
         ARTIFACTS.mkdir(exist_ok=True)
