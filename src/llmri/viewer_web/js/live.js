@@ -182,14 +182,15 @@ async function main() {
   await Promise.race([ready, new Promise((r) => setTimeout(r, 10000))]); // the viewer's first session, if it opens
   // the page is laid out again now that the chat panel takes a column
   window.dispatchEvent(new Event("resize"));
-  const cur = S.cur;
-  if (cur && cur.meta && cur.meta.live && cur.summary.status !== "recording") restore(cur);
-  // a first session that opened after that wait (a slow page): its conversation still comes back
-  else if (!C.shownKey) {
-    const late = (opened) => {
-      if (!C.shownKey && opened && opened.meta && opened.meta.live && opened.summary.status !== "recording") restore(opened);
-    };
+  const restorable = (s) => !!(s && s.meta && s.meta.live && s.summary.status !== "recording");
+  if (restorable(S.cur)) restore(S.cur);
+  // Its conversation still comes back for a first session that opened after that wait (a slow
+  // page), or that the server still called recording (a reload just as the answer ended: the
+  // server reopens a recording session at most every poll interval), once its status changes.
+  if (!C.shownKey) {
+    const late = (opened) => { if (!C.shownKey && restorable(opened)) restore(opened); };
     on("open", late);
+    on("status", late);
   }
   connect();
 }

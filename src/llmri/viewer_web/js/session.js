@@ -215,5 +215,6 @@ async function onProgress(summary, msg) {
     setBadge(msg.status);
     if (msg.status === "interrupted") banner(`This session was interrupted after ${msg.n_frames} tokens.`);
     refreshSessions();
+    emit("status", S.cur); // the chat panel: a live answer that ended can be picked up again
   }
 }
