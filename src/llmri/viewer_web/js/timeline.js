@@ -8,6 +8,13 @@ import { $, esc, fmt, oneLine, showTok } from "./ui.js";
 // ---------------------------------------------------------------------------------------------
 // the playhead
 let hashTimer = 0;
+let hashKey = null; // the session the address names
+
+function writeHash() {
+  if (!S.cur) return;
+  hashKey = S.cur.summary.key;
+  history.replaceState(null, "", `#${hashKey}/${S.t}`);
+}
 
 /** Move the playhead to token t; resolves when its frame is drawn. */
 export function seek(t, { fromSlider = false } = {}) {
@@ -21,8 +28,11 @@ export function seek(t, { fromSlider = false } = {}) {
   $("counter").textContent = `token ${t + 1} / ${n}` + (tok ? ` · ${tok.role}` : "");
   highlightToken(t);
   drawPlayhead();
+  // the address names the session and token shown: a new session at once (a reload right after a
+  // live answer must reopen that answer, not the one before), the token when the playhead rests
   clearTimeout(hashTimer);
-  hashTimer = setTimeout(() => history.replaceState(null, "", `#${S.cur.summary.key}/${S.t}`), 200);
+  if (S.cur.summary.key !== hashKey) writeHash();
+  else hashTimer = setTimeout(writeHash, 200);
   const p = whenDrawn(t); // before "seek": the frame may be drawn at once, from the cache
   emit("seek", t);
   return p;
