@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import CaptureError, StoreError
+from ..stepreadouts import CAPTURE_LENS_BATCH
 from .inspect import parse_hook_points
 
 
@@ -52,9 +53,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--lens-batch",
         type=int,
-        default=8,
+        default=CAPTURE_LENS_BATCH,
         metavar="N",
-        help="positions whose lens is computed at once (default 8; a frame is written up to N forwards later)",
+        help=f"positions whose lens is computed at once (default {CAPTURE_LENS_BATCH}; a frame is written"
+        " up to N forwards later)",
     )
     p.add_argument(
         "--attention",
@@ -160,7 +162,7 @@ def _readout_options(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if getattr(args, "lens", False):
         out["lens"] = True
-        out["lens_batch"] = getattr(args, "lens_batch", 8)
+        out["lens_batch"] = getattr(args, "lens_batch", CAPTURE_LENS_BATCH)
         if getattr(args, "lens_dtype", None):
             out["lens_dtype"] = args.lens_dtype
     elif getattr(args, "lens_dtype", None):
