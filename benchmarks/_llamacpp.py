@@ -78,12 +78,12 @@ def per_decode(models: dict[str, Any], ids: list[int], n: int) -> dict[str, list
     """Seconds per ``llama_decode`` of one token after ``ids``, every signal recorded, ``n`` times per
     variant, interleaved decode by decode (the callback's own cost, without frames or a store):
     ``plain`` (no callback, on the first model) and one entry per model in ``models`` (name -> GGUFModel)."""
-    from llmri.backends.llamacpp import LlamaCppCapture
+    from llmri.backends.llamacpp import LlamaCppBackend
     from llmri.backends.llamacpp.recorder import Recorder
 
     first = next(iter(models.values()))
     plain = first.new_context(eval_callback=False)
-    ctxs = {"plain": (None, plain)} | {k: (LlamaCppCapture(m), m.context()) for k, m in models.items()}
+    ctxs = {"plain": (None, plain)} | {k: (LlamaCppBackend(m), m.context()) for k, m in models.items()}
     for _, ctx in ctxs.values():
         ctx.reset()
         ctx.decode(ids)
@@ -136,8 +136,7 @@ def main() -> None:
     import torch
 
     import llmri
-    from llmri.backends.llamacpp import LlamaCppCapture
-    from llmri.models import load_gguf
+    from llmri.backends.llamacpp import LlamaCppBackend, load_gguf
 
     torch.set_num_threads(args.threads)
 
@@ -176,7 +175,7 @@ def main() -> None:
         return run
 
     def steps(m: Any) -> Callable[[], None]:
-        cap = LlamaCppCapture(m)
+        cap = LlamaCppBackend(m)
 
         def run() -> None:
             st = cap.step(torch.tensor([ids]))

@@ -100,7 +100,7 @@ def survey(model_type: str) -> str:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from llmri import CaptureError
-    from llmri.backends.hf import HFHooksCapture
+    from llmri.backends.hf import HFBackend
 
     kw = {**BASE, **EXTRA.get(model_type, {})}
     kw = {k: v for k, v in kw.items() if not (k == "head_dim" and v is None)}
@@ -111,7 +111,7 @@ def survey(model_type: str) -> str:
         return f"BUILD   {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
     ids = torch.randint(3, 250, (1, 7), generator=torch.Generator().manual_seed(0))
     try:
-        cap = HFHooksCapture(_Loaded(model))
+        cap = HFBackend(_Loaded(model))
         a = cap.step(ids[:, :5])
         b = cap.step(ids[:, 5:6], a.cache)
         c = cap.step(ids[:, 6:7], b.cache)

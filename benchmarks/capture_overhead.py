@@ -42,7 +42,7 @@ def setup(threads: int, backends: list[str]):  # noqa: ANN201
     import torch
 
     import llmri
-    from llmri.models import load_gguf
+    from llmri.backends.llamacpp import load_gguf
 
     torch.set_num_threads(threads)
     model = llmri.load_model() if any(b in TORCH_BACKENDS for b in backends) else None

@@ -81,7 +81,7 @@ def main() -> None:
     llama = args.backend == "llama.cpp"
     if llama:
         from _llamacpp import PlainDecoder
-        from llmri.models import load_gguf
+        from llmri.backends.llamacpp import load_gguf
 
         model = load_gguf(n_threads=args.threads)
         decoder = PlainDecoder(model)

@@ -72,12 +72,12 @@ def activation_vectors(n: int = 20_000):  # noqa: ANN201
     import torch
 
     import llmri
-    from llmri.backends.hf import HFHooksCapture
-    from llmri.calibration import builtin_text, calibration_acts
-    from llmri.codec import TextCodec
+    from llmri.backends.hf import HFBackend
+    from llmri.capture.calibration import builtin_text, calibration_acts
+    from llmri.capture.codec import TextCodec
 
     model = llmri.load_model()
-    cap = HFHooksCapture(model, ["resid"])
+    cap = HFBackend(model, ["resid"])
     acts = calibration_acts(cap, TextCodec(model.tokenizer), builtin_text(), ["resid"])["resid"]  # [t, 30, 576]
     pooled = acts[:, 8:25].transpose(0, 1).reshape(-1, acts.shape[-1])
     reps = -(-n // pooled.shape[0])

@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 
 from llmri.backends.base import BACKENDS
-from llmri.backends.synthetic import SyntheticCapture, SyntheticModel
+from llmri.backends.synthetic import SyntheticBackend, SyntheticModel
 
 
-class SlowCapture(SyntheticCapture):
+class SlowCapture(SyntheticBackend):
     """The synthetic backend with a pause per forward, so a test can act mid-answer."""
 
     name = "test-live-slow"
@@ -28,7 +28,7 @@ class SlowCapture(SyntheticCapture):
         return super().step(input_ids, cache, logits=logits)
 
 
-class FailingCapture(SyntheticCapture):
+class FailingCapture(SyntheticBackend):
     """The synthetic backend that raises after ``model.fail_after`` generated tokens (mid-answer)."""
 
     name = "test-live-failing"
@@ -87,7 +87,7 @@ def receive_turn(ws: Any, timeout: float = 60) -> dict[str, Any]:
 
 def start_llama_server(tmp: Path, n_ctx: int = 2048) -> tuple[subprocess.Popen, str]:
     """``python -m llama_cpp.server`` on a free loopback port serving the bundled GGUF."""
-    from llmri.models import default_gguf_path
+    from llmri.models.identity import default_gguf_path
 
     port = free_port()
     log_path = tmp / f"llama-server-{port}.log"

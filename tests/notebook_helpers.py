@@ -16,7 +16,7 @@ KERNEL = "llmri-test"
 def jupyter_env(root: Path) -> dict[str, str]:
     """Environment variables that confine Jupyter (server, kernels, IPython) to ``root``; the kernelspec
     ``llmri-test`` (and ``python3``, which the example notebooks name) run ``sys.executable``."""
-    from llmri.models import cache_dir
+    from llmri.models.identity import cache_dir
 
     dirs = {name: root / name for name in ("home", "config", "data", "runtime", "ipython")}
     for d in dirs.values():

@@ -1,22 +1,38 @@
 """The layout's rules (docs/ARCHITECTURE.md), checked on the source: what may import what, no
-private helpers across packages, no import cycles, no module past the size a reader can hold."""
+private helpers or modules across packages, no import cycles (imports inside functions count), no
+module past the size a reader can hold, and an ``import llmri`` that stays light."""
 
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "llmri"
 #: The parts that know nothing of the API layer, the viewer, the notebook or the CLI.
-INNER = ("store", "reducers", "backends", "readouts")
-#: What those parts may never import.
-OUTER = ("llmri.viewer", "llmri.commands", "llmri.cli", "llmri.notebook", "llmri.capture")
-#: The conveniences a session offers from rooms the store may not depend on, each imported inside
+INNER = ("store", "reducers", "backends", "readouts", "models", "frame")
+#: What those parts may never import: the API layer, the sources of frames built on it, and the apps.
+OUTER = (
+    "llmri.viewer",
+    "llmri.commands",
+    "llmri.cli",
+    "llmri.notebook",
+    "llmri.capture",
+    "llmri.chatonly",
+    "llmri.render",
+    "llmri.serve",
+    "llmri.study",
+)
+#: The one convenience a session offers from a room the store does not depend on, imported inside
 #: the one method that needs it (never at import time): ``SessionReader.markers()`` (pure numpy over
-#: what the session holds) and ``SessionReader.show()`` (the notebook widget).
-LAZY_FROM_STORE = {("llmri.store.base", "llmri.readouts.markers"), ("llmri.store.base", "llmri.notebook")}
+#: what the session holds). ``SessionReader.show()`` goes through a hook llmri's package sets.
+LAZY_FROM_STORE = {("llmri.store.base", "llmri.readouts.markers")}
+#: The library's shared internals: private modules at the top that every room may import.
+SHARED_INTERNALS = ("llmri._errors", "llmri._registry", "llmri._jsonsafe", "llmri._deprecated")
 MAX_PY_LINES = 400
 MAX_JS_LINES = 400
 
@@ -30,17 +46,23 @@ def _module_name(path: Path) -> str:
 
 
 def _imports(path: Path) -> list[tuple[str, list[str], bool]]:
-    """``(module, names, top_level)`` for every import in ``path``, relative ones resolved;
-    ``top_level``: executed at import time (not inside a function)."""
+    """``(module, names, top_level)`` for every import in ``path`` that runs (not those under
+    ``if TYPE_CHECKING:``), relative ones resolved; ``top_level``: executed at import time (not
+    inside a function)."""
     tree = ast.parse(path.read_text(), str(path))
     me = _module_name(path)
     package = me if path.name == "__init__.py" else me.rsplit(".", 1)[0]
     in_function: set[int] = set()
+    typing_only: set[int] = set()  # under `if TYPE_CHECKING:`: read by type checkers, never run
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             in_function.update(id(n) for n in ast.walk(node) if n is not node)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            typing_only.update(id(n) for b in node.body for n in ast.walk(b))
     out = []
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         top = id(node) not in in_function
         if isinstance(node, ast.Import):
             out += [(a.name, [], top) for a in node.names]
@@ -71,7 +93,7 @@ def _resolve(mod: str, names: list[str]) -> list[str]:
 def test_inner_parts_never_import_the_outer_layers(part):
     bad = []
     for name, path in MODULES.items():
-        if not name.startswith(f"llmri.{part}"):
+        if not (name == f"llmri.{part}" or name.startswith(f"llmri.{part}.")):
             continue
         for mod, _names, top in _imports(path):
             if not top and (name, mod) in LAZY_FROM_STORE:
@@ -82,7 +104,7 @@ def test_inner_parts_never_import_the_outer_layers(part):
 
 
 def test_store_depends_on_frames_only():
-    allowed = ("llmri.store", "llmri.frame", "llmri._errors", "llmri.jsonsafe")
+    allowed = ("llmri.store", "llmri.frame", "llmri._errors", "llmri._jsonsafe")
     bad = [
         f"{name} imports {mod}"
         for name, path in MODULES.items()
@@ -114,9 +136,27 @@ def test_no_private_names_taken_from_another_package():
     assert not bad, bad
 
 
-def test_no_import_cycles_at_import_time():
+def test_no_private_module_imported_from_another_package():
+    """A module named ``_x`` belongs to its package: ``llmri.a._x`` is imported only by modules of
+    ``llmri.a`` (the top-level shared internals excepted), whatever the form of the import."""
+    bad = []
+    for name, path in MODULES.items():
+        mine = name if MODULES[name].name == "__init__.py" else name.rsplit(".", 1)[0]
+        for mod, names, _top in _imports(path):
+            for dep in [mod, *(f"{mod}.{n}" for n in names)]:
+                if dep not in MODULES or dep in SHARED_INTERNALS:
+                    continue
+                leaf_private = [p for p in dep.split(".")[1:] if p.startswith("_") and not p.startswith("__")]
+                if leaf_private and not (mine == dep.rsplit(".", 1)[0] or mine.startswith(dep.rsplit(".", 1)[0] + ".")):
+                    bad.append(f"{name} imports {dep}")
+    assert not bad, bad
+
+
+def test_no_import_cycles():
+    """No cycle among llmri's modules, imports inside functions included (a lazy import hides a
+    cycle from the interpreter, not from a reader)."""
     graph = {
-        name: {dep for mod, names, top in _imports(path) if top for dep in _resolve(mod, names) if dep != name}
+        name: {dep for mod, names, _top in _imports(path) for dep in _resolve(mod, names) if dep != name}
         for name, path in MODULES.items()
     }
     # a package's __init__ re-exporting its modules is not a cycle with them
@@ -150,3 +190,33 @@ def test_modules_stay_small():
         if (n := len(p.read_text().splitlines())) > MAX_JS_LINES
     ]
     assert not big, big
+
+
+#: What ``import llmri`` must not load: the apps, and every heavy library a capture loads only when
+#: it runs (each backend imports its engine inside the methods that need it).
+HEAVY = (
+    "llmri.viewer",
+    "llmri.notebook",
+    "llmri.commands",
+    "torch",
+    "transformers",
+    "transformer_lens",
+    "nnsight",
+    "llama_cpp",
+    "zarr",
+    "fastapi",
+    "anywidget",
+    "httpx",
+    "xarray",
+)
+
+
+def test_import_llmri_stays_light():
+    code = "import json, sys, llmri; print(json.dumps(sorted(sys.modules)))"
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    heavy = [m for m in loaded if any(m == h or m.startswith(h + ".") for h in HEAVY)]
+    assert not heavy, heavy
+    # and the lazy names still resolve
+    code = "import llmri; print(llmri.show.__module__, llmri.view.__module__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["llmri.notebook", "llmri.viewer.launch"]

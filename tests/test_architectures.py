@@ -145,7 +145,8 @@ pytestmark = pytest.mark.slow
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from llmri.models import default_gguf_path, gguf_model_dir
+    from llmri.models import gguf_model_dir
+    from llmri.models.identity import default_gguf_path
 
     return AutoTokenizer.from_pretrained(gguf_model_dir(default_gguf_path()))
 
@@ -356,7 +357,7 @@ def test_a_layer_without_a_module_records_zeros(case):
 def test_an_architecture_without_findable_blocks_is_refused_before_generation():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from llmri.backends.hf import HFHooksCapture
+    from llmri.backends.hf import HFBackend
 
     cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2)
     model = LlamaForCausalLM(cfg).eval()
@@ -370,8 +371,8 @@ def test_an_architecture_without_findable_blocks_is_refused_before_generation():
 
     refused = r"cannot find the decoder blocks of LlamaForCausalLM.*hook_points=\{'resid'"
     with pytest.raises(CaptureError, match=refused):
-        HFHooksCapture(Loaded())
-    cap = HFHooksCapture(Loaded(), hook_points={"resid": "model.stack.{i}"}, signals=["resid", "mlp"])
+        HFBackend(Loaded())
+    cap = HFBackend(Loaded(), hook_points={"resid": "model.stack.{i}"}, signals=["resid", "mlp"])
     assert cap.layer_names == ["model.stack.0", "model.stack.1", "model.stack.2"]
     assert cap.signal_modules["mlp"] == [f"model.stack.{i}.mlp" for i in range(3)]
 

@@ -82,10 +82,10 @@ def _steps(capture, ids):
 
 @pytest.fixture(scope="module")
 def hf_steps(real_model):
-    from llmri.backends.hf import HFHooksCapture
+    from llmri.backends.hf import HFBackend
 
     ids = real_model.tokenizer(PROMPT)["input_ids"] + [28, 330]
-    return ids, _steps(HFHooksCapture(real_model), ids)
+    return ids, _steps(HFBackend(real_model), ids)
 
 
 class BackendSuite:
@@ -377,7 +377,7 @@ def test_nnsight_remote_path_up_to_the_network(real_model, sessions, monkeypatch
     monkeypatch.setattr(nn_model, "repo_id", repo)
     monkeypatch.setitem(nn_hf._ID_CACHE, repo, repo)  # nnsight would ask the hub to canonicalize the id
     far = nnsight_backend.wrap(nn_model, remote="http://127.0.0.1:9")
-    cap = nnsight_backend.NNsightCapture(far, ["resid"])
+    cap = nnsight_backend.NNsightBackend(far, ["resid"])
     ids = real_model.tokenizer("hi", return_tensors="pt")["input_ids"]
     assert cap._trace_kwargs(ids, None)["remote"] == "http://127.0.0.1:9"
     with pytest.raises(Exception, match=r"127\.0\.0\.1|[Cc]onnect|refused|[Ff]ailed to send"):

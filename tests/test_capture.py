@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import llmri
-from llmri.backends.hf import HFHooksCapture
+from llmri.backends.hf import HFBackend
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ def test_resid_neurons_frames_equal_output_hidden_states(real_model, neurons_ses
 def test_attn_and_mlp_add_up_to_the_residual_stream(real_model):
     """Unreduced float32: each block's output == its input + attention output + MLP output."""
     before = _hook_count(real_model)  # transformers may keep hooks of its own (output recording)
-    cap = HFHooksCapture(real_model, ["resid", "attn", "mlp"])
+    cap = HFBackend(real_model, ["resid", "attn", "mlp"])
     ids = real_model.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
     step = cap.step(ids)
     with torch.no_grad():
@@ -70,7 +70,7 @@ def test_attn_and_mlp_add_up_to_the_residual_stream(real_model):
 
 def test_a_step_without_logits_skips_the_lm_head_and_records_the_same(real_model):
     """The last generated token's forward (and calibration's) runs the decoder only."""
-    cap = HFHooksCapture(real_model, ["resid", "attn", "mlp"])
+    cap = HFBackend(real_model, ["resid", "attn", "mlp"])
     ids = real_model.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
     calls = []
     handle = real_model.model.lm_head.register_forward_hook(lambda *a: calls.append(1))

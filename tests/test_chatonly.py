@@ -17,8 +17,8 @@ import pytest
 
 import llmri
 from live_helpers import free_port, kill, start_llama_server
-from llmri.backends.openai import ChatOnlyClient, entropy_lower_bound
-from llmri.backends.openai.client import split_url as _split_url
+from llmri.chatonly import ChatOnlyClient, entropy_lower_bound
+from llmri.chatonly.client import split_url as _split_url
 from llmri.cli import main as cli_main
 
 SECRET = "sk-llmri-test-SECRET-5e1f"

@@ -12,7 +12,7 @@ import pytest
 
 import llmri
 from llmri.cli import main
-from llmri.render import frame_size, render_frame
+from llmri.render.grid import frame_size, render_frame
 
 
 def run_cli(capsys, *argv):

@@ -12,8 +12,8 @@ import pytest
 
 import llmri
 from llmri.backends.synthetic import ByteTokenizer
-from llmri.export import export_json, export_npz
 from llmri.models import LoadedModel
+from llmri.render.export import export_json, export_npz
 from test_readouts_capture import tiny_model
 
 PROMPT = "Why is the sky blue?"
@@ -43,7 +43,7 @@ def test_memory_session_has_each_top_ids_text(tiny):
 def test_texts_are_decoded_once_per_id(tiny, monkeypatch):
     from collections import Counter
 
-    from llmri.codec import TextCodec
+    from llmri.capture.codec import TextCodec
 
     calls: Counter[int] = Counter()
     misses: Counter[int] = Counter()

@@ -517,7 +517,7 @@ def llama(tmp_path_factory):
 
 @pytest.mark.slow
 def test_chat_only_turn_over_the_socket(tmp_path, llama):
-    from llmri.backends.openai import ChatOnlyClient
+    from llmri.chatonly import ChatOnlyClient
 
     secret = "sk-live-test-SECRET-91"
     client = ChatOnlyClient(llama[1], api_key=secret)
@@ -560,7 +560,7 @@ def _failed_turn(ws) -> tuple[str, dict]:
 
 def test_chat_only_upstream_down_is_a_clear_message(tmp_path):
     from live_helpers import free_port
-    from llmri.backends.openai import ChatOnlyClient
+    from llmri.chatonly import ChatOnlyClient
 
     client = ChatOnlyClient(f"http://127.0.0.1:{free_port()}/v1", timeout=5)  # nothing listens there
     served, live, store = _serve(tmp_path, ChatOnlyEngine(client))
@@ -667,7 +667,7 @@ class _Upstream(BaseHTTPRequestHandler):
     ("mode", "needles"), [("malformed", ["malformed stream", "not JSON"]), ("missing-model", ["HTTP 404", "not found"])]
 )
 def test_chat_only_upstream_failures_show_one_line(tmp_path, mode, needles):
-    from llmri.backends.openai import ChatOnlyClient
+    from llmri.chatonly import ChatOnlyClient
 
     handler = type("Upstream", (_Upstream,), {"mode": mode})
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), handler)

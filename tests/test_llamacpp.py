@@ -24,10 +24,14 @@ from llmri._errors import CaptureError, MissingExtraError
 
 pytest.importorskip("llama_cpp")
 
-from llmri.backends.llamacpp import GGUFModel, LlamaCache, LlamaCppCapture  # noqa: E402
+from llmri.backends.llamacpp import (  # noqa: E402
+    GGUFModel,
+    LlamaCache,
+    LlamaCppBackend,
+    load_gguf,  # noqa: E402
+)
 from llmri.backends.llamacpp import backend as lc_backend  # noqa: E402
 from llmri.backends.llamacpp.recorder import Recorder  # noqa: E402
-from llmri.models import load_gguf  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Why is the sky blue?"}]
 COS_MIN = 0.99
@@ -78,7 +82,7 @@ def test_describe_records_name_quantisation_and_a_cached_fingerprint(gguf):
     assert d["quantization"] == "Q4_1" and d["architecture"] == "llama"
     assert (d["n_layers"], d["d_model"]) == (30, 576)
     assert len(d["fingerprint"]) == 16
-    from llmri.models import gguf_fingerprint
+    from llmri.models.identity import gguf_fingerprint
 
     assert gguf_fingerprint(__import__("pathlib").Path(gguf.path)) == d["fingerprint"]
 
@@ -105,7 +109,7 @@ def test_an_ollama_blob_loads_by_its_digest_name(tmp_path):
 
 def test_a_model_that_is_not_gguf_is_refused(synthetic_model):
     with pytest.raises(CaptureError, match="runs a GGUF file"):
-        LlamaCppCapture(synthetic_model)
+        LlamaCppBackend(synthetic_model)
 
 
 @pytest.mark.slow
@@ -151,7 +155,7 @@ def test_raw_text_tokenizes_and_decodes_as_hf(gguf, real_model):
 def test_step_shapes_dtypes_and_cache(gguf):
     import torch
 
-    cap = LlamaCppCapture(gguf)
+    cap = LlamaCppBackend(gguf)
     ids = _ids(gguf)
     st = cap.step(_t(ids))
     assert st.logits.dtype == torch.float32 and tuple(st.logits.shape) == (len(ids), gguf.tokenizer.vocab_size)
@@ -166,7 +170,7 @@ def test_step_shapes_dtypes_and_cache(gguf):
 
 def test_returned_buffers_are_the_callers(gguf):
     """Each step's logits and activations are new memory: the next step leaves them alone."""
-    cap = LlamaCppCapture(gguf, ["resid"])
+    cap = LlamaCppBackend(gguf, ["resid"])
     a = cap.step(_t(_ids(gguf)))
     logits, resid = a.logits.clone(), a.acts["resid"].clone()
     cap.step(_t([504]), a.cache)
@@ -174,7 +178,7 @@ def test_returned_buffers_are_the_callers(gguf):
 
 
 def test_chunked_prefill_matches_one_batch(gguf):
-    cap = LlamaCppCapture(gguf)
+    cap = LlamaCppBackend(gguf)
     ids = _ids(gguf)
     whole = cap.step(_t(ids))
     first = cap.step(_t(ids[:7]))
@@ -187,13 +191,13 @@ def test_chunked_prefill_matches_one_batch(gguf):
 
 def test_attn_and_mlp_add_up_to_the_residual_stream(gguf):
     """``l_out-N = l_out-(N-1) + attn_out-N + ffn_out-N``: the three are the block's own parts."""
-    st = LlamaCppCapture(gguf).step(_t(_ids(gguf)))
+    st = LlamaCppBackend(gguf).step(_t(_ids(gguf)))
     r, a, m = (st.acts[s].double().numpy() for s in ("resid", "attn", "mlp"))
     np.testing.assert_allclose(r[:, 1:], r[:, :-1] + a[:, 1:] + m[:, 1:], rtol=1e-4, atol=1e-3)
 
 
 def test_a_stale_cache_is_refused(gguf):
-    cap = LlamaCppCapture(gguf, ["resid"])
+    cap = LlamaCppBackend(gguf, ["resid"])
     a = cap.step(_t([1, 2, 3]))
     cap.step(_t([4, 5]))  # another sequence on the shared context
     with pytest.raises(CaptureError, match="stale"):
@@ -204,8 +208,8 @@ def test_a_signal_whose_tensor_is_missing_is_refused(monkeypatch):
     monkeypatch.setitem(lc_backend.TENSORS_BY_ARCH, "llama", {"attn": "no_such_tensor"})
     with load_gguf(n_threads=2) as model:  # a fresh model: the probe runs again
         with pytest.raises(CaptureError, match=r"no mapping for signal 'attn' in architecture 'llama'"):
-            LlamaCppCapture(model)
-        assert set(LlamaCppCapture(model, ["resid", "mlp"]).signals) == {"resid", "mlp"}
+            LlamaCppBackend(model)
+        assert set(LlamaCppBackend(model, ["resid", "mlp"]).signals) == {"resid", "mlp"}
         assert model.context().recorder is None
 
 
@@ -214,7 +218,7 @@ def test_a_signal_whose_tensor_is_missing_is_refused(monkeypatch):
 
 @pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()])
 def test_an_exception_inside_the_callback_is_raised_after_the_decode(gguf, monkeypatch, exc):
-    cap = LlamaCppCapture(gguf)
+    cap = LlamaCppBackend(gguf)
     ids = _ids(gguf)
     good = cap.step(_t(ids))
     ref = cap.step(_t([504]), good.cache)
@@ -270,14 +274,14 @@ def test_capture_into_a_zarr_store_records_the_gguf(gguf, tmp_path):
 
 @pytest.mark.slow
 def test_teacher_forced_activations_match_hf(gguf, real_model):
-    from llmri.backends.hf import HFHooksCapture
+    from llmri.backends.hf import HFBackend
 
     ids = _ids(gguf)
-    hf = HFHooksCapture(real_model)
+    hf = HFBackend(real_model)
     cont = llmri.capture(real_model, PROMPT, max_new_tokens=32, ignore_eos=True, reducer="neurons")
     full = cont.tokens.ids.tolist()
     assert full[: len(ids)] == ids
-    a = LlamaCppCapture(gguf).step(_t(full))
+    a = LlamaCppBackend(gguf).step(_t(full))
     b = hf.step(_t(full))
     report = {}
     for sig in llmri.SIGNALS:
@@ -435,7 +439,7 @@ def test_cli_capture_and_view_with_llama_cpp(tmp_path, capsys):
 
 
 def gguf_default_path() -> str:
-    from llmri.models import default_gguf_path
+    from llmri.models.identity import default_gguf_path
 
     return str(default_gguf_path())
 

@@ -17,9 +17,11 @@ pytest.importorskip("llama_cpp")
 pytest.importorskip("gguf")
 
 import gguf_tiny  # noqa: E402
-from llmri.backends.hf import HFHooksCapture  # noqa: E402
-from llmri.backends.llamacpp import LlamaCppCapture  # noqa: E402
-from llmri.models import load_gguf  # noqa: E402
+from llmri.backends.hf import HFBackend  # noqa: E402
+from llmri.backends.llamacpp import (
+    LlamaCppBackend,  # noqa: E402
+    load_gguf,  # noqa: E402
+)
 
 TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away. " * 2
 #: model_type -> how llama.cpp's graph gives ``attn`` (its own ``attn_out``, or derived).
@@ -59,9 +61,9 @@ def test_every_signal_of_every_layer_matches_hf(pair, tokenizer):
 
     model_type, hf, g = pair
     ids = torch.tensor([tokenizer(TEXT)["input_ids"]])
-    cap = LlamaCppCapture(g)
+    cap = LlamaCppBackend(g)
     a = cap.step(ids)
-    b = HFHooksCapture(llmri.wrap(hf, tokenizer)).step(ids)
+    b = HFBackend(llmri.wrap(hf, tokenizer)).step(ids)
     for sig in llmri.SIGNALS:
         cos = _cos(a.acts[sig].numpy(), b.acts[sig].float().numpy())
         assert cos.shape == (ids.shape[1], hf.config.num_hidden_layers)
@@ -80,8 +82,8 @@ def test_a_derived_attn_without_resid_is_the_same(pair, tokenizer):
 
     _, _, g = pair
     ids = torch.tensor([tokenizer(TEXT)["input_ids"][:12]])
-    both = LlamaCppCapture(g).step(ids)
-    alone = LlamaCppCapture(g, ["attn"]).step(ids)
+    both = LlamaCppBackend(g).step(ids)
+    alone = LlamaCppBackend(g, ["attn"]).step(ids)
     assert list(alone.acts) == ["attn"]
     np.testing.assert_allclose(alone.acts["attn"].numpy(), both.acts["attn"].numpy(), rtol=1e-5, atol=1e-6)
 
@@ -102,10 +104,10 @@ def test_a_post_norm_architecture_refuses_attn_and_captures_the_rest(tmp_path, t
     g = load_gguf(str(gguf_tiny.write_gguf(hf, tmp_path / "tiny-olmo2.gguf")), n_threads=2)
     try:
         with pytest.raises(CaptureError, match=r"normalises the attention output .*attn_post_norm-N.*'resid', 'mlp'"):
-            LlamaCppCapture(g)
+            LlamaCppBackend(g)
         ids = torch.tensor([tokenizer(TEXT)["input_ids"]])
-        a = LlamaCppCapture(g, ["resid", "mlp"]).step(ids)
-        b = HFHooksCapture(llmri.wrap(hf, tokenizer)).step(ids)
+        a = LlamaCppBackend(g, ["resid", "mlp"]).step(ids)
+        b = HFBackend(llmri.wrap(hf, tokenizer)).step(ids)
         for sig in ("resid", "mlp"):
             assert _cos(a.acts[sig].numpy(), b.acts[sig].float().numpy()).min() >= COS_MIN, sig
     finally:

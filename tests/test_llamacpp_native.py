@@ -20,10 +20,13 @@ import llmri
 
 pytest.importorskip("llama_cpp")
 
-from llmri.backends.llamacpp import LlamaCppCapture, native  # noqa: E402
+from llmri.backends.llamacpp import (  # noqa: E402
+    LlamaCppBackend,
+    load_gguf,  # noqa: E402
+    native,
+)
 from llmri.backends.llamacpp.ggml import ggml  # noqa: E402
 from llmri.backends.llamacpp.recorder import Recorder  # noqa: E402
-from llmri.models import load_gguf  # noqa: E402
 
 needs_native = pytest.mark.skipif(native.library() is None, reason="no C compiler here: the Python callback only")
 TEXT = "In a quiet village by the sea, an old lighthouse keeper kept a journal of every ship that passed."
@@ -54,7 +57,7 @@ def _steps(model, ids, decode=4, signals=None):
     """A prefill of ``ids`` and ``decode`` greedy steps: every buffer a step returns, as bytes."""
     import torch
 
-    cap = LlamaCppCapture(model, signals)
+    cap = LlamaCppBackend(model, signals)
     st = cap.step(torch.tensor([ids]))
     out = [st.logits.numpy().tobytes(), *(st.acts[s].numpy().tobytes() for s in cap.signals)]
     for _ in range(decode):
@@ -107,7 +110,7 @@ def test_the_frame_thread_is_on_with_the_native_callback_and_changes_no_byte(pai
     py, nat = pair
     assert nat.n_threads == 2
     monkeypatch.setattr(backend, "available_cores", lambda: 2)
-    assert not LlamaCppCapture(nat).frame_thread  # both cores are llama.cpp's
+    assert not LlamaCppBackend(nat).frame_thread  # both cores are llama.cpp's
     monkeypatch.setattr(backend, "available_cores", lambda: 8)
 
     def thread(model) -> bool:
@@ -240,7 +243,7 @@ def test_a_signal_during_a_native_decode_is_raised_after_it_and_leaves_the_conte
     _, nat = pair
     ids = nat.tokenizer(TEXT * 30)["input_ids"][:600]
     ref = _steps(nat, ids[:8], decode=1)
-    cap, state = LlamaCppCapture(nat), nat.context()._native.state
+    cap, state = LlamaCppBackend(nat), nat.context()._native.state
 
     class Stop(Exception):
         pass

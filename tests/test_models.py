@@ -11,7 +11,8 @@ import pytest
 
 import llmri
 from llmri import ModelLoadError
-from llmri.models import default_gguf_path, gguf_model_dir
+from llmri.models import gguf_model_dir
+from llmri.models.identity import default_gguf_path
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +217,7 @@ def test_wrapper_backends_share_the_weights_and_leave_the_model_alone(real_model
 
     from transformers import AutoModelForCausalLM
 
-    from llmri.capture import as_model, backend_for
+    from llmri.capture.resolve import as_model, backend_for
 
     model = AutoModelForCausalLM.from_pretrained(real_model.path)
     before = _state(model)

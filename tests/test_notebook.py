@@ -184,7 +184,7 @@ def test_show_outside_a_notebook_says_what_to_run_in_one_line(two_sessions, tmp_
 
 
 def test_the_progress_bar_counts_tokens_per_second(real_model, capsys, monkeypatch):
-    from llmri import progress
+    from llmri.capture import progressbar as progress
 
     monkeypatch.setattr(progress, "DELAY", 0)
     stream = llmri.stream(real_model, "Hi", max_new_tokens=6)

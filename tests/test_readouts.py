@@ -138,7 +138,7 @@ def test_lens_of_logits_spread_over_hundreds_equals_its_definition():
 
 
 def test_token_stats_keep_the_logprob_of_a_very_unlikely_token():
-    from llmri.stepframes import token_stats
+    from llmri.capture.frames import token_stats
 
     logits = torch.tensor([[0.0, -150.0, 2.0, float("-inf")] + [-1.0] * 6])
     chosen, ent, _, _ = token_stats(logits, [1])
@@ -242,11 +242,11 @@ def test_check_lens_head_refuses_a_head_that_is_not_the_models():
 
 
 def test_a_backend_without_lens_says_so(synthetic_model):
-    from llmri.backends.synthetic import SyntheticCapture
+    from llmri.backends.synthetic import SyntheticBackend
 
     with pytest.raises(CaptureError, match="cannot find the model's final norm / unembedding: lens=True"):
-        SyntheticCapture(synthetic_model).lens_head()
-    assert SyntheticCapture.supports_attention is False
+        SyntheticBackend(synthetic_model).lens_head()
+    assert SyntheticBackend.supports_attention is False
 
 
 # -- attention readout on constructed weights ------------------------------------------------
@@ -515,11 +515,11 @@ def _hook_count(module) -> int:
 def test_tiny_models_lens_and_attention_against_the_model(arch):
     """At the last layer the lens is the model's logits; cached attention weights equal a
     full-sequence eager run's; the model is left as it was."""
-    from llmri.backends.hf import HFHooksCapture
+    from llmri.backends.hf import HFBackend
 
     model = _tiny(arch)
     attn_before = model.config._attn_implementation
-    cap = HFHooksCapture(_Loaded(model), ["resid"])
+    cap = HFBackend(_Loaded(model), ["resid"])
     head = cap.lens_head()
     ids = torch.randint(0, 250, (1, 10), generator=torch.Generator().manual_seed(3))
     steps, cache = [], None
@@ -567,10 +567,10 @@ def test_logit_postprocess_by_family():
 
 
 def test_attention_needs_a_model_that_can_switch(monkeypatch):
-    from llmri.backends.hf import HFHooksCapture
+    from llmri.backends.hf import HFBackend
 
     model = _tiny("llama")
-    cap = HFHooksCapture(_Loaded(model), ["resid"])
+    cap = HFBackend(_Loaded(model), ["resid"])
     monkeypatch.setattr(type(model), "set_attn_implementation", lambda self, impl: None)  # declines, as Falcon's does
     with pytest.raises(CaptureError, match="cannot switch to eager attention"):
         cap.step(torch.tensor([[1, 2, 3]]), attention=True)
@@ -578,10 +578,10 @@ def test_attention_needs_a_model_that_can_switch(monkeypatch):
 
 
 def test_attention_step_restores_the_model_when_the_forward_raises():
-    from llmri.backends.hf import HFHooksCapture
+    from llmri.backends.hf import HFBackend
 
     model = _tiny("llama")
-    cap = HFHooksCapture(_Loaded(model), ["resid"])
+    cap = HFBackend(_Loaded(model), ["resid"])
 
     def boom(*_):
         assert model.config._attn_implementation == "eager"  # switched for the forward ...
@@ -608,14 +608,14 @@ N_GEN = 6
 def decoded(real_model):
     """A greedy decode through the hf backend, step by step with the KV cache, attention on:
     the prompt in two chunks (the second on a non-empty cache), then ``N_GEN`` tokens."""
-    from llmri.backends.hf import HFHooksCapture
+    from llmri.backends.hf import HFBackend
 
     tok = real_model.tokenizer
     text = tok.apply_chat_template(
         [{"role": "user", "content": "Why is the sky blue?"}], add_generation_prompt=True, tokenize=False
     )
     prompt = tok(text)["input_ids"]
-    cap = HFHooksCapture(real_model)
+    cap = HFBackend(real_model)
     head = cap.lens_head()
     ids = list(prompt)
     steps, lens, cache = [], [], None

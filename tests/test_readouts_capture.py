@@ -90,7 +90,7 @@ def test_lens_does_not_change_what_is_generated(tiny):
 
 
 def test_lens_over_a_prefill_in_chunks(tiny, monkeypatch):
-    from llmri import decode
+    from llmri.capture import decode
 
     whole = _cap(tiny, lens=True)
     monkeypatch.setattr(decode, "PREFILL_CHUNK", 4)
@@ -348,7 +348,7 @@ def test_markers_with_and_without_readouts(tiny):
 
 def test_cli_capture_with_lens_and_attention(tmp_path, capsys, monkeypatch, tiny):
     from llmri import cli
-    from llmri.export import export
+    from llmri.render.export import export
 
     monkeypatch.setattr(llmri, "stream", _tiny_stream(tiny, llmri.stream))
     path = tmp_path / "c.zarr"

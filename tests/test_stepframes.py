@@ -27,7 +27,7 @@ def _run(model, defer: bool | str, *, fail_at: int | None = None, **kw):
     s.frames.defer = defer is True
     s.frames.thread = defer == "thread"
     if fail_at is not None:
-        real, calls = s.capture.step, [0]
+        real, calls = s.backend.step, [0]
 
         def step(*a, **k):
             calls[0] += 1
@@ -35,7 +35,7 @@ def _run(model, defer: bool | str, *, fail_at: int | None = None, **kw):
                 raise RuntimeError("forward failed")
             return real(*a, **k)
 
-        s.capture.step = step
+        s.backend.step = step
     frames = []
     try:
         for f in s:
@@ -133,13 +133,13 @@ def test_lens_batch_changes_when_frames_come_not_what_they_hold(tiny, batch):
     s = llmri.stream(
         tiny, PROMPT, chat=False, lens=True, attention=True, max_new_tokens=12, ignore_eos=True, lens_batch=batch
     )
-    real, forwards = s.capture.step, [0]
+    real, forwards = s.backend.step, [0]
 
     def step(*a, **k):
         forwards[0] += 1
         return real(*a, **k)
 
-    s.capture.step = step
+    s.backend.step = step
     got, seen = [], []
     for f in s:
         got.append(f)
@@ -153,7 +153,7 @@ def test_lens_batch_changes_when_frames_come_not_what_they_hold(tiny, batch):
 
 
 def test_capture_computes_the_lens_eight_positions_at_a_time(tiny):
-    from llmri.stepreadouts import CAPTURE_LENS_BATCH
+    from llmri.capture.readouts import CAPTURE_LENS_BATCH
 
     s = llmri.stream(tiny, PROMPT, chat=False, lens=True)
     assert s.readouts.queue.batch == 1 and CAPTURE_LENS_BATCH == 8

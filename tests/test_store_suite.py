@@ -167,8 +167,8 @@ class StoreSuite:
     def test_readouts_in_xarray_exports_and_markers(self, store, tmp_path):
         pytest.importorskip("xarray")
         pytest.importorskip("dask")
-        from llmri.export import export, session_json
         from llmri.readouts import markers
+        from llmri.render.export import export, session_json
 
         frames = [make_frame(i, readouts=True) for i in range(21)]
         with store.create_session(base_meta(readouts=True)) as w:

@@ -123,7 +123,7 @@ def test_info_and_colormaps(client):
         assert len(cm["luts"][name]) == 768
     gray = np.array(cm["luts"]["grayscale"]).reshape(256, 3)
     assert (np.diff(gray[:, 0]) >= 0).all() and gray[0, 0] == 0 and gray[255, 0] == 255
-    from llmri.colormaps import lut
+    from llmri.render.colormaps import lut
 
     np.testing.assert_array_equal(np.array(cm["luts"]["energy"]).reshape(256, 3), lut("energy"))
 

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from typing import TYPE_CHECKING, Any
+
+from . import backends  # noqa: F401 - registers every backend (llama.cpp's loader is reached through it)
+from ._deprecated import install_module_aliases
 from ._errors import CaptureError, LlmriError, MissingExtraError, ModelLoadError, ReducerError, StoreError
-from .backends.openai import ChatOnlyClient, ChatOnlyStream, chat_only, chat_only_stream
-from .capture import CaptureStream, capture, stream
-from .decode import GenerationSettings
+from .capture import CaptureStream, FrameStream, GenerationSettings, capture, stream
+from .chatonly import ChatOnlyClient, ChatOnlyStream, chat_only, chat_only_stream
 from .frame import SIGNALS, Frame, Token, TokenTable
-from .framestream import FrameStream
-from .models import LoadedModel, load_model
-from .notebook import show
+from .models import LoadedModel, load_model, wrap
 from .reducers import REDUCERS, Reducer, make_reducer
 from .store import FrameStore, MemoryFrameStore, Session, SessionReader, open_store
-from .viewing import view
-from .wrapping import wrap
+from .store.base import set_show
+
+if TYPE_CHECKING:
+    from .notebook import show
+    from .viewer.launch import view
 
 __all__ = [
     "REDUCERS",
@@ -53,3 +57,26 @@ __all__ = [
     "view",
     "wrap",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # the notebook widget and the viewer load when first asked for: `import llmri` stays light
+    if name == "show":
+        from .notebook import show
+
+        return show
+    if name == "view":
+        from .viewer.launch import view
+
+        return view
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _show_session(session: Any, **kw: Any) -> Any:
+    from .notebook import show
+
+    return show(session, **kw)
+
+
+set_show(_show_session)
+install_module_aliases()

@@ -9,7 +9,7 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """``T`` is what is registered: usually a class (``Registry[type[Capture]]``)."""
+    """``T`` is what is registered: usually a class (``Registry[type[Backend]]``)."""
 
     def __init__(self, what: str) -> None:
         self.what = what

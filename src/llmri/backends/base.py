@@ -1,4 +1,4 @@
-"""The Capture interface: a model's forward step that also returns per-layer activations."""
+"""The Backend interface: a model's forward step that also returns per-layer activations."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from .._deprecated import renamed
 from .._errors import CaptureError
 from .._registry import Registry
 from ..frame import SIGNALS
 
-BACKENDS: Registry[type[Capture]] = Registry("backend")
+BACKENDS: Registry[type[Backend]] = Registry("backend")
 
 
 @dataclass
@@ -95,7 +96,7 @@ class LensHead:
         return LensHead(norm=self.norm, unembed=unembed, postprocess=self.postprocess, keep_dtype=True)
 
 
-class Capture(ABC):
+class Backend(ABC):
     """A capture backend bound to one model.
 
     ``step(input_ids, cache)`` runs the model on the new positions only (the KV cache holds the
@@ -115,6 +116,15 @@ class Capture(ABC):
     supports_attention: ClassVar[bool] = False
     #: Whether the constructor accepts ``hook_points=`` (the user names the module per signal).
     supports_hook_points: ClassVar[bool] = False
+    #: Whether this backend runs model files of its own rather than a transformers model: then
+    #: :func:`llmri.load_model` (``backend=`` its name) hands the spec to :meth:`load_model`.
+    loads_own_files: ClassVar[bool] = False
+
+    @classmethod
+    def load_model(cls, spec: Any) -> Any:
+        """The model object this backend records, loaded from ``spec`` (only where
+        :attr:`loads_own_files`: llama.cpp reads a GGUF file itself)."""
+        raise CaptureError(f"backend {cls.name!r} records a transformers model: load it with llmri.load_model(spec)")
 
     def __init__(self, model: Any, signals: Sequence[str] | str | None = None) -> None:
         self.loaded = model
@@ -175,7 +185,7 @@ class Capture(ABC):
     def close(self) -> None:  # noqa: B027 - optional
         pass
 
-    def __enter__(self) -> Capture:
+    def __enter__(self) -> Backend:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -199,3 +209,6 @@ def check_signals(signals: Sequence[str] | str | None, provides: Sequence[str], 
     if not out:
         raise CaptureError("no signals requested (choose from resid, attn, mlp)")
     return [s for s in SIGNALS if s in out]
+
+
+__getattr__ = renamed(__name__, {"Capture": "llmri.backends.base:Backend"})

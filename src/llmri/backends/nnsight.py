@@ -10,10 +10,11 @@ from typing import Any
 
 from .._errors import CaptureError, require
 from ..frame import SIGNALS
-from ._wrapped import WrappedModel, cached_for, hidden_size, module_fingerprint, weight_sharing_copy
-from .base import BACKENDS, Capture, LensHead, Step
+from ..models.identity import module_fingerprint
+from .base import BACKENDS, Backend, LensHead, Step
 from .hf import find_lens_head
-from .hf_layout import find_layers, find_layout, pick, text_config
+from .hf.layout import find_layers, find_layout, pick, text_config
+from .wrapped import WrappedModel, cached_for, hidden_size, weight_sharing_copy
 
 EXTRA = "nnsight"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -94,7 +95,7 @@ def _envoy(nn_model: Any, path: str) -> Any:
 
 
 @BACKENDS.register("nnsight")
-class NNsightCapture(Capture):
+class NNsightBackend(Backend):
     """One nnsight trace per step, recording (``tracer.cache``) each decoder layer's output
     (``resid``), its attention output (``attn``) and its MLP output (``mlp``).
 

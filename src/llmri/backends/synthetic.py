@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..frame import SIGNALS
-from .base import BACKENDS, Capture, Step
+from .base import BACKENDS, Backend, Step
 
 EOS = 256
 REPLY = "The sky is blue because air scatters short wavelengths of sunlight more than long ones."
@@ -79,7 +79,7 @@ class SyntheticModel:
 
 
 @BACKENDS.register("synthetic")
-class SyntheticCapture(Capture):
+class SyntheticBackend(Backend):
     name = "synthetic"
     provides = SIGNALS
 

@@ -10,9 +10,10 @@ from typing import Any
 
 from .._errors import CaptureError, require
 from ..frame import SIGNALS
-from ._wrapped import WrappedModel, cached_for, module_fingerprint, weight_sharing_copy
-from .base import BACKENDS, Capture, LensHead, Step
+from ..models.identity import module_fingerprint
+from .base import BACKENDS, Backend, LensHead, Step
 from .hf import logit_postprocess
+from .wrapped import WrappedModel, cached_for, weight_sharing_copy
 
 EXTRA = "transformer-lens"
 #: The bridge's hook point for each signal in block ``{i}``.
@@ -97,7 +98,7 @@ def _alias_cache(_mod: Any, args: Any, kwargs: dict[str, Any]) -> Any:
 
 
 @BACKENDS.register("transformer-lens")
-class TransformerLensCapture(Capture):
+class TransformerLensBackend(Backend):
     """Hooks on a TransformerBridge's hook points: ``resid`` = ``blocks.N.hook_resid_post``,
     ``attn`` = ``blocks.N.hook_attn_out``, ``mlp`` = ``blocks.N.hook_mlp_out``.
 

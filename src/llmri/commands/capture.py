@@ -10,8 +10,24 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import CaptureError, StoreError
-from ..stepreadouts import CAPTURE_LENS_BATCH
+from ..settings import CAPTURE_LENS_BATCH
 from .inspect import parse_hook_points
+from .options import add_attention, add_options, attention_options, collect, described
+
+#: The options ``llmri capture`` passes as they are (the readouts and --chat/--raw have flags of their own).
+GENERAL = (
+    "backend",
+    "signals",
+    "hook_points",
+    "reducer",
+    "tile",
+    "reducer_seed",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -24,10 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("prompt", nargs="?", help="the prompt text (or use --messages)")
     p.add_argument("-o", "--output", required=True, metavar="STORE", help="store path or URL (created if missing)")
     p.add_argument("--model", default=None, metavar="SPEC", help="model dir, .gguf file or hub id (default: bundled)")
-    p.add_argument("--backend", default=None, metavar="NAME", help="capture backend (see `llmri backends`)")
-    p.add_argument(
-        "--signals", default=None, help="comma-separated subset of resid,attn,mlp (default: every one the model has)"
-    )
+    add_options(p, ["backend", "signals"])
     p.add_argument(
         "--hook-points",
         type=parse_hook_points,
@@ -36,48 +49,27 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="name the module per signal, {i} for the layer: resid=model.layers.{i},mlp=model.layers.{i}.mlp "
         "(see `llmri inspect`)",
     )
-    p.add_argument("--reducer", default="random", help="random, ipca or neurons")
-    p.add_argument("--tile", default="16x16", help="tile shape HxW (default 16x16)")
-    p.add_argument("--reducer-seed", type=int, default=0)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop when TEXT is generated")
+    add_options(p, ["reducer", "tile", "reducer_seed", "max_new_tokens", "temperature", "top_p", "seed", "stop"])
     chat = p.add_mutually_exclusive_group()
     chat.add_argument("--chat", dest="chat", action="store_true", default=True, help="prompt is a user message")
     chat.add_argument("--raw", dest="chat", action="store_false", help="feed the prompt as raw text")
     p.add_argument("--messages", metavar="CHAT.json", help="a JSON list of {role, content} messages")
-    p.add_argument("--lens", action="store_true", help="record the logit lens (every layer's next-token top-5)")
-    add_lens_dtype(p)
+    add_options(p, ["lens", "lens_dtype"])
     p.add_argument(
         "--lens-batch",
         type=int,
         default=CAPTURE_LENS_BATCH,
         metavar="N",
-        help=f"positions whose lens is computed at once (default {CAPTURE_LENS_BATCH}; a frame is written"
-        " up to N forwards later)",
+        help=described("lens_batch", CAPTURE_LENS_BATCH),
     )
-    p.add_argument(
-        "--attention",
-        nargs="?",
-        const="16",
-        default=None,
-        metavar="K|full",
-        help="record attention per head: the top K attended positions (default 16), or full rows",
-    )
+    add_attention(p)
     p.add_argument("--quiet", action="store_true", help="no progress line")
     return p
 
 
 def add_lens_dtype(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--lens-dtype``, for ``llmri capture`` and ``llmri view``'s live chat."""
-    p.add_argument(
-        "--lens-dtype",
-        choices=("float32", "bfloat16", "float16"),
-        default=None,
-        help="the lens's unembedding precision (default float32, exact; bfloat16 is faster and ~1e-2 off)",
-    )
+    add_options(p, ["lens_dtype"])
 
 
 def read_messages(path: str) -> list[dict[str, Any]]:
@@ -158,20 +150,13 @@ class _Progress:
 
 
 def _readout_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``lens`` / ``attention`` / ``attention_k`` from ``--lens`` and ``--attention [K|full]``."""
+    """``lens`` / ``lens_dtype`` / ``lens_batch`` / ``attention`` / ``attention_k`` from the flags."""
     out: dict[str, Any] = {}
     if getattr(args, "lens", False):
-        out["lens"] = True
-        out["lens_batch"] = getattr(args, "lens_batch", CAPTURE_LENS_BATCH)
-        if getattr(args, "lens_dtype", None):
-            out["lens_dtype"] = args.lens_dtype
+        out.update(collect(args, ["lens", "lens_batch", "lens_dtype"]))
     elif getattr(args, "lens_dtype", None):
         raise CaptureError("--lens-dtype goes with --lens")
-    value = getattr(args, "attention", None)
-    if value is not None:
-        if value != "full" and not value.isdigit():
-            raise CaptureError(f"--attention takes a whole number K or 'full', got {value!r}")
-        out["attention"], out["attention_k"] = True, value if value == "full" else int(value)
+    out.update(attention_options(getattr(args, "attention", None)))
     return out
 
 
@@ -187,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     if args.backend == "synthetic":
         if model is not None:
             raise CaptureError("the synthetic backend brings its own fake model: drop --model")
-        from llmri.backends.synthetic import SyntheticModel
+        from ..backends.synthetic import SyntheticModel
 
         model = SyntheticModel()
     store = _check_store(args.output)
@@ -197,18 +182,8 @@ def run(args: argparse.Namespace) -> int:
             model,
             prompt,
             store=store,
-            backend=args.backend,
-            signals=args.signals,
-            hook_points=args.hook_points,
-            reducer=args.reducer,
-            tile=args.tile,
-            reducer_seed=args.reducer_seed,
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            seed=args.seed,
-            stop=args.stop,
             chat=True if args.messages else args.chat,
+            **collect(args, GENERAL),
             **_readout_options(args),
         )
     except (ValueError, TypeError) as exc:

@@ -92,7 +92,7 @@ def print_table(tokens: list[Any], out: Any = None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..backends.openai import chat_only_stream
+    from ..chatonly import chat_only_stream
 
     messages = _load_messages(args)
     st = chat_only_stream(

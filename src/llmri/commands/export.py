@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..colormaps import COLORMAPS, DEFAULT_COLORMAP
+from ..render.colormaps import COLORMAPS, DEFAULT_COLORMAP
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from ..export import FORMATS
+    from ..render.export import FORMATS
 
     p = sub.add_parser(
         "export",
@@ -31,8 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     import llmri
-    from llmri.export import export
 
+    from ..render.export import export
     from .info import pick_session
 
     store = llmri.open_store(args.store)

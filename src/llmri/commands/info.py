@@ -87,7 +87,8 @@ def _details(s: Any) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import llmri
-    from llmri.export import session_json
+
+    from ..render.export import session_json
 
     store = llmri.open_store(args.store)
     if args.session:
@@ -123,8 +124,8 @@ def _print_upgrade_note(store: Any, typed: str) -> None:
 def upgrade_note(store: Any, typed: str) -> str:
     """One line when some sessions of a Zarr store predate the current layout (no ``dimension_names``):
     llmri reads them as they are, xarray alone needs ``llmri upgrade-store``. ``""`` otherwise."""
-    from llmri.store.zarr import ZarrFrameStore
-    from llmri.store.zarr.upgrade import upgrade_store
+    from ..store.zarr import ZarrFrameStore
+    from ..store.zarr.upgrade import upgrade_store
 
     if not isinstance(store, ZarrFrameStore):
         return ""

@@ -100,7 +100,7 @@ def describe(capture: Any) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..capture import as_model, backend_for
+    from ..capture.resolve import as_model, backend_for
 
     model = as_model(args.model)
     name, cls = backend_for(model, args.backend)

@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmri.store.zarr.upgrade import upgrade_store
+    from ..store.zarr.upgrade import upgrade_store
 
     report = upgrade_store(args.store, dry_run=args.dry_run)
     verb = "would upgrade" if args.dry_run else "upgraded"

@@ -11,17 +11,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from ..capture.progressbar import in_notebook
 from .sources import NotebookError, outside_message
 
 __all__ = ["NotebookError", "Viewer", "in_notebook", "show"]
-
-
-def in_notebook() -> bool:
-    """True inside a Jupyter kernel (JupyterLab, Notebook 7, VS Code, nbclient); not in a script or a
-    terminal IPython."""
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None  # type: ignore[attr-defined]
-    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 def show(source: Any, *, session: str | None = None, t: int = 0, height: int = 640) -> Any:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import LlmriError, one_line
-from ..framestream import FrameStream
+from ..capture.framestream import FrameStream
 from ..store import FrameStore, MemoryFrameStore, Session, SessionReader
 
 

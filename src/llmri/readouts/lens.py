@@ -133,7 +133,7 @@ def logit_lens(
 
     ``resid``: Tensor ``[n, L, d_model]`` (each block's output, the ``resid`` signal, in the
     model's dtype and on its device); ``head``: the model's final norm + unembedding
-    (:meth:`~llmri.backends.base.Capture.lens_head`), ``[..., d] -> float32 [..., vocab]`` (or
+    (:meth:`~llmri.backends.base.Backend.lens_head`), ``[..., d] -> float32 [..., vocab]`` (or
     a lower-precision copy's dtype);
     ``next_ids``: the token at position ``t + 1`` for each row ``t``, known for every row (``n``
     ids) or for all but the last (``n - 1``; then ``pending`` keeps the last row's logits for

@@ -7,57 +7,30 @@ Everything here depends on :mod:`llmri.frame` and :mod:`llmri._errors` only.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from .._errors import StoreError
-from ..frame import ATTENTION_FIELDS, LENS_FIELDS, LENS_TEXT, AttentionTable, Frame, LensTable, TokenTable
+from ..frame import AttentionTable, Frame, LensTable, TokenTable
+from .layout import (  # noqa: F401 - re-exported: the format's names, read from base by older code
+    ATTN_RANK,
+    HEAD,
+    LAYER,
+    RANK,
+    READOUTS,
+    TILE_X,
+    TILE_Y,
+    TOKEN,
+    RowLayout,
+    readout_layout,
+)
 
 #: The version of docs/FORMAT.md this llmri writes, and the newest it reads.
 FORMAT_VERSION = 1
 #: A session's ``meta["status"]``.
 STATUSES = ("recording", "complete", "interrupted")
-
-# The names of a session's axes (docs/FORMAT.md, "Axes"): the stored arrays' ``dimension_names``
-# and the dimensions of :meth:`SessionReader.to_xarray`. One axis has one name in every array.
-TOKEN = "token"  # token position, prompt tokens first
-LAYER = "layer"  # index into meta["layers"]
-TILE_Y = "tile_y"  # row of a tile (H)
-TILE_X = "tile_x"  # column of a tile (W)
-RANK = "rank"  # of the top-k alternatives, 0 the most probable
-HEAD = "head"  # an attention head, for per-head arrays
-ATTN_RANK = "attn_rank"  # of the most attended positions, 0 the largest weight (k differs from ``rank``'s)
-
-#: The readouts a session may hold: ``meta[kind]`` says it does (docs/FORMAT.md, "Readouts").
-READOUTS: dict[str, tuple[str, ...]] = {"lens": LENS_FIELDS, "attention": ATTENTION_FIELDS}
-
-
-#: One readout field's row: its shape and the names of its axes (the token axis first, unnamed).
-RowLayout = tuple[tuple[int, ...], tuple[str, ...]]
-
-
-def readout_layout(meta: dict[str, Any]) -> dict[str, dict[str, RowLayout]]:
-    """``{kind: {field: (row shape, row axes)}}`` of the readouts ``meta`` says a session holds:
-    ``meta["lens"] = {"k": k}`` (with ``"texts": true``, also ``top_text``) and
-    ``meta["attention"] = {"k": k, "heads": H}`` (absent or null: none)."""
-    n_layers = len(meta.get("layers") or [])
-    out: dict[str, dict[str, RowLayout]] = {}
-    top: RowLayout
-    per: RowLayout
-    lens = meta.get("lens")
-    if isinstance(lens, dict):
-        k = int(lens.get("k", 5))
-        top, per = ((n_layers, k), (LAYER, RANK)), ((n_layers,), (LAYER,))
-        out["lens"] = {"top_ids": top, "top_probs": top, "next_prob": per, "next_rank": per, "entropy": per}
-        if lens.get("texts"):  # each top id's text (older sessions have none)
-            out["lens"][LENS_TEXT] = top
-    attn = meta.get("attention")
-    if isinstance(attn, dict):
-        k, h = int(attn.get("k", 16)), int(attn.get("heads", 0))
-        top, per = ((n_layers, h, k), (LAYER, HEAD, ATTN_RANK)), ((n_layers, h), (LAYER, HEAD))
-        out["attention"] = {"top_pos": top, "top_weight": top, "entropy": per, "sink": per}
-    return out
 
 
 def readout_problem(frame: Frame, layout: dict[str, dict[str, RowLayout]]) -> str:
@@ -85,6 +58,17 @@ def norm_range(start: int | None, stop: int | None, n: int) -> tuple[int, int]:
     """``[start, stop)`` of ``n`` rows as Python slicing reads it, never reversed (``stop >= start``)."""
     s, e, _ = slice(start, stop).indices(n)
     return s, max(s, e)
+
+
+#: What ``SessionReader.show()`` calls: llmri's package sets it to the notebook widget's ``show``
+#: (imported when first called), so the store imports no outer room.
+_SHOW: Callable[..., Any] | None = None
+
+
+def set_show(show: Callable[..., Any]) -> None:
+    """Set what :meth:`SessionReader.show` calls (``show(session, **kw)``)."""
+    global _SHOW
+    _SHOW = show
 
 
 class SessionReader(ABC):
@@ -233,9 +217,9 @@ class SessionReader(ABC):
     def show(self, **kw: Any) -> Any:
         """This session in the viewer, in a notebook's output (:func:`llmri.show`; keywords ``t``,
         ``height``); outside a notebook, one line saying to run ``llmri view STORE`` instead."""
-        from ..notebook import show  # the widget lives in an outer room; loaded only when asked
-
-        return show(self, **kw)
+        if _SHOW is None:
+            raise StoreError("session.show() needs llmri's notebook widget: import llmri")
+        return _SHOW(self, **kw)
 
     def __repr__(self) -> str:
         return (

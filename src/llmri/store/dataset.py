@@ -10,13 +10,16 @@ reader's arrays are numpy (read-only views where it holds them).
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._errors import require
 from ..frame import TOP_K
-from .base import LAYER, RANK, TILE_X, TILE_Y, TOKEN, SessionReader, SupportsArrays, readout_layout
+from .layout import LAYER, RANK, TILE_X, TILE_Y, TOKEN, readout_layout
+
+if TYPE_CHECKING:
+    from .base import SessionReader
 
 #: The variable of readout field ``<kind>/<field>`` in :func:`session_dataset`.
 READOUT_PREFIX = {"lens": "lens_", "attention": "attn_"}
@@ -83,7 +86,7 @@ def session_dataset(session: SessionReader) -> Any:
     """:meth:`SessionReader.to_xarray`: the session's committed rows as an ``xarray.Dataset``."""
     xr = require("xarray", "xarray")
     n = len(session)
-    if isinstance(session, SupportsArrays):
+    if callable(getattr(session, "array", None)):  # SupportsArrays (a runtime Protocol checks no more)
         require("dask.array", "xarray")
 
         def col(name: str) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..jsonsafe import json_safe
+from .._jsonsafe import json_safe
 from ..store import SessionReader
 
 

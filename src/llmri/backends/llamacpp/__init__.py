@@ -3,10 +3,10 @@
 llama-cpp-python is imported only when a model loads: registering the backend is free.
 """
 
-from .backend import TENSORS, LlamaCache, LlamaCppCapture, tensor_names
+from .backend import TENSORS, LlamaCache, LlamaCppBackend, tensor_names
 from .codec import GGUFTokenizer
 from .context import LlamaContext
-from .model import GGUFConfig, GGUFModel
+from .model import GGUFConfig, GGUFModel, load_gguf
 
 __all__ = [
     "TENSORS",
@@ -15,6 +15,7 @@ __all__ = [
     "GGUFTokenizer",
     "LlamaCache",
     "LlamaContext",
-    "LlamaCppCapture",
+    "LlamaCppBackend",
+    "load_gguf",
     "tensor_names",
 ]

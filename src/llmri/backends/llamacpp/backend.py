@@ -10,7 +10,7 @@ import numpy as np
 
 from ..._errors import CaptureError
 from ...frame import SIGNALS
-from ..base import BACKENDS, Capture, Step
+from ..base import BACKENDS, Backend, Step
 from .ggml import ggml
 from .model import available_cores
 from .recorder import Recorder
@@ -54,7 +54,7 @@ class LlamaCache:
 
 
 @BACKENDS.register("llama.cpp")
-class LlamaCppCapture(Capture):
+class LlamaCppBackend(Backend):
     """llama.cpp's eval callback on a :class:`~llmri.backends.llamacpp.GGUFModel`.
 
     ``step`` decodes the new positions on the model's shared context (its KV cache is the cache:
@@ -69,6 +69,13 @@ class LlamaCppCapture(Capture):
 
     name = "llama.cpp"
     provides = SIGNALS
+    loads_own_files = True
+
+    @classmethod
+    def load_model(cls, spec: Any) -> Any:
+        from .model import load_gguf
+
+        return load_gguf(spec)
 
     def __init__(self, model: Any, signals: Sequence[str] | str | None = None) -> None:
         super().__init__(model, signals)

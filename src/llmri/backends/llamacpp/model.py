@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..._errors import ModelLoadError, require
+from ...models.identity import DEFAULT_NAME, gguf_fingerprint, gguf_path
 from .codec import GGUFTokenizer
 from .context import LlamaContext
 
@@ -71,8 +72,6 @@ class GGUFModel:
         n_threads: int | None = None,
         flash_attn: bool | None = False,
     ) -> None:
-        from ...models import gguf_fingerprint
-
         L = require("llama_cpp", "llamacpp")
         self._L = L
         self.path = str(Path(path).resolve())
@@ -110,7 +109,7 @@ class GGUFModel:
         )
         self._context: LlamaContext | None = None
         self._lock = threading.Lock()
-        self.verified: set[str] = set()  # signals whose tensors a probe found (see LlamaCppCapture)
+        self.verified: set[str] = set()  # signals whose tensors a probe found (see LlamaCppBackend)
         self.derived: set[str] = set()  # verified signals computed from other tensors (see backend.ATTN_FROM)
         self.attn_from = ("", "")  # a derived attn's (residual after attention, block 0's input) tensors
         self.post_norm = False  # the graph normalises the attention output before the residual add
@@ -190,3 +189,14 @@ class GGUFModel:
 
     def __repr__(self) -> str:
         return f"<GGUFModel {self.name} {self.quantization} layers={self.n_layers} d_model={self.d_model}>"
+
+
+def load_gguf(
+    spec: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_threads: int | None = None, **options: Any
+) -> Any:
+    """A GGUF file loaded by llama.cpp for the ``llama.cpp`` backend (needs ``llmri[llamacpp]``): a
+    :class:`~llmri.backends.llamacpp.GGUFModel` (its keywords: ``n_ctx``, ``n_threads``, ``flash_attn``).
+    ``spec``: ``None`` for the bundled SmolLM2-135M-Instruct, or a ``.gguf`` path (or an Ollama blob)."""
+    path = gguf_path(spec)
+    default = spec is None or (isinstance(spec, str) and spec.strip() in ("", "default"))
+    return GGUFModel(path, name=DEFAULT_NAME if default else None, n_ctx=n_ctx, n_threads=n_threads, **options)

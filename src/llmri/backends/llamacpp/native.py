@@ -113,7 +113,7 @@ def _private_dir(path: Path) -> bool:
 def build(cache: Path | None = None) -> Path | None:
     """The compiled library in ``cache`` (default ``cache_dir() / "native"``), compiled if not there
     yet (to a temporary file, renamed into place); ``None`` where it cannot be (logged at debug)."""
-    from ...models import cache_dir
+    from ...models.identity import cache_dir
 
     cc = compiler()
     if cc is None:

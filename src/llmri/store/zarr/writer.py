@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from ..._errors import StoreError
+from ..._jsonsafe import json_safe
 from ...frame import TOP_K, Frame
-from ...jsonsafe import json_safe
 from ..base import FORMAT_VERSION, STATUSES, SessionWriter, readout_layout, readout_problem
 from .columns import Column, column_compressors, column_specs, coordinate_arrays, frame_rows
 from .internals import ColumnFormat, column_format, create_session_nodes, group_document

@@ -31,7 +31,7 @@ class ModelEngine:
         lens_dtype: str | None = None,
     ) -> None:
         from ..._errors import CaptureError
-        from ...capture import as_model, backend_for
+        from ...capture.resolve import as_model, backend_for
 
         self.model = as_model(model)
         self.backend, cls = backend_for(self.model, backend)
@@ -59,7 +59,7 @@ class ModelEngine:
         }
 
     def open(self, messages: list[dict[str, str]], settings: dict[str, Any], store: Any, meta: dict[str, Any]) -> Any:
-        from ...capture import CaptureStream
+        from ...capture.stream import CaptureStream
 
         return CaptureStream(
             self.model,

@@ -7,7 +7,7 @@ import secrets
 from typing import Any
 
 from ..._errors import CaptureError
-from ...messages import check_messages
+from ...capture.messages import check_messages
 from ...reducers import REDUCERS
 from .protocol import MAX_MESSAGES, MAX_NEW_TOKENS
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..._errors import LlmriError, one_line
-from ...jsonsafe import json_safe
+from ..._jsonsafe import json_safe
 from ..encoding import encode_array
 from .protocol import PROMPT_BATCH, message
 

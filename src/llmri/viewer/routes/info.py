@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter
 
-from ... import __version__, colormaps
+from ... import __version__
+from ...render import colormaps
 from . import State
 from .frames import MAX_RANGE
 

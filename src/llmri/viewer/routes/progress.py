@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from ...jsonsafe import json_safe
+from ..._jsonsafe import json_safe
 from ..state import NotFound
 from . import State
 

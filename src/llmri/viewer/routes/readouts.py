@@ -14,7 +14,7 @@ import numpy as np
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from ...jsonsafe import json_safe
+from ..._jsonsafe import json_safe
 from ...readouts import decision_layers
 from ...readouts import markers as session_markers
 from ...store import SessionReader

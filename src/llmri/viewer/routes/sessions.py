@@ -8,8 +8,8 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from ..._errors import LlmriError
-from ...jsonsafe import json_safe
-from ...render import grid_shape
+from ..._jsonsafe import json_safe
+from ...render.grid import grid_shape
 from ..state import BadRequest, NotFound
 from ..views import comparable, summary
 from . import State
