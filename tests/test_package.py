@@ -59,6 +59,8 @@ def test_demo_captures_once_and_summarises(tmp_path, real_model):
     r = _llmri("demo", "--no-view", "--max-new-tokens", "8", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "session" in r.stdout and "answer" in r.stdout and "resid norm by layer" in r.stdout
+    # the rate a user compares: generation alone, not the one-time calibration before it
+    assert "tokens/s generating (set-up before the first token" in r.stdout
     store = llmri.open_store(tmp_path / "llmri-demo.zarr")
     (s,) = store.sessions()
     assert s.status == "complete" and s.tokens.role.count("generated") == 8
