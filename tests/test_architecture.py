@@ -150,3 +150,27 @@ def test_modules_stay_small():
         if (n := len(p.read_text().splitlines())) > MAX_JS_LINES
     ]
     assert not big, big
+
+
+def test_no_import_cycles_in_the_viewer_counting_imports_inside_functions():
+    """Within llmri.viewer, an import deferred into a function is still a dependency: two modules
+    that import each other, one of them lazily, are one module split in two."""
+    inside = {name: path for name, path in MODULES.items() if name.startswith("llmri.viewer.")}
+    graph = {
+        name: {d for mod, names, _top in _imports(path) for d in _resolve(mod, names) if d in inside and d != name}
+        for name, path in inside.items()
+    }
+    for name in graph:
+        graph[name] = {d for d in graph[name] if not (MODULES[d].name == "__init__.py" and name.startswith(d + "."))}
+    cycles = []
+    for name in sorted(graph):
+        seen, todo = set(), list(graph[name])
+        while todo:
+            dep = todo.pop()
+            if dep == name:
+                cycles.append(name)
+                break
+            if dep not in seen:
+                seen.add(dep)
+                todo.extend(graph[dep])
+    assert not cycles, f"modules on an import cycle: {cycles}"

@@ -59,10 +59,10 @@ class LiveChat:
     # -- plumbing --------------------------------------------------------------------------
     def attach(self, app: Any, state: Any) -> None:
         """Add ``WS /api/live`` to ``app`` (called by :func:`~llmri.viewer.create_app`)."""
-        from .routes import router
+        from .routes import live_router
 
         self._state = state
-        app.include_router(router)
+        app.include_router(live_router(self.serve))
 
     def describe(self) -> dict[str, Any]:
         info = self.engine.describe()
