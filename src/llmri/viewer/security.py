@@ -233,7 +233,7 @@ class SecurityPolicy:
         return False, False
 
 
-def _headers(scope: dict) -> dict[str, str]:
+def _headers(scope: dict[str, Any]) -> dict[str, str]:
     """Request headers by lowercased name; a repeated header is joined with ", " (so a second Host or
     Origin makes the value unparseable and the request refused), cookies with "; "."""
     out: dict[str, str] = {}
@@ -251,7 +251,7 @@ class SecurityMiddleware:
         self.app = app
         self.policy = policy
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
@@ -289,7 +289,7 @@ class SecurityMiddleware:
         if set_cookie:
             cookie = f"{self.policy.cookie_name}={self.policy.token}; Path=/; HttpOnly; SameSite=Strict"
 
-        async def wrapped(message: dict) -> None:
+        async def wrapped(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 raw = list(message.get("headers", []))
                 ctype = next((v.decode("latin-1") for k, v in raw if k.lower() == b"content-type"), "")

@@ -7,11 +7,14 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .._errors import LlmriError
 from ..store import FrameStore, SessionReader, open_store
 from .security import SecurityPolicy, valid_id
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 log = logging.getLogger("llmri.viewer")
 
@@ -28,7 +31,7 @@ class BadRequest(LlmriError):
 class LivePlugin(Protocol):
     """What ``create_app(live=...)`` takes (:class:`~llmri.viewer.live.LiveChat` is one)."""
 
-    def attach(self, app: Any, state: ViewerState) -> None:
+    def attach(self, app: FastAPI, state: ViewerState) -> None:
         """Add the plug-in's routes to ``app``; called once, before the security middleware wraps it."""
 
 

@@ -2,7 +2,8 @@
 
 :class:`LiveChat` is the viewer's live plug-in (``create_app(stores, live=LiveChat(...))``). It adds
 one WebSocket, ``/api/live``, behind the same Host / Origin / token guards as every other route
-(:class:`~llmri.viewer.security.SecurityMiddleware` wraps the whole app). Two engines sit behind it:
+(:class:`~llmri.viewer.security.SecurityMiddleware` wraps the whole app). An :class:`Engine` answers
+each turn (it opens a stream of frames for messages and settings); two ship here:
 
 * :class:`ModelEngine`: a local model (``llmri view --model SPEC``), recorded with
   :func:`llmri.stream` (activations, all signals the backend offers).
@@ -26,8 +27,9 @@ of a ``chat`` message), :mod:`.sendqueue` (one client's bounded queue), :mod:`.t
 from __future__ import annotations
 
 from .chat import LiveChat
-from .engines import ChatOnlyEngine, ModelEngine
+from .engines import ChatOnlyEngine, Engine, ModelEngine
+from .protocol import ChatSettings
 from .requests import check_request
 from .sendqueue import SendQueue
 
-__all__ = ["ChatOnlyEngine", "LiveChat", "ModelEngine", "SendQueue", "check_request"]
+__all__ = ["ChatOnlyEngine", "ChatSettings", "Engine", "LiveChat", "ModelEngine", "SendQueue", "check_request"]

@@ -6,13 +6,21 @@ import asyncio
 import json
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..._errors import CaptureError
-from .protocol import CLIENT_QUEUE_BYTES, MAX_CLIENT_MESSAGE, MAX_NEW_TOKENS, message
+from .protocol import CLIENT_QUEUE_BYTES, MAX_CLIENT_MESSAGE, MAX_NEW_TOKENS, ChatSettings, message
 from .requests import check_request, shown
 from .sendqueue import Message, SendQueue
 from .turn import Turn
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from starlette.websockets import WebSocket
+
+    from ...store import FrameStore
+    from ..state import ViewerState
+    from .engines import Engine
 
 log = logging.getLogger("llmri.viewer")
 
@@ -23,7 +31,8 @@ class LiveChat:
     Parameters
     ----------
     engine
-        A :class:`~llmri.viewer.live.ModelEngine` or :class:`~llmri.viewer.live.ChatOnlyEngine`.
+        An :class:`~llmri.viewer.live.engines.Engine`: a :class:`~llmri.viewer.live.ModelEngine` or
+        a :class:`~llmri.viewer.live.ChatOnlyEngine`. The chat owns it: :meth:`close` closes it.
     store_id
         Which of the viewer's stores records the live sessions (default ``"s0"``, the first).
     client_queue_bytes
@@ -38,7 +47,7 @@ class LiveChat:
 
     def __init__(
         self,
-        engine: Any,
+        engine: Engine,
         *,
         store_id: str = "s0",
         client_queue_bytes: int = CLIENT_QUEUE_BYTES,
@@ -54,15 +63,15 @@ class LiveChat:
         self._next_id = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
-        self._state: Any = None
+        self._state: ViewerState | None = None
 
     # -- plumbing --------------------------------------------------------------------------
-    def attach(self, app: Any, state: Any) -> None:
+    def attach(self, app: FastAPI, state: ViewerState) -> None:
         """Add ``WS /api/live`` to ``app`` (called by :func:`~llmri.viewer.create_app`)."""
-        from .routes import router
+        from .routes import live_router
 
         self._state = state
-        app.include_router(router)
+        app.include_router(live_router(self.serve))
 
     def describe(self) -> dict[str, Any]:
         info = self.engine.describe()
@@ -70,7 +79,7 @@ class LiveChat:
         info["max_new_tokens"] = MAX_NEW_TOKENS
         return info
 
-    def _store(self) -> Any:
+    def _store(self) -> FrameStore:
         entry = self._state.stores.get(self.store_id) if self._state is not None else None
         if entry is None:
             raise CaptureError(f"no store {self.store_id!r} to record live sessions in")
@@ -90,7 +99,7 @@ class LiveChat:
                 pass
 
     # -- the WebSocket -----------------------------------------------------------------------
-    async def serve(self, ws: Any) -> None:
+    async def serve(self, ws: WebSocket) -> None:
         """Serve one client on ``ws`` until it disconnects."""
         from starlette.websockets import WebSocketDisconnect
 
@@ -135,7 +144,7 @@ class LiveChat:
             self.run.stop()
 
     @staticmethod
-    async def _sender(ws: Any, conn: SendQueue) -> None:
+    async def _sender(ws: WebSocket, conn: SendQueue) -> None:
         while (item := await conn.get()) is not None:
             if isinstance(item, bytes):
                 await ws.send_bytes(item)
@@ -186,7 +195,7 @@ class LiveChat:
         return None
 
     # -- generation ----------------------------------------------------------------------------
-    def start(self, messages: list[dict[str, str]], settings: dict[str, Any], by: int = 0) -> Turn:
+    def start(self, messages: list[dict[str, str]], settings: ChatSettings, by: int = 0) -> Turn:
         """Start a turn on a worker thread (the caller checked that none is running)."""
         run = Turn(by, messages, settings)
         self.run = run

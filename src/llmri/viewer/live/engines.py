@@ -1,11 +1,64 @@
-"""What generates a live turn: a local model (activations recorded) or an OpenAI-compatible server."""
+"""What generates a live turn (:class:`Engine`): a local model (activations recorded) or an
+OpenAI-compatible server."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ...frame import SIGNALS
 from ...reducers import REDUCERS
+from .protocol import ChatSettings
+
+if TYPE_CHECKING:
+    from ... import ChatOnlyClient, FrameStream
+    from ...store import FrameStore
+
+
+class Engine(Protocol):
+    """Opens a stream of frames for messages and settings: what answers a live turn.
+
+    Implementations: :class:`ModelEngine` (a local model) and :class:`ChatOnlyEngine` (an
+    OpenAI-compatible server). The engine holds what lasts across turns (a loaded model, an HTTP
+    client); each turn gets a stream of its own.
+    """
+
+    @property
+    def mode(self) -> str:
+        """``"model"`` (frames carry activations) or ``"chat-only"`` (tokens and logprobs only)."""
+        ...
+
+    @property
+    def signals(self) -> Sequence[str]:
+        """The signals a frame may carry, in :data:`~llmri.frame.SIGNALS` order (none in chat-only mode)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What a client is told about the engine (JSON: ``mode``, ``model``, ``backend``, ...); no secrets."""
+        ...
+
+    def open(
+        self, messages: list[dict[str, str]], settings: ChatSettings, store: FrameStore, meta: dict[str, Any]
+    ) -> FrameStream:
+        """Start one answer to ``messages`` (checked: roles and contents) with ``settings`` (checked,
+        :func:`~llmri.viewer.live.check_request`).
+
+        Returns a :class:`~llmri.FrameStream` whose session already exists in ``store``
+        (``stream.session_id``), its metadata extended by ``meta``. Frames are appended to that
+        session as the stream is iterated, prompt first; nothing is generated before that.
+
+        Who closes what: the caller owns the stream. It iterates it once (the stream closes its
+        session ``complete`` or ``interrupted`` however the iteration ends, and frees its own
+        threads and connections) or, if it never iterates, calls ``stream.close()`` (or uses it
+        in a ``with`` block); ``stream.stop()`` may come from any thread. The stream never closes
+        the engine, nor the store. Raises :class:`~llmri.LlmriError` (one line) for a request it
+        cannot serve, before any session is created.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release what the engine holds; called once by its owner, after its last stream ended."""
+        ...
 
 
 class ModelEngine:
@@ -58,7 +111,9 @@ class ModelEngine:
             "readouts": self.readouts,
         }
 
-    def open(self, messages: list[dict[str, str]], settings: dict[str, Any], store: Any, meta: dict[str, Any]) -> Any:
+    def open(
+        self, messages: list[dict[str, str]], settings: ChatSettings, store: FrameStore, meta: dict[str, Any]
+    ) -> FrameStream:
         from ...capture.stream import CaptureStream
 
         return CaptureStream(
@@ -91,7 +146,7 @@ class ChatOnlyEngine:
 
     mode = "chat-only"
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: ChatOnlyClient) -> None:
         self.client = client
         self.signals: list[str] = []
 
@@ -106,7 +161,9 @@ class ChatOnlyEngine:
             "readouts": [],
         }
 
-    def open(self, messages: list[dict[str, str]], settings: dict[str, Any], store: Any, meta: dict[str, Any]) -> Any:
+    def open(
+        self, messages: list[dict[str, str]], settings: ChatSettings, store: FrameStore, meta: dict[str, Any]
+    ) -> FrameStream:
         return self.client.stream(
             messages,
             max_new_tokens=settings["max_new_tokens"],

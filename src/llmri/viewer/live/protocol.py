@@ -48,7 +48,7 @@ for a client.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypedDict
 
 #: Prompt frames sent per message at most (generated frames always go one per message).
 PROMPT_BATCH = 32
@@ -58,6 +58,24 @@ CLIENT_QUEUE_BYTES = 32 << 20
 MAX_CLIENT_MESSAGE = 1 << 20
 MAX_MESSAGES = 256
 MAX_NEW_TOKENS = 2048
+
+
+class _TurnSettings(TypedDict):
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    conversation: str  # a random id unless the client sent one (64 characters at most)
+    turn: int
+
+
+class ChatSettings(_TurnSettings, total=False):
+    """A ``chat`` message's ``settings`` once checked (:func:`~llmri.viewer.live.check_request`); the
+    keys below are there only for an engine in ``"model"`` mode."""
+
+    signals: list[str]
+    reducer: str
+    ignore_eos: bool
 
 
 def message(**fields: Any) -> str:

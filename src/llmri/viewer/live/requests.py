@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..._errors import CaptureError
 from ...capture.messages import check_messages
 from ...reducers import REDUCERS
-from .protocol import MAX_MESSAGES, MAX_NEW_TOKENS
+from .protocol import MAX_MESSAGES, MAX_NEW_TOKENS, ChatSettings
+
+if TYPE_CHECKING:
+    from .engines import Engine
 
 
 def shown(value: Any, limit: int = 40) -> str:
@@ -23,7 +26,7 @@ def shown(value: Any, limit: int = 40) -> str:
     return f"a JSON {'object' if isinstance(value, dict) else 'array' if isinstance(value, list) else 'value'}"
 
 
-def _number(settings: dict[str, Any], key: str, default: float, lo: float, hi: float, integer: bool = False) -> Any:
+def _number(settings: dict[str, Any], key: str, default: float, lo: float, hi: float, integer: bool = False) -> float:
     value = settings.get(key, default)
     if value is None or value == "":
         value = default
@@ -42,7 +45,12 @@ def _number(settings: dict[str, Any], key: str, default: float, lo: float, hi: f
     return float(value)
 
 
-def check_request(data: Any, engine: Any) -> tuple[list[dict[str, str]], dict[str, Any]]:
+def _whole(settings: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    """:func:`_number` for a setting that must be a whole number."""
+    return int(_number(settings, key, default, lo, hi, integer=True))
+
+
+def check_request(data: Any, engine: Engine) -> tuple[list[dict[str, str]], ChatSettings]:
     """Validate a ``chat`` message: ``(messages, settings)``; raises CaptureError with one line."""
     out = check_messages(data.get("messages") if isinstance(data, dict) else None, limit=MAX_MESSAGES)
     if out[-1]["role"] != "user" or not out[-1]["content"].strip():
@@ -50,14 +58,21 @@ def check_request(data: Any, engine: Any) -> tuple[list[dict[str, str]], dict[st
     raw = data.get("settings") or {}
     if not isinstance(raw, dict):
         raise CaptureError("settings must be an object")
-    settings: dict[str, Any] = {
-        "max_new_tokens": _number(raw, "max_new_tokens", 128, 1, MAX_NEW_TOKENS, integer=True),
-        "temperature": _number(raw, "temperature", 0.0, 0.0, 5.0),
-        "top_p": _number(raw, "top_p", 1.0, 0.0, 1.0),
-        "seed": _number(raw, "seed", 0, 0, 2**31 - 1, integer=True),
-    }
-    if settings["top_p"] <= 0:
+    max_new_tokens = _whole(raw, "max_new_tokens", 128, 1, MAX_NEW_TOKENS)
+    temperature = _number(raw, "temperature", 0.0, 0.0, 5.0)
+    top_p = _number(raw, "top_p", 1.0, 0.0, 1.0)
+    seed = _whole(raw, "seed", 0, 0, 2**31 - 1)
+    if top_p <= 0:
         raise CaptureError("top_p must be above 0")
+    conv, turn = raw.get("conversation"), raw.get("turn")
+    settings = ChatSettings(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        conversation=conv if isinstance(conv, str) and len(conv) <= 64 else secrets.token_hex(6),
+        turn=int(turn) if isinstance(turn, int) and not isinstance(turn, bool) and 0 <= turn < 10**6 else 0,
+    )
     if engine.mode == "model":
         sigs = raw.get("signals") or list(engine.signals)
         if isinstance(sigs, str):
@@ -73,8 +88,4 @@ def check_request(data: Any, engine: Any) -> tuple[list[dict[str, str]], dict[st
             raise CaptureError(f"reducer must be one of {', '.join(REDUCERS)}")
         settings["reducer"] = reducer
         settings["ignore_eos"] = raw.get("ignore_eos") is True  # benchmarks: every run makes max_new_tokens
-    conv = raw.get("conversation")
-    settings["conversation"] = conv if isinstance(conv, str) and len(conv) <= 64 else secrets.token_hex(6)
-    turn = raw.get("turn")
-    settings["turn"] = int(turn) if isinstance(turn, int) and not isinstance(turn, bool) and 0 <= turn < 10**6 else 0
     return out, settings

@@ -7,14 +7,20 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..._errors import LlmriError, one_line
 from ..._jsonsafe import json_safe
 from ..encoding import encode_array
-from .protocol import PROMPT_BATCH, message
+from .protocol import PROMPT_BATCH, ChatSettings, message
+
+if TYPE_CHECKING:
+    from ... import FrameStream
+    from ...frame import Frame
+    from ...store import FrameStore
+    from .engines import Engine
 
 #: How the worker hands a message to every client: ``post(item, session)``; it must never block.
 Post = Callable[[bytes | str, str | None], None]
@@ -26,8 +32,8 @@ class Turn:
 
     by: int
     messages: list[dict[str, str]]
-    settings: dict[str, Any]
-    stream: Any = None
+    settings: ChatSettings
+    stream: FrameStream | None = None
     session: str | None = None
     stop_requested: bool = False
     started: float = field(default_factory=time.monotonic)
@@ -42,7 +48,7 @@ class Turn:
         if st is not None:
             st.stop()
 
-    def generate(self, engine: Any, store: Callable[[], Any], store_id: str, post: Post) -> dict[str, Any]:
+    def generate(self, engine: Engine, store: Callable[[], FrameStore], store_id: str, post: Post) -> dict[str, Any]:
         """Run the turn to its end (on the worker thread) and return its ``done`` message.
 
         Opens the engine's stream on ``store()``, posts ``started``, then the frames as they come
@@ -78,7 +84,7 @@ class Turn:
                 ),
                 key,
             )
-            batch: list[Any] = []
+            batch: list[Frame] = []
             for frame in stream:
                 n += 1
                 batch.append(frame)
@@ -102,7 +108,7 @@ class Turn:
         return {"type": "done", "session": key, "status": status, "stop_reason": reason, "n_frames": n}
 
 
-def _header_token(frame: Any) -> dict[str, Any]:
+def _header_token(frame: Frame) -> dict[str, Any]:
     d: dict[str, Any] = frame.token.to_dict()
     for a in d["top"]:
         if not math.isfinite(a["prob"]):
@@ -110,7 +116,7 @@ def _header_token(frame: Any) -> dict[str, Any]:
     return d
 
 
-def send_readouts(post: Post, key: str, frames: list[Any]) -> None:
+def send_readouts(post: Post, key: str, frames: list[Frame]) -> None:
     """Post the readouts of ``frames`` as one ``readouts`` message, before their frames (so the page
     has them when it draws the newest frame): the lens of every frame, attention of the last only
     (a row is ``L * H * k`` pairs; the page reads older ones from the store)."""
@@ -130,7 +136,7 @@ def send_readouts(post: Post, key: str, frames: list[Any]) -> None:
     post(message(**json_safe(doc)), key)
 
 
-def send_frames(post: Post, key: str, signals: Sequence[str], frames: list[Any]) -> None:
+def send_frames(post: Post, key: str, signals: Sequence[str], frames: list[Frame]) -> None:
     """Post ``frames`` as one binary ``live`` message (one per frame if together they are too big)."""
     t_model = time.time()
     if signals:
