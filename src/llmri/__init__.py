@@ -13,6 +13,7 @@ from .frame import SIGNALS, Frame, Token, TokenTable
 from .framestream import FrameStream
 from .models import LoadedModel, load_model
 from .notebook import show
+from .precision import FrameOverflowWarning
 from .reducers import REDUCERS, Reducer, make_reducer
 from .store import FrameStore, MemoryFrameStore, Session, SessionReader, open_store
 from .viewing import view
@@ -26,6 +27,7 @@ __all__ = [
     "ChatOnlyClient",
     "ChatOnlyStream",
     "Frame",
+    "FrameOverflowWarning",
     "FrameStore",
     "FrameStream",
     "GenerationSettings",

@@ -16,6 +16,7 @@ from .frame import Frame
 from .framestream import FrameStream
 from .messages import check_messages
 from .models import LoadedModel, load_model
+from .precision import check_frame_dtype
 from .reducers.base import Reducer, make_reducer
 from .stepframes import Launched, StepFrames
 from .stepreadouts import CAPTURE_LENS_BATCH, StepReadouts, check_attention_k, check_lens_batch, check_lens_dtype
@@ -129,7 +130,9 @@ class CaptureStream(FrameStream):
     that precision, ~3x faster on a CPU with AVX-512 BF16 but ~1e-2 off in probabilities
     (docs/benchmarks.md, "Readouts"). ``lens_batch``: positions whose lens rows are computed in one
     matmul (default 1 here, 8 in :func:`capture`); a frame waits until its batch is computed, up to
-    ``lens_batch`` forwards, so a stream someone watches keeps 1.
+    ``lens_batch`` forwards, so a stream someone watches keeps 1. ``frame_dtype`` (``"float16"``,
+    the default; ``"bfloat16"``, ``"float32"``): what the tiles are stored as (docs/precision.md); values
+    that overflow it are counted in ``meta["overflow"]`` and reported in one warning at the end.
     """
 
     what = "capture stream"
@@ -156,6 +159,7 @@ class CaptureStream(FrameStream):
         attention_k: int | str = 16,
         lens_dtype: str | None = None,
         lens_batch: int | None = None,
+        frame_dtype: str | None = None,
         store: Any = None,
         calibration: str | None = None,
         meta: dict[str, Any] | None = None,
@@ -177,6 +181,7 @@ class CaptureStream(FrameStream):
         attention_k = check_attention_k(attention_k)
         check_lens_dtype(lens_dtype)
         lens_batch = check_lens_batch(lens_batch)
+        frame_dtype = check_frame_dtype(frame_dtype)
         self.reducer = make_reducer(reducer, tile=tile, seed=reducer_seed)
         if isinstance(prompt, (list, tuple)):
             check_messages(prompt)
@@ -211,6 +216,7 @@ class CaptureStream(FrameStream):
             eos_ids=self.codec.eos_ids,
             special_ids=self.codec.special_ids,
         )
+        self.meta["frame_dtype"] = frame_dtype
         if self.capture.signal_modules:
             self.meta["signal_modules"] = {s: list(v) for s, v in self.capture.signal_modules.items()}
         self.readouts = StepReadouts(
@@ -227,7 +233,9 @@ class CaptureStream(FrameStream):
         # LLMRI_FRAME_THREAD=1 / 0 forces it; else the backend says (on: llama.cpp's compiled callback)
         env = os.environ.get("LLMRI_FRAME_THREAD", "").strip()
         thread = env == "1" if env in ("0", "1") else self.capture.frame_thread
-        self.frames = StepFrames(self.signals, self.reducer, self.codec.piece, self.readouts, thread=thread)
+        self.frames = StepFrames(
+            self.signals, self.reducer, self.codec.piece, self.readouts, thread=thread, frame_dtype=frame_dtype
+        )
         self._generated = ""  # the answer's tail, for stop strings
         self._tail = max((len(x) for x in self.settings.stop), default=0) + 32
         self.attach(store, meta)
@@ -238,6 +246,10 @@ class CaptureStream(FrameStream):
 
     def _release(self) -> None:
         self.frames.close()
+
+    def _final_meta(self) -> dict[str, Any]:
+        self.frames.overflow.warn()  # once, at the end: never silent (docs/precision.md)
+        return {**super()._final_meta(), "overflow": self.frames.overflow.meta()}
 
     def _check_stops(self, pos: Positions, texts: list[str]) -> None:
         """The stop conditions, from each generated token's text: known at launch, before the next forward."""
@@ -325,6 +337,7 @@ def capture(model: Any, prompt: Any, *, progress: bool | None = None, **kw: Any)
     module each signal records per layer ``{i}``; hf and nnsight backends). ``progress``: a bar of
     tokens and tokens/s (tqdm; ``None``: in a notebook only, once the capture has run a second).
     With ``lens=True``, ``lens_batch`` (default 8) positions' lens rows are computed at once.
+    ``frame_dtype``: ``float16`` (default), ``bfloat16`` or ``float32`` (docs/precision.md).
     """
     from .progress import tracked
 

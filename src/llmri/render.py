@@ -17,6 +17,7 @@ The browser viewer reproduces this layout exactly (see :data:`LAYOUT` and :func:
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -47,10 +48,14 @@ def frame_size(n_layers: int, h: int, w: int, pixel: int = 1, gap: int = GAP) ->
 
 
 def fallback_scales(tiles: np.ndarray) -> np.ndarray:
-    """Per-layer scales when the session has none: the 99th percentile of ``|tiles|`` per layer."""
-    t = np.abs(np.nan_to_num(np.asarray(tiles, dtype=np.float32)))
+    """Per-layer scales when the session has none: the 99th percentile of ``|tiles|`` per layer (NaN
+    counts as 0; ±inf, an overflowed value, is left out, so it never makes a scale infinite)."""
+    t = np.abs(np.nan_to_num(np.asarray(tiles, dtype=np.float32), nan=0.0, posinf=np.nan, neginf=np.nan))
     t = t.reshape(t.shape[0], -1) if t.ndim == 3 else np.moveaxis(t, 1, 0).reshape(t.shape[1], -1)
-    return np.maximum(np.quantile(t, 0.99, axis=1), 1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a layer of nothing but overflow: scale 1e-6
+        q = np.nanquantile(t, 0.99, axis=1)
+    return np.maximum(np.nan_to_num(q, nan=1e-6), 1e-6)
 
 
 def render_frame(tiles: Any, scales: Any, cmap: str = "energy", *, pixel: int = 1, gap: int = GAP) -> np.ndarray:

@@ -6,10 +6,13 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from .._errors import CaptureError, StoreError
+from ..frame import FRAME_DTYPES
+from ..precision import FrameOverflowWarning
 from ..stepreadouts import CAPTURE_LENS_BATCH
 from .inspect import parse_hook_points
 
@@ -65,6 +68,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         metavar="K|full",
         help="record attention per head: the top K attended positions (default 16), or full rows",
+    )
+    p.add_argument(
+        "--frame-dtype",
+        choices=FRAME_DTYPES,
+        default=None,
+        help="what the tiles are stored as: float16 (default; overflows past ±65504), bfloat16 (2 bytes, "
+        "float32's range, coarser) or float32 (exact, twice the bytes); see docs/precision.md",
     )
     p.add_argument("--quiet", action="store_true", help="no progress line")
     return p
@@ -209,18 +219,26 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             stop=args.stop,
             chat=True if args.messages else args.chat,
+            frame_dtype=args.frame_dtype,
             **_readout_options(args),
         )
     except (ValueError, TypeError) as exc:
         raise CaptureError(str(exc)) from None
     progress = _Progress(sys.stderr.isatty() and not args.quiet, args.max_new_tokens)
-    try:
-        for frame in st:
-            progress.update(frame.token.role)
-    except KeyboardInterrupt:
-        progress.finish()
-        print(f"llmri capture: interrupted; partial session {st.session_id} kept", file=sys.stderr)
-        raise
+    with warnings.catch_warnings(record=True) as caught:  # an overflow: one line of ours, not a Python warning
+        warnings.simplefilter("always", FrameOverflowWarning)
+        try:
+            for frame in st:
+                progress.update(frame.token.role)
+        except KeyboardInterrupt:
+            progress.finish()
+            print(f"llmri capture: interrupted; partial session {st.session_id} kept", file=sys.stderr)
+            raise
     progress.finish()
+    for w in caught:
+        if issubclass(w.category, FrameOverflowWarning):
+            print(f"llmri capture: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     print(st.session_id)
     return 0

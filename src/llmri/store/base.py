@@ -91,7 +91,8 @@ class SessionReader(ABC):
     """One recorded session: metadata, token table, and per-signal frames.
 
     ``meta`` is a JSON-serialisable dict (see docs/FORMAT.md for its keys). Frames are
-    ``[tokens, layers, H, W]`` float16; ``start``/``stop`` select a token range without loading
+    ``[tokens, layers, H, W]``, float16 or float32 (``meta["frame_dtype"]``: float32 for ``bfloat16`` and
+    ``float32`` sessions, see docs/FORMAT.md); ``start``/``stop`` select a token range without loading
     the rest of the session.
     """
 
@@ -206,7 +207,7 @@ class SessionReader(ABC):
 
         Dimensions ``token``, ``layer``, ``tile_y``, ``tile_x``, ``rank`` (docs/FORMAT.md, "Axes");
         coordinates ``token`` (position), ``layer`` (the layer names), ``text`` and ``role`` (per
-        token). Variables: per signal ``<signal>`` (float16 tiles ``[token, layer, tile_y, tile_x]``),
+        token). Variables: per signal ``<signal>`` (tiles ``[token, layer, tile_y, tile_x]``),
         ``<signal>_norm`` and ``<signal>_sparsity`` (float32 ``[token, layer]``); the token table
         ``token_id``, ``logprob``, ``entropy`` ``[token]`` and ``top_ids``, ``top_probs``,
         ``top_texts`` ``[token, rank]`` (padded with -1, NaN, ``""``); where the session holds

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .._errors import StoreError
-from ..frame import AttentionTable, Frame, LensTable, TokenTable
+from ..frame import FRAME_NUMPY, AttentionTable, Frame, LensTable, TokenTable, frame_dtype_of
 from .base import (
     FORMAT_VERSION,
     STATUSES,
@@ -102,7 +102,7 @@ class Session(SessionReader):
                 h, w = self.tile
                 if kind == "tiles":
                     empty: tuple[int, ...] = (0, layers, h, w)
-                    dtype: type = np.float16
+                    dtype: type = FRAME_NUMPY[frame_dtype_of(self._meta)]
                 else:
                     empty, dtype = (0, layers), np.float32
                 arrs = [getattr(f, kind)[signal] for f in self._frames]
