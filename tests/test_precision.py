@@ -105,8 +105,14 @@ def test_synthetic_capture_each_dtype_through_the_store(synthetic_model, tmp_pat
         assert mem.meta["frame_dtype"] == d and mem.meta["overflow"]["total"] == 0
         got[d] = mem
     store = llmri.open_store(path)
+    import zarr
+
     for d, mem in got.items():
         z = store.session(mem.id)
+        # bfloat16's frames hold bits a format-1 reader would take for values: its session is format 2
+        version = 2 if d == "bfloat16" else 1
+        group = zarr.open_group(str(path), mode="r")[f"sessions/{mem.id}"]
+        assert group.attrs["llmri"]["format_version"] == z.meta["format_version"] == version
         a, b = mem.frames("resid"), z.frames("resid")
         assert a.dtype == b.dtype == (np.float16 if d == "float16" else np.float32)
         assert np.array_equal(a, b)
@@ -277,3 +283,20 @@ def test_cli_says_overflow_in_one_line(scaled, tmp_path, capsys):
     )
     out, err = capsys.readouterr()
     assert rc == 0 and "overflow" not in err
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_count_overflow_is_exact_at_the_threshold(dtype):
+    from llmri.precision import count_overflow
+
+    info = torch.finfo(dtype)
+    top = info.max
+    half = info.eps * top / (2 * (2 - info.eps))  # half a unit in the last place of the largest value
+    row = torch.tensor([top, top + half * 0.99, top + half, -(top + half), float("inf"), float("nan"), 1.0, 0.0])
+    values = row.reshape(1, 2, 4).repeat(2, 1, 1)
+    values[1] = values[1].clamp(-1, 1).nan_to_num(0.0)  # a tile of nothing large
+    stored = values.to(dtype)
+    want = (stored.isinf() & values.isfinite()).sum(dim=(-2, -1))
+    assert want.tolist() == [2, 0]  # exactly halfway rounds to inf (to even), just under it does not
+    assert count_overflow(values, stored).tolist() == want.tolist()
+    assert count_overflow(values[1:], stored[1:]).tolist() == [0]  # the aminmax shortcut

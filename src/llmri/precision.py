@@ -87,7 +87,21 @@ def difference_tolerance(frame_dtype: str, a: Any, b: Any = None) -> np.ndarray:
 
 def count_overflow(values: Any, stored: Any) -> Any:
     """Per ``[..., H, W]`` tile: how many of its ``values`` (the reducer's float32 output, a Tensor) are
-    finite but became ±inf in ``stored`` (the same values in the frame dtype): int64 ``[...]``."""
+    finite but became ±inf in ``stored`` (the same values in the frame dtype): int64 ``[...]``.
+
+    On the CPU one pass of ``aminmax`` first says whether any value reaches the dtype's overflow threshold
+    (16x cheaper than counting; docs/benchmarks.md, "Frame dtypes"), and the exact count runs only then.
+    Elsewhere the count is queued as it is: a branch would wait for the device."""
+    import torch
+
+    if stored.dtype == values.dtype:
+        return torch.zeros(values.shape[:-2], dtype=torch.int64, device=values.device)
+    if values.device.type == "cpu" and values.numel():
+        info = torch.finfo(stored.dtype)
+        threshold = info.max + info.eps * info.max / (2 * (2 - info.eps))  # halfway past the largest: inf
+        lo, hi = torch.aminmax(values)
+        if -threshold < lo.item() and hi.item() < threshold:  # a NaN fails both: the exact count below
+            return torch.zeros(values.shape[:-2], dtype=torch.int64, device=values.device)
     return (stored.isinf() & values.isfinite()).sum(dim=(-2, -1))
 
 

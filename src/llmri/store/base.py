@@ -14,8 +14,18 @@ import numpy as np
 from .._errors import StoreError
 from ..frame import ATTENTION_FIELDS, LENS_FIELDS, LENS_TEXT, AttentionTable, Frame, LensTable, TokenTable
 
-#: The version of docs/FORMAT.md this llmri writes, and the newest it reads.
+#: The version of docs/FORMAT.md this llmri writes a store and a session in.
 FORMAT_VERSION = 1
+#: The newest version this llmri reads. A session of bfloat16 frames is version 2 (docs/FORMAT.md,
+#: "Frame dtypes"): its ``frames/*`` hold bit patterns that a version-1 reader would take for values.
+READ_VERSION = 2
+
+
+def session_format_version(meta: dict[str, Any]) -> int:
+    """The format version of a session with this metadata: 2 for bfloat16 frames, else 1."""
+    return 2 if meta.get("frame_dtype") == "bfloat16" else FORMAT_VERSION
+
+
 #: A session's ``meta["status"]``.
 STATUSES = ("recording", "complete", "interrupted")
 

@@ -12,7 +12,6 @@ import numpy as np
 from .._errors import StoreError
 from ..frame import FRAME_NUMPY, AttentionTable, Frame, LensTable, TokenTable, frame_dtype_of
 from .base import (
-    FORMAT_VERSION,
     STATUSES,
     FrameStore,
     SessionReader,
@@ -21,6 +20,7 @@ from .base import (
     norm_range,
     readout_layout,
     readout_problem,
+    session_format_version,
 )
 from .ids import new_session_id, prepare_meta
 
@@ -49,7 +49,7 @@ class Session(SessionReader):
 
     def __init__(self, meta: dict[str, Any], reducer_state: dict[str, np.ndarray] | None = None) -> None:
         self._meta = dict(meta)
-        self._meta.setdefault("format_version", FORMAT_VERSION)
+        self._meta.setdefault("format_version", session_format_version(self._meta))
         self._meta.setdefault("status", "recording")
         self._state = dict(reducer_state or {})
         self._frames: list[Frame] = []

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..._errors import StoreError
 from ...frame import READOUT_DTYPES, TOP_K, Frame, bfloat16_bits, fit_into, frame_dtype_of
-from ..base import FORMAT_VERSION, LAYER, RANK, STATUSES, TILE_X, TILE_Y, TOKEN, readout_layout
+from ..base import LAYER, RANK, READ_VERSION, STATUSES, TILE_X, TILE_Y, TOKEN, readout_layout
 
 #: Frames per chunk along the token axis of ``frames/<signal>``.
 FRAME_CHUNK = 16
@@ -139,9 +139,9 @@ def check_format_version(llm: dict[str, Any], where: str, what: str = "metadata"
     fv = llm.get("format_version")
     if not isinstance(fv, int):
         raise StoreError(f"{where}: corrupt {what} (format_version {fv!r})")
-    if fv > FORMAT_VERSION:
+    if fv > READ_VERSION:
         raise StoreError(
-            f"{where}: written by a newer llmri (format {fv}; this llmri reads up to {FORMAT_VERSION}): upgrade llmri"
+            f"{where}: written by a newer llmri (format {fv}; this llmri reads up to {READ_VERSION}): upgrade llmri"
         )
 
 
