@@ -82,6 +82,10 @@ def test_scales_ignore_overflow():
     tiles[1] = np.inf
     sc = fallback_scales(tiles)
     assert np.all(np.isfinite(sc)) and sc[0] == 1.0
+    from llmri.render import OVERFLOW, render_frame
+
+    rgb = render_frame(tiles, None, "energy")
+    assert tuple(rgb[0, 0]) == OVERFLOW and tuple(rgb[0, 3]) != OVERFLOW  # exports draw it as the viewer does
 
 
 @pytest.mark.parametrize("frame_dtype", DTYPES)
