@@ -331,7 +331,7 @@ CHILD = textwrap.dedent(
     """
     import sys
     import llmri
-    from llmri.models import load_gguf
+    from llmri.backends.llamacpp import load_gguf
 
     model = load_gguf(n_threads=2)
     st = llmri.stream(model, "Why is the sky blue?", chat=True, store=sys.argv[1], max_new_tokens=3000,

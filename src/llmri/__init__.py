@@ -11,6 +11,7 @@ from . import backends  # noqa: F401 - registers every backend (llama.cpp's load
 from ._deprecated import install_module_aliases
 from ._errors import CaptureError, LlmriError, MissingExtraError, ModelLoadError, ReducerError, StoreError
 from .capture import CaptureStream, FrameStream, GenerationSettings, capture, stream
+from .capture.precision import FrameOverflowWarning
 from .chatonly import ChatOnlyClient, ChatOnlyStream, chat_only, chat_only_stream
 from .frame import SIGNALS, Frame, Token, TokenTable
 from .models import LoadedModel, load_model, wrap
@@ -30,6 +31,7 @@ __all__ = [
     "ChatOnlyClient",
     "ChatOnlyStream",
     "Frame",
+    "FrameOverflowWarning",
     "FrameStore",
     "FrameStream",
     "GenerationSettings",

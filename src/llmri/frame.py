@@ -15,6 +15,36 @@ ROLES: tuple[str, ...] = ("prompt", "generated")
 
 TOP_K = 5
 
+#: What a frame's tiles can be stored as (``frame_dtype=``; docs/FORMAT.md, "Frame dtypes"): ``float16``
+#: (the default, 2 bytes: overflows past ±65,504), ``bfloat16`` (2 bytes, float32's range, 8 bits of
+#: precision), ``float32`` (exact).
+FRAME_DTYPES: tuple[str, ...] = ("float16", "bfloat16", "float32")
+FRAME_DTYPE = "float16"
+#: The numpy dtype a frame's tiles have in memory, per frame dtype: numpy has no bfloat16, so those tiles
+#: are float32 arrays whose values are all exactly representable in bfloat16.
+FRAME_NUMPY: dict[str, type] = {"float16": np.float16, "bfloat16": np.float32, "float32": np.float32}
+
+
+def frame_dtype_of(meta: dict) -> str:
+    """A session's frame dtype: ``meta["frame_dtype"]``, ``float16`` for sessions written before it existed."""
+    name = meta.get("frame_dtype") or FRAME_DTYPE
+    if name not in FRAME_DTYPES:
+        raise ValueError(f"unknown frame_dtype {name!r} (this llmri reads {', '.join(FRAME_DTYPES)})")
+    return str(name)
+
+
+def bfloat16_bits(values: np.ndarray) -> np.ndarray:
+    """float32 values as bfloat16 bit patterns (uint16), rounded to nearest even; NaN stays NaN."""
+    a = np.ascontiguousarray(values, dtype=np.float32)
+    u = a.view(np.uint32).astype(np.uint64)
+    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(a), np.uint16(0x7FC0), rounded)
+
+
+def from_bfloat16_bits(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) as float32 values (exact)."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
 
 @dataclass(frozen=True)
 class Token:
@@ -124,7 +154,8 @@ class AttentionRow:
 class Frame:
     """Everything known about one token position.
 
-    ``tiles[signal]`` is ``[layers, H, W]`` float16 (signed, unquantised reduced activations);
+    ``tiles[signal]`` is ``[layers, H, W]``, signed, unquantised reduced activations, float16 or
+    float32 (:data:`FRAME_NUMPY`: the session's ``frame_dtype``; ±inf where a value overflowed it);
     ``norms[signal]`` and ``sparsity[signal]`` are ``[layers]`` float32 statistics of the full,
     unreduced vectors (L2 norm, and Hoyer sparsity in [0, 1]: 0 dense, 1 one-hot).
     A chat-only frame has no signals at all (empty dicts). ``lens`` and ``attention`` are the

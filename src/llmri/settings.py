@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from ._errors import CaptureError
+from .frame import FRAME_DTYPE, FRAME_DTYPES
 from .readouts.attention import ATTN_TOP_K
 
 if TYPE_CHECKING:
@@ -109,6 +110,15 @@ def check_lens_dtype(lens_dtype: Any) -> str:
     return str(lens_dtype)
 
 
+def check_frame_dtype(frame_dtype: Any) -> str:
+    """``frame_dtype`` checked (``None`` is :data:`~llmri.frame.FRAME_DTYPE`, float16)."""
+    if frame_dtype is None:
+        return FRAME_DTYPE
+    if frame_dtype not in FRAME_DTYPES:
+        raise CaptureError(f"frame_dtype must be one of {', '.join(FRAME_DTYPES)}, got {frame_dtype!r}")
+    return str(frame_dtype)
+
+
 def _whole(x: Any) -> bool:
     import numpy as np
 
@@ -151,6 +161,12 @@ class CaptureSettings:
     calibration: str | None = option(
         None, "text the ipca reducer and the colour scales are fitted on (default: the text llmri ships)"
     )
+    frame_dtype: str = option(
+        FRAME_DTYPE,
+        "what tiles are stored as: float16 (overflows past ±65504), bfloat16 (float32's range, 2 bytes,"
+        " coarser) or float32 (exact, twice the bytes); docs/precision.md",
+        choices=FRAME_DTYPES,
+    )
     # -- readouts
     lens: bool = option(False, "record the logit lens (every layer's next-token top-5)")
     lens_dtype: str | None = option(
@@ -180,6 +196,7 @@ class CaptureSettings:
         self.generation()
         check_attention_k(self.attention_k)
         check_lens_dtype(self.lens_dtype)
+        check_frame_dtype(self.frame_dtype)
         if self.lens_batch is not None:
             check_lens_batch(self.lens_batch)
 
@@ -251,6 +268,7 @@ class CaptureOptions(TypedDict, total=False):
     tile: str | tuple[int, int] | None
     reducer_seed: int
     calibration: str | None
+    frame_dtype: str
     lens: bool
     lens_dtype: str | None
     lens_batch: int | None

@@ -30,10 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from ..frame import TOP_K, Frame, Token
+from ..frame import FRAME_NUMPY, TOP_K, Frame, Token
 from ..readouts.lens import EXP_FLOOR
 from ..reducers.base import Reducer
 from .decode import Detokenizer, Positions
+from .precision import OverflowCounter, check_frame_dtype, count_overflow
 
 #: Devices whose kernels run asynchronously to the Python thread that queues them.
 ASYNC_DEVICES = ("cuda", "mps", "xpu")
@@ -86,7 +87,8 @@ def token_stats(
 class Launched:
     """One step's frames on their way: what :meth:`StepFrames.launch` queued, for :meth:`StepFrames.finish`.
 
-    ``arrays``: ``tiles`` float16 ``[S, n, L, H, W]``, ``norms`` / ``sparsity`` float32 ``[S, n, L]``,
+    ``arrays``: ``tiles`` ``[S, n, L, H, W]`` (float16, or float32 for bfloat16 and float32 frames),
+    ``overflow`` int64 ``[S, L]`` (values stored as ±inf), ``norms`` / ``sparsity`` float32 ``[S, n, L]``,
     ``chosen`` / ``entropy`` float32 ``[n]``, ``top_ids`` int64 / ``top_probs`` float32 ``[n, k]``:
     numpy views of CPU tensors, or (``host`` set) the layout of one packed host buffer that an
     event says when it is filled. ``texts``: each token's text (known at launch). ``deferred``:
@@ -105,8 +107,8 @@ class Launched:
 
 
 #: The packed order on an asynchronous device: the widest types first, so every part stays aligned.
-_PACKED = ("top_ids", "norms", "sparsity", "chosen", "entropy", "top_probs", "tiles")
-_NUMPY = {"top_ids": np.int64, "tiles": np.float16}
+_PACKED = ("top_ids", "overflow", "norms", "sparsity", "chosen", "entropy", "top_probs", "tiles")
+_NUMPY = {"top_ids": np.int64, "overflow": np.int64, "tiles": np.float16}
 
 
 class StepFrames:
@@ -128,7 +130,10 @@ class StepFrames:
         readouts: Any,
         defer: bool | None = None,
         thread: bool = False,
+        frame_dtype: str | None = None,
     ) -> None:
+        self.frame_dtype = check_frame_dtype(frame_dtype)
+        self.overflow = OverflowCounter(signals, self.frame_dtype)  # values past the frame dtype, per signal, layer
         self.signals = list(signals)
         self.reducer = reducer
         self.piece = piece
@@ -165,7 +170,10 @@ class StepFrames:
 
         with torch.inference_mode():
             x = pos.stacked if pos.stacked is not None else torch.stack([pos.acts[s] for s in self.signals])
-            tiles = self.reducer.transform_stacked(x, self.signals).to(torch.float16)
+            values = self.reducer.transform_stacked(x, self.signals)
+            tiles = values.to(getattr(torch, self.frame_dtype), copy=True)  # never a view of the activations
+            overflow = count_overflow(values, tiles).sum(1)  # [S, L]: finite values stored as ±inf
+            tiles = tiles.float() if self.frame_dtype == "bfloat16" else tiles  # numpy has no bfloat16
             xf = x.float()
             l2 = xf.norm(dim=-1)
             sparsity = hoyer_sparsity(xf.abs().sum(-1), l2, xf.shape[-1])
@@ -177,6 +185,7 @@ class StepFrames:
             chosen, ent, top_i, top_p = token_stats_tensors(logits, ids)
             parts = {
                 "tiles": tiles,
+                "overflow": overflow,
                 "norms": l2,
                 "sparsity": sparsity,
                 "chosen": chosen,
@@ -204,9 +213,11 @@ class StepFrames:
         if job.host is not None:
             job.event.synchronize()
             buf = job.host.numpy().copy()  # off the pinned block, which goes back to torch's cache
-            arrays = {k: buf[a:b].view(_NUMPY.get(k, np.float32)).reshape(shape) for k, (a, b, shape) in arrays.items()}
+            numpy = {**_NUMPY, "tiles": FRAME_NUMPY[self.frame_dtype]}
+            arrays = {k: buf[a:b].view(numpy.get(k, np.float32)).reshape(shape) for k, (a, b, shape) in arrays.items()}
             job.host = job.event = None
         pos, sigs = job.pos, self.signals
+        self.overflow.add(arrays["overflow"])
         tiles, norms, sparsity = arrays["tiles"], arrays["norms"], arrays["sparsity"]
         chosen, ent = arrays["chosen"].tolist(), arrays["entropy"].tolist()
         top_ids, top_probs = arrays["top_ids"].tolist(), arrays["top_probs"].tolist()

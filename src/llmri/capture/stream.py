@@ -30,6 +30,7 @@ from .decode import Detokenizer, Positions, decode_loop
 from .frames import Launched, StepFrames
 from .framestream import FrameStream
 from .messages import check_messages
+from .precision import check_frame_dtype
 from .readouts import StepReadouts
 from .resolve import adapt, backend_for, is_spec
 
@@ -48,7 +49,9 @@ class CaptureStream(FrameStream):
     that precision, ~3x faster on a CPU with AVX-512 BF16 but ~1e-2 off in probabilities
     (docs/benchmarks.md, "Readouts"). ``lens_batch``: positions whose lens rows are computed in one
     matmul (default 1 here, 8 in :func:`capture`); a frame waits until its batch is computed, up to
-    ``lens_batch`` forwards, so a stream someone watches keeps 1.
+    ``lens_batch`` forwards, so a stream someone watches keeps 1. ``frame_dtype`` (``"float16"``,
+    the default; ``"bfloat16"``, ``"float32"``): what the tiles are stored as (docs/precision.md); values
+    that overflow it are counted in ``meta["overflow"]`` and reported in one warning at the end.
     """
 
     what = "capture stream"
@@ -80,6 +83,7 @@ class CaptureStream(FrameStream):
             raise CaptureError(f"backend {name!r} cannot record attention weights: attention=True needs the hf backend")
         attention_k = check_attention_k(o.attention_k)
         lens_batch = check_lens_batch(o.lens_batch)
+        frame_dtype = check_frame_dtype(o.frame_dtype)
         self.reducer = make_reducer(o.reducer, tile=o.tile, seed=o.reducer_seed)
         if isinstance(prompt, (list, tuple)):
             check_messages(prompt)
@@ -114,6 +118,7 @@ class CaptureStream(FrameStream):
             eos_ids=self.codec.eos_ids,
             special_ids=self.codec.special_ids,
         )
+        self.meta["frame_dtype"] = frame_dtype
         if self.backend.signal_modules:
             self.meta["signal_modules"] = {s: list(v) for s, v in self.backend.signal_modules.items()}
         self.readouts = StepReadouts(
@@ -130,7 +135,9 @@ class CaptureStream(FrameStream):
         # LLMRI_FRAME_THREAD=1 / 0 forces it; else the backend says (on: llama.cpp's compiled callback)
         env = os.environ.get("LLMRI_FRAME_THREAD", "").strip()
         thread = env == "1" if env in ("0", "1") else self.backend.frame_thread
-        self.frames = StepFrames(self.signals, self.reducer, self.codec.piece, self.readouts, thread=thread)
+        self.frames = StepFrames(
+            self.signals, self.reducer, self.codec.piece, self.readouts, thread=thread, frame_dtype=frame_dtype
+        )
         self._generated = ""  # the answer's tail, for stop strings
         self._tail = max((len(x) for x in self.settings.stop), default=0) + 32
         self.attach(store, meta)
@@ -141,6 +148,10 @@ class CaptureStream(FrameStream):
 
     def _release(self) -> None:
         self.frames.close()
+
+    def _final_meta(self) -> dict[str, Any]:
+        self.frames.overflow.warn()  # once, at the end: never silent (docs/precision.md)
+        return {**super()._final_meta(), "overflow": self.frames.overflow.meta()}
 
     def _check_stops(self, pos: Positions, texts: list[str]) -> None:
         """The stop conditions, from each generated token's text: known at launch, before the next forward."""

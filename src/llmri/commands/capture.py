@@ -6,10 +6,12 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from .._errors import CaptureError, StoreError
+from ..capture.precision import FrameOverflowWarning
 from ..settings import CAPTURE_LENS_BATCH
 from .inspect import parse_hook_points
 from .options import add_attention, add_options, attention_options, collect, described
@@ -27,6 +29,7 @@ GENERAL = (
     "top_p",
     "seed",
     "stop",
+    "frame_dtype",
 )
 
 
@@ -63,6 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help=described("lens_batch", CAPTURE_LENS_BATCH),
     )
     add_attention(p)
+    add_options(p, ["frame_dtype"])
     p.add_argument("--quiet", action="store_true", help="no progress line")
     return p
 
@@ -189,13 +193,20 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as exc:
         raise CaptureError(str(exc)) from None
     progress = _Progress(sys.stderr.isatty() and not args.quiet, args.max_new_tokens)
-    try:
-        for frame in st:
-            progress.update(frame.token.role)
-    except KeyboardInterrupt:
-        progress.finish()
-        print(f"llmri capture: interrupted; partial session {st.session_id} kept", file=sys.stderr)
-        raise
+    with warnings.catch_warnings(record=True) as caught:  # an overflow: one line of ours, not a Python warning
+        warnings.simplefilter("always", FrameOverflowWarning)
+        try:
+            for frame in st:
+                progress.update(frame.token.role)
+        except KeyboardInterrupt:
+            progress.finish()
+            print(f"llmri capture: interrupted; partial session {st.session_id} kept", file=sys.stderr)
+            raise
     progress.finish()
+    for w in caught:
+        if issubclass(w.category, FrameOverflowWarning):
+            print(f"llmri capture: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     print(st.session_id)
     return 0

@@ -66,7 +66,8 @@ def export_json(session: SessionReader, out: Path) -> Path:
 def export_npz(session: SessionReader, out: Path) -> Path:
     """Every array of the session, plus ``meta_json`` (the metadata as a JSON string).
 
-    Keys: ``frames_<signal>`` ``[T, L, H, W]`` float16, ``norm_<signal>`` and ``sparsity_<signal>``
+    Keys: ``frames_<signal>`` ``[T, L, H, W]`` (float16; float32 for ``bfloat16`` / ``float32`` sessions),
+    ``norm_<signal>`` and ``sparsity_<signal>``
     ``[T, L]`` float32, ``token_ids``, ``token_text``, ``token_role``, ``logprob``, ``entropy``,
     ``top_ids`` ``[T, k]``, ``top_probs`` ``[T, k]``, ``reducer_state_<name>``, and where the
     session holds them ``lens_<field>`` (``top_ids``, ``top_probs``, ``top_text`` ``[T, L, k]``, ``next_prob``,

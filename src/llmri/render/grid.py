@@ -10,13 +10,15 @@ The browser viewer reproduces this layout exactly (see :data:`LAYOUT` and :func:
   is no outer border. Image size: ``width = cols * W * pixel + (cols - 1) * gap`` and
   ``height = rows * H * pixel + (rows - 1) * gap``; tile ``l``'s top-left pixel is at
   ``x = (l % cols) * (W * pixel + gap)``, ``y = (l // cols) * (H * pixel + gap)``.
-- Gaps and empty grid cells are :data:`BACKGROUND`.
+- Gaps and empty grid cells are :data:`BACKGROUND`; a value that overflowed the frame dtype (±inf) is
+  :data:`OVERFLOW`.
 - Colours follow :mod:`llmri.colormaps` with per-layer scales ``meta["scales"][signal]``.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,8 @@ import numpy as np
 from .colormaps import apply
 
 BACKGROUND: tuple[int, int, int] = (32, 32, 32)
+#: A value that overflowed the frame dtype (±inf): its own colour, in none of the maps (as the viewer draws it).
+OVERFLOW: tuple[int, int, int] = (255, 0, 255)
 GAP = 1
 
 LAYOUT = {"gap": GAP, "background": list(BACKGROUND), "order": "row-major"}
@@ -47,10 +51,14 @@ def frame_size(n_layers: int, h: int, w: int, pixel: int = 1, gap: int = GAP) ->
 
 
 def fallback_scales(tiles: np.ndarray) -> np.ndarray:
-    """Per-layer scales when the session has none: the 99th percentile of ``|tiles|`` per layer."""
-    t = np.abs(np.nan_to_num(np.asarray(tiles, dtype=np.float32)))
+    """Per-layer scales when the session has none: the 99th percentile of ``|tiles|`` per layer (NaN
+    counts as 0; ±inf, an overflowed value, is left out, so it never makes a scale infinite)."""
+    t = np.abs(np.nan_to_num(np.asarray(tiles, dtype=np.float32), nan=0.0, posinf=np.nan, neginf=np.nan))
     t = t.reshape(t.shape[0], -1) if t.ndim == 3 else np.moveaxis(t, 1, 0).reshape(t.shape[1], -1)
-    return np.maximum(np.quantile(t, 0.99, axis=1), 1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a layer of nothing but overflow: scale 1e-6
+        q = np.nanquantile(t, 0.99, axis=1)
+    return np.maximum(np.nan_to_num(q, nan=1e-6), 1e-6)
 
 
 def render_frame(tiles: Any, scales: Any, cmap: str = "energy", *, pixel: int = 1, gap: int = GAP) -> np.ndarray:
@@ -68,6 +76,7 @@ def render_frame(tiles: Any, scales: Any, cmap: str = "energy", *, pixel: int = 
         raise ValueError(f"pixel must be >= 1, got {pixel}")
     sc = fallback_scales(tiles) if scales is None or len(scales) != n else np.asarray(scales, dtype=object)
     rgb = apply(tiles, np.asarray(sc, dtype=object).reshape(n, 1, 1), cmap)  # [L, H, W, 3]
+    rgb[np.isinf(tiles)] = OVERFLOW  # not the brightest value: it is not known
     if pixel > 1:
         rgb = rgb.repeat(pixel, axis=1).repeat(pixel, axis=2)
     height, width = frame_size(n, h, w, pixel, gap)
@@ -94,4 +103,14 @@ def layout_json() -> dict[str, Any]:
     return dict(LAYOUT)
 
 
-__all__ = ["BACKGROUND", "GAP", "LAYOUT", "frame_size", "grid_shape", "layout_json", "render_frame", "session_scales"]
+__all__ = [
+    "BACKGROUND",
+    "GAP",
+    "LAYOUT",
+    "OVERFLOW",
+    "frame_size",
+    "grid_shape",
+    "layout_json",
+    "render_frame",
+    "session_scales",
+]

@@ -27,8 +27,18 @@ from .layout import (  # noqa: F401 - re-exported: the format's names, read from
     readout_layout,
 )
 
-#: The version of docs/FORMAT.md this llmri writes, and the newest it reads.
+#: The version of docs/FORMAT.md this llmri writes a store and a session in.
 FORMAT_VERSION = 1
+#: The newest version this llmri reads. A session of bfloat16 frames is version 2 (docs/FORMAT.md,
+#: "Frame dtypes"): its ``frames/*`` hold bit patterns that a version-1 reader would take for values.
+READ_VERSION = 2
+
+
+def session_format_version(meta: dict[str, Any]) -> int:
+    """The format version of a session with this metadata: 2 for bfloat16 frames, else 1."""
+    return 2 if meta.get("frame_dtype") == "bfloat16" else FORMAT_VERSION
+
+
 #: A session's ``meta["status"]``.
 STATUSES = ("recording", "complete", "interrupted")
 
@@ -75,7 +85,8 @@ class SessionReader(ABC):
     """One recorded session: metadata, token table, and per-signal frames.
 
     ``meta`` is a JSON-serialisable dict (see docs/FORMAT.md for its keys). Frames are
-    ``[tokens, layers, H, W]`` float16; ``start``/``stop`` select a token range without loading
+    ``[tokens, layers, H, W]``, float16 or float32 (``meta["frame_dtype"]``: float32 for ``bfloat16`` and
+    ``float32`` sessions, see docs/FORMAT.md); ``start``/``stop`` select a token range without loading
     the rest of the session.
     """
 
@@ -190,7 +201,7 @@ class SessionReader(ABC):
 
         Dimensions ``token``, ``layer``, ``tile_y``, ``tile_x``, ``rank`` (docs/FORMAT.md, "Axes");
         coordinates ``token`` (position), ``layer`` (the layer names), ``text`` and ``role`` (per
-        token). Variables: per signal ``<signal>`` (float16 tiles ``[token, layer, tile_y, tile_x]``),
+        token). Variables: per signal ``<signal>`` (tiles ``[token, layer, tile_y, tile_x]``),
         ``<signal>_norm`` and ``<signal>_sparsity`` (float32 ``[token, layer]``); the token table
         ``token_id``, ``logprob``, ``entropy`` ``[token]`` and ``top_ids``, ``top_probs``,
         ``top_texts`` ``[token, rank]`` (padded with -1, NaN, ``""``); where the session holds

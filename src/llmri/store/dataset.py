@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._errors import require
-from ..frame import TOP_K
+from ..frame import TOP_K, frame_dtype_of, from_bfloat16_bits
 from .layout import LAYER, RANK, TILE_X, TILE_Y, TOKEN, readout_layout
 
 if TYPE_CHECKING:
@@ -47,6 +47,8 @@ def _lazy(session: Any, name: str, n: int) -> Any:
 
     arr = session.array(name)
     out = da.from_array(arr, chunks=arr.chunks, name=False, inline_array=True)[:n]
+    if name.startswith("frames/") and frame_dtype_of(session.meta) == "bfloat16" and out.dtype == np.uint16:
+        out = out.map_blocks(from_bfloat16_bits, dtype=np.float32)  # stored as bits: zarr has no bfloat16
     if out.dtype.kind not in "biuf":
         out = out.astype(object)  # zarr's strings (numpy StringDType) as Python strings, as pandas holds them
     return out

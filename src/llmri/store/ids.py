@@ -7,7 +7,7 @@ import re
 import secrets
 from typing import Any
 
-from .base import FORMAT_VERSION
+from .base import FORMAT_VERSION, session_format_version
 
 _ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 
@@ -30,7 +30,7 @@ def prepare_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """Copy ``meta`` and fill the keys every session carries."""
     out = dict(meta)
     out.setdefault("id", new_session_id())
-    out.setdefault("format_version", FORMAT_VERSION)
+    out["format_version"] = max(int(out.get("format_version", FORMAT_VERSION)), session_format_version(out))
     out.setdefault("created", now_iso())
     out["status"] = "recording"
     out.setdefault("signals", [])

@@ -10,9 +10,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from .._errors import StoreError
-from ..frame import AttentionTable, Frame, LensTable, TokenTable
+from ..frame import FRAME_NUMPY, AttentionTable, Frame, LensTable, TokenTable, frame_dtype_of
 from .base import (
-    FORMAT_VERSION,
     STATUSES,
     FrameStore,
     SessionReader,
@@ -21,6 +20,7 @@ from .base import (
     norm_range,
     readout_layout,
     readout_problem,
+    session_format_version,
 )
 from .ids import new_session_id, prepare_meta
 
@@ -49,7 +49,7 @@ class Session(SessionReader):
 
     def __init__(self, meta: dict[str, Any], reducer_state: dict[str, np.ndarray] | None = None) -> None:
         self._meta = dict(meta)
-        self._meta.setdefault("format_version", FORMAT_VERSION)
+        self._meta.setdefault("format_version", session_format_version(self._meta))
         self._meta.setdefault("status", "recording")
         self._state = dict(reducer_state or {})
         self._frames: list[Frame] = []
@@ -102,7 +102,7 @@ class Session(SessionReader):
                 h, w = self.tile
                 if kind == "tiles":
                     empty: tuple[int, ...] = (0, layers, h, w)
-                    dtype: type = np.float16
+                    dtype: type = FRAME_NUMPY[frame_dtype_of(self._meta)]
                 else:
                     empty, dtype = (0, layers), np.float32
                 arrs = [getattr(f, kind)[signal] for f in self._frames]

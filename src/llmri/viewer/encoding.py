@@ -18,8 +18,10 @@ Layout of one message (all integers little-endian)::
 The header always has:
 
 ``shape``   list of ints, the array's shape (a frame range is ``[n, layers, H, W]``)
-``dtype``   ``"float16"``, ``"float32"`` or ``"uint8"`` (quantised: ``value = lo + q * (hi - lo) / 255``,
-            with ``lo``/``hi`` in the header)
+``dtype``   ``"float16"``, ``"float32"``, ``"bfloat16"`` (2 bytes a value: the upper half of the float32,
+            ``value = float32(uint32(bits) << 16)``) or ``"uint8"`` (quantised:
+            ``value = lo + q * (hi - lo) / 255``, with ``lo``/``hi`` in the header). Frames travel in their
+            session's ``frame_dtype`` (:func:`encode_frames`), so a value past float16's range stays itself.
 ``kind``    what the array is: ``"frames"`` (reduced tiles) or ``"stats"`` (``[2, n, layers]``: norm, sparsity)
 ``signal``  ``"resid"``, ``"attn"`` or ``"mlp"``; several comma-separated (``"resid,attn,mlp"``) when one
             message stacks several signals, in that order, as ``[signals, n, layers, H, W]``
@@ -40,18 +42,33 @@ from typing import Any
 
 import numpy as np
 
+from ..frame import FRAME_NUMPY, bfloat16_bits, from_bfloat16_bits
+
 MAGIC = b"LMRI"
 VERSION = 1
 MEDIA_TYPE = "application/x-llmri-array"
-_DTYPES = {"float16": np.float16, "float32": np.float32, "uint8": np.uint8}
+_DTYPES = {"float16": np.float16, "float32": np.float32, "uint8": np.uint8, "bfloat16": np.uint16}
 
 
 def encode_array(array: np.ndarray, **header: Any) -> bytes:
     """Pack ``array`` (float16, float32 or uint8) and ``header`` keys into one message (see module doc)."""
     arr = np.ascontiguousarray(array)
     name = arr.dtype.name
-    if name not in _DTYPES:
+    if name not in _DTYPES or name == "bfloat16":
         raise ValueError(f"cannot encode dtype {name}: use float16, float32 or uint8")
+    return _pack(arr, name, header)
+
+
+def encode_frames(array: np.ndarray, frame_dtype: str, **header: Any) -> bytes:
+    """Frames in their session's precision (``frame_dtype``): float16 and float32 as themselves, bfloat16
+    values (float32 in memory) as their bits, ``dtype: "bfloat16"``."""
+    if frame_dtype == "bfloat16":
+        return _pack(bfloat16_bits(array), "bfloat16", header)
+    return encode_array(np.asarray(array, dtype=FRAME_NUMPY[frame_dtype]), **header)
+
+
+def _pack(arr: np.ndarray, name: str, header: dict[str, Any]) -> bytes:
+    arr = np.ascontiguousarray(arr)
     arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
     head = dict(header)
     head["shape"] = [int(x) for x in arr.shape]
@@ -64,7 +81,8 @@ def encode_array(array: np.ndarray, **header: Any) -> bytes:
 
 
 def decode_array(data: bytes) -> tuple[dict[str, Any], np.ndarray]:
-    """Unpack a message made by :func:`encode_array`: ``(header, array)``; raises ValueError if malformed."""
+    """Unpack a message made by :func:`encode_array` or :func:`encode_frames`: ``(header, array)``
+    (bfloat16 as float32); raises ValueError if malformed."""
     if len(data) < 8 or data[:4] != MAGIC:
         raise ValueError("not an llmri array message")
     version, _, hlen = struct.unpack("<BBH", data[4:8])
@@ -77,7 +95,8 @@ def decode_array(data: bytes) -> tuple[dict[str, Any], np.ndarray]:
     payload = data[8 + hlen :]
     if len(payload) != count * dtype.itemsize:
         raise ValueError(f"payload is {len(payload)} bytes, header says {count * dtype.itemsize}")
-    return header, np.frombuffer(payload, dtype=dtype).reshape(shape)
+    arr = np.frombuffer(payload, dtype=dtype).reshape(shape)
+    return header, from_bfloat16_bits(arr) if header["dtype"] == "bfloat16" else arr
 
 
 def quantise_u8(array: np.ndarray) -> tuple[np.ndarray, float, float]:

@@ -8,8 +8,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..._errors import StoreError
-from ...frame import READOUT_DTYPES, TOP_K, Frame, fit_into
-from ..base import FORMAT_VERSION, LAYER, RANK, STATUSES, TILE_X, TILE_Y, TOKEN, readout_layout
+from ...frame import READOUT_DTYPES, TOP_K, Frame, bfloat16_bits, fit_into, frame_dtype_of
+from ..base import LAYER, RANK, READ_VERSION, STATUSES, TILE_X, TILE_Y, TOKEN, readout_layout
 
 #: Frames per chunk along the token axis of ``frames/<signal>``.
 FRAME_CHUNK = 16
@@ -18,6 +18,12 @@ ROW_CHUNK = 256
 #: Rows a new array has room for before it first grows: a typical turn, so a session's first commits
 #: write chunks only (growing 17 arrays cost ~12 ms of CPU in the first commit).
 INITIAL_ROWS = 1024
+
+#: How ``frames/<signal>`` is stored per frame dtype: zarr 3.1 has no bfloat16, so bfloat16 tiles are
+#: stored as their bit patterns in uint16 (docs/FORMAT.md, "Frame dtypes"); the other two as themselves.
+FRAME_STORED: dict[str, type] = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}
+#: The fill value of a bfloat16 column: the bit pattern of NaN (uint16 is used for nothing else).
+BFLOAT16_NAN = 0x7FC0
 
 #: Each signal's tiles and stats carry ``<group>/layer``: the layer names, as a coordinate array.
 COORDINATE = "layer"
@@ -56,8 +62,9 @@ def column_specs(meta: dict[str, Any]) -> dict[str, ColumnSpec]:
         "tokens/top_probs": ColumnSpec(np.float32, (k,), ROW_CHUNK, (RANK,)),
         "tokens/top_texts": ColumnSpec(str, (k,), ROW_CHUNK, (RANK,)),
     }
+    stored = FRAME_STORED[frame_dtype_of(meta)]
     for s in meta["signals"]:
-        specs[f"frames/{s}"] = ColumnSpec(np.float16, (n_layers, h, w), FRAME_CHUNK, (LAYER, TILE_Y, TILE_X))
+        specs[f"frames/{s}"] = ColumnSpec(stored, (n_layers, h, w), FRAME_CHUNK, (LAYER, TILE_Y, TILE_X))
         specs[f"stats/{s}/norm"] = ColumnSpec(np.float32, (n_layers,), ROW_CHUNK, (LAYER,))
         specs[f"stats/{s}/sparsity"] = ColumnSpec(np.float32, (n_layers,), ROW_CHUNK, (LAYER,))
     for kind, fields in readout_layout(meta).items():
@@ -109,10 +116,19 @@ def column_compressors(name: str, compress: bool) -> Any:
     return "auto"
 
 
+def stored_attributes(dtype: Any) -> dict[str, Any] | None:
+    """The attributes of an array stored as ``dtype``: bfloat16 bits say so, for readers without llmri."""
+    if dtype is np.uint16:
+        return {"llmri": {"dtype": "bfloat16", "decode": "(uint32(x) << 16).view(float32)"}}
+    return None
+
+
 def fill_value(dtype: Any) -> Any:
-    """What pads rows past the data: ``""`` for strings, -1 for ids, NaN for floats."""
+    """What pads rows past the data: ``""`` for strings, -1 for ids, NaN for floats (and bfloat16 bits)."""
     if dtype is str:
         return ""
+    if np.dtype(dtype) == np.uint16:
+        return BFLOAT16_NAN
     if np.issubdtype(np.dtype(dtype), np.integer):
         return -1
     return np.nan
@@ -123,9 +139,9 @@ def check_format_version(llm: dict[str, Any], where: str, what: str = "metadata"
     fv = llm.get("format_version")
     if not isinstance(fv, int):
         raise StoreError(f"{where}: corrupt {what} (format_version {fv!r})")
-    if fv > FORMAT_VERSION:
+    if fv > READ_VERSION:
         raise StoreError(
-            f"{where}: written by a newer llmri (format {fv}; this llmri reads up to {FORMAT_VERSION}): upgrade llmri"
+            f"{where}: written by a newer llmri (format {fv}; this llmri reads up to {READ_VERSION}): upgrade llmri"
         )
 
 
@@ -193,6 +209,8 @@ def stack_rows(rows: list[Any], spec: ColumnSpec) -> np.ndarray:
         for i, r in enumerate(rows):
             out[i] = r
         return out
+    if spec.dtype is np.uint16:  # bfloat16 tiles (float32 values in a Frame) as their bits
+        return bfloat16_bits(np.asarray(rows, dtype=np.float32)).reshape(len(rows), *spec.row_shape)
     return np.asarray(rows, dtype=spec.dtype).reshape(len(rows), *spec.row_shape)
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .columns import INITIAL_ROWS, LAYER, ColumnSpec, fill_value, state_dimension_names
+from .columns import INITIAL_ROWS, LAYER, ColumnSpec, fill_value, state_dimension_names, stored_attributes
 
 
 def run(coro: Any) -> Any:
@@ -90,6 +90,7 @@ class ColumnFormat:
             fill_value=fill_value(spec.dtype),
             compressors=compressors,
             dimension_names=spec.dimension_names,
+            attributes=stored_attributes(spec.dtype),
         ).metadata
         self._zero = (0,) * len(spec.row_shape)
         self._encode = _fast_encoder(self.metadata)

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..._errors import StoreError
-from ...frame import TOP_K, TokenTable, readout_fill
+from ...frame import FRAME_NUMPY, TOP_K, TokenTable, frame_dtype_of, from_bfloat16_bits, readout_fill
 from ..base import SessionReader, check_signal, norm_range, readout_layout
 from .columns import check_format_version, check_meta
 from .liveness import effective_status
@@ -98,7 +98,9 @@ class ZarrSession(SessionReader):
         check_signal(signal, self.signals, self._where)
         s, e = norm_range(start, stop, self._n)
         h, w = self.tile
-        return self._read(f"frames/{signal}", s, e, (len(self.layers), h, w), np.float16)
+        dtype = frame_dtype_of(self._meta)
+        out = self._read(f"frames/{signal}", s, e, (len(self.layers), h, w), FRAME_NUMPY[dtype])
+        return from_bfloat16_bits(out) if dtype == "bfloat16" and out.dtype == np.uint16 else out
 
     def stats(self, signal: str, start: int | None = None, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         check_signal(signal, self.signals, self._where)

@@ -13,7 +13,7 @@ import numpy as np
 from ..._errors import StoreError
 from ..._jsonsafe import json_safe
 from ...frame import TOP_K, Frame
-from ..base import FORMAT_VERSION, STATUSES, SessionWriter, readout_layout, readout_problem
+from ..base import STATUSES, SessionWriter, readout_layout, readout_problem, session_format_version
 from .columns import Column, column_compressors, column_specs, coordinate_arrays, frame_rows
 from .internals import ColumnFormat, column_format, create_session_nodes, group_document
 from .liveness import this_writer
@@ -93,7 +93,7 @@ class ZarrSessionWriter(SessionWriter):
         """The session group's attributes now: a JSON-safe copy (a NaN in ``meta`` is stored as null)."""
         doc = json_safe(
             {
-                "llmri": {"kind": "session", "format_version": FORMAT_VERSION},
+                "llmri": {"kind": "session", "format_version": session_format_version(self._meta)},
                 "n_committed": self._committed,
                 "meta": self._meta,
             }

@@ -140,7 +140,8 @@ def send_frames(post: Post, key: str, signals: Sequence[str], frames: list[Frame
     """Post ``frames`` as one binary ``live`` message (one per frame if together they are too big)."""
     t_model = time.time()
     if signals:
-        tiles = np.stack([np.stack([f.tiles[s] for s in signals]) for f in frames]).astype(np.float16)
+        tiles = np.stack([np.stack([f.tiles[s] for s in signals]) for f in frames])
+        tiles = tiles if tiles.dtype == np.float32 else tiles.astype(np.float16)  # float32 frames stay themselves
     else:
         tiles = np.zeros((len(frames), 0), dtype=np.float16)
     header = {

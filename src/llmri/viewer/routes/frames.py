@@ -8,8 +8,9 @@ import numpy as np
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
+from ...frame import frame_dtype_of
 from ...store import SessionReader
-from ..encoding import MEDIA_TYPE, encode_array, quantise_u8
+from ..encoding import MEDIA_TYPE, encode_array, encode_frames, quantise_u8
 from ..state import BadRequest
 from . import State
 
@@ -44,7 +45,7 @@ def frames(
     signal: Annotated[str, Query()],
     start: int | None = None,
     stop: int | None = None,
-    dtype: str = "float16",
+    dtype: str | None = None,
 ) -> Response:
     r = state.reader(store_id, session_id)
     names = signal.split(",")
@@ -52,15 +53,16 @@ def frames(
         _signal(r, name)
     if len(set(names)) != len(names):
         raise BadRequest("a signal is named twice")
-    if dtype not in ("float16", "uint8"):
+    if dtype not in (None, "float16", "uint8"):  # None: the session's own frame dtype
         raise BadRequest("dtype must be float16 or uint8")
+    wire = "float16" if dtype == "float16" else frame_dtype_of(r.meta)
     total = len(r)
     s, e = _range(start, stop, total)
     if len(names) == 1:
-        arr = np.asarray(r.frames(signal, s, e), dtype=np.float16)
+        arr = np.asarray(r.frames(signal, s, e))
         n = len(arr)
     else:  # several signals in one message: [signals, n, layers, H, W], one round trip for a cold jump
-        arr = np.stack([np.asarray(r.frames(name, s, e), dtype=np.float16) for name in names])
+        arr = np.stack([np.asarray(r.frames(name, s, e)) for name in names])
         n = arr.shape[1]
     head = {"kind": "frames", "signal": signal, "start": s, "stop": s + n, "total": total}
     head["status"], head["session"] = r.status, r.id
@@ -68,7 +70,7 @@ def frames(
         q, lo, hi = quantise_u8(arr)
         body = encode_array(q, lo=lo, hi=hi, **head)
     else:
-        body = encode_array(arr, **head)
+        body = encode_frames(arr, wire, **head)
     return Response(body, media_type=MEDIA_TYPE)
 
 

@@ -48,6 +48,11 @@ export function decodeArray(buf) {
     const raw = new Uint16Array(buf, off, count);
     data = new Float32Array(count);
     for (let i = 0; i < count; i++) data[i] = HALF[raw[i]];
+  } else if (header.dtype === "bfloat16") { // the upper half of a float32 (zarr has no bfloat16)
+    const raw = new Uint16Array(buf, off, count);
+    const bits = new Uint32Array(count);
+    for (let i = 0; i < count; i++) bits[i] = raw[i] << 16;
+    data = new Float32Array(bits.buffer);
   } else if (header.dtype === "float32") {
     data = new Float32Array(buf, off, count);
   } else if (header.dtype === "uint8") {

@@ -1,5 +1,6 @@
 // What the mouse and the playhead point at: the hovered pixel's values (Readout panel and tooltip) and the
 // current token's probabilities (Token panel).
+import { valueText } from "./overflow.js";
 import { S, on } from "./state.js";
 import { frameValues, renderer, scalesOf } from "./tiles.js";
 import { $, esc, fmt, oneLine } from "./ui.js";
@@ -80,13 +81,13 @@ function updateReadout() {
     const a = S.src.get(s, S.t);
     const val = a ? a[h.layer * per + idx] : NaN;
     const sc = (scalesOf(s) || [1])[h.layer] || 1;
-    let line = `${fmt(val)}`;
+    let line = valueText(val, fmt);
     if (S.diff !== "off") {
       const d = frameValues(s, S.t);
       const dv = d ? d[h.layer * per + idx] : NaN;
-      line = `Δ ${fmt(dv)}  (this ${fmt(val)})`;
-      if (!headline) headline = fmt(dv);
-    } else if (!headline) headline = fmt(val);
+      line = `Δ ${valueText(dv, fmt)}  (this ${valueText(val, fmt)})`;
+      if (!headline) headline = valueText(dv, fmt);
+    } else if (!headline) headline = valueText(val, fmt);
     rows += `<span>${esc(s)}</span><span>${line}</span>`;
     rows += `<span>÷ scale</span><span>${fmt(val / sc, 3)} <span class="dim">(scale ${fmt(sc, 2)})</span></span>`;
     const st = S.stats[s];

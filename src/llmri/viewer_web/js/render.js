@@ -1,4 +1,5 @@
 // Drawing frames: one grid of layer tiles per signal (or one composite grid), colour mapped in the client.
+import { OVERFLOW_PX, isOverflow } from "./overflow.js";
 
 export const CHANNEL_RGB = { resid: [79, 195, 247], attn: [255, 112, 67], mlp: [124, 232, 111] };
 const TINT = [255, 183, 77]; // hue for "saturation = sparsity" on the grayscale map
@@ -106,16 +107,17 @@ export class Renderer {
         const r0 = Math.floor(l / L.cols) * L.h, c0 = (l % L.cols) * L.w;
         if (composite) {
           for (let i = 0; i < per; i++) {
-            let R = 0, G = 0, B = 0;
+            let R = 0, G = 0, B = 0, over = false;
             for (const s of g.signals) {
               const v = d.values[s];
               if (!v) continue;
+              if (isOverflow(v[l * per + i])) over = true;
               const m = clamp01((Math.abs(v[l * per + i] / d.scales[s][l]) - lo) / (hi - lo)) || 0;
               const col = CHANNEL_RGB[s];
               R += col[0] * m; G += col[1] * m; B += col[2] * m;
             }
             const y = r0 + Math.floor(i / L.w), x = c0 + (i % L.w);
-            px[y * W + x] = pack(Math.min(255, R) | 0, Math.min(255, G) | 0, Math.min(255, B) | 0);
+            px[y * W + x] = over ? OVERFLOW_PX : pack(Math.min(255, R) | 0, Math.min(255, G) | 0, Math.min(255, B) | 0);
           }
           continue;
         }
@@ -133,6 +135,7 @@ export class Renderer {
           for (let x = 0; x < L.w; x++) {
             let val = v[src + x];
             if (val !== val) val = 0; // NaN counts as 0, as in llmri.colormaps
+            if (isOverflow(val)) { px[row + x] = OVERFLOW_PX; continue; } // not the brightest value: overflow
             const t = mapValue(val * inv, opts.signed, lo, hi);
             px[row + x] = lut[(t * 255 + 0.5) | 0];
           }

@@ -1,6 +1,7 @@
 // Sessions: the list (polled), opening one, and following one while it is being recorded.
 import { FrameSource, getJSON, sessionUrl } from "./api.js";
 import { setDiff } from "./compare.js";
+import { showOverflowBadge } from "./overflow.js";
 import { S, emit, grow, on } from "./state.js";
 import { SIGNAL_TITLES, layout, loadStats, redraw, resetFrames, updateColorbar } from "./tiles.js";
 import { appendTokens, buildTokenStrip, drawSparklines, seek, stop, updateTotal } from "./timeline.js";
@@ -124,6 +125,7 @@ function showSessionInfo(detail) {
       (m.created || "").replace("T", " ").replace("+00:00", " UTC"),
     )}`;
   setBadge(detail.summary.status);
+  showOverflowBadge($("overflow-badge"), m);
 }
 
 /** Banner and placeholder for a session that is interrupted, chat-only, or has no frame yet. */

@@ -1,6 +1,7 @@
 // The tiles: their layout, the frame drawn into them (plain or as a difference), the scales that colour them,
 // the colour controls and the colour bar.
 import { ApiError, getArray, sessionUrl } from "./api.js";
+import { diffValue, finiteAbs } from "./overflow.js";
 import { Renderer, drawColorbar } from "./render.js";
 import { S, drawnNow, on } from "./state.js";
 import { $, banner, segment, setSeg } from "./ui.js";
@@ -82,7 +83,7 @@ function estimateScales(s, src) {
     for (let t = 0; t < Math.min(src.total, src.chunk); t++) {
       const f = src.get(s, t);
       if (!f) continue;
-      for (let i = 0; i < per; i++) vals.push(Math.abs(f[l * per + i]));
+      for (let i = 0; i < per; i++) { const a = finiteAbs(f[l * per + i]); if (a !== null) vals.push(a); }
     }
     vals.sort((a, b) => a - b);
     out[l] = vals.length ? vals[Math.floor(0.99 * (vals.length - 1))] || 1 : 1;
@@ -127,7 +128,7 @@ export function frameValues(s, t) {
   else if (S.diffSrc) b = t < S.diffSrc.total ? S.diffSrc.get(s, t) : null;
   if (!b) return S.diff === "prev" ? new Float32Array(a.length) : null;
   const out = scratch[s] && scratch[s].length === a.length ? scratch[s] : (scratch[s] = new Float32Array(a.length));
-  for (let i = 0; i < a.length; i++) out[i] = a[i] - b[i];
+  for (let i = 0; i < a.length; i++) out[i] = diffValue(a[i], b[i]);
   return out;
 }
 
