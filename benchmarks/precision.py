@@ -32,9 +32,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import llmri.capture.frames as stepframes  # noqa: E402
-
 import llmri  # noqa: E402
+import llmri.capture.frames as stepframes  # noqa: E402
 from _common import alternate, median, save, table  # noqa: E402
 from llmri.capture.precision import difference_tolerance, rounding_error  # noqa: E402
 

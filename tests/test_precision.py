@@ -130,8 +130,8 @@ def scaled(tmp_path_factory):
     """The tiny Llama with embeddings scaled so its residual reaches ~1e6: saved, loaded as a user would."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from llmri.models.identity import default_gguf_path
     from llmri.models import gguf_model_dir
+    from llmri.models.identity import default_gguf_path
 
     tok = AutoTokenizer.from_pretrained(gguf_model_dir(default_gguf_path()))
     torch.manual_seed(0)

@@ -90,3 +90,28 @@ def test_cli_neurons_reducer_needs_no_tile(tmp_path, capsys):
     assert rc == 0, err
     session = llmri.open_store(tmp_path / "n.zarr").session(out.strip())
     assert session.meta["reducer"]["kind"] == "neurons"
+
+
+def test_live_chat_turns_take_the_engines_settings_and_the_conversation_default(synthetic_model, tmp_path):
+    from llmri.settings import CHAT_DEFAULTS
+    from llmri.viewer.live import ModelEngine
+    from llmri.viewer.live.requests import check_request
+
+    engine = ModelEngine(synthetic_model, frame_dtype="float32")
+    messages, turn = check_request({"messages": [{"role": "user", "content": "hi"}]}, engine)
+    assert turn["max_new_tokens"] == CHAT_DEFAULTS.max_new_tokens
+    store = llmri.open_store(tmp_path / "live.zarr", create=True)
+    stream = engine.open(messages, {**turn, "max_new_tokens": 2}, store, {})
+    frames = list(stream)
+    assert stream.meta["frame_dtype"] == "float32" and frames[0].tiles["resid"].dtype.name == "float32"
+    assert stream.options.frame_dtype == "float32" and stream.settings.max_new_tokens == 2
+
+
+def test_llmri_view_takes_frame_dtype_for_live_chat():
+    from llmri.commands import view as view_command
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    p = view_command.add_parser(sub)
+    assert p.parse_args(["x.zarr", "--model", "default", "--frame-dtype", "bfloat16"]).frame_dtype == "bfloat16"
+    with pytest.raises(llmri.CaptureError, match="--frame-dtype .* give --model"):
+        view_command.live_plugin(p.parse_args(["x.zarr", "--frame-dtype", "float32"]))

@@ -242,7 +242,7 @@ NAMES: tuple[str, ...] = tuple(f.name for f in fields())
 #: The defaults, as one value.
 DEFAULTS = CaptureSettings()
 #: The defaults of a conversation (``llmri view``'s live chat and chat-only mode): longer answers.
-CHAT_DEFAULTS = DEFAULTS.replace(max_new_tokens=256)
+CHAT_DEFAULTS = DEFAULTS.replace(max_new_tokens=128)
 
 
 def options() -> list[tuple[str, str, Any, str]]:

@@ -7,7 +7,9 @@ import os
 from typing import Any
 
 from .._errors import CaptureError, StoreError
+from ..settings import DEFAULTS
 from .capture import add_lens_dtype
+from .options import add_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -47,6 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="record the logit lens of every token (hf backend): the page shows each layer's top tokens",
     )
     add_lens_dtype(live)
+    add_options(live, ["frame_dtype"])
     live.add_argument(
         "--attention",
         action="store_true",
@@ -93,6 +96,9 @@ def live_plugin(args: argparse.Namespace) -> Any:
     lens_dtype = getattr(args, "lens_dtype", None)
     if lens_dtype and not lens:
         raise CaptureError("--lens-dtype goes with --lens")
+    frame_dtype = getattr(args, "frame_dtype", None)
+    if frame_dtype and frame_dtype != DEFAULTS.frame_dtype and not model:
+        raise CaptureError("--frame-dtype is how a local model's tiles are stored: give --model too")
     if not (model or url):
         return None
     if model and url:
@@ -132,7 +138,12 @@ def live_plugin(args: argparse.Namespace) -> Any:
     if (lens or attention) and backend == "llama.cpp":  # before a model load that can take minutes
         raise CaptureError("the llama.cpp engine has no lens or attention readouts: use --backend hf")
     engine = ModelEngine(
-        load_model(model, backend=backend), backend=backend, lens=lens, attention=attention, lens_dtype=lens_dtype
+        load_model(model, backend=backend),
+        backend=backend,
+        lens=lens,
+        attention=attention,
+        lens_dtype=lens_dtype,
+        frame_dtype=frame_dtype,
     )
     return LiveChat(engine)
 

@@ -69,7 +69,10 @@ class ModelEngine:
     (``None``: the model's own, or ``hf``); ``lens`` / ``attention``: record those readouts in
     every turn (docs/readouts.md; the hf backend; each frame then reaches the page one forward
     later, with its lens complete); ``lens_dtype``: the lens's unembedding precision (``None``:
-    float32, exact; ``"bfloat16"`` is faster, docs/benchmarks.md "Readouts").
+    float32, exact; ``"bfloat16"`` is faster, docs/benchmarks.md "Readouts"); ``frame_dtype``: what
+    the tiles are stored as (float16, bfloat16 or float32; docs/precision.md). These options, the
+    same every turn, are held as one :class:`~llmri.settings.CaptureSettings`; a turn's own
+    (``max_new_tokens``, ``temperature``...) go over them.
     """
 
     mode = "model"
@@ -82,9 +85,11 @@ class ModelEngine:
         lens: bool = False,
         attention: bool = False,
         lens_dtype: str | None = None,
+        frame_dtype: str | None = None,
     ) -> None:
         from ..._errors import CaptureError
         from ...capture.resolve import as_model, backend_for
+        from ...settings import DEFAULTS
 
         self.model = as_model(model)
         self.backend, cls = backend_for(self.model, backend)
@@ -94,6 +99,13 @@ class ModelEngine:
             raise CaptureError("the llama.cpp engine has no logit lens: --lens needs --backend hf")
         self.readouts = [name for name, on in (("lens", lens), ("attention", attention)) if on]
         self.lens_dtype = lens_dtype
+        self.options = DEFAULTS.replace(
+            backend=self.backend,
+            lens=lens,
+            lens_dtype=lens_dtype,
+            attention=attention,
+            frame_dtype=frame_dtype or DEFAULTS.frame_dtype,
+        )
         self.signals = [s for s in SIGNALS if s in getattr(cls, "provides", ())]
         describe = getattr(self.model, "describe", None)
         info = describe() if callable(describe) else {}
@@ -119,19 +131,16 @@ class ModelEngine:
         return CaptureStream(
             self.model,
             messages,
+            self.options,
+            store=store,
+            meta=meta,
             max_new_tokens=settings["max_new_tokens"],
             temperature=settings["temperature"],
             top_p=settings["top_p"],
             seed=settings["seed"],
             signals=settings["signals"],
             reducer=settings["reducer"],
-            backend=self.backend,
             ignore_eos=settings.get("ignore_eos", False),
-            store=store,
-            meta=meta,
-            lens="lens" in self.readouts,
-            lens_dtype=self.lens_dtype,
-            attention="attention" in self.readouts,
         )
 
     def close(self) -> None:
