@@ -280,7 +280,7 @@ def test_capture_with_the_real_model(tmp_path, real_model):
 
 
 def test_chat_only_session_exports(tmp_path, capsys):
-    from test_store_suite import make_frame
+    from llmri.testing.frames import make_frame
 
     store = llmri.open_store(tmp_path / "chat.zarr", create=True)
     with store.create_session({"signals": [], "layers": [], "tile": [0, 0], "backend": "openai"}) as w:

@@ -15,7 +15,7 @@ import pytest
 
 from llmri._errors import StoreError
 from llmri.store.zarr import ZarrFrameStore
-from test_store_suite import L, base_meta, make_frame
+from llmri.testing.frames import L, base_meta, make_frame
 from test_zarr_store import one_line_error
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "symlink") or os.name == "nt", reason="needs POSIX symlinks")

@@ -20,7 +20,7 @@ from llmri import MissingExtraError
 from llmri.cli import main as cli_main
 from llmri.store.zarr import ZarrFrameStore
 from llmri.store.zarr.upgrade import upgrade_store
-from test_store_suite import base_meta, make_frame
+from llmri.testing.frames import base_meta, make_frame
 
 xr = pytest.importorskip("xarray")
 pytest.importorskip("dask")

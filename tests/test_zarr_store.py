@@ -16,7 +16,7 @@ import zarr
 import llmri
 from llmri import StoreError
 from llmri.store.zarr import ZarrFrameStore
-from test_store_suite import base_meta, make_frame
+from llmri.testing.frames import base_meta, make_frame
 
 PLAIN_READER = textwrap.dedent(
     """
