@@ -10,7 +10,7 @@ PIP := $(BIN)/python -m pip
 # pin down): every install below goes through it. Raise a pin on purpose, in its own commit.
 CONSTRAINTS := constraints.txt
 
-.PHONY: setup setup-test demo test test-fast lint format typecheck check bench clean
+.PHONY: setup setup-test demo test test-fast docs lint format typecheck check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,21 +33,26 @@ setup-test: $(VENV)/.installed-test
 demo: setup
 	$(BIN)/llmri demo $(ARGS)
 
-test: setup-test
-	$(BIN)/ruff check src tests benchmarks
+test: setup-test docs
+	$(BIN)/ruff check src tests benchmarks docs/_ext
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q $(ARGS)
 
 test-fast: setup-test
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
+# The site (guides and API reference) into site/; --strict: a broken link or cross-reference, in a page
+# or in a docstring (a Sphinx role naming nothing: docs/_ext/sphinx_roles.py), fails it.
+docs: setup-test
+	$(BIN)/mkdocs build --strict --site-dir site
+
 lint: setup-test
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs/_ext
+	$(BIN)/ruff format --check src tests benchmarks docs/_ext
 
 format: setup-test
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks docs/_ext
+	$(BIN)/ruff check --fix src tests benchmarks docs/_ext
 
 typecheck: setup-test
 	$(BIN)/mypy
@@ -59,4 +64,4 @@ bench: setup-test
 	$(BIN)/python benchmarks/reducers.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -114,7 +114,7 @@ _NUMPY = {"top_ids": np.int64, "overflow": np.int64, "tiles": np.float16}
 class StepFrames:
     """Builds a capture stream's frames, one step at a time (see the module's docstring).
 
-    ``readouts``: the stream's :class:`~llmri.stepreadouts.StepReadouts` (their rows are computed
+    ``readouts``: the stream's :class:`~llmri.capture.readouts.StepReadouts` (their rows are computed
     at launch, on the calling thread: they complete the lens rows that waited for this step). ``defer``:
     ``None`` decides from the device of each step's activations; ``True`` / ``False`` force it
     (tests run the deferred path on the CPU). ``thread``: a CPU step's tensor work runs on one frame

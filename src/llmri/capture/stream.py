@@ -43,7 +43,7 @@ class CaptureStream(FrameStream):
     the prompt encoding and the reducer's calibration. ``meta`` describes the session; ``stop()``
     ends generation after the current forward (thread-safe); ``close()`` stops it too. With
     ``store``, each frame is appended to a new session of that store as it is produced
-    (``session_id``). See :class:`~llmri.framestream.FrameStream` for the lifecycle.
+    (``session_id``). See :class:`~llmri.FrameStream` for the lifecycle.
 
     ``lens_dtype`` (``"bfloat16"``, ``"float16"``; default float32, exact): the lens's unembedding in
     that precision, ~3x faster on a CPU with AVX-512 BF16 but ~1e-2 off in probabilities

@@ -46,7 +46,7 @@ def chat_only(
     meta: dict[str, Any] | None = None,
 ) -> Session:
     """Chat with an OpenAI-compatible server and return the answer as a chat-only
-    :class:`~llmri.session.Session` (no activations; see :mod:`llmri.backends.openai` for its rows
+    :class:`~llmri.Session` (no activations; see :mod:`llmri.chatonly` for its rows
     and meta).
 
     Example: ``llmri.chat_only("http://127.0.0.1:11434/v1", "Why is the sky blue?", model="llama3.2")``.

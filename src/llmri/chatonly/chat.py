@@ -18,7 +18,7 @@ DEFAULT_MAX_NEW_TOKENS = CHAT_DEFAULTS.max_new_tokens  # a conversation's defaul
 
 
 def _messages(prompt: Any) -> list[dict[str, str]]:
-    """A string becomes one user message; a list is checked by :func:`~llmri.messages.check_messages`."""
+    """A string becomes one user message; a list is checked by :func:`~llmri.capture.messages.check_messages`."""
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
     return check_messages(prompt)
@@ -26,7 +26,7 @@ def _messages(prompt: Any) -> list[dict[str, str]]:
 
 class ChatOnlyStream(FrameStream):
     """An iterable of :class:`~llmri.frame.Frame`, one per row (prompt rows first; see
-    :mod:`llmri.backends.openai` for what the rows and the session metadata hold).
+    :mod:`llmri.chatonly` for what the rows and the session metadata hold).
 
     Built by :meth:`ChatOnlyClient.stream` or :func:`chat_only_stream`. The constructor validates
     the messages and settings and, with ``store``, creates the session (``session_id``) but does
@@ -57,7 +57,9 @@ class ChatOnlyStream(FrameStream):
     meta:
         Extra keys for the session metadata.
 
-    See :class:`~llmri.framestream.FrameStream` for the lifecycle.
+    Notes
+    -----
+    See :class:`~llmri.FrameStream` for the lifecycle.
     """
 
     what = "chat stream"

@@ -59,7 +59,7 @@ class ChatOnlyClient:
     url:
         The API base URL, e.g. ``http://127.0.0.1:11434/v1`` (Ollama), ``http://127.0.0.1:1234/v1``
         (LM Studio), ``http://127.0.0.1:8080/v1`` (llama.cpp's server). A trailing
-        ``/chat/completions`` is accepted and dropped. :attr:`url` is this base without
+        ``/chat/completions`` is accepted and dropped. ``url`` is this base without
         credentials, query or fragment (what meta and messages show).
     model:
         The model name to request. ``None`` asks the server's ``/models``: its only model is used;
@@ -71,6 +71,8 @@ class ChatOnlyClient:
     timeout:
         Seconds to wait to connect and for each next piece of the stream (``None``: forever).
 
+    Notes
+    -----
     The client holds an HTTP connection pool: ``close()`` it (or use ``with``). It is safe to use
     from several threads; the viewer builds one at launch and calls :meth:`stream` per turn.
     """
@@ -111,7 +113,7 @@ class ChatOnlyClient:
 
     def models(self) -> list[str]:
         """The model ids the server's ``GET /models`` lists; raises CaptureError on any failure
-        (:class:`~llmri.backends.openai.errors.NoModelList` when the server has no such list)."""
+        (:class:`~llmri.chatonly.errors.NoModelList` when the server has no such list)."""
         import httpx
 
         url = self.url + "/models"
@@ -153,7 +155,7 @@ class ChatOnlyClient:
         return ChatOnlyStream(self, messages, **kw)
 
     def chat(self, messages: Any, **kw: Any) -> Session:
-        """Answer ``messages`` and return the whole :class:`~llmri.session.Session`."""
+        """Answer ``messages`` and return the whole :class:`~llmri.Session`."""
         return Session.collect(self.stream(messages, **kw))
 
     def post_chat(self, body: dict[str, Any]) -> Any:

@@ -25,7 +25,7 @@ QUEUE_SIZE = 64
 
 
 class ChatServer(Protocol):
-    """What a chat stream needs of its server; :class:`~llmri.backends.openai.ChatOnlyClient` is one."""
+    """What a chat stream needs of its server; :class:`~llmri.ChatOnlyClient` is one."""
 
     url: str
     model: str | None

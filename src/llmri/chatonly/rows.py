@@ -1,5 +1,5 @@
 """Chunks of an OpenAI-compatible chat stream turned into rows (:class:`~llmri.frame.Frame` objects
-without activations); see :mod:`llmri.backends.openai` for what the rows hold."""
+without activations); see :mod:`llmri.chatonly` for what the rows hold."""
 
 from __future__ import annotations
 

@@ -25,8 +25,8 @@ def show(source: Any, *, session: str | None = None, t: int = 0, height: int = 6
     at once), or a list or ``{label: ...}`` mapping of them (compare across them in the viewer).
     ``session``: the id to open first in a store; ``t``: the frame; ``height``: pixels.
 
-    Returns the :class:`Viewer` widget (its ``t`` follows the viewer; ``stop()``, ``wait()`` for a
-    stream), already displayed. Outside a notebook, prints one line saying what to run instead and
+    Returns the :class:`~llmri.notebook.widget.Viewer` widget (its ``t`` follows the viewer; ``stop()``,
+    ``wait()`` for a stream), already displayed. Outside a notebook, prints one line saying what to run instead and
     returns None.
     """
     if not in_notebook():

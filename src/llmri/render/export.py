@@ -2,7 +2,7 @@
 the current token written under the frame) and JSON (tokens and metadata).
 
 Images use the same layout and colour maps as the viewer (:mod:`llmri.render`,
-:mod:`llmri.colormaps`). Pillow writes PNG and GIF, imageio with imageio-ffmpeg writes MP4
+:mod:`llmri.render.colormaps`). Pillow writes PNG and GIF, imageio with imageio-ffmpeg writes MP4
 (``pip install 'llmri[export]'``).
 """
 

@@ -12,7 +12,7 @@ The browser viewer reproduces this layout exactly (see :data:`LAYOUT` and :func:
   ``x = (l % cols) * (W * pixel + gap)``, ``y = (l // cols) * (H * pixel + gap)``.
 - Gaps and empty grid cells are :data:`BACKGROUND`; a value that overflowed the frame dtype (±inf) is
   :data:`OVERFLOW`.
-- Colours follow :mod:`llmri.colormaps` with per-layer scales ``meta["scales"][signal]``.
+- Colours follow :mod:`llmri.render.colormaps` with per-layer scales ``meta["scales"][signal]``.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def render_frame(tiles: Any, scales: Any, cmap: str = "energy", *, pixel: int = 
     """Render ``tiles`` ``[L, H, W]`` to ``uint8[height, width, 3]`` RGB (layout above).
 
     ``scales``: ``[L]`` per-layer scales (``meta["scales"][signal]``), or ``None`` to use
-    :func:`fallback_scales` of these tiles. ``cmap``: a name in :data:`llmri.colormaps.COLORMAPS`.
+    :func:`fallback_scales` of these tiles. ``cmap``: a name in :data:`llmri.render.colormaps.COLORMAPS`.
     """
     tiles = np.asarray(tiles)
     if tiles.ndim != 3:

@@ -75,7 +75,10 @@ def create_app(
     poll_interval
         Seconds between checks for new frames of a session being recorded.
 
-    Returns a FastAPI app; ``app.state.llmri`` is the :class:`~llmri.viewer.state.ViewerState`.
+    Returns
+    -------
+    fastapi.FastAPI
+        The app; ``app.state.llmri`` is the :class:`~llmri.viewer.state.ViewerState`.
     """
     fastapi = require("fastapi", "viewer")
     from .errors import install_error_handlers

@@ -63,7 +63,7 @@ def server_config(app: Any, *, quiet: bool = False) -> Any:
 
 class Served:
     """A viewer app serving in a daemon thread of this process (``serve(..., block=False)``):
-    :attr:`url` to open, :meth:`close` (or ``with``) to stop it."""
+    ``url`` to open, :meth:`close` (or ``with``) to stop it."""
 
     def __init__(self, server: Any, sock: socket.socket, url: str) -> None:
         self.server, self.sock, self.url = server, sock, url

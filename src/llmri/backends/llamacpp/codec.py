@@ -39,7 +39,7 @@ class GGUFTokenizer:
     chat template from the GGUF's metadata (``tokenizer.chat_template``), rendered as transformers
     renders it, so the same messages give the same text and ids as the Hugging Face tokenizer.
 
-    Implements what :class:`~llmri.codec.TextCodec` and calibration call: ``tok(text,
+    Implements what :class:`~llmri.capture.codec.TextCodec` and calibration call: ``tok(text,
     add_special_tokens=...)["input_ids"]``, ``decode``, ``apply_chat_template(...,
     tokenize=False)``, ``chat_template``, ``eos_token_id`` (llama.cpp's end-of-generation set, a
     list: an instruct model's end-of-turn token is in it) and ``all_special_ids`` (the control tokens).
