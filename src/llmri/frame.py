@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +27,7 @@ FRAME_DTYPE = "float16"
 FRAME_NUMPY: dict[str, type] = {"float16": np.float16, "bfloat16": np.float32, "float32": np.float32}
 
 
-def frame_dtype_of(meta: dict) -> str:
+def frame_dtype_of(meta: dict[str, Any]) -> str:
     """A session's frame dtype: ``meta["frame_dtype"]``, ``float16`` for sessions written before it existed."""
     name = meta.get("frame_dtype") or FRAME_DTYPE
     if name not in FRAME_DTYPES:
@@ -67,7 +69,7 @@ class Token:
     top_probs: tuple[float, ...] = ()
     top_texts: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         def num(x: float) -> float | None:
             return None if x != x else float(x)
 
@@ -250,13 +252,13 @@ class TokenTable:
             top_texts=texts,
         )
 
-    def __iter__(self):  # noqa: ANN204
+    def __iter__(self) -> Iterator[Token]:
         return (self[i] for i in range(len(self)))
 
     def __repr__(self) -> str:
         return f"TokenTable({len(self)} tokens: {''.join(self.text)[:60]!r}...)"
 
-    def to_records(self) -> list[dict]:
+    def to_records(self) -> list[dict[str, Any]]:
         return [t.to_dict() for t in self]
 
 
@@ -296,7 +298,7 @@ class ReadoutTable:
         return {name: getattr(self, name) for name in names}
 
     @classmethod
-    def from_rows(cls, rows: list, layers: list[str], shapes: dict[str, tuple[int, ...]]) -> ReadoutTable:
+    def from_rows(cls, rows: list[Any], layers: list[str], shapes: dict[str, tuple[int, ...]]) -> ReadoutTable:
         """Stack per-position rows (:class:`LensRow` / :class:`AttentionRow`), each field padded to
         ``shapes[field]`` (a row's shape) with -1 / NaN / ``""``; an optional field only where
         ``shapes`` names it."""

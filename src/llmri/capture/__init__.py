@@ -9,7 +9,7 @@ step computes (lens, attention); ``calibration.py`` the reducer's fit and colour
 ``progressbar.py`` the notebook's progress bar.
 """
 
-from .decode import GenerationSettings
+from ..settings import GenerationSettings
 from .framestream import FrameStream
 from .stream import CaptureStream, capture, stream
 

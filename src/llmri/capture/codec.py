@@ -47,7 +47,8 @@ class TextCodec:
         return [int(i) for i in self.tok(text, add_special_tokens=False)["input_ids"]]
 
     def decode(self, ids: list[int]) -> str:
-        return self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        out: str = self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return out
 
     def piece(self, token_id: int) -> str:
         """A single token's text on its own (for top-k alternatives; cached: asked 5 times per step)."""

@@ -265,6 +265,6 @@ def _queue_host_copy(parts: dict[str, Any], device: Any) -> tuple[Any, Any, dict
     packed = torch.cat(flat)
     host = torch.empty(packed.numel(), dtype=torch.uint8, pin_memory=True)
     host.copy_(packed, non_blocking=True)
-    event = torch.cuda.Event()
+    event = torch.cuda.Event()  # type: ignore[no-untyped-call,unused-ignore]  # untyped in the library
     event.record()
     return host, event, layout

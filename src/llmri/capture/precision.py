@@ -72,7 +72,8 @@ def difference_tolerance(frame_dtype: str, a: Any, b: Any = None) -> np.ndarray:
     ``inf`` where either side overflowed. For ``llmri.compare`` and intervention checks."""
     a = np.asarray(a, dtype=np.float64)
     b = a if b is None else np.asarray(b, dtype=np.float64)
-    return rounding_error(frame_dtype, a) + rounding_error(frame_dtype, b)
+    out: np.ndarray = rounding_error(frame_dtype, a) + rounding_error(frame_dtype, b)
+    return out
 
 
 def count_overflow(values: Any, stored: Any) -> Any:

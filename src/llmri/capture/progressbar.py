@@ -32,7 +32,7 @@ def in_notebook() -> bool:
     """True inside a Jupyter kernel (JupyterLab, Notebook 7, VS Code, nbclient); not in a script or a
     terminal IPython."""
     ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None  # type: ignore[attr-defined]
+    shell = ipython.get_ipython() if ipython is not None else None
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 

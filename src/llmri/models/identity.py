@@ -87,7 +87,7 @@ def gguf_fingerprint(path: Path) -> str:
     return fp
 
 
-def gguf_path(spec: str | os.PathLike | None) -> Path:
+def gguf_path(spec: str | os.PathLike[str] | None) -> Path:
     """The GGUF file a spec names: ``None`` / ``"default"`` for the bundled model, else a ``.gguf`` path."""
     if spec is None or (isinstance(spec, str) and spec.strip() in ("", "default")):
         return default_gguf_path()
@@ -149,7 +149,7 @@ def offloaded_state(module: Any) -> dict[str, Any]:
     """``module.state_dict()`` with the tensors accelerate offloaded (meta here, on disk or in CPU
     memory there) read back from its hooks' weights maps, one at a time, so an offloaded model
     gets the fingerprint of the same weights loaded whole."""
-    state = module.state_dict()
+    state: dict[str, Any] = module.state_dict()
     maps = {
         name: wm
         for name, m in module.named_modules()
@@ -207,7 +207,7 @@ def hf_param_names(config: Any) -> set[str] | None:
         from transformers import AutoModelForCausalLM
 
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
+            model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call,unused-ignore]
         return set(model.state_dict())
     except Exception:  # noqa: BLE001 - an unknown architecture: fall back to every renamed name
         return None

@@ -203,7 +203,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def load_model(
-    spec: str | os.PathLike | None = None,
+    spec: str | os.PathLike[str] | None = None,
     *,
     dtype: Any = None,
     device: Any = None,

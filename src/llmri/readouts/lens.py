@@ -80,7 +80,8 @@ def topk_rows(x: Any, k: int, block: int = TOPK_BLOCK) -> tuple[Any, Any]:
     m, v = int(x.shape[0]), int(x.shape[-1])
     nb = v // block
     if nb < 4 * k:
-        return x.topk(k, dim=-1)
+        out: tuple[Any, Any] = x.topk(k, dim=-1)  # typed where the library returns Any
+        return out
     maxima = x[:, : nb * block].reshape(m, nb, block).amax(-1)
     blocks = maxima.topk(k, dim=-1).indices  # [m, k]
     cand = (blocks[:, :, None] * block + torch.arange(block, device=x.device)).reshape(m, k * block)

@@ -98,7 +98,8 @@ THRESHOLDS = Thresholds()
 def _nanmedian(x: np.ndarray, axis: int, keepdims: bool = False) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN slice gives NaN, as wanted
-        return np.nanmedian(x, axis=axis, keepdims=keepdims)
+        out: np.ndarray = np.nanmedian(x, axis=axis, keepdims=keepdims)  # typed where the library returns Any
+        return out
 
 
 def robust_z(x: np.ndarray, floor: float, axis: int = 0, mask: np.ndarray | None = None) -> np.ndarray:
@@ -108,7 +109,8 @@ def robust_z(x: np.ndarray, floor: float, axis: int = 0, mask: np.ndarray | None
     med = _nanmedian(ref, axis, keepdims=True)
     mad = _nanmedian(np.abs(ref - med), axis, keepdims=True)
     with np.errstate(invalid="ignore"):
-        return (x - med) / np.maximum(MAD_TO_SD * mad, floor)
+        out: np.ndarray = (x - med) / np.maximum(MAD_TO_SD * mad, floor)  # typed where the library returns Any
+        return out
 
 
 def _median(x: np.ndarray) -> float:

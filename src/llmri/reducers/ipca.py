@@ -163,7 +163,8 @@ class IncrementalPCAReducer(Reducer):
         return y.reshape(x.shape[0], self.n_layers, *self.tile)
 
     def explained_variance_ratio(self, signal: str) -> np.ndarray:
-        return self._pca[signal].explained_variance_ratio.cpu().numpy()
+        out: np.ndarray = self._pca[signal].explained_variance_ratio.cpu().numpy()
+        return out
 
     def state_dict(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}

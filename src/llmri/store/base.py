@@ -274,7 +274,7 @@ class SessionWriter(ABC):
     def __enter__(self) -> SessionWriter:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         self.close("interrupted" if exc_type is not None else "complete")
 
 

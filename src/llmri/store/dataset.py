@@ -46,7 +46,7 @@ def _lazy(session: Any, name: str, n: int) -> Any:
     import dask.array as da
 
     arr = session.array(name)
-    out = da.from_array(arr, chunks=arr.chunks, name=False, inline_array=True)[:n]
+    out = da.from_array(arr, chunks=arr.chunks, name=False, inline_array=True)[:n]  # type: ignore[no-untyped-call,unused-ignore]  # untyped in the library
     if name.startswith("frames/") and frame_dtype_of(session.meta) == "bfloat16" and out.dtype == np.uint16:
         out = out.map_blocks(from_bfloat16_bits, dtype=np.float32)  # stored as bits: zarr has no bfloat16
     if out.dtype.kind not in "biuf":

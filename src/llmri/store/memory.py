@@ -18,11 +18,11 @@ from .base import (
     SessionWriter,
     check_signal,
     norm_range,
-    readout_layout,
     readout_problem,
     session_format_version,
 )
 from .ids import new_session_id, prepare_meta
+from .layout import readout_layout
 
 
 class FrameSource(Protocol):
@@ -107,7 +107,8 @@ class Session(SessionReader):
                     empty, dtype = (0, layers), np.float32
                 arrs = [getattr(f, kind)[signal] for f in self._frames]
                 self._cache[key] = np.stack(arrs).astype(dtype, copy=False) if arrs else np.zeros(empty, dtype)
-            return self._cache[key]
+            out: np.ndarray = self._cache[key]  # typed where the library returns Any
+            return out
 
     def frames(self, signal: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
         check_signal(signal, self.signals, f"session {self.id}")

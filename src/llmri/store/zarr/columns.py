@@ -9,7 +9,8 @@ import numpy as np
 
 from ..._errors import StoreError
 from ...frame import READOUT_DTYPES, TOP_K, Frame, bfloat16_bits, fit_into, frame_dtype_of
-from ..base import LAYER, RANK, READ_VERSION, STATUSES, TILE_X, TILE_Y, TOKEN, readout_layout
+from ..base import READ_VERSION, STATUSES
+from ..layout import LAYER, RANK, TILE_X, TILE_Y, TOKEN, readout_layout
 
 #: Frames per chunk along the token axis of ``frames/<signal>``.
 FRAME_CHUNK = 16

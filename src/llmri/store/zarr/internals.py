@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from .columns import INITIAL_ROWS, LAYER, ColumnSpec, fill_value, state_dimension_names, stored_attributes
+from ..layout import LAYER
+from .columns import INITIAL_ROWS, ColumnSpec, fill_value, state_dimension_names, stored_attributes
 
 
 def run(coro: Any) -> Any:

@@ -8,7 +8,8 @@ import numpy as np
 
 from ..._errors import StoreError
 from ...frame import FRAME_NUMPY, TOP_K, TokenTable, frame_dtype_of, from_bfloat16_bits, readout_fill
-from ..base import SessionReader, check_signal, norm_range, readout_layout
+from ..base import SessionReader, check_signal, norm_range
+from ..layout import readout_layout
 from .columns import check_format_version, check_meta
 from .liveness import effective_status
 from .location import Location

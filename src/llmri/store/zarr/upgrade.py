@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..._errors import StoreError
-from ..base import LAYER
+from ..layout import LAYER
 from .columns import coordinate_arrays, dimension_names_for
 from .internals import coordinate_files, named_document
 from .location import Location

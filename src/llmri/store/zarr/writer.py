@@ -13,7 +13,8 @@ import numpy as np
 from ..._errors import StoreError
 from ..._jsonsafe import json_safe
 from ...frame import TOP_K, Frame
-from ..base import STATUSES, SessionWriter, readout_layout, readout_problem, session_format_version
+from ..base import STATUSES, SessionWriter, readout_problem, session_format_version
+from ..layout import readout_layout
 from .columns import Column, column_compressors, column_specs, coordinate_arrays, frame_rows
 from .internals import ColumnFormat, column_format, create_session_nodes, group_document
 from .liveness import this_writer
@@ -99,7 +100,7 @@ class ZarrSessionWriter(SessionWriter):
             }
         )
         json.dumps(doc, allow_nan=False)  # refuses, naming its type, a value JSON cannot hold
-        return doc
+        return doc  # type: ignore[no-any-return]  # the JSON document zarr read
 
     @property
     def id(self) -> str:
