@@ -21,7 +21,7 @@ pytest.importorskip("fastapi")
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 from live_helpers import free_port, kill, start_llama_server  # noqa: E402
-from llmri.testing import CHROMIUM, launch_chromium  # noqa: E402
+from llmri.testing import CHROMIUM  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -61,14 +61,6 @@ class View:
 
     def close(self) -> None:
         kill(self.proc)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = launch_chromium(p)
-        yield b
-        b.close()
 
 
 def wait_for(pg, js: str, timeout: float = 60, what: str = "") -> object:
