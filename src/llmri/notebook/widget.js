@@ -110,19 +110,7 @@ function socketClass(win, chan) {
     event(msg, buffers) {
       if (this.readyState === 3) return;
       if (msg.event === "open") { this.readyState = 1; this.fire("open", {}); }
-      else if (msg.event === "text") {
-        const live = this.url.match(/\/api\/sessions\/([^/]+)\/([^/]+)\/live$/);
-        if (live) { // the newest frame the server has named (see the bootstrap in modules())
-          try {
-            const p = JSON.parse(msg.data);
-            const key = `${decodeURIComponent(live[1])}/${decodeURIComponent(live[2])}`;
-            const old = win.llmriProgress;
-            const ns = old && old.key === key ? old.ns.slice(-7) : [];
-            if (p.type === "progress") win.llmriProgress = { key, ns: [...ns, p.n_frames] };
-          } catch { /* not JSON: the client's business */ }
-        }
-        this.fire("message", { data: msg.data });
-      }
+      else if (msg.event === "text") this.fire("message", { data: msg.data });
       else if (msg.event === "bytes") {
         const b = bytesOf(buffers && buffers[0]).slice();
         this.fire("message", { data: this.binaryType === "arraybuffer" ? b.buffer : new win.Blob([b]) });
@@ -173,33 +161,12 @@ async function modules(chan, entries) {
   const blob = (code) => URL.createObjectURL(new Blob([code], { type: "text/javascript" }));
   const imports = {};
   for (const [path, code] of src) imports[`${BARE}${path}`] = blob(code);
-  // the bootstrap: tell the widget which frame is drawn (its `t`) and when the page is ready; and keep a playhead
-  // that sits on the newest frame of a recording there as frames come. session.js does that too, but judges "on the
-  // newest frame" against a total that a frame chunk's header may have raised (and, across its await, a stale
-  // one, so a late handler seeks back to what an older message said): at a stream's pace it loses the race. Here
-  // the playhead is "on the newest frame" on the total's last frame or on one the last /live progress messages
-  // named (window.llmriProgress, kept by the socket class below), and then follows the total.
+  // the bootstrap: tell the widget which frame is drawn (its `t`) and when the page is ready. (A recording's
+  // playhead on its newest frame follows it in the viewer itself: timeline.js, on "grow".)
   const state = `${BARE}/static/js/state.js`;
   const hook = imports[state]
-    ? `import { S, on, ready } from "${state}";
+    ? `import { on, ready } from "${state}";
 const host = window.llmriHost;
-let cur = null, atEnd = false;
-const told = () => { const p = window.llmriProgress; return p && S.cur && p.key === S.cur.summary.key ? p.ns : []; };
-const more = () => {
-  const n = S.src ? S.src.total : 0;
-  if (S.cur === cur && atEnd && S.cur.summary.status === "recording" && S.t < n - 1) window.llmri.seek(n - 1);
-};
-on("seek", (t) => {
-  if (S.cur !== cur) {
-    cur = S.cur;
-    const loaded = S.src.onload; // a chunk's header may raise the total without "grow"
-    S.src.onload = () => { if (loaded) loaded(); more(); };
-    atEnd = S.cur.summary.status === "recording"; // session.js opens a recording on its newest frame
-    return;
-  }
-  atEnd = t >= S.src.total - 1 || told().includes(t + 1);
-});
-on("grow", more);
 on("drawn", (t) => host.drawn(t));
 ready.then(() => host.ready(window.llmri));
 `

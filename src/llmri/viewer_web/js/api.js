@@ -105,7 +105,16 @@ export class FrameSource {
     this.total = summary.n_frames;
     this.chunk = chunk;
     this.pending = new Map();
-    this.onload = null;
+    this.ongrow = null; // (n, before): the total rose
+  }
+  /** There are n frames (a chunk's header, a recording's progress, the live chat's frames): the one place the
+   * total moves, and only up. Returns the total before; `ongrow` hears of a rise. */
+  grow(n) {
+    const before = this.total;
+    if (!(n > before)) return before; // not more frames (or no number at all)
+    this.total = n;
+    if (this.ongrow) this.ongrow(n, before);
+    return before;
   }
   key(signal, c) { return `${this.url}|${signal}|${c}`; }
   /** The values of frame t (Float32Array [layers*H*W]) or null if not cached. */
@@ -156,8 +165,7 @@ export class FrameSource {
             const part = want.length === 1 ? data : data.subarray(i * n * this.frameSize, (i + 1) * n * this.frameSize);
             LRU.set(keys[i], { start: header.start, stop: header.stop, data: part });
           });
-          if (header.total > this.total) this.total = header.total;
-          if (this.onload) this.onload();
+          this.grow(header.total); // a recording's chunk may know of frames no progress message named yet
         })
         .finally(() => {
           for (const k of keys) if (this.pending.get(k) === entry) this.pending.delete(k);

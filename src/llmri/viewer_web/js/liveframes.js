@@ -2,7 +2,7 @@
 // encoding), go straight into the frame cache and are drawn before the token's text is shown.
 import { LRU, decodeArray, getJSON, sessionUrl } from "./api.js";
 import { S, chat as C, grow } from "./state.js";
-import { appendTokens, seek } from "./timeline.js";
+import { appendTokens } from "./timeline.js";
 import { $ } from "./ui.js";
 
 const nowMs = () => performance.timeOrigin + performance.now();
@@ -59,9 +59,7 @@ export function applyFrames(h, data, rec) {
     }
     for (const t of h.tokens) if (t.index >= S.tokens.length) C.buf.set(t.index, t);
     pump();
-    const before = grow(h.stop);
-    const following = C.follow && (before === 0 || S.t >= before - 1);
-    if (following) seek(h.stop - 1); // the frame is cached: it is drawn now, before the text below
+    grow(h.stop); // a playhead on the newest frame follows it: cached, it is drawn now, before the text below
   }
   // the token's text, after its frame
   run.bubble.querySelector(".body").textContent = answerText(run);

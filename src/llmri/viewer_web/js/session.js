@@ -76,7 +76,12 @@ export async function openSession(key, t0 = 0) {
   document.body.classList.remove("no-session");
   $("session-select").disabled = false;
   S.src = new FrameSource(detail.summary, detail.meta);
-  S.src.onload = () => updateTotal(S.src.total); // a chunk's header may know of frames the summary did not
+  const src = S.src;
+  src.ongrow = (n, before) => { // from a progress message, live frames or a chunk's header alike
+    if (S.src !== src) return;
+    S.cur.summary.n_frames = n;
+    emit("grow", n, before);
+  };
   resetFrames();
   setDiff("off");
   $("session-select").value = key;
@@ -88,7 +93,7 @@ export async function openSession(key, t0 = 0) {
   buildSignalModes();
   const n = detail.summary.n_frames;
   showSessionState(detail);
-  updateTotal(n, true);
+  updateTotal(S.src.total, true);
   const readouts = detail.summary.readouts || [];
   $("rside").hidden = !readouts.length; // the lens and attention column, where the session has them
   $("lens-panel").hidden = !readouts.includes("lens");
@@ -97,12 +102,13 @@ export async function openSession(key, t0 = 0) {
   layout();
   await loadStats();
   if (seq !== S.openSeq) return;
+  const total = S.src.total; // a chunk's header may have raised it since the summary came
   if (detail.summary.status === "recording") {
     followLive(detail.summary);
-    t0 = n - 1;
+    t0 = total - 1;
   }
   emit("open", S.cur); // the readout panels: which this session has, its markers and lens strip
-  seek(Math.min(Math.max(0, t0), Math.max(0, n - 1)));
+  seek(Math.min(Math.max(0, t0), Math.max(0, total - 1)));
   drawSparklines();
   S.loaded = key; // fully open: tokens, layout, stats and the first frame requested
 }
@@ -199,17 +205,12 @@ function followLive(summary) {
 
 async function onProgress(summary, msg) {
   if (msg.type !== "progress" || !S.cur || S.cur.summary.key !== summary.key) return;
-  const before = S.src.total;
-  const following = S.t >= before - 1; // the playhead on the newest frame stays on the newest frame
   if (msg.n_frames > S.tokens.length) {
     const tok = await getJSON(`${sessionUrl(summary)}/tokens?start=${S.tokens.length}`);
     if (!S.cur || S.cur.summary.key !== summary.key) return;
     appendTokens(tok.tokens.filter((t) => t.index >= S.tokens.length));
   }
-  if (msg.n_frames > S.src.total) {
-    grow(msg.n_frames);
-    if (following) seek(msg.n_frames - 1);
-  }
+  grow(msg.n_frames); // the playhead on the newest frame follows (timeline.js), decided there and then
   if (msg.status !== S.cur.summary.status) {
     S.cur.summary.status = msg.status;
     setBadge(msg.status);

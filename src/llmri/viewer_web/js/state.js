@@ -79,12 +79,7 @@ export function emit(name, ...args) {
  * REST): the one place its total moves. Returns the total before, so callers can tell if the playhead was at
  * the end; "grow" tells the timeline, the stats and the first-frame layout. */
 export function grow(n) {
-  const before = S.src.total;
-  if (!(n > before)) return before; // not more frames (or no number at all)
-  S.src.total = n;
-  S.cur.summary.n_frames = n;
-  emit("grow", n, before);
-  return before;
+  return S.src.grow(n); // its ongrow (session.js) emits "grow"
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 // The timeline: the playhead (seek, play), the slider and counter, the token strip and the sparklines.
-import { S, emit, on, whenDrawn } from "./state.js";
+import { S, chat, emit, on, whenDrawn } from "./state.js";
 import { loadStats } from "./tiles.js";
 import { attentionTip } from "./attention.js";
 import { hideTip, showTip, tokenHTML } from "./readout.js";
@@ -254,8 +254,12 @@ export function refreshStats(now) {
   else statsTimer = setTimeout(go, 600);
 }
 
-on("grow", (n) => {
+// The playhead on the newest frame stays on the newest frame as a session grows, however it learns of more
+// frames (a recording's progress, the live chat's frames, a chunk's header): decided here, when the total
+// moves, and never from a total read before an await. The live chat's "follow newest token" can turn it off.
+on("grow", (n, before) => {
   updateTotal(n);
+  if (chat.follow && S.t >= before - 1 && S.t < n - 1) seek(n - 1);
   refreshStats(false);
 });
 
