@@ -1,11 +1,11 @@
 // Attention per head: a layer x head grid for the current token (colour = the head's entropy or its weight on
 // position 0, the sink). Click a head, or a layer's label for all its heads: the token strip highlights the
 // positions it attends to, with their weights on hover.
-import { attentionRow, cachedRow, has } from "./readouts.js";
-import { S, on } from "./state.js";
+import { attentionRow, cachedRow, has } from "./readoutcache.js";
+import { view, on } from "./state.js";
 import { $, fmt, segment, setSeg } from "./ui.js";
 
-export const A = {
+export const attentionState = {
   colour: "entropy", // "entropy" | "sink"
   pick: null, // {layer, head} (head -1: all heads of the layer)
   row: null, // the attention row shown
@@ -28,7 +28,7 @@ export function attended(row, layer, head) {
 }
 
 function colourOf(v, lo, hi) {
-  const lut = S.luts.energy || S.luts.grayscale;
+  const lut = view.luts.energy || view.luts.grayscale;
   if (v === null || v === undefined || !lut) return "#1a2230";
   const u = hi > lo ? (v - lo) / (hi - lo) : 0.5;
   const i = Math.max(0, Math.min(255, Math.round(u * 255)));
@@ -83,9 +83,9 @@ function highlight() {
     span.style.removeProperty("background");
     delete span.dataset.aw;
   }
-  A.weights = A.pick && A.row ? attended(A.row, A.pick.layer, A.pick.head) : new Map();
-  const max = Math.max(0, ...A.weights.values());
-  for (const [p, w] of A.weights) {
+  attentionState.weights = attentionState.pick && attentionState.row ? attended(attentionState.row, attentionState.pick.layer, attentionState.pick.head) : new Map();
+  const max = Math.max(0, ...attentionState.weights.values());
+  for (const [p, w] of attentionState.weights) {
     const span = el.children[p];
     if (!span) continue;
     span.classList.add("att");
@@ -96,26 +96,26 @@ function highlight() {
 
 /** The tooltip line of token i on the strip: its attention weight from the picked head (or ""). */
 export function attentionTip(i) {
-  const w = A.weights.get(i);
-  if (w === undefined || !A.pick) return "";
-  const who = A.pick.head < 0 ? `L${A.pick.layer} all heads (mean)` : `L${A.pick.layer} H${A.pick.head}`;
-  return `<div class="gap">attention from token ${S.t} · ${who}: <b>${fmt(w, 4)}</b></div>`;
+  const w = attentionState.weights.get(i);
+  if (w === undefined || !attentionState.pick) return "";
+  const who = attentionState.pick.head < 0 ? `L${attentionState.pick.layer} all heads (mean)` : `L${attentionState.pick.layer} H${attentionState.pick.head}`;
+  return `<div class="gap">attention from token ${view.t} · ${who}: <b>${fmt(w, 4)}</b></div>`;
 }
 
 function pickHead(layer, head) {
-  A.pick = { layer, head };
+  attentionState.pick = { layer, head };
   draw();
 }
 
 function draw() {
-  renderGrid($("attn-grid"), A.row, A.pick, A.colour, pickHead);
+  renderGrid($("attn-grid"), attentionState.row, attentionState.pick, attentionState.colour, pickHead);
   highlight();
   const msg = $("attn-msg");
-  if (!A.row) msg.textContent = "";
-  else if (!A.pick) msg.textContent = "click a head (or a layer) to see what it attends to";
+  if (!attentionState.row) msg.textContent = "";
+  else if (!attentionState.pick) msg.textContent = "click a head (or a layer) to see what it attends to";
   else {
-    const top = [...A.weights.entries()].sort((a, b) => b[1] - a[1]).slice(0, 3);
-    const who = A.pick.head < 0 ? `L${A.pick.layer} · all heads` : `L${A.pick.layer} H${A.pick.head}`;
+    const top = [...attentionState.weights.entries()].sort((a, b) => b[1] - a[1]).slice(0, 3);
+    const who = attentionState.pick.head < 0 ? `L${attentionState.pick.layer} · all heads` : `L${attentionState.pick.layer} H${attentionState.pick.head}`;
     msg.textContent = `${who} → ${top.map(([p, w]) => `#${p} ${fmt(w, 2)}`).join(", ")}`;
   }
 }
@@ -123,20 +123,20 @@ function draw() {
 let seq = 0;
 async function showAttention(t) {
   const panel = $("attn-panel");
-  if (!has("attention")) { panel.hidden = true; A.row = null; highlight(); return; }
+  if (!has("attention")) { panel.hidden = true; attentionState.row = null; highlight(); return; }
   panel.hidden = false;
   const mine = ++seq;
   const row = cachedRow("attention", t) || (await attentionRow(t).catch(() => null));
-  if (mine !== seq || S.t !== t) return;
-  A.row = row;
+  if (mine !== seq || view.t !== t) return;
+  attentionState.row = row;
   draw();
   $("attn-grid").dataset.t = String(t);
 }
 
 on("seek", (t) => showAttention(t));
-on("readouts", (key, t) => { if (S.cur && S.cur.summary.key === key && S.t === t) showAttention(t); });
-on("open", () => { A.pick = null; A.row = null; });
+on("readouts", (key, t) => { if (view.cur && view.cur.summary.key === key && view.t === t) showAttention(t); });
+on("open", () => { attentionState.pick = null; attentionState.row = null; });
 
 export function wireAttention() {
-  segment($("attn-colour"), A.colour, (v) => { A.colour = v; setSeg($("attn-colour"), v); draw(); });
+  segment($("attn-colour"), attentionState.colour, (v) => { attentionState.colour = v; setSeg($("attn-colour"), v); draw(); });
 }

@@ -1,6 +1,6 @@
 // Compare: draw this frame minus the previous token's, or minus the same frame of another session.
 import { FrameSource, getJSON, sessionUrl } from "./api.js";
-import { S } from "./state.js";
+import { view } from "./state.js";
 import { redraw, setCmap } from "./tiles.js";
 import { $, fillSelect, segment, setSeg } from "./ui.js";
 
@@ -14,12 +14,12 @@ function say(text, kind = "") {
 
 export async function setDiff(mode) {
   say("");
-  if (mode === S.diff && mode !== "session") return;
-  if (mode !== "off" && S.diff === "off") prevCmap = S.cmap;
-  S.diff = mode;
+  if (mode === view.diff && mode !== "session") return;
+  if (mode !== "off" && view.diff === "off") prevCmap = view.cmap;
+  view.diff = mode;
   setSeg($("diff-mode"), mode);
   $("diff-session").hidden = mode !== "session";
-  if (mode !== "session") { S.diffSrc = null; S.diffSummary = null; }
+  if (mode !== "session") { view.diffSrc = null; view.diffSummary = null; }
   if (mode === "off") {
     setCmap(prevCmap);
   } else {
@@ -35,39 +35,39 @@ export async function setDiff(mode) {
 
 /** "− session": subtract the most alike other session (same model and reducer), or say there is none. */
 async function pickDiffSession() {
-  fillSelect($("diff-session"), S.sessions, null, S.cur.summary.key);
-  const others = S.sessions.filter((s) => s.key !== S.cur.summary.key);
+  fillSelect($("diff-session"), view.sessions, null, view.cur.summary.key);
+  const others = view.sessions.filter((s) => s.key !== view.cur.summary.key);
   if (!others.length) {
     say("no other session to compare with", "error");
-    S.diff = "off";
+    view.diff = "off";
     setSeg($("diff-mode"), "off");
     $("diff-session").hidden = true;
     setCmap(prevCmap);
     return;
   }
-  const pick = others.find((s) => s.model === S.cur.summary.model && s.reducer === S.cur.summary.reducer && !s.chat_only) || others[0];
+  const pick = others.find((s) => s.model === view.cur.summary.model && s.reducer === view.cur.summary.reducer && !s.chat_only) || others[0];
   $("diff-session").value = pick.key;
   await chooseDiffSession(pick.key);
 }
 
 async function chooseDiffSession(key) {
-  const other = S.sessions.find((s) => s.key === key);
+  const other = view.sessions.find((s) => s.key === key);
   try {
     // the server decides whether the two can be diffed (a 409 says why not) and how many frames they share
-    const res = await getJSON(`/api/compare?a=${encodeURIComponent(S.cur.summary.key)}&b=${encodeURIComponent(key)}`);
+    const res = await getJSON(`/api/compare?a=${encodeURIComponent(view.cur.summary.key)}&b=${encodeURIComponent(key)}`);
     const detail = await getJSON(sessionUrl(other));
-    S.diffSummary = detail.summary;
-    S.diffSrc = new FrameSource(detail.summary, detail.meta);
+    view.diffSummary = detail.summary;
+    view.diffSrc = new FrameSource(detail.summary, detail.meta);
     say(`this − “${(other.title || other.id).slice(0, 40)}” · ${res.n_frames} frames in common`, "ok");
   } catch (e) {
-    S.diffSrc = null;
-    S.diffSummary = null;
+    view.diffSrc = null;
+    view.diffSummary = null;
     say(e.message, "error");
   }
   redraw();
 }
 
 export function wireCompare() {
-  segment($("diff-mode"), S.diff, (v) => setDiff(v));
+  segment($("diff-mode"), view.diff, (v) => setDiff(v));
   $("diff-session").onchange = (e) => chooseDiffSession(e.target.value);
 }

@@ -1,17 +1,17 @@
 // The logit lens: a panel for the current token (layers as rows, each layer's top tokens with their
 // probabilities, the token that came next highlighted where it appears, the decision layer marked), and the
 // lens strip over the whole session (token x layer, coloured by the probability each layer gave the next token).
-import { cachedRow, has, lensRow, lensStrip } from "./readouts.js";
-import { S, on } from "./state.js";
+import { cachedRow, has, lensRow, lensStrip } from "./readoutcache.js";
+import { view, on } from "./state.js";
 import { stripGeometry } from "./timeline.js";
-import { hideTip, showTip } from "./readout.js";
+import { hideTip, showTip } from "./inspector.js";
 import { $, esc, fmt, oneLine } from "./ui.js";
 
 /** The token that came after position t: the row's own next_id, else the token strip's, else the last layer's
  * entry of the next token's rank (the live chat, before the next token's record arrives). */
 export function nextIdOf(row, t) {
   if (row.next_id !== undefined && row.next_id !== null) return row.next_id;
-  const tok = S.tokens[t + 1];
+  const tok = view.tokens[t + 1];
   if (tok) return tok.id;
   const L = row.top_ids.length;
   const r = row.next_rank ? row.next_rank[L - 1] : -1;
@@ -48,7 +48,7 @@ export function renderLens(el, row, t, layers) {
 
 function sub(row, t) {
   const next = nextIdOf(row, t);
-  const tok = S.tokens[t + 1];
+  const tok = view.tokens[t + 1];
   let name = tok && tok.id === next ? oneLine(tok.text) : next >= 0 ? `#${next}` : "";
   if (!(tok && tok.id === next) && row.top_text) { // the live chat: the next token's record is still on its way
     row.top_ids.forEach((ids, l) => { const j = ids.indexOf(next); if (j >= 0) name = oneLine(row.top_text[l][j]); });
@@ -64,14 +64,14 @@ async function showLens(t) {
   panel.hidden = false;
   const mine = ++seq;
   const row = cachedRow("lens", t) || (await lensRow(t).catch(() => null));
-  if (mine !== seq || S.t !== t) return;
-  renderLens($("lens"), row, t, S.cur.meta.layers || []);
+  if (mine !== seq || view.t !== t) return;
+  renderLens($("lens"), row, t, view.cur.meta.layers || []);
   $("lens-sub").textContent = row ? sub(row, t) : "";
   $("lens").dataset.t = String(t);
 }
 
 on("seek", (t) => showLens(t));
-on("readouts", (key, t) => { if (S.cur && S.cur.summary.key === key && S.t === t) showLens(t); });
+on("readouts", (key, t) => { if (view.cur && view.cur.summary.key === key && view.t === t) showLens(t); });
 
 // ---------------------------------------------------------------------------------------------
 // the lens strip: next_prob per token and layer, under the norm strip and on its time axis
@@ -100,7 +100,7 @@ export function drawLensStrip() {
   const ctx = c.getContext("2d");
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, cssW, cssH);
-  const lut = S.luts.energy || S.luts.grayscale;
+  const lut = view.luts.energy || view.luts.grayscale;
   const n = Math.max(g.n, strip.n);
   const W = g.W;
   ctx.font = "10px ui-monospace, Menlo, monospace";
@@ -139,7 +139,7 @@ function drawLensPlayhead() {
   const { left, W, n, dpr, cssH } = stripImg;
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.fillStyle = "#4fc3f7";
-  ctx.fillRect(Math.round(left + ((S.t + 0.5) / n) * W) - 1, 0, 2, cssH);
+  ctx.fillRect(Math.round(left + ((view.t + 0.5) / n) * W) - 1, 0, 2, cssH);
 }
 
 on("seek", () => drawLensPlayhead());
@@ -165,7 +165,7 @@ export function wireLens(seek) {
   c.addEventListener("mousemove", (e) => {
     const h = stripAt(e);
     if (!h) { hideTip(); return; }
-    const tok = S.tokens[h.t], nxt = S.tokens[h.t + 1];
+    const tok = view.tokens[h.t], nxt = view.tokens[h.t + 1];
     const p = strip.data[h.t * strip.L + h.l];
     const d = strip.decision[h.t];
     showTip(`<span class="h">token ${h.t}</span> ${esc(oneLine(tok ? tok.text : ""))}<br>L${h.l} p(next “${esc(oneLine(nxt ? nxt.text : "–"))}”) <b>${fmt(p === p ? p : null, 3)}</b>` +

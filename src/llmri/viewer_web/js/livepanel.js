@@ -1,6 +1,6 @@
 // Live chat, the panel: its markup, the generation settings, the message bubbles, and picking up the
 // conversation of a recorded session. The socket and the run are live.js's; frames are liveframes.js's.
-import { S, chat as C, newId } from "./state.js";
+import { chat, view } from "./state.js";
 import { seek } from "./timeline.js";
 import { $ } from "./ui.js";
 
@@ -13,8 +13,8 @@ export function el(tag, cls, text) {
   return e;
 }
 
-/** The chat column, left of the tiles; `send` and `stop` are the socket's (live.js). */
-export function buildPanel({ send, stop }) {
+/** The chat column, left of the tiles; `send`, `stop`, `newChat` and `restore` are live.js's (the socket and the conversation). */
+export function buildPanel({ send, stop, newChat, restore }) {
   const link = document.createElement("link");
   link.rel = "stylesheet";
   link.href = "/static/live.css";
@@ -71,13 +71,13 @@ export function buildPanel({ send, stop }) {
   $("chat-settings").addEventListener("change", saveSettings);
   $("chat-settings").addEventListener("submit", (e) => e.preventDefault());
   $("chat-new").onclick = newChat;
-  $("chat-continue").onclick = () => restore(S.cur);
+  $("chat-continue").onclick = () => restore(view.cur);
   setInterval(updateContinue, 700);
   $("chat-form").addEventListener("submit", (e) => { e.preventDefault(); send(); });
   $("chat-stop").onclick = stop;
   $("chat-follow").onchange = (e) => {
-    C.follow = e.target.checked;
-    if (C.follow && C.run && S.cur && S.cur.summary.key === C.run.key) seek(S.src.total - 1);
+    chat.follow = e.target.checked;
+    if (chat.follow && chat.run && view.cur && view.cur.summary.key === chat.run.key) seek(view.src.total - 1);
   };
   const input = $("chat-input");
   input.addEventListener("keydown", (e) => {
@@ -87,7 +87,7 @@ export function buildPanel({ send, stop }) {
   for (const x of $("chat-settings").querySelectorAll("input, textarea, select")) x.addEventListener("keydown", (e) => e.stopPropagation());
   // the slider, keys and clicks that move the playhead away from the end stop following
   const unfollow = () => setTimeout(() => {
-    if (C.run && S.cur && S.src && S.t < S.src.total - 1 && C.follow) setFollow(false);
+    if (chat.run && view.cur && view.src && view.t < view.src.total - 1 && chat.follow) setFollow(false);
   }, 0);
   $("slider").addEventListener("input", unfollow);
   $("tokens").addEventListener("click", unfollow);
@@ -95,7 +95,7 @@ export function buildPanel({ send, stop }) {
 }
 
 export function setFollow(on) {
-  C.follow = on;
+  chat.follow = on;
   $("chat-follow").checked = on;
 }
 
@@ -119,8 +119,8 @@ export function settings() {
     seed: Number($("cs-seed").value) || 0,
     signals: Array.from(document.querySelectorAll("[data-sig]")).filter((b) => b.checked && !b.disabled).map((b) => b.dataset.sig),
     reducer: $("cs-reducer").value,
-    conversation: C.conversation,
-    turn: C.turn,
+    conversation: chat.conversation,
+    turn: chat.turn,
   };
 }
 
@@ -130,7 +130,7 @@ function saveSettings() {
   try { localStorage.setItem(SETTINGS_KEY, JSON.stringify(s)); } catch { /* private mode */ }
 }
 
-function emptyLog() {
+export function emptyLog() {
   const log = $("chat-log");
   log.innerHTML = "";
   const hint = el("div", "chat-empty");
@@ -162,51 +162,14 @@ export function showError(msg) {
 export function setBusy(busy) {
   $("chat-stop").hidden = !busy;
   $("chat-send").hidden = busy;
-  $("chat-send").disabled = busy || !C.ws || C.ws.readyState !== 1;
+  $("chat-send").disabled = busy || !chat.ws || chat.ws.readyState !== 1;
 }
 
-function newChat() {
-  if (C.run && C.run.mine) return;
-  C.conv = [];
-  C.shownKey = null;
-  C.conversation = newId();
-  C.turn = 0;
-  emptyLog();
-  showError("");
-  $("chat-input").focus();
-}
-
-/** The conversation of a recorded session (its messages, then its answer), ready to continue. */
-export function restore(cur) {
-  if (!cur || C.run || C.pendingSend || !S.cur || S.cur.summary.key !== cur.summary.key) return;
-  const m = cur.meta || {};
-  const specials = new Set((m.special_ids || []).map(Number));
-  const answer = S.tokens.filter((t) => t.role === "generated" && !specials.has(t.id)).map((t) => t.text).join("");
-  const msgs = (m.messages || []).filter((x) => x && x.role !== "system" && typeof x.content === "string");
-  if (!msgs.length) return;
-  const system = (m.messages || []).find((x) => x && x.role === "system");
-  if (system && !$("cs-system").value) $("cs-system").value = system.content;
-  C.conv = [...msgs.map((x) => ({ role: x.role, content: x.content })), { role: "assistant", content: answer }];
-  C.conversation = typeof m.conversation === "string" ? m.conversation : newId();
-  C.turn = Number.isInteger(m.turn) ? m.turn + 1 : msgs.filter((x) => x.role === "user").length;
-  C.shownKey = cur.summary.key;
-  $("chat-log").innerHTML = "";
-  const name = String((m.model || {}).name || "model").split("/").pop();
-  for (const x of C.conv) {
-    const b = bubble(x.role, x.content, x.role === "assistant" ? name : undefined);
-    if (x.role === "assistant") {
-      const why = m.stop_reason ? ` · ${m.stop_reason}` : "";
-      b.querySelector(".meta").textContent = `saved session${why}`;
-    }
-  }
-  updateContinue();
-}
-
-function updateContinue() {
-  const cur = S.cur;
-  const can = !!cur && !C.run && !C.pendingSend && S.tokens.length > 0 && cur.summary.status !== "recording" &&
-    Array.isArray((cur.meta || {}).messages) && cur.meta.messages.length > 0 && C.shownKey !== cur.summary.key &&
-    (!!cur.meta.chat_only === (C.hello && C.hello.mode === "chat-only"));
+export function updateContinue() {
+  const cur = view.cur;
+  const can = !!cur && !chat.run && !chat.pendingSend && view.tokens.length > 0 && cur.summary.status !== "recording" &&
+    Array.isArray((cur.meta || {}).messages) && cur.meta.messages.length > 0 && chat.shownKey !== cur.summary.key &&
+    (!!cur.meta.chat_only === (chat.hello && chat.hello.mode === "chat-only"));
   $("chat-continue").hidden = !can;
 }
 

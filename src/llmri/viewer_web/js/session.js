@@ -1,10 +1,10 @@
 // Sessions: the list (polled), opening one, and following one while it is being recorded.
 import { FrameSource, getJSON, sessionUrl } from "./api.js";
 import { setDiff } from "./compare.js";
-import { S, emit, grow, on } from "./state.js";
-import { SIGNAL_TITLES, layout, loadStats, redraw, resetFrames, updateColorbar } from "./tiles.js";
-import { appendTokens, buildTokenStrip, drawSparklines, seek, stop, updateTotal } from "./timeline.js";
-import { $, banner, esc, fillSelect, segment, setSeg } from "./ui.js";
+import { emit, on, view } from "./state.js";
+import { buildSignalModes, layout, loadStats, resetFrames } from "./tiles.js";
+import { appendTokens, drawSparklines, seek, setTokens, stop, updateTotal } from "./timeline.js";
+import { $, banner, esc, fillSelect } from "./ui.js";
 
 // ---------------------------------------------------------------------------------------------
 // the session list
@@ -19,12 +19,12 @@ export async function refreshSessions() {
     return false;
   }
   const sig = (l) => l.map((s) => `${s.key}:${s.n_frames}:${s.status}`).join("|");
-  const changed = sig(res.sessions) !== sig(S.sessions);
-  S.sessions = res.sessions;
-  S.stores = res.stores;
+  const changed = sig(res.sessions) !== sig(view.sessions);
+  view.sessions = res.sessions;
+  view.stores = res.stores;
   if (changed) {
-    fillSelect($("session-select"), S.sessions, S.cur && S.cur.summary.key);
-    if (S.diff === "session") fillSelect($("diff-session"), S.sessions, S.diffSummary && S.diffSummary.key, S.cur && S.cur.summary.key);
+    fillSelect($("session-select"), view.sessions, view.cur && view.cur.summary.key);
+    if (view.diff === "session") fillSelect($("diff-session"), view.sessions, view.diffSummary && view.diffSummary.key, view.cur && view.cur.summary.key);
   }
   const problems = res.stores.flatMap((s) => s.problems.map((p) => `${s.label}: ${p}`));
   if (problems.length && !$("banner").textContent) banner(`some sessions could not be read — ${problems.join("; ")}`);
@@ -47,9 +47,9 @@ function shellQuote(s) {
 }
 
 export function emptyStoreState() {
-  const label = S.stores.map((s) => s.label).join(", ") || "this store";
+  const label = view.stores.map((s) => s.label).join(", ") || "this store";
   showEmpty(`<h1>No sessions yet</h1><p>${esc(label)} holds no sessions. Record one and it shows up here:</p>
-    <code>llmri capture "Why is the sky blue?" -o ${esc(shellQuote(S.stores[0] ? S.stores[0].label : "run.zarr"))}</code>
+    <code>llmri capture "Why is the sky blue?" -o ${esc(shellQuote(view.stores[0] ? view.stores[0].label : "run.zarr"))}</code>
     <p class="dim">This page checks for new sessions every few seconds.</p>`);
   document.body.classList.add("no-session");
   const sel = $("session-select");
@@ -64,22 +64,22 @@ export function emptyStoreState() {
 
 /** Show session `key` at token t0 (a session being recorded opens on its newest frame, and follows it). */
 export async function openSession(key, t0 = 0) {
-  const seq = ++S.openSeq;
-  S.loaded = null;
-  const summary = S.sessions.find((s) => s.key === key);
+  const seq = ++view.openSeq;
+  view.loaded = null;
+  const summary = view.sessions.find((s) => s.key === key);
   if (!summary) return;
   stop();
-  if (S.ws) { S.ws.close(); S.ws = null; }
+  if (view.ws) { view.ws.close(); view.ws = null; }
   const detail = await getJSON(sessionUrl(summary));
-  if (seq !== S.openSeq) return;
-  S.cur = { summary: detail.summary, meta: detail.meta, grid: detail.grid };
+  if (seq !== view.openSeq) return;
+  view.cur = { summary: detail.summary, meta: detail.meta, grid: detail.grid };
   document.body.classList.remove("no-session");
   $("session-select").disabled = false;
-  S.src = new FrameSource(detail.summary, detail.meta);
-  const src = S.src;
+  view.src = new FrameSource(detail.summary, detail.meta);
+  const src = view.src;
   src.ongrow = (n, before) => { // from a progress message, live frames or a chunk's header alike
-    if (S.src !== src) return;
-    S.cur.summary.n_frames = n;
+    if (view.src !== src) return;
+    view.cur.summary.n_frames = n;
     emit("grow", n, before);
   };
   resetFrames();
@@ -87,13 +87,12 @@ export async function openSession(key, t0 = 0) {
   $("session-select").value = key;
   showSessionInfo(detail);
   const tok = await getJSON(`${sessionUrl(summary)}/tokens`);
-  if (seq !== S.openSeq) return;
-  S.tokens = tok.tokens;
-  buildTokenStrip();
+  if (seq !== view.openSeq) return;
+  setTokens(tok.tokens);
   buildSignalModes();
   const n = detail.summary.n_frames;
   showSessionState(detail);
-  updateTotal(S.src.total, true);
+  updateTotal(view.src.total, true);
   const readouts = detail.summary.readouts || [];
   $("rside").hidden = !readouts.length; // the lens and attention column, where the session has them
   $("lens-panel").hidden = !readouts.includes("lens");
@@ -101,16 +100,16 @@ export async function openSession(key, t0 = 0) {
   $("layout").classList.toggle("with-readouts", readouts.length > 0);
   layout();
   await loadStats();
-  if (seq !== S.openSeq) return;
-  const total = S.src.total; // a chunk's header may have raised it since the summary came
+  if (seq !== view.openSeq) return;
+  const total = view.src.total; // a chunk's header may have raised it since the summary came
   if (detail.summary.status === "recording") {
     followLive(detail.summary);
     t0 = total - 1;
   }
-  emit("open", S.cur); // the readout panels: which this session has, its markers and lens strip
+  emit("open", view.cur); // the readout panels: which this session has, its markers and lens strip
   seek(Math.min(Math.max(0, t0), Math.max(0, total - 1)));
   drawSparklines();
-  S.loaded = key; // fully open: tokens, layout, stats and the first frame requested
+  view.loaded = key; // fully open: tokens, layout, stats and the first frame requested
 }
 
 /** The top bar: title, model, backend, shape, token count, date and status. */
@@ -153,32 +152,31 @@ function showSessionState(detail) {
   }
 }
 
-export function setBadge(status) {
+/** The session shown has n frames (a replay's progress message, live chat's frames, a gap filled over REST):
+ * its source's total moves (FrameSource.grow, whose ongrow emits "grow"). Returns the total before. */
+export function grow(n) {
+  return view.src ? view.src.grow(n) : 0;
+}
+
+/** The session shown is now `status` (its recording ended, or the live chat's answer did): the badge, and
+ * "status" for the chat panel (a live answer that ended can be picked up again). */
+export function setStatus(status) {
+  if (!view.cur || status === view.cur.summary.status) return;
+  view.cur.summary.status = status;
+  setBadge(status);
+  emit("status", view.cur);
+}
+
+function setBadge(status) {
   const b = $("status-badge");
   b.hidden = false;
   b.textContent = status;
   b.className = `badge ${status}`;
 }
 
-function buildSignalModes() {
-  const sigs = S.cur.meta.signals || [];
-  const el = $("signal-mode");
-  el.innerHTML = "";
-  const modes = sigs.length > 1 ? ["all", ...sigs, "composite"] : sigs.length ? [sigs[0]] : [];
-  for (const m of modes) {
-    const b = document.createElement("button");
-    b.dataset.v = m;
-    b.textContent = m;
-    b.title = m === "composite" ? "one grid, hue = signal (resid blue, attn orange, mlp green)" : m === "all" ? "one grid per signal" : SIGNAL_TITLES[m] || m;
-    el.appendChild(b);
-  }
-  if (!modes.includes(S.mode)) S.mode = modes[0] || "all";
-  segment(el, S.mode, (v) => { S.mode = v; setSeg(el, v); layout(); drawSparklines(); updateColorbar(); redraw(); });
-}
-
 // the first frame of a session opened while it had none: the tiles take the place of "waiting"
 on("grow", (n, before) => {
-  if (before === 0 && (S.cur.meta.signals || []).length) { showEmpty(""); layout(); }
+  if (before === 0 && (view.cur.meta.signals || []).length) { showEmpty(""); layout(); }
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -187,11 +185,11 @@ on("grow", (n, before) => {
 function followLive(summary) {
   const proto = location.protocol === "https:" ? "wss" : "ws";
   const ws = new WebSocket(`${proto}://${location.host}${sessionUrl(summary)}/live`);
-  S.ws = ws;
+  view.ws = ws;
   ws.onclose = (e) => {
     // the server closes with 1000 once the session is no longer recording; anything else: try again
-    const still = S.ws === ws && S.cur && S.cur.summary.key === summary.key && S.cur.summary.status === "recording";
-    if (still && e.code !== 1000) setTimeout(() => { if (S.ws === ws) followLive(summary); }, 1500);
+    const still = view.ws === ws && view.cur && view.cur.summary.key === summary.key && view.cur.summary.status === "recording";
+    if (still && e.code !== 1000) setTimeout(() => { if (view.ws === ws) followLive(summary); }, 1500);
   };
   // One message at a time, in the order sent: a handler waits for the token text, and two handlers
   // interleaved there could finish out of order, the older one seeking the playhead back a frame.
@@ -204,18 +202,16 @@ function followLive(summary) {
 }
 
 async function onProgress(summary, msg) {
-  if (msg.type !== "progress" || !S.cur || S.cur.summary.key !== summary.key) return;
-  if (msg.n_frames > S.tokens.length) {
-    const tok = await getJSON(`${sessionUrl(summary)}/tokens?start=${S.tokens.length}`);
-    if (!S.cur || S.cur.summary.key !== summary.key) return;
-    appendTokens(tok.tokens.filter((t) => t.index >= S.tokens.length));
+  if (msg.type !== "progress" || !view.cur || view.cur.summary.key !== summary.key) return;
+  if (msg.n_frames > view.tokens.length) {
+    const tok = await getJSON(`${sessionUrl(summary)}/tokens?start=${view.tokens.length}`);
+    if (!view.cur || view.cur.summary.key !== summary.key) return;
+    appendTokens(tok.tokens.filter((t) => t.index >= view.tokens.length));
   }
   grow(msg.n_frames); // the playhead on the newest frame follows (timeline.js), decided there and then
-  if (msg.status !== S.cur.summary.status) {
-    S.cur.summary.status = msg.status;
-    setBadge(msg.status);
+  if (msg.status !== view.cur.summary.status) {
+    setStatus(msg.status);
     if (msg.status === "interrupted") banner(`This session was interrupted after ${msg.n_frames} tokens.`);
     refreshSessions();
-    emit("status", S.cur); // the chat panel: a live answer that ended can be picked up again
   }
 }

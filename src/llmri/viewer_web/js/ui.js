@@ -1,5 +1,5 @@
 // Small DOM and text helpers the panels share.
-import { S } from "./state.js";
+import { view } from "./state.js";
 
 export const $ = (id) => document.getElementById(id);
 
@@ -61,7 +61,7 @@ export function fillSelect(sel, sessions, current, exclude) {
     if (!byStore.has(s.store)) byStore.set(s.store, []);
     byStore.get(s.store).push(s);
   }
-  const labels = Object.fromEntries(S.stores.map((x) => [x.id, x.label]));
+  const labels = Object.fromEntries(view.stores.map((x) => [x.id, x.label]));
   for (const [store, list] of byStore) {
     const parent = byStore.size > 1 ? document.createElement("optgroup") : sel;
     if (parent !== sel) {

@@ -2,7 +2,7 @@
 // routes /lens and /attention, or the live chat's "readouts" messages), the lens strip and the markers.
 // Rows are plain JSON as the server gives them; every value is the session's own.
 import { getArray, getJSON, sessionUrl } from "./api.js";
-import { S } from "./state.js";
+import { view } from "./state.js";
 
 const LENS_CHUNK = 32; // positions per /lens request
 const ATTN_CHUNK = 4; // positions per /attention request (a row is L*H*k pairs)
@@ -22,7 +22,7 @@ function cacheOf(key) {
 
 /** Whether the session shown holds readout `kind` ("lens" or "attention"). */
 export function has(kind) {
-  return !!(S.cur && (S.cur.summary.readouts || []).includes(kind));
+  return !!(view.cur && (view.cur.summary.readouts || []).includes(kind));
 }
 
 /** The rows of a range response, one object per position: {t, field: value of that position, ...}. */
@@ -43,7 +43,7 @@ const ATTN_FIELDS = ["top_pos", "top_weight", "entropy", "sink"];
 async function fetchRows(key, kind, t, chunk) {
   const c = cacheOf(key);
   const start = Math.floor(t / chunk) * chunk;
-  const summary = S.sessions.find((s) => s.key === key) || (S.cur && S.cur.summary.key === key ? S.cur.summary : null);
+  const summary = view.sessions.find((s) => s.key === key) || (view.cur && view.cur.summary.key === key ? view.cur.summary : null);
   if (!summary) return;
   const url = `${sessionUrl(summary)}/${kind}?start=${start}&stop=${start + chunk}`;
   let p = c.pending.get(url);
@@ -61,7 +61,7 @@ async function fetchRows(key, kind, t, chunk) {
 /** The lens row of position t of the session shown (null where it has none, or t is not committed yet). */
 export async function lensRow(t) {
   if (!has("lens")) return null;
-  const key = S.cur.summary.key;
+  const key = view.cur.summary.key;
   const c = cacheOf(key);
   if (!c.lens.has(t)) await fetchRows(key, "lens", t, LENS_CHUNK);
   return c.lens.get(t) || null;
@@ -70,7 +70,7 @@ export async function lensRow(t) {
 /** The attention row of position t of the session shown (null where it has none). */
 export async function attentionRow(t) {
   if (!has("attention")) return null;
-  const key = S.cur.summary.key;
+  const key = view.cur.summary.key;
   const c = cacheOf(key);
   if (!c.attn.has(t)) await fetchRows(key, "attention", t, ATTN_CHUNK);
   return c.attn.get(t) || null;
@@ -78,8 +78,8 @@ export async function attentionRow(t) {
 
 /** A cached row, without fetching (the live chat's newest token, drawn at once). */
 export function cachedRow(kind, t) {
-  if (!S.cur) return null;
-  const c = caches.get(S.cur.summary.key);
+  if (!view.cur) return null;
+  const c = caches.get(view.cur.summary.key);
   return (c && (kind === "lens" ? c.lens : c.attn).get(t)) || null;
 }
 
@@ -110,7 +110,7 @@ export function decisionLayer(topIds) {
 /** The lens strip of the session shown, or null: {n, L, data: next_prob [n*L], decision: Int32Array [n]}. */
 export async function lensStrip() {
   if (!has("lens")) return null;
-  const { header, data } = await getArray(`${sessionUrl(S.cur.summary)}/lensstrip`);
+  const { header, data } = await getArray(`${sessionUrl(view.cur.summary)}/lensstrip`);
   const [, n, L] = header.shape;
   const same = data.subarray(n * L); // 1 where a layer's top-1 is the last layer's
   const decision = new Int32Array(n).fill(-1);
@@ -125,6 +125,6 @@ export async function lensStrip() {
 
 /** The markers of the session shown (sorted by token). */
 export async function markerList() {
-  if (!S.cur) return [];
-  return (await getJSON(`${sessionUrl(S.cur.summary)}/markers`)).markers;
+  if (!view.cur) return [];
+  return (await getJSON(`${sessionUrl(view.cur.summary)}/markers`)).markers;
 }

@@ -1,10 +1,10 @@
 // What the mouse and the playhead point at: the hovered pixel's values (Readout panel and tooltip) and the
 // current token's probabilities (Token panel).
-import { S, on } from "./state.js";
+import { view, on } from "./state.js";
 import { frameValues, renderer, scalesOf } from "./tiles.js";
 import { $, esc, fmt, oneLine } from "./ui.js";
 
-const isNeurons = () => S.cur && (S.cur.meta.reducer || {}).kind === "neurons";
+const isNeurons = () => view.cur && (view.cur.meta.reducer || {}).kind === "neurons";
 
 // ---------------------------------------------------------------------------------------------
 // the tooltip
@@ -55,50 +55,50 @@ export function tokenHTML(t) {
 }
 
 on("seek", (t) => {
-  $("token-info").innerHTML = tokenHTML(S.tokens[t]);
+  $("token-info").innerHTML = tokenHTML(view.tokens[t]);
   setBars($("token-info"));
 });
 
 // ---------------------------------------------------------------------------------------------
 // the hovered pixel
 function updateReadout() {
-  const h = S.hover;
+  const h = view.hover;
   const el = $("readout");
-  if (!h || !S.cur || !renderer.layout) {
+  if (!h || !view.cur || !renderer.layout) {
     el.innerHTML = `<span class="dim">hover a pixel</span>`;
     hideTip();
     return;
   }
   const L = renderer.layout;
   const grid = L.grids[h.grid];
-  const idx = h.y * S.cur.meta.tile[1] + h.x;
+  const idx = h.y * view.cur.meta.tile[1] + h.x;
   const per = L.h * L.w;
   const pixelName = pixelNameOf(idx);
   let rows = "";
   let headline = "";
   for (const s of grid.signals) {
-    const a = S.src.get(s, S.t);
+    const a = view.src.get(s, view.t);
     const val = a ? a[h.layer * per + idx] : NaN;
     const sc = (scalesOf(s) || [1])[h.layer] || 1;
     let line = `${fmt(val)}`;
-    if (S.diff !== "off") {
-      const d = frameValues(s, S.t);
+    if (view.diff !== "off") {
+      const d = frameValues(s, view.t);
       const dv = d ? d[h.layer * per + idx] : NaN;
       line = `Δ ${fmt(dv)}  (this ${fmt(val)})`;
       if (!headline) headline = fmt(dv);
     } else if (!headline) headline = fmt(val);
     rows += `<span>${esc(s)}</span><span>${line}</span>`;
     rows += `<span>÷ scale</span><span>${fmt(val / sc, 3)} <span class="dim">(scale ${fmt(sc, 2)})</span></span>`;
-    const st = S.stats[s];
-    if (st && S.t < st.n) {
-      const Ls = S.cur.meta.layers.length;
-      rows += `<span>layer ‖x‖</span><span>${fmt(st.norm[S.t * Ls + h.layer], 1)}</span>`;
-      rows += `<span>sparsity</span><span>${fmt(st.sp[S.t * Ls + h.layer], 3)}</span>`;
+    const st = view.stats[s];
+    if (st && view.t < st.n) {
+      const Ls = view.cur.meta.layers.length;
+      rows += `<span>layer ‖x‖</span><span>${fmt(st.norm[view.t * Ls + h.layer], 1)}</span>`;
+      rows += `<span>sparsity</span><span>${fmt(st.sp[view.t * Ls + h.layer], 3)}</span>`;
     }
   }
   el.innerHTML =
     `<div class="big">${headline}</div>` +
-    `<div class="kv"><span>layer</span><span>${h.layer} <span class="dim">${esc(S.cur.meta.layers[h.layer] || "")}</span></span>` +
+    `<div class="kv"><span>layer</span><span>${h.layer} <span class="dim">${esc(view.cur.meta.layers[h.layer] || "")}</span></span>` +
     `<span>signal</span><span>${esc(grid.signals.join(" + "))}</span>` +
     `<span>${isNeurons() ? "neuron" : "pixel"}</span><span>${pixelName.replace(/^(neuron|pixel) /, "")} <span class="dim">(row ${h.y}, col ${h.x})</span></span>` +
     rows +
@@ -106,14 +106,14 @@ function updateReadout() {
   const tip = $("tooltip");
   tip.innerHTML =
     `<span class="h">${esc(grid.signals.join("+"))} · L${h.layer} · ${pixelName}</span> <span class="dim">(r${h.y}, c${h.x})</span>` +
-    `<br>${S.diff !== "off" ? "Δ " : ""}value <b>${headline}</b>${tipExtra(grid, h, idx, per)}`;
+    `<br>${view.diff !== "off" ? "Δ " : ""}value <b>${headline}</b>${tipExtra(grid, h, idx, per)}`;
   tip.hidden = false;
 }
 
 /** Pixel idx by what it is: a neuron under the neurons reducer (or the padding after the last one). */
 function pixelNameOf(idx) {
-  const red = S.cur.meta.reducer || {};
-  const nValues = red.n_values || (isNeurons() ? S.cur.meta.model && S.cur.meta.model.d_model : null);
+  const red = view.cur.meta.reducer || {};
+  const nValues = red.n_values || (isNeurons() ? view.cur.meta.model && view.cur.meta.model.d_model : null);
   if (!isNeurons()) return `pixel ${idx}`;
   return nValues && idx >= nValues ? `pixel ${idx} (padding)` : `neuron ${idx}`;
 }
@@ -123,14 +123,14 @@ function tipExtra(grid, h, idx, per) {
   if (grid.signals.length !== 1) return "";
   let extra = "";
   const s = grid.signals[0];
-  const a = S.src.get(s, S.t);
+  const a = view.src.get(s, view.t);
   const sc = (scalesOf(s) || [1])[h.layer] || 1;
   if (a) extra += `<br><span class="dim">÷ scale</span> ${fmt(a[h.layer * per + idx] / sc, 3)}`;
-  const st = S.stats[s];
-  if (st && S.t < st.n) {
-    const Ls = S.cur.meta.layers.length;
-    extra += `<br><span class="dim">layer ‖x‖</span> ${fmt(st.norm[S.t * Ls + h.layer], 1)}`;
-    extra += ` <span class="dim">sparsity</span> ${fmt(st.sp[S.t * Ls + h.layer], 2)}`;
+  const st = view.stats[s];
+  if (st && view.t < st.n) {
+    const Ls = view.cur.meta.layers.length;
+    extra += `<br><span class="dim">layer ‖x‖</span> ${fmt(st.norm[view.t * Ls + h.layer], 1)}`;
+    extra += ` <span class="dim">sparsity</span> ${fmt(st.sp[view.t * Ls + h.layer], 2)}`;
   }
   return extra;
 }
@@ -138,14 +138,14 @@ function tipExtra(grid, h, idx, per) {
 on("drawn", updateReadout);
 
 export function wireReadout() {
-  const view = $("view");
-  view.addEventListener("mousemove", (e) => {
-    const r = view.getBoundingClientRect();
+  const canvas = $("view");
+  canvas.addEventListener("mousemove", (e) => {
+    const r = canvas.getBoundingClientRect();
     const h = renderer.hit(e.clientX - r.left, e.clientY - r.top);
-    S.hover = h;
+    view.hover = h;
     renderer.setHover(h);
     updateReadout();
     if (h) placeTip(e);
   });
-  view.addEventListener("mouseleave", () => { S.hover = null; renderer.setHover(null); updateReadout(); });
+  canvas.addEventListener("mouseleave", () => { view.hover = null; renderer.setHover(null); updateReadout(); });
 }
