@@ -10,7 +10,7 @@ PIP := $(BIN)/python -m pip
 # pin down): every install below goes through it. Raise a pin on purpose, in its own commit.
 CONSTRAINTS := constraints.txt
 
-.PHONY: setup setup-test demo test test-fast lint format typecheck check bench clean
+.PHONY: setup setup-test demo test test-fast lint format typecheck typecheck-js check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,7 @@ setup-test: $(VENV)/.installed-test
 demo: setup
 	$(BIN)/llmri demo $(ARGS)
 
-test: setup-test
+test: setup-test typecheck-js
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q $(ARGS)
@@ -52,11 +52,20 @@ format: setup-test
 typecheck: setup-test
 	$(BIN)/mypy
 
-check: lint typecheck
+# The browser client (viewer_web's ES modules, the notebook widget's ESM): `// @ts-check` and JSDoc types,
+# checked by TypeScript (pinned in package.json / package-lock.json; jsconfig.json says how strictly).
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+typecheck-js: node_modules/.installed
+	node_modules/.bin/tsc -p jsconfig.json
+
+check: lint typecheck typecheck-js
 
 bench: setup-test
 	$(BIN)/python benchmarks/capture_overhead.py
 	$(BIN)/python benchmarks/reducers.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache node_modules

@@ -1,19 +1,26 @@
+// @ts-check
 // Attention per head: a layer x head grid for the current token (colour = the head's entropy or its weight on
 // position 0, the sink). Click a head, or a layer's label for all its heads: the token strip highlights the
 // positions it attends to, with their weights on hover.
-import { attentionRow, cachedRow, has } from "./readoutcache.js";
+import { attentionRow, cachedAttention, has } from "./readoutcache.js";
 import { view, on } from "./state.js";
 import { $, fmt, segment, setSeg } from "./ui.js";
 
+/** @typedef {import("./readoutcache.js").AttentionRow} AttentionRow */
+/** @typedef {{layer: number, head: number}} Pick head -1: all heads of the layer */
+
+/** The attention panel's state (this module writes it; main.js hands it to tests as window.llmri.attention). */
 export const attentionState = {
   colour: "entropy", // "entropy" | "sink"
-  pick: null, // {layer, head} (head -1: all heads of the layer)
-  row: null, // the attention row shown
-  weights: new Map(), // token index -> weight, highlighted on the strip
+  /** @type {Pick | null} */ pick: null,
+  /** @type {AttentionRow | null} */ row: null, // the attention row shown
+  /** @type {Map<number, number>} */ weights: new Map(), // token index -> weight, highlighted on the strip
 };
 
-/** The weights head `head` of layer `layer` gives each position (head -1: the mean over the layer's heads). */
+/** The weights head `head` of layer `layer` gives each position (head -1: the mean over the layer's heads).
+ * @param {AttentionRow | null} row @param {number} layer @param {number} head */
 export function attended(row, layer, head) {
+  /** @type {Map<number, number>} */
   const out = new Map();
   if (!row) return out;
   const heads = head >= 0 ? [head] : row.top_pos[layer].map((_, h) => h);
@@ -27,6 +34,7 @@ export function attended(row, layer, head) {
   return out;
 }
 
+/** @param {number | null | undefined} v @param {number} lo @param {number} hi */
 function colourOf(v, lo, hi) {
   const lut = view.luts.energy || view.luts.grayscale;
   if (v === null || v === undefined || !lut) return "#1a2230";
@@ -35,12 +43,14 @@ function colourOf(v, lo, hi) {
   return `rgb(${lut[3 * i]},${lut[3 * i + 1]},${lut[3 * i + 2]})`;
 }
 
-/** The layer x head grid of one attention row into `el` (reused by the live chat). `onPick(layer, head)`. */
+/** The layer x head grid of one attention row into `el` (reused by the live chat). `onPick(layer, head)`.
+ * @param {HTMLElement} el @param {AttentionRow | null} row @param {Pick | null} pick @param {string} colour
+ * @param {(layer: number, head: number) => void} onPick */
 export function renderGrid(el, row, pick, colour, onPick) {
   el.innerHTML = "";
   if (!row) { el.innerHTML = `<span class="dim">no attention for this token yet</span>`; return; }
   const vals = colour === "sink" ? row.sink : row.entropy;
-  const flat = vals.flat().filter((v) => v !== null);
+  const flat = /** @type {number[]} */ (vals.flat().filter((v) => v !== null));
   const lo = colour === "sink" ? 0 : Math.min(...flat), hi = colour === "sink" ? 1 : Math.max(...flat);
   const L = vals.length;
   const frag = document.createDocumentFragment();
@@ -79,6 +89,7 @@ export function renderGrid(el, row, pick, colour, onPick) {
 function highlight() {
   const el = $("tokens");
   for (const span of el.querySelectorAll(".t.att")) {
+    if (!(span instanceof HTMLElement)) continue;
     span.classList.remove("att");
     span.style.removeProperty("background");
     delete span.dataset.aw;
@@ -87,14 +98,14 @@ function highlight() {
   const max = Math.max(0, ...attentionState.weights.values());
   for (const [p, w] of attentionState.weights) {
     const span = el.children[p];
-    if (!span) continue;
+    if (!(span instanceof HTMLElement)) continue;
     span.classList.add("att");
     span.dataset.aw = w.toFixed(4);
     span.style.background = `rgba(255, 183, 77, ${(0.25 + 0.75 * (max > 0 ? w / max : 0)).toFixed(3)})`;
   }
 }
 
-/** The tooltip line of token i on the strip: its attention weight from the picked head (or ""). */
+/** The tooltip line of token i on the strip: its attention weight from the picked head (or ""). @param {number} i */
 export function attentionTip(i) {
   const w = attentionState.weights.get(i);
   if (w === undefined || !attentionState.pick) return "";
@@ -102,6 +113,7 @@ export function attentionTip(i) {
   return `<div class="gap">attention from token ${view.t} · ${who}: <b>${fmt(w, 4)}</b></div>`;
 }
 
+/** @param {number} layer @param {number} head */
 function pickHead(layer, head) {
   attentionState.pick = { layer, head };
   draw();
@@ -121,12 +133,13 @@ function draw() {
 }
 
 let seq = 0;
+/** @param {number} t */
 async function showAttention(t) {
   const panel = $("attn-panel");
   if (!has("attention")) { panel.hidden = true; attentionState.row = null; highlight(); return; }
   panel.hidden = false;
   const mine = ++seq;
-  const row = cachedRow("attention", t) || (await attentionRow(t).catch(() => null));
+  const row = cachedAttention(t) || (await attentionRow(t).catch(() => null));
   if (mine !== seq || view.t !== t) return;
   attentionState.row = row;
   draw();

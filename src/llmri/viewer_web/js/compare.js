@@ -1,17 +1,20 @@
+// @ts-check
 // Compare: draw this frame minus the previous token's, or minus the same frame of another session.
 import { FrameSource, getJSON, sessionUrl } from "./api.js";
 import { view } from "./state.js";
 import { redraw, setCmap } from "./tiles.js";
-import { $, fillSelect, segment, setSeg } from "./ui.js";
+import { $, errorText, fillSelect, segment, setSeg } from "./ui.js";
 
 let prevCmap = "grayscale"; // the colour map to go back to when the diff is turned off
 
+/** @param {string} text */
 function say(text, kind = "") {
   const msg = $("diff-msg");
   msg.textContent = text;
   msg.className = kind ? `msg ${kind}` : "msg";
 }
 
+/** "off" | "prev" (this frame minus the previous token's) | "session" (minus another session's frame). @param {string} mode */
 export async function setDiff(mode) {
   say("");
   if (mode === view.diff && mode !== "session") return;
@@ -35,8 +38,11 @@ export async function setDiff(mode) {
 
 /** "− session": subtract the most alike other session (same model and reducer), or say there is none. */
 async function pickDiffSession() {
-  fillSelect($("diff-session"), view.sessions, null, view.cur.summary.key);
-  const others = view.sessions.filter((s) => s.key !== view.cur.summary.key);
+  const cur = view.cur;
+  if (!cur) return;
+  const select = $("diff-session", HTMLSelectElement);
+  fillSelect(select, view.sessions, null, cur.summary.key);
+  const others = view.sessions.filter((s) => s.key !== cur.summary.key);
   if (!others.length) {
     say("no other session to compare with", "error");
     view.diff = "off";
@@ -45,13 +51,15 @@ async function pickDiffSession() {
     setCmap(prevCmap);
     return;
   }
-  const pick = others.find((s) => s.model === view.cur.summary.model && s.reducer === view.cur.summary.reducer && !s.chat_only) || others[0];
-  $("diff-session").value = pick.key;
+  const pick = others.find((s) => s.model === cur.summary.model && s.reducer === cur.summary.reducer && !s.chat_only) || others[0];
+  select.value = pick.key;
   await chooseDiffSession(pick.key);
 }
 
+/** @param {string} key */
 async function chooseDiffSession(key) {
   const other = view.sessions.find((s) => s.key === key);
+  if (!view.cur || !other) return;
   try {
     // the server decides whether the two can be diffed (a 409 says why not) and how many frames they share
     const res = await getJSON(`/api/compare?a=${encodeURIComponent(view.cur.summary.key)}&b=${encodeURIComponent(key)}`);
@@ -62,12 +70,13 @@ async function chooseDiffSession(key) {
   } catch (e) {
     view.diffSrc = null;
     view.diffSummary = null;
-    say(e.message, "error");
+    say(errorText(e), "error");
   }
   redraw();
 }
 
 export function wireCompare() {
   segment($("diff-mode"), view.diff, (v) => setDiff(v));
-  $("diff-session").onchange = (e) => chooseDiffSession(e.target.value);
+  const select = $("diff-session", HTMLSelectElement);
+  select.onchange = () => chooseDiffSession(select.value);
 }

@@ -1,14 +1,22 @@
+// @ts-check
 // Live chat: a chat panel that talks to the server's /api/live WebSocket (see llmri/viewer/live.py for the
 // protocol). Each answer is recorded as a session, opened in the viewer while it streams in. This module is the
 // socket and the run; the panel is livepanel.js, the frames liveframes.js, their state `chat` in state.js.
 import { getJSON } from "./api.js";
 import { answerText, endFrames, fillGap, framesOpened, onBinary, startFrames } from "./liveframes.js";
-import { bubble, buildPanel, describeMode, el, emptyLog, setBusy, setFollow, settings, showError, updateContinue } from "./livepanel.js";
+import { bubble, buildPanel, describeMode, el, emptyLog, partOf, setBusy, setFollow, settings, showError, updateContinue } from "./livepanel.js";
 import { putLive } from "./readoutcache.js";
 import { openSession, refreshSessions, setStatus } from "./session.js";
 import { chat, emit, newId, on, ready, view } from "./state.js";
 import { refreshStats } from "./timeline.js";
-import { $ } from "./ui.js";
+import { $, errorText } from "./ui.js";
+
+/** @typedef {{role: string, content: string}} Message */
+/**
+ * The server's "started": an answer began (this page's, or another's).
+ * @typedef {{session: string, by: number, messages?: Message[], model?: string, special_ids?: number[], signals?: string[]}} Started
+ */
+/** The server's "done": an answer ended. @typedef {{session: string, status: string, stop_reason?: string}} Done */
 
 // ---------------------------------------------------------------------------------------------
 // the socket
@@ -20,19 +28,21 @@ function connect() {
   ws.onopen = () => { chat.retry = 0; showError(""); setBusy(!!chat.run); };
   ws.onmessage = (ev) => {
     if (typeof ev.data === "string") onJSON(JSON.parse(ev.data));
+    // binaryType "arraybuffer": the frames
     else onBinary(ev.data);
   };
   ws.onclose = () => {
     if (chat.ws !== ws) return;
     chat.ws = null;
     setBusy(!!chat.run);
-    $("chat-send").disabled = true;
+    $("chat-send", HTMLButtonElement).disabled = true;
     const wait = Math.min(10, 1 + chat.retry++);
     showError(`lost the connection to the viewer server; reconnecting in ${wait} s…`);
     setTimeout(connect, wait * 1000);
   };
 }
 
+/** @param {object} msg */
 function wsSend(msg) {
   if (!chat.ws || chat.ws.readyState !== 1) { showError("not connected to the viewer server"); return false; }
   chat.ws.send(JSON.stringify(msg));
@@ -40,12 +50,12 @@ function wsSend(msg) {
 }
 
 function send() {
-  const input = $("chat-input");
+  const input = $("chat-input", HTMLTextAreaElement);
   const text = input.value.trim();
   if (!text || chat.run || chat.pendingSend) return;
   const s = settings();
   if (chat.hello && chat.hello.mode === "model" && !s.signals.length) { showError("choose at least one signal in ⚙ settings"); return; }
-  const system = $("cs-system").value.trim();
+  const system = $("cs-system", HTMLTextAreaElement).value.trim();
   const messages = [...(system ? [{ role: "system", content: system }] : []), ...chat.conv, { role: "user", content: text }];
   if (!wsSend({ type: "chat", messages, settings: s })) return;
   showError("");
@@ -61,10 +71,13 @@ function undoSend() {
   if (!p) return;
   chat.conv.pop();
   p.bubble.remove();
-  if (!$("chat-input").value) $("chat-input").value = p.text;
+  const input = $("chat-input", HTMLTextAreaElement);
+  if (!input.value) input.value = p.text;
   setBusy(!!chat.run);
 }
 
+/** A JSON message of the live socket, as the server sends it (llmri/viewer/live: hello, started, done, error,
+ * busy, resync, readouts). @param {any} m */
 function onJSON(m) {
   if (m.type === "hello") {
     chat.hello = m;
@@ -98,6 +111,7 @@ function onJSON(m) {
   }
 }
 
+/** @param {Started} m */
 async function startRun(m) {
   const mine = m.by === chat.me && !!chat.pendingSend;
   if (mine) chat.pendingSend = null;
@@ -107,12 +121,12 @@ async function startRun(m) {
     $("chat-log").innerHTML = "";
     for (const x of chat.conv) bubble(x.role, x.content, x.role === "user" ? "user (another tab)" : undefined);
   }
-  const model = String(m.model || (chat.hello && chat.hello.model) || "model").split("/").pop();
+  const model = String(m.model || (chat.hello && chat.hello.model) || "model").split("/").pop() || "model";
   const b = bubble("assistant", "", model);
   b.classList.add("streaming");
   const open = el("button", "chat-link", "open session");
   open.onclick = () => openSession(m.session);
-  b.querySelector(".who").appendChild(open);
+  partOf(b, ".who").appendChild(open);
   chat.run = { key: m.session, mine, bubble: b, specials: new Set((m.special_ids || []).map(Number)), answer: new Map(),
     n: 0, t0: performance.now(), first: 0, signals: m.signals || [], error: null };
   chat.shownKey = m.session;
@@ -121,11 +135,12 @@ async function startRun(m) {
   setFollow(true);
   await refreshSessions();
   if (!chat.run || chat.run.key !== m.session) return;
-  await openSession(m.session).catch((e) => showError(`cannot open the new session: ${e.message}`));
+  await openSession(m.session).catch((e) => showError(`cannot open the new session: ${errorText(e)}`));
   if (!chat.run || chat.run.key !== m.session) return;
   framesOpened();
 }
 
+/** @param {Done} m */
 function finishRun(m) {
   const run = chat.run;
   if (!run || run.key !== m.session) {
@@ -138,11 +153,12 @@ function finishRun(m) {
   const text = answerText(run);
   const secs = (performance.now() - (run.first || run.t0)) / 1000;
   const gen = run.answer.size;
+  /** @type {Record<string, string>} */
   const reasons = { eos: "finished", max_new_tokens: "max tokens reached", stopped: "stopped", stop_string: "stop string" };
   // an error's words are in the error box below the log: the bubble only says that it failed
-  const why = m.status !== "complete" || (m.stop_reason || "").startsWith("error") ? "failed" : reasons[m.stop_reason] || "done";
+  const why = m.status !== "complete" || (m.stop_reason || "").startsWith("error") ? "failed" : reasons[m.stop_reason || ""] || "done";
   const rate = gen > 1 && secs > 0 ? ` · ${(gen / secs).toFixed(1)} tok/s` : "";
-  b.querySelector(".meta").textContent = `${gen} token${gen === 1 ? "" : "s"}${rate} · ${why}`;
+  partOf(b, ".meta").textContent = `${gen} token${gen === 1 ? "" : "s"}${rate} · ${why}`;
   if (why === "failed") b.classList.add("failed");
   if (why === "failed" && !text) b.remove(); // nothing was answered: the error box says why
   if (m.status === "complete" || text) {
@@ -153,7 +169,8 @@ function finishRun(m) {
     const last = chat.conv.pop();
     const userBubbles = $("chat-log").querySelectorAll(".chat-msg.user");
     if (userBubbles.length) userBubbles[userBubbles.length - 1].classList.add("failed");
-    if (!$("chat-input").value) $("chat-input").value = last.content;
+    const input = $("chat-input", HTMLTextAreaElement);
+    if (last && !input.value) input.value = last.content;
   }
   chat.run = null;
   setBusy(false);
@@ -179,7 +196,8 @@ function newChat() {
   $("chat-input").focus();
 }
 
-/** The conversation of a recorded session (its messages, then its answer), ready to continue. */
+/** The conversation of a recorded session (its messages, then its answer), ready to continue.
+ * @param {import("./state.js").Current | null} cur */
 function restore(cur) {
   if (!cur || chat.run || chat.pendingSend || !view.cur || view.cur.summary.key !== cur.summary.key) return;
   const m = cur.meta || {};
@@ -188,10 +206,11 @@ function restore(cur) {
   const msgs = (m.messages || []).filter((x) => x && x.role !== "system" && typeof x.content === "string");
   if (!msgs.length) return;
   const system = (m.messages || []).find((x) => x && x.role === "system");
-  if (system && !$("cs-system").value) $("cs-system").value = system.content;
+  const systemBox = $("cs-system", HTMLTextAreaElement);
+  if (system && !systemBox.value) systemBox.value = system.content;
   chat.conv = [...msgs.map((x) => ({ role: x.role, content: x.content })), { role: "assistant", content: answer }];
   chat.conversation = typeof m.conversation === "string" ? m.conversation : newId();
-  chat.turn = Number.isInteger(m.turn) ? m.turn + 1 : msgs.filter((x) => x.role === "user").length;
+  chat.turn = typeof m.turn === "number" && Number.isInteger(m.turn) ? m.turn + 1 : msgs.filter((x) => x.role === "user").length;
   chat.shownKey = cur.summary.key;
   $("chat-log").innerHTML = "";
   const name = String((m.model || {}).name || "model").split("/").pop();
@@ -199,7 +218,7 @@ function restore(cur) {
     const b = bubble(x.role, x.content, x.role === "assistant" ? name : undefined);
     if (x.role === "assistant") {
       const why = m.stop_reason ? ` · ${m.stop_reason}` : "";
-      b.querySelector(".meta").textContent = `saved session${why}`;
+      partOf(b, ".meta").textContent = `saved session${why}`;
     }
   }
   updateContinue();
@@ -214,13 +233,13 @@ async function main() {
   await Promise.race([ready, new Promise((r) => setTimeout(r, 10000))]); // the viewer's first session, if it opens
   // the page is laid out again now that the chat panel takes a column
   window.dispatchEvent(new Event("resize"));
-  const restorable = (s) => !!(s && s.meta && s.meta.live && s.summary.status !== "recording");
+  const restorable = (/** @type {import("./state.js").Current | null} */ s) => !!(s && s.meta && s.meta.live && s.summary.status !== "recording");
   if (restorable(view.cur)) restore(view.cur);
   // Its conversation still comes back for a first session that opened after that wait (a slow
   // page), or that the server still called recording (a reload just as the answer ended: the
   // server reopens a recording session at most every poll interval), once its status changes.
   if (!chat.shownKey) {
-    const late = (opened) => { if (!chat.shownKey && restorable(opened)) restore(opened); };
+    const late = (/** @type {import("./state.js").Current} */ opened) => { if (!chat.shownKey && restorable(opened)) restore(opened); };
     on("open", late);
     on("status", late);
   }

@@ -1,13 +1,18 @@
+// @ts-check
 // Live chat, the frames: each answer's frames arrive with their tokens in one binary message (the replay
 // encoding), go straight into the frame cache and are drawn before the token's text is shown.
 import { LRU, decodeArray, getJSON, sessionUrl } from "./api.js";
 import { grow } from "./session.js";
 import { chat, view } from "./state.js";
 import { appendTokens } from "./timeline.js";
+import { partOf } from "./livepanel.js";
 import { $ } from "./ui.js";
+
+/** @typedef {import("./state.js").Token} Token */
 
 const nowMs = () => performance.timeOrigin + performance.now();
 
+/** One binary message of the live socket: an answer's frames with their tokens. @param {ArrayBuffer} buf */
 export function onBinary(buf) {
   const tArrive = nowMs();
   let msg;
@@ -20,6 +25,8 @@ export function onBinary(buf) {
   applyFrames(header, data, rec);
 }
 
+/** Frame t of signal `sig` into the frame cache, where it extends the chunk cached (or starts one).
+ * @param {import("./api.js").FrameSource} src @param {string} sig @param {number} t @param {Float32Array} values */
 function insertFrame(src, sig, t, values) {
   const c = Math.floor(t / src.chunk);
   const key = src.key(sig, c);
@@ -57,6 +64,7 @@ export function endFrames() {
   chat.opened = false;
 }
 
+/** @param {import("./api.js").ArrayHeader} h @param {Float32Array} data @param {import("./state.js").Arrival} rec */
 export function applyFrames(h, data, rec) {
   const run = chat.run;
   if (!run) return;
@@ -67,9 +75,8 @@ export function applyFrames(h, data, rec) {
       if (!run.specials.has(t.id)) run.answer.set(t.index, t.text);
     }
   }
-  const current = view.cur && view.src && view.cur.summary.key === h.session;
-  if (current) {
-    const src = view.src;
+  const src = view.cur && view.cur.summary.key === h.session ? view.src : null;
+  if (src) {
     const sigs = h.signals || [];
     if (sigs.length && src.frameSize) {
       const per = src.frameSize;
@@ -85,7 +92,7 @@ export function applyFrames(h, data, rec) {
     grow(h.stop); // a playhead on the newest frame follows it: cached, it is drawn now, before the text below
   }
   // the token's text, after its frame
-  run.bubble.querySelector(".body").textContent = answerText(run);
+  partOf(run.bubble, ".body").textContent = answerText(run);
   run.n = Math.max(run.n, h.stop);
   const log = $("chat-log");
   if (log.scrollHeight - log.scrollTop - log.clientHeight < 80) log.scrollTop = log.scrollHeight;
@@ -95,17 +102,18 @@ export function applyFrames(h, data, rec) {
 /** Append buffered tokens to the viewer's token strip in order. */
 function pump() {
   for (const k of chat.buf.keys()) if (k < view.tokens.length) chat.buf.delete(k);
+  /** @type {Token[]} */
   const out = [];
-  while (chat.buf.has(view.tokens.length + out.length)) {
-    const i = view.tokens.length + out.length;
-    out.push(chat.buf.get(i));
+  for (let i = view.tokens.length, t = chat.buf.get(i); t; t = chat.buf.get(++i)) {
+    out.push(t);
     chat.buf.delete(i);
   }
   if (out.length) appendTokens(out);
   if (chat.buf.size) fillGap(false);
 }
 
-/** Tokens this page missed (it fell behind, or joined mid-answer) come from the store over REST. */
+/** Tokens this page missed (it fell behind, or joined mid-answer) come from the store over REST.
+ * @param {boolean} force */
 export async function fillGap(force) {
   if (chat.filling || !view.cur) return;
   if (!force && !chat.buf.size && !(chat.run === null)) return;
@@ -114,7 +122,9 @@ export async function fillGap(force) {
   try {
     const res = await getJSON(`${sessionUrl(view.cur.summary)}/tokens?start=${view.tokens.length}`);
     if (!view.cur || view.cur.summary.key !== key) return;
-    const add = res.tokens.filter((t) => t.index >= view.tokens.length).sort((a, b) => a.index - b.index);
+    /** @type {Token[]} */
+    const tokens = res.tokens;
+    const add = tokens.filter((t) => t.index >= view.tokens.length).sort((a, b) => a.index - b.index);
     const seq = [];
     for (const t of add) { if (t.index !== view.tokens.length + seq.length) break; seq.push(t); }
     if (seq.length) appendTokens(seq);
@@ -131,6 +141,7 @@ export async function fillGap(force) {
   }
 }
 
+/** The answer's text so far, in token order. @param {import("./state.js").Run} run */
 export function answerText(run) {
   const idx = Array.from(run.answer.keys()).sort((a, b) => a - b);
   return idx.map((i) => run.answer.get(i)).join("");

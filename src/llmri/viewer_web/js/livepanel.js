@@ -1,3 +1,4 @@
+// @ts-check
 // Live chat, the panel: its markup, the generation settings, the message bubbles, and picking up the
 // conversation of a recorded session. The socket and the run are live.js's; frames are liveframes.js's.
 import { chat, view } from "./state.js";
@@ -6,6 +7,10 @@ import { $ } from "./ui.js";
 
 const SETTINGS_KEY = "llmri.live.settings";
 
+/** The signal check boxes of the settings. */
+const signalBoxes = () => /** @type {NodeListOf<HTMLInputElement>} */ (document.querySelectorAll("input[data-sig]"));
+
+/** @param {string} tag @param {string} [cls] @param {string} [text] */
 export function el(tag, cls, text) {
   const e = document.createElement(tag);
   if (cls) e.className = cls;
@@ -13,7 +18,8 @@ export function el(tag, cls, text) {
   return e;
 }
 
-/** The chat column, left of the tiles; `send`, `stop`, `newChat` and `restore` are live.js's (the socket and the conversation). */
+/** The chat column, left of the tiles; `send`, `stop`, `newChat` and `restore` are live.js's (the socket and the conversation).
+ * @param {{send: () => void, stop: () => void, newChat: () => void, restore: (cur: import("./state.js").Current | null) => void}} actions */
 export function buildPanel({ send, stop, newChat, restore }) {
   const link = document.createElement("link");
   link.rel = "stylesheet";
@@ -75,11 +81,12 @@ export function buildPanel({ send, stop, newChat, restore }) {
   setInterval(updateContinue, 700);
   $("chat-form").addEventListener("submit", (e) => { e.preventDefault(); send(); });
   $("chat-stop").onclick = stop;
-  $("chat-follow").onchange = (e) => {
-    chat.follow = e.target.checked;
-    if (chat.follow && chat.run && view.cur && view.cur.summary.key === chat.run.key) seek(view.src.total - 1);
+  const follow = $("chat-follow", HTMLInputElement);
+  follow.onchange = () => {
+    chat.follow = follow.checked;
+    if (chat.follow && chat.run && view.cur && view.src && view.cur.summary.key === chat.run.key) seek(view.src.total - 1);
   };
-  const input = $("chat-input");
+  const input = $("chat-input", HTMLTextAreaElement);
   input.addEventListener("keydown", (e) => {
     e.stopPropagation(); // typing must not drive the viewer's keyboard shortcuts
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); send(); }
@@ -94,39 +101,45 @@ export function buildPanel({ send, stop, newChat, restore }) {
   document.addEventListener("keydown", (e) => { if (["ArrowLeft", "Home"].includes(e.key)) unfollow(); });
 }
 
+/** @param {boolean} on */
 export function setFollow(on) {
   chat.follow = on;
-  $("chat-follow").checked = on;
+  $("chat-follow", HTMLInputElement).checked = on;
 }
+
+/** @param {string} id */
+const field = (id) => $(id, HTMLInputElement);
 
 function loadSettings() {
+  /** @type {Record<string, unknown>} what saveSettings kept (this browser's, perhaps from an older page) */
   let s = {};
   try { s = JSON.parse(localStorage.getItem(SETTINGS_KEY) || "{}"); } catch { s = {}; }
-  if (s.max_new_tokens) $("cs-max").value = s.max_new_tokens;
-  if (s.temperature !== undefined) $("cs-temp").value = s.temperature;
-  if (s.top_p !== undefined) $("cs-topp").value = s.top_p;
-  if (s.seed !== undefined) $("cs-seed").value = s.seed;
-  if (s.reducer) $("cs-reducer").value = s.reducer;
-  if (s.system !== undefined) $("cs-system").value = s.system;
-  if (Array.isArray(s.signals)) for (const b of document.querySelectorAll("[data-sig]")) b.checked = s.signals.includes(b.dataset.sig);
+  if (s.max_new_tokens) field("cs-max").value = String(s.max_new_tokens);
+  if (s.temperature !== undefined) field("cs-temp").value = String(s.temperature);
+  if (s.top_p !== undefined) field("cs-topp").value = String(s.top_p);
+  if (s.seed !== undefined) field("cs-seed").value = String(s.seed);
+  if (s.reducer) $("cs-reducer", HTMLSelectElement).value = String(s.reducer);
+  if (s.system !== undefined) $("cs-system", HTMLTextAreaElement).value = String(s.system);
+  const signals = s.signals;
+  if (Array.isArray(signals)) for (const b of signalBoxes()) b.checked = signals.includes(b.dataset.sig);
 }
 
+/** The generation settings the next message is sent with. */
 export function settings() {
   return {
-    max_new_tokens: Number($("cs-max").value) || 96,
-    temperature: Number($("cs-temp").value) || 0,
-    top_p: Number($("cs-topp").value) || 1,
-    seed: Number($("cs-seed").value) || 0,
-    signals: Array.from(document.querySelectorAll("[data-sig]")).filter((b) => b.checked && !b.disabled).map((b) => b.dataset.sig),
-    reducer: $("cs-reducer").value,
+    max_new_tokens: Number(field("cs-max").value) || 96,
+    temperature: Number(field("cs-temp").value) || 0,
+    top_p: Number(field("cs-topp").value) || 1,
+    seed: Number(field("cs-seed").value) || 0,
+    signals: Array.from(signalBoxes()).filter((b) => b.checked && !b.disabled).map((b) => b.dataset.sig || ""),
+    reducer: $("cs-reducer", HTMLSelectElement).value,
     conversation: chat.conversation,
     turn: chat.turn,
   };
 }
 
 function saveSettings() {
-  const s = settings();
-  s.system = $("cs-system").value;
+  const s = { ...settings(), system: $("cs-system", HTMLTextAreaElement).value };
   try { localStorage.setItem(SETTINGS_KEY, JSON.stringify(s)); } catch { /* private mode */ }
 }
 
@@ -139,6 +152,14 @@ export function emptyLog() {
   log.appendChild(hint);
 }
 
+/** A part of a message's bubble: ".who", ".body" or ".meta" (see bubble). @param {HTMLElement} b @param {string} cls */
+export function partOf(b, cls) {
+  const part = b.querySelector(cls);
+  if (!(part instanceof HTMLElement)) throw new Error(`a chat bubble without ${cls}`);
+  return part;
+}
+
+/** A message's bubble at the end of the log. @param {string} role @param {string} text @param {string} [who] */
 export function bubble(role, text, who) {
   const log = $("chat-log");
   const hint = log.querySelector(".chat-empty");
@@ -153,35 +174,40 @@ export function bubble(role, text, who) {
   return b;
 }
 
+/** @param {string} msg "" hides the error box */
 export function showError(msg) {
   const e = $("chat-error");
   e.textContent = msg || "";
   e.hidden = !msg;
 }
 
+/** @param {boolean} busy */
 export function setBusy(busy) {
+  const sendButton = $("chat-send", HTMLButtonElement);
   $("chat-stop").hidden = !busy;
-  $("chat-send").hidden = busy;
-  $("chat-send").disabled = busy || !chat.ws || chat.ws.readyState !== 1;
+  sendButton.hidden = busy;
+  sendButton.disabled = busy || !chat.ws || chat.ws.readyState !== 1;
 }
 
 export function updateContinue() {
   const cur = view.cur;
+  const messages = cur && cur.meta.messages;
   const can = !!cur && !chat.run && !chat.pendingSend && view.tokens.length > 0 && cur.summary.status !== "recording" &&
-    Array.isArray((cur.meta || {}).messages) && cur.meta.messages.length > 0 && chat.shownKey !== cur.summary.key &&
+    Array.isArray(messages) && messages.length > 0 && chat.shownKey !== cur.summary.key &&
     (!!cur.meta.chat_only === (chat.hello && chat.hello.mode === "chat-only"));
   $("chat-continue").hidden = !can;
 }
 
-/** The panel for the server's mode: a model (with signals to choose) or chat-only (an OpenAI-compatible URL). */
+/** The panel for the server's mode: a model (with signals to choose) or chat-only (an OpenAI-compatible URL).
+ * @param {import("./state.js").Hello} h */
 export function describeMode(h) {
   const chatOnly = h.mode === "chat-only";
   const name = String(h.model || "model").split("/").pop(); // servers may name a model by its file path
   $("chat-model").textContent = chatOnly ? `${name} · chat-only` : `${name} · ${h.n_layers || "?"} layers`;
   $("chat-model").title = chatOnly ? `OpenAI-compatible server ${h.url}` : `${h.model} (${h.backend} backend)`;
-  for (const x of document.querySelectorAll(".cs-model-only")) x.hidden = chatOnly;
-  for (const b of document.querySelectorAll("[data-sig]")) {
-    b.disabled = !chatOnly && !(h.signals || []).includes(b.dataset.sig);
+  for (const x of document.querySelectorAll(".cs-model-only")) if (x instanceof HTMLElement) x.hidden = chatOnly;
+  for (const b of signalBoxes()) {
+    b.disabled = !chatOnly && !(h.signals || []).includes(b.dataset.sig || "");
   }
   const note = $("chat-note");
   note.hidden = !chatOnly;
@@ -193,5 +219,5 @@ export function describeMode(h) {
         "entropy and top alternatives show in the timeline and the Token panel."),
     );
   }
-  $("chat-input").placeholder = `Message ${name}…  (Enter to send, Shift+Enter for a new line)`;
+  $("chat-input", HTMLTextAreaElement).placeholder = `Message ${name}…  (Enter to send, Shift+Enter for a new line)`;
 }

@@ -1,3 +1,4 @@
+// @ts-check
 // llmri viewer: pick a session, scrub its frames token by token, re-map colours, hover to read values, compare.
 // This module wires the page together and boots it; the panels live in their own modules around state.js.
 import { LRU, getJSON } from "./api.js";
@@ -10,15 +11,16 @@ import { emptyStoreState, openSession, refreshSessions } from "./session.js";
 import { emit, setReady, view } from "./state.js";
 import { fetchFailed, layout, renderer, savePng, setCmap, setColormaps, updateColorbar, wireTiles, whenDrawn } from "./tiles.js";
 import { drawSparklines, play, seek, stop, wireTimeline } from "./timeline.js";
-import { $, banner } from "./ui.js";
+import { $, banner, errorText } from "./ui.js";
 
 function wire() {
-  $("session-select").onchange = (e) => openSession(e.target.value).catch(fetchFailed);
+  const select = $("session-select", HTMLSelectElement);
+  select.onchange = () => openSession(select.value).catch(fetchFailed);
   wireTimeline();
   wireTiles();
   wireCompare();
   wireReadout();
-  wireLens((t) => { stop(); seek(t); });
+  wireLens((/** @type {number} */ t) => { stop(); seek(t); });
   wireAttention();
   wireMarkers(seek, stop);
   $("help-btn").onclick = () => { $("help").hidden = !$("help").hidden; };
@@ -30,11 +32,15 @@ function wire() {
   });
 }
 
+/** @param {KeyboardEvent} e */
 function onKey(e) {
-  if (!view.cur) return;
-  const tag = e.target.tagName;
-  if (tag === "SELECT" || (tag === "INPUT" && e.target.type !== "range" && e.target.type !== "checkbox")) return;
-  if (tag === "INPUT" && e.target.type === "range" && e.target.id !== "slider" && (e.key === "ArrowLeft" || e.key === "ArrowRight")) return;
+  if (!view.cur || !view.src) return;
+  const target = e.target;
+  if (target instanceof HTMLSelectElement) return;
+  if (target instanceof HTMLInputElement) {
+    if (target.type !== "range" && target.type !== "checkbox") return;
+    if (target.type === "range" && target.id !== "slider" && (e.key === "ArrowLeft" || e.key === "ArrowRight")) return;
+  }
   const big = e.shiftKey ? 10 : 1;
   let handled = true;
   if (e.key === "ArrowRight") { stop(); seek(view.t + big); }
@@ -54,7 +60,7 @@ function onKey(e) {
   if (handled) e.preventDefault();
 }
 
-/** n / p: the playhead to the next / previous marked token (if any). */
+/** n / p: the playhead to the next / previous marked token (if any). @param {number} dir */
 function jumpMarker(dir) {
   const t = markerFrom(view.t, dir);
   if (t >= 0) { stop(); seek(t); }
@@ -63,7 +69,7 @@ function jumpMarker(dir) {
 /** A remote viewer's launch token came in the URL; once a request has worked without it (the page load set
  * its HttpOnly cookie), take it out of the address bar and this history entry. Other parameters and the hash stay. */
 function dropTokenFromUrl() {
-  const isToken = (part) => {
+  const isToken = (/** @type {string} */ part) => {
     try { return decodeURIComponent(part.split("=", 1)[0].replace(/\+/g, " ")) === "token"; } catch { return false; }
   };
   const parts = location.search.slice(1).split("&").filter(Boolean);
@@ -78,7 +84,7 @@ async function main() {
     const cm = await getJSON("/api/colormaps");
     setColormaps(cm.luts);
   } catch (e) {
-    banner(`cannot reach the viewer server: ${e.message}`, "error");
+    banner(`cannot reach the viewer server: ${errorText(e)}`, "error");
     return;
   }
   dropTokenFromUrl();
@@ -117,4 +123,4 @@ window.llmri = {
   attention: attentionState, // the attention panel's pick and the weights highlighted on the token strip
 };
 
-main().catch((e) => banner(`viewer error: ${e.message}`, "error"));
+main().catch((e) => banner(`viewer error: ${errorText(e)}`, "error"));

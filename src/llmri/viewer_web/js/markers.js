@@ -1,12 +1,18 @@
+// @ts-check
 // Markers (llmri.readouts.markers): notable tokens as small ticks over the timeline's strips, their reason on
 // hover; n / p move the playhead to the next / previous marked token.
 import { markerList } from "./readoutcache.js";
 import { view, on } from "./state.js";
 import { stripGeometry } from "./timeline.js";
 import { hideTip, showTip } from "./inspector.js";
-import { $, esc } from "./ui.js";
+import { $, dataOf, esc } from "./ui.js";
 
-export const markerState = { list: [], key: null, off: new Set() }; // off: the kinds the user turned off
+/** The markers of the session shown (this module writes them; main.js hands them to tests as window.llmri.markers). */
+export const markerState = {
+  /** @type {import("./readoutcache.js").Marker[]} */ list: [],
+  /** @type {string | null} */ key: null, // the session they are of
+  /** @type {Set<string>} */ off: new Set(), // the kinds the user turned off
+};
 
 const shown = () => markerState.list.filter((m) => !markerState.off.has(m.kind));
 
@@ -15,7 +21,7 @@ export function markedTokens() {
   return [...new Set(shown().map((m) => m.token))].sort((a, b) => a - b);
 }
 
-/** The next (dir 1) or previous (dir -1) marked token from t, or -1. */
+/** The next (dir 1) or previous (dir -1) marked token from t, or -1. @param {number} t @param {number} dir */
 export function markerFrom(t, dir) {
   const ts = markedTokens();
   if (dir > 0) return ts.find((x) => x > t) ?? -1;
@@ -23,6 +29,7 @@ export function markerFrom(t, dir) {
   return -1;
 }
 
+/** @param {number} t */
 function reasonsAt(t) {
   return shown().filter((m) => m.token === t);
 }
@@ -32,6 +39,7 @@ function drawPanel() {
   const panel = $("marker-panel");
   panel.hidden = !markerState.list.length;
   if (!markerState.list.length) return;
+  /** @type {Map<string, number>} */
   const counts = new Map();
   for (const m of markerState.list) counts.set(m.kind, (counts.get(m.kind) || 0) + 1);
   const el = $("marker-kinds");
@@ -51,6 +59,7 @@ function drawPanel() {
   drawHere(view.t);
 }
 
+/** @param {number} t */
 function drawHere(t) {
   const here = reasonsAt(t);
   const el = $("marker-here");
@@ -97,14 +106,15 @@ on("grow", () => { if (!timer) timer = setTimeout(() => { timer = 0; loadMarkers
 on("resize", () => drawMarkers());
 on("seek", (t) => { if (markerState.list.length) drawHere(t); });
 
+/** @param {(t: number) => void} seek @param {() => void} stop */
 export function wireMarkers(seek, stop) {
   const el = $("marker-ticks");
   el.addEventListener("click", (e) => {
-    const t = e.target.dataset && e.target.dataset.t;
+    const t = dataOf(e, "t");
     if (t !== undefined) { stop(); seek(Number(t)); }
   });
   el.addEventListener("mousemove", (e) => {
-    const t = e.target.dataset && e.target.dataset.t;
+    const t = dataOf(e, "t");
     if (t === undefined) { hideTip(); return; }
     const tok = view.tokens[Number(t)];
     const all = reasonsAt(Number(t));

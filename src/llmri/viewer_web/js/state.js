@@ -116,13 +116,25 @@ export function newId() {
  * @property {string | null} error
  */
 /** @typedef {{start: number, stop: number, t_model: number, t_arrive: number, t_shown: number}} Arrival */
+/**
+ * The live socket's hello (llmri/viewer/live): this page's number, what the server runs, the answer running.
+ * @typedef {object} Hello
+ * @property {number} you
+ * @property {string} mode "model" | "chat-only"
+ * @property {string} [model]
+ * @property {string} [url] chat-only: the OpenAI-compatible server
+ * @property {string} [backend]
+ * @property {number} [n_layers]
+ * @property {string[]} [signals]
+ * @property {{session: string, messages: {role: string, content: string}[]} | null} [running]
+ */
 /** @typedef {{header: import("./api.js").ArrayHeader, data: Float32Array, rec: Arrival}} Queued */
 
 /** The live chat panel's state (live*.js); tests and benchmarks read it as window.llmri.live. */
 export const chat = {
   // live.js: the socket, the run and the conversation
   /** @type {WebSocket | null} */ ws: null,
-  /** @type {any} */ hello: null, // the server's hello message
+  /** @type {Hello | null} */ hello: null,
   me: 0,
   retry: 0,
   /** @type {{role: string, content: string}[]} */ conv: [], // this page's conversation

@@ -1,14 +1,20 @@
+// @ts-check
 // The timeline: the playhead (seek, play), the slider and counter, the token strip and the sparklines.
 import { chat, emit, on, view } from "./state.js";
 import { loadStats, whenDrawn } from "./tiles.js";
 import { attentionTip } from "./attention.js";
 import { hideTip, showTip, tokenHTML } from "./inspector.js";
-import { $, esc, fmt, oneLine, showTok } from "./ui.js";
+import { context2d } from "./render.js";
+import { $, dataOf, esc, fmt, oneLine, showTok } from "./ui.js";
+
+/** @typedef {import("./state.js").Token} Token */
+/** @typedef {import("./state.js").Stats} Stats */
 
 // ---------------------------------------------------------------------------------------------
 // the playhead
 let hashTimer = 0;
-let hashKey = null; // the session the address names
+/** @type {string | null} the session the address names */
+let hashKey = null;
 
 function writeHash() {
   if (!view.cur) return;
@@ -16,14 +22,14 @@ function writeHash() {
   history.replaceState(null, "", `#${hashKey}/${view.t}`);
 }
 
-/** Move the playhead to token t; resolves when its frame is drawn. */
+/** Move the playhead to token t; resolves when its frame is drawn. @param {number} t @returns {Promise<number>} */
 export function seek(t, { fromSlider = false } = {}) {
-  if (!view.cur) return Promise.resolve(-1);
+  if (!view.cur || !view.src) return Promise.resolve(-1);
   const n = Math.max(view.src.total, view.tokens.length);
   t = Math.max(0, Math.min(n - 1, t | 0));
   view.lastDir = t >= view.t ? 1 : -1;
   view.t = t;
-  if (!fromSlider) $("slider").value = String(t);
+  if (!fromSlider) $("slider", HTMLInputElement).value = String(t);
   const tok = view.tokens[t];
   $("counter").textContent = `token ${t + 1} / ${n}` + (tok ? ` · ${tok.role}` : "");
   highlightToken(t);
@@ -38,11 +44,13 @@ export function seek(t, { fromSlider = false } = {}) {
   return p;
 }
 
+/** The slider and the counters say n frames (only ever more, unless `force`d: a session opened). @param {number} n */
 export function updateTotal(n, force = false) {
-  const old = Number($("slider").max) + 1;
+  const slider = $("slider", HTMLInputElement);
+  const old = Number(slider.max) + 1;
   if (!force && n <= old) return;
-  $("slider").max = String(Math.max(0, n - 1));
-  const nt = $("ntok");
+  slider.max = String(Math.max(0, n - 1));
+  const nt = document.getElementById("ntok"); // in the session's info line, once it is shown
   if (nt) nt.textContent = String(n);
   if (view.cur) $("counter").textContent = `token ${view.t + 1} / ${n}`;
 }
@@ -50,15 +58,15 @@ export function updateTotal(n, force = false) {
 let playTimer = 0;
 let lastTick = 0;
 export function play() {
-  if (!view.cur || view.playing) return;
+  if (!view.cur || !view.src || view.playing) return;
   if (view.t >= view.src.total - 1 && view.cur.summary.status !== "recording") seek(0);
   view.playing = true;
   $("play").textContent = "❚❚";
   $("play").setAttribute("aria-label", "pause");
   lastTick = performance.now();
-  const step = (now) => {
-    if (!view.playing) return;
-    const speed = Number($("speed").value);
+  const step = (/** @type {number} */ now) => {
+    if (!view.playing || !view.cur || !view.src) return;
+    const speed = Number($("speed", HTMLSelectElement).value);
     if (now - lastTick >= 1000 / speed && view.drawn === view.t) {
       lastTick = now;
       if (view.t < view.src.total - 1) seek(view.t + 1);
@@ -78,29 +86,36 @@ export function stop() {
 
 // ---------------------------------------------------------------------------------------------
 // the token strip
-/** The tokens of the session just opened, onto the strip. */
+/** The tokens of the session just opened, onto the strip. @param {Token[]} list */
 export function setTokens(list) {
   view.tokens = list;
   const el = $("tokens");
   el.innerHTML = "";
-  const special = new Set((view.cur.meta.special_ids || []).map(Number));
+  const special = specialIds();
   const frag = document.createDocumentFragment();
   list.forEach((t, i) => frag.appendChild(tokenSpan(t, i, special)));
   el.appendChild(frag);
   view.curSpan = null;
 }
 
+/** The special token ids of the session shown (drawn apart on the strip). */
+function specialIds() {
+  return new Set(((view.cur && view.cur.meta.special_ids) || []).map(Number));
+}
+
+/** @param {Token} t @param {number} i @param {Set<number>} special */
 function tokenSpan(t, i, special) {
   const span = document.createElement("span");
   span.className = `t ${t.role === "prompt" ? "p" : "g"}${special.has(t.id) ? " s" : ""}`;
-  span.dataset.i = i;
+  span.dataset.i = String(i);
   span.textContent = showTok(t.text);
   return span;
 }
 
-/** More tokens of the session shown (it is being recorded): onto the strip, which stays scrolled down. */
+/** More tokens of the session shown (it is being recorded): onto the strip, which stays scrolled down.
+ * @param {Token[]} list */
 export function appendTokens(list) {
-  const special = new Set((view.cur.meta.special_ids || []).map(Number));
+  const special = specialIds();
   const el = $("tokens");
   const atBottom = el.scrollTop + el.clientHeight >= el.scrollHeight - 4;
   for (const t of list) {
@@ -111,12 +126,13 @@ export function appendTokens(list) {
 }
 
 let scrollPending = false;
+/** @param {number} t */
 function highlightToken(t) {
   const el = $("tokens");
   if (view.curSpan) view.curSpan.classList.remove("cur");
   const span = el.children[t];
-  view.curSpan = span || null;
-  if (!span) return;
+  view.curSpan = span instanceof HTMLElement ? span : null;
+  if (!(span instanceof HTMLElement)) return;
   span.classList.add("cur");
   // Scrolling reads layout; do it once per animation frame, off the slider -> frame path.
   if (!scrollPending) {
@@ -133,15 +149,20 @@ function highlightToken(t) {
 
 // ---------------------------------------------------------------------------------------------
 // the sparklines: surprisal per token, and each layer's norm per token
-let sparkBg = null; // the drawn strip (without the playhead) and its geometry
+/**
+ * The drawn strip (without the playhead) and its geometry.
+ * @type {{left: number, W: number, top: number, rowH: number, L: number, n: number, cssW: number, cssH: number,
+ *   dpr: number, img?: ImageData} | null}
+ */
+let sparkBg = null;
 function sparkSignal() {
   const sigs = view.cur ? view.cur.meta.signals || [] : [];
   return sigs.includes(view.mode) ? view.mode : sigs[0];
 }
 
 export function drawSparklines() {
-  const c = $("sparklines");
-  const ctx = c.getContext("2d");
+  const c = $("sparklines", HTMLCanvasElement);
+  const ctx = context2d(c);
   const dpr = window.devicePixelRatio || 1;
   const cssW = c.clientWidth || 800;
   const s = sparkSignal();
@@ -181,7 +202,8 @@ export function drawSparklines() {
   drawPlayhead();
 }
 
-/** The surprisal row: -logprob of each token (how unexpected it was). */
+/** The surprisal row: -logprob of each token (how unexpected it was).
+ * @param {CanvasRenderingContext2D} ctx @param {number} left @param {number} W @param {number} top */
 function drawSurprisal(ctx, left, W, top) {
   const toks = view.tokens;
   for (let x = 0; x < W; x++) {
@@ -197,6 +219,9 @@ function drawSurprisal(ctx, left, W, top) {
   }
 }
 
+/** Layer l's norm per token, one row of the strip.
+ * @param {CanvasRenderingContext2D} ctx @param {Stats} st @param {number} l @param {number} L @param {number} left
+ * @param {number} W @param {number} y0 @param {number} rowH */
 function drawNormRow(ctx, st, l, L, left, W, y0, rowH) {
   const lut = view.luts.energy || view.luts.grayscale;
   const N = st.n;
@@ -231,8 +256,8 @@ export function stripGeometry() {
 
 function drawPlayhead() {
   if (!sparkBg || !sparkBg.img || !sparkBg.n) return;
-  const c = $("sparklines");
-  const ctx = c.getContext("2d");
+  const c = $("sparklines", HTMLCanvasElement);
+  const ctx = context2d(c);
   ctx.putImageData(sparkBg.img, 0, 0);
   const { left, W, cssH, n, dpr } = sparkBg;
   const x = left + ((view.t + 0.5) / n) * W;
@@ -243,7 +268,8 @@ function drawPlayhead() {
 
 let statsTimer = 0;
 let lastStats = 0;
-/** Stats of a growing session, again: now, or at most every 1.5 s while frames stream in (and once after). */
+/** Stats of a growing session, again: now, or at most every 1.5 s while frames stream in (and once after).
+ * @param {boolean} now */
 export function refreshStats(now) {
   clearTimeout(statsTimer);
   const due = now || performance.now() - lastStats > 1500;
@@ -267,21 +293,22 @@ on("grow", (n, before) => {
 
 // ---------------------------------------------------------------------------------------------
 export function wireTimeline() {
-  $("slider").addEventListener("input", (e) => { stop(); seek(Number(e.target.value), { fromSlider: true }); });
+  const slider = $("slider", HTMLInputElement);
+  slider.addEventListener("input", () => { stop(); seek(Number(slider.value), { fromSlider: true }); });
   $("play").onclick = () => (view.playing ? stop() : play());
   const tokens = $("tokens");
   tokens.addEventListener("click", (e) => {
-    const i = e.target.dataset && e.target.dataset.i;
+    const i = dataOf(e, "i");
     if (i !== undefined) { stop(); seek(Number(i)); }
   });
   tokens.addEventListener("mousemove", (e) => {
-    const i = e.target.dataset && e.target.dataset.i;
+    const i = dataOf(e, "i");
     if (i === undefined) { hideTip(); return; }
     showTip(tokenHTML(view.tokens[Number(i)]) + attentionTip(Number(i)), e);
   });
   tokens.addEventListener("mouseleave", hideTip);
   const spark = $("sparklines");
-  const sparkSeek = (e) => {
+  const sparkSeek = (/** @type {MouseEvent} */ e) => {
     if (!sparkBg || !sparkBg.n) return;
     const r = spark.getBoundingClientRect();
     const u = (e.clientX - r.left - sparkBg.left) / sparkBg.W;
@@ -297,7 +324,8 @@ export function wireTimeline() {
   spark.addEventListener("mouseleave", hideTip);
 }
 
-/** The sparklines' tooltip at the mouse: the token, and its surprisal or the hovered layer's norm. */
+/** The sparklines' tooltip at the mouse: the token, and its surprisal or the hovered layer's norm.
+ * @param {MouseEvent} e @param {DOMRect} r */
 function sparkTip(e, r) {
   const b = sparkBg;
   if (!b || !b.n || !view.cur) return "";
