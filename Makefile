@@ -12,7 +12,7 @@ CONSTRAINTS := constraints.txt
 # the inner rooms, type-checked strictly (the rest of src/llmri is checked by plain mypy)
 STRICT := src/llmri/frame.py src/llmri/settings.py src/llmri/store src/llmri/reducers src/llmri/readouts src/llmri/capture src/llmri/models
 
-.PHONY: setup setup-test demo test test-fast docs lint format typecheck check bench clean
+.PHONY: setup setup-test demo test test-fast docs lint format typecheck typecheck-js check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,7 @@ setup-test: $(VENV)/.installed-test
 demo: setup
 	$(BIN)/llmri demo $(ARGS)
 
-test: setup-test docs
+test: setup-test docs typecheck-js
 	$(BIN)/ruff check src tests benchmarks docs/_ext
 	$(BIN)/mypy
 	$(BIN)/mypy --strict $(STRICT)
@@ -61,11 +61,20 @@ typecheck: setup-test
 	$(BIN)/mypy
 	$(BIN)/mypy --strict $(STRICT)
 
-check: lint typecheck
+# The browser client (viewer_web's ES modules, the notebook widget's ESM): `// @ts-check` and JSDoc types,
+# checked by TypeScript (pinned in package.json / package-lock.json; jsconfig.json says how strictly).
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+typecheck-js: node_modules/.installed
+	node_modules/.bin/tsc -p jsconfig.json
+
+check: lint typecheck typecheck-js
 
 bench: setup-test
 	$(BIN)/python benchmarks/capture_overhead.py
 	$(BIN)/python benchmarks/reducers.py
 
 clean:
-	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache .ruff_cache .mypy_cache node_modules

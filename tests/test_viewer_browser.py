@@ -22,7 +22,7 @@ import llmri  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-from llmri.testing import CHROMIUM, launch_chromium  # noqa: E402
+from llmri.testing import CHROMIUM  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
@@ -79,14 +79,6 @@ def viewer(store_path):
     v = Viewer(store_path)
     yield v
     v.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = launch_chromium(p)
-        yield b
-        b.close()
 
 
 @pytest.fixture()

@@ -16,7 +16,7 @@ pytest.importorskip("fastapi")
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 import llmri  # noqa: E402
-from llmri.testing import CHROMIUM, ServedApp, launch_chromium  # noqa: E402
+from llmri.testing import CHROMIUM, ServedApp  # noqa: E402
 from llmri.viewer import create_app  # noqa: E402
 from llmri.viewer.live import LiveChat, ModelEngine  # noqa: E402
 from test_live_browser import wait_for  # noqa: E402
@@ -49,14 +49,6 @@ def served(recorded):
     app = ServedApp(create_app(recorded[0]))
     yield app
     app.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = launch_chromium(p)
-        yield b
-        b.close()
 
 
 @pytest.fixture()

@@ -1,3 +1,4 @@
+// @ts-check
 // Talking to the viewer server: JSON endpoints, the binary array format (see llmri/viewer/encoding.py),
 // and a frame cache that fetches ranges ahead of the playhead.
 
@@ -16,9 +17,11 @@ const HALF = (() => {
 })();
 
 export class ApiError extends Error {
+  /** @param {number} status @param {string} message */
   constructor(status, message) { super(message); this.status = status; }
 }
 
+/** @param {Response} res */
 async function check(res) {
   if (res.ok) return res;
   let msg = `${res.status} ${res.statusText}`;
@@ -28,20 +31,40 @@ async function check(res) {
 
 /** fetch, or the page's transport where one is installed (the notebook widget answers in its kernel, over the
  * notebook's comm: llmri/notebook/widget.js); both take (url, init) and resolve to a Response. */
+/** @type {(url: string, init?: RequestInit) => Promise<Response>} */
 const request = (url, init) => (window.llmriTransport ? window.llmriTransport(url, init) : fetch(url, init));
 
+/** A JSON endpoint's answer, as the server sends it (shapes: state.js's typedefs, llmri/viewer/routes).
+ * @param {string} url @returns {Promise<any>} */
 export async function getJSON(url) {
   return (await check(await request(url, { credentials: "same-origin" }))).json();
 }
 
-/** Decode one binary array message: {header, data: Float32Array}. */
+/**
+ * The JSON header of a binary array message (llmri/viewer/encoding.py): its shape and dtype, and what it holds.
+ * @typedef {object} ArrayHeader
+ * @property {number[]} shape
+ * @property {string} dtype "float16" | "float32" | "uint8"
+ * @property {number} lo uint8: the value of 0
+ * @property {number} hi uint8: the value of 255
+ * @property {number} start
+ * @property {number} stop
+ * @property {number} total frames: the session's committed frames
+ * @property {string} session the live chat's frames: its session
+ * @property {string[]} signals the live chat's frames
+ * @property {import("./state.js").Token[]} tokens the live chat's frames
+ * @property {number} t_model the live chat's frames: when the model made them (s)
+ */
+/** @typedef {{start: number, stop: number, data: Float32Array}} Chunk */
+
+/** Decode one binary array message. @param {ArrayBuffer} buf @returns {{header: ArrayHeader, data: Float32Array}} */
 export function decodeArray(buf) {
   const dv = new DataView(buf);
   const magic = String.fromCharCode(dv.getUint8(0), dv.getUint8(1), dv.getUint8(2), dv.getUint8(3));
   if (magic !== "LMRI") throw new Error("not an llmri array message");
   const hlen = dv.getUint16(6, true);
   const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 8, hlen)));
-  const count = header.shape.reduce((a, b) => a * b, 1);
+  const count = header.shape.reduce((/** @type {number} */ a, /** @type {number} */ b) => a * b, 1);
   const off = 8 + hlen;
   let data;
   if (header.dtype === "float16") {
@@ -66,21 +89,31 @@ export function decodeArray(buf) {
   return { header, data };
 }
 
+/** @param {string} url @param {RequestInit} [init] */
 export async function getArray(url, init = {}) {
   const res = await check(await request(url, { credentials: "same-origin", ...init }));
   return decodeArray(await res.arrayBuffer());
 }
 
+/** @param {{store: string, id: string}} s */
 export const sessionUrl = (s) => `/api/sessions/${encodeURIComponent(s.store)}/${encodeURIComponent(s.id)}`;
 
 /** An LRU of frame chunks shared by every open session, bounded in bytes. */
 class ChunkLRU {
-  constructor(maxBytes) { this.max = maxBytes; this.bytes = 0; this.map = new Map(); }
+  /** @param {number} maxBytes */
+  constructor(maxBytes) {
+    this.max = maxBytes;
+    this.bytes = 0;
+    /** @type {Map<string, Chunk>} */
+    this.map = new Map();
+  }
+  /** @param {string} key */
   get(key) {
     const v = this.map.get(key);
     if (v) { this.map.delete(key); this.map.set(key, v); }
     return v;
   }
+  /** @param {string} key @param {Chunk} v */
   set(key, v) {
     const old = this.map.get(key);
     if (old) { this.bytes -= old.data.byteLength; this.map.delete(key); }
@@ -100,20 +133,36 @@ export const LRU = new ChunkLRU(384 * 1024 * 1024);
 
 /** Frames of one session, fetched in chunks of `chunk` frames per signal and cached. */
 export class FrameSource {
+  /** @param {import("./state.js").Summary} summary @param {import("./state.js").Meta} meta */
   constructor(summary, meta, chunk = 16) {
     this.s = summary;
     this.url = sessionUrl(summary);
     this.signals = meta.signals || [];
     this.layers = (meta.layers || []).length;
-    [this.h, this.w] = meta.tile || [0, 0];
+    const [h, w] = meta.tile || [0, 0];
+    this.h = h;
+    this.w = w;
     this.frameSize = this.layers * this.h * this.w;
     this.total = summary.n_frames;
     this.chunk = chunk;
+    /** @type {Map<string, {ctl: AbortController, low: boolean, promise: Promise<unknown>}>} */
     this.pending = new Map();
-    this.onload = null;
+    /** @type {((n: number, before: number) => void) | null} the total rose */
+    this.ongrow = null;
   }
+  /** There are n frames (a chunk's header, a recording's progress, the live chat's frames): the one place the
+   * total moves, and only up. Returns the total before; `ongrow` hears of a rise. */
+  /** @param {number} n */
+  grow(n) {
+    const before = this.total;
+    if (!(n > before)) return before; // not more frames (or no number at all)
+    this.total = n;
+    if (this.ongrow) this.ongrow(n, before);
+    return before;
+  }
+  /** @param {string} signal @param {number} c */
   key(signal, c) { return `${this.url}|${signal}|${c}`; }
-  /** The values of frame t (Float32Array [layers*H*W]) or null if not cached. */
+  /** The values of frame t (Float32Array [layers*H*W]) or null if not cached. @param {string} signal @param {number} t */
   get(signal, t) {
     if (t < 0 || t >= this.total) return null;
     const c = Math.floor(t / this.chunk);
@@ -122,18 +171,21 @@ export class FrameSource {
     const o = (t - hit.start) * this.frameSize;
     return hit.data.subarray(o, o + this.frameSize);
   }
+  /** @param {string} signal @param {number} t */
   has(signal, t) { return this.get(signal, t) !== null; }
-  /** Fetch the chunk holding frame t for one signal (see ensureMany). */
+  /** Fetch the chunk holding frame t for one signal (see ensureMany). @param {string} signal @param {number} t */
   ensure(signal, t, low = false) {
     return this.ensureMany([signal], t, low);
   }
   /** Fetch the chunk holding frame t for every signal in `signals` that lacks it: one request, several signals.
    * Resolves when all are cached. A demand fetch (low=false) first cancels speculative prefetches, so a jump
-   * never queues behind them. */
+   * never queues behind them. @param {string[]} signals @param {number} t @returns {Promise<unknown>} */
   ensureMany(signals, t, low = false) {
     if (t < 0 || t >= this.total) return Promise.resolve();
     const c = Math.floor(t / this.chunk);
+    /** @type {Promise<unknown>[]} */
     const waits = [];
+    /** @type {string[]} */
     const want = [];
     for (const s of signals) {
       const key = this.key(s, c);
@@ -151,28 +203,28 @@ export class FrameSource {
       }
       const start = c * this.chunk, stop = start + this.chunk;
       const ctl = new AbortController();
+      /** @type {RequestInit} */
       const init = { signal: ctl.signal, priority: low ? "low" : "high" };
       const keys = want.map((s) => this.key(s, c));
-      const entry = { ctl, low };
-      entry.promise = getArray(`${this.url}/frames?signal=${want.join(",")}&start=${start}&stop=${stop}`, init)
+      const promise = getArray(`${this.url}/frames?signal=${want.join(",")}&start=${start}&stop=${stop}`, init)
         .then(({ header, data }) => {
           const n = header.stop - header.start;
-          want.forEach((s, i) => {
+          want.forEach((_, i) => {
             const part = want.length === 1 ? data : data.subarray(i * n * this.frameSize, (i + 1) * n * this.frameSize);
             LRU.set(keys[i], { start: header.start, stop: header.stop, data: part });
           });
-          if (header.total > this.total) this.total = header.total;
-          if (this.onload) this.onload();
+          this.grow(header.total); // a recording's chunk may know of frames no progress message named yet
         })
         .finally(() => {
           for (const k of keys) if (this.pending.get(k) === entry) this.pending.delete(k);
         });
+      const entry = { ctl, low, promise };
       for (const k of keys) this.pending.set(k, entry);
-      waits.push(entry.promise);
+      waits.push(promise);
     }
     return waits.length === 1 ? waits[0] : Promise.all(waits);
   }
-  /** Prefetch the chunks around frame t in direction dir (+1 / -1), `ahead` chunks deep. */
+  /** Prefetch the chunks around frame t in direction dir (+1 / -1), `ahead` chunks deep. @param {string[]} signals @param {number} t */
   prefetch(signals, t, dir = 1, ahead = 2) {
     for (let k = 0; k <= ahead; k++) {
       // k = 0 covers the neighbour chunk when t sits at a chunk's edge

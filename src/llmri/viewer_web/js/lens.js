@@ -1,26 +1,32 @@
+// @ts-check
 // The logit lens: a panel for the current token (layers as rows, each layer's top tokens with their
 // probabilities, the token that came next highlighted where it appears, the decision layer marked), and the
 // lens strip over the whole session (token x layer, coloured by the probability each layer gave the next token).
-import { cachedRow, has, lensRow, lensStrip } from "./readouts.js";
-import { S, on } from "./state.js";
+import { cachedLens, has, lensRow, lensStrip } from "./readoutcache.js";
+import { view, on } from "./state.js";
 import { stripGeometry } from "./timeline.js";
-import { hideTip, showTip } from "./readout.js";
+import { hideTip, showTip } from "./inspector.js";
+import { context2d } from "./render.js";
 import { $, esc, fmt, oneLine } from "./ui.js";
 
+/** @typedef {import("./readoutcache.js").LensRow} LensRow */
+
 /** The token that came after position t: the row's own next_id, else the token strip's, else the last layer's
- * entry of the next token's rank (the live chat, before the next token's record arrives). */
+ * entry of the next token's rank (the live chat, before the next token's record arrives).
+ * @param {LensRow} row @param {number} t @returns {number} */
 export function nextIdOf(row, t) {
   if (row.next_id !== undefined && row.next_id !== null) return row.next_id;
-  const tok = S.tokens[t + 1];
+  const tok = view.tokens[t + 1];
   if (tok) return tok.id;
   const L = row.top_ids.length;
   const r = row.next_rank ? row.next_rank[L - 1] : -1;
   return r >= 0 && r < row.top_ids[L - 1].length ? row.top_ids[L - 1][r] : -1;
 }
 
-const pct = (p) => (p === null || p === undefined ? "–" : p >= 0.995 ? "100" : (p * 100).toFixed(p < 0.1 ? 1 : 0));
+const pct = (/** @type {number | null | undefined} */ p) => (p === null || p === undefined ? "–" : p >= 0.995 ? "100" : (p * 100).toFixed(p < 0.1 ? 1 : 0));
 
-/** The lens of one position into `el`: one row per layer (reused by the live chat). `layers`: the layer names. */
+/** The lens of one position into `el`: one row per layer (reused by the live chat). `layers`: the layer names.
+ * @param {HTMLElement} el @param {LensRow | null} row @param {number} t @param {string[]} layers */
 export function renderLens(el, row, t, layers) {
   if (!row) { el.innerHTML = `<span class="dim">no lens for this token yet</span>`; return; }
   const next = nextIdOf(row, t);
@@ -46,40 +52,45 @@ export function renderLens(el, row, t, layers) {
   el.innerHTML = html;
 }
 
+/** The line under the lens: the token that came next, and where it was decided. @param {LensRow} row @param {number} t */
 function sub(row, t) {
   const next = nextIdOf(row, t);
-  const tok = S.tokens[t + 1];
+  const tok = view.tokens[t + 1];
   let name = tok && tok.id === next ? oneLine(tok.text) : next >= 0 ? `#${next}` : "";
-  if (!(tok && tok.id === next) && row.top_text) { // the live chat: the next token's record is still on its way
-    row.top_ids.forEach((ids, l) => { const j = ids.indexOf(next); if (j >= 0) name = oneLine(row.top_text[l][j]); });
+  const text = row.top_text;
+  if (!(tok && tok.id === next) && text) { // the live chat: the next token's record is still on its way
+    row.top_ids.forEach((ids, l) => { const j = ids.indexOf(next); if (j >= 0) name = oneLine(text[l][j]); });
   }
-  const d = row.decision >= 0 ? ` · decided at L${row.decision}` : "";
+  const d = row.decision !== undefined && row.decision >= 0 ? ` · decided at L${row.decision}` : "";
   return next >= 0 ? `→ next “${name}”${d}` : "last token: no next";
 }
 
 let seq = 0;
+/** @param {number} t */
 async function showLens(t) {
   const panel = $("lens-panel");
   if (!has("lens")) { panel.hidden = true; return; }
   panel.hidden = false;
   const mine = ++seq;
-  const row = cachedRow("lens", t) || (await lensRow(t).catch(() => null));
-  if (mine !== seq || S.t !== t) return;
-  renderLens($("lens"), row, t, S.cur.meta.layers || []);
+  const row = cachedLens(t) || (await lensRow(t).catch(() => null));
+  if (mine !== seq || view.t !== t || !view.cur) return;
+  renderLens($("lens"), row, t, view.cur.meta.layers || []);
   $("lens-sub").textContent = row ? sub(row, t) : "";
   $("lens").dataset.t = String(t);
 }
 
 on("seek", (t) => showLens(t));
-on("readouts", (key, t) => { if (S.cur && S.cur.summary.key === key && S.t === t) showLens(t); });
+on("readouts", (key, t) => { if (view.cur && view.cur.summary.key === key && view.t === t) showLens(t); });
 
 // ---------------------------------------------------------------------------------------------
 // the lens strip: next_prob per token and layer, under the norm strip and on its time axis
-let strip = null; // {n, L, data}
+/** @type {{n: number, L: number, data: Float32Array, decision: Int32Array} | null} */
+let strip = null;
+/** @type {{img: ImageData, rowH: number, n: number, W: number, left: number, dpr: number, cssH: number} | null} */
 let stripImg = null;
 
 export async function loadLensStrip() {
-  const c = $("lens-strip");
+  const c = $("lens-strip", HTMLCanvasElement);
   if (!has("lens")) { strip = null; c.hidden = true; return; }
   c.hidden = false;
   strip = await lensStrip().catch(() => null);
@@ -87,7 +98,7 @@ export async function loadLensStrip() {
 }
 
 export function drawLensStrip() {
-  const c = $("lens-strip");
+  const c = $("lens-strip", HTMLCanvasElement);
   if (!strip || c.hidden) return;
   const g = stripGeometry();
   const dpr = window.devicePixelRatio || 1;
@@ -97,10 +108,10 @@ export function drawLensStrip() {
   c.style.height = `${cssH}px`;
   c.width = Math.round(cssW * dpr);
   c.height = Math.round(cssH * dpr);
-  const ctx = c.getContext("2d");
+  const ctx = context2d(c);
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, cssW, cssH);
-  const lut = S.luts.energy || S.luts.grayscale;
+  const lut = view.luts.energy || view.luts.grayscale;
   const n = Math.max(g.n, strip.n);
   const W = g.W;
   ctx.font = "10px ui-monospace, Menlo, monospace";
@@ -134,12 +145,12 @@ export function drawLensStrip() {
 
 function drawLensPlayhead() {
   if (!stripImg) return;
-  const ctx = $("lens-strip").getContext("2d");
+  const ctx = context2d($("lens-strip", HTMLCanvasElement));
   ctx.putImageData(stripImg.img, 0, 0);
   const { left, W, n, dpr, cssH } = stripImg;
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.fillStyle = "#4fc3f7";
-  ctx.fillRect(Math.round(left + ((S.t + 0.5) / n) * W) - 1, 0, 2, cssH);
+  ctx.fillRect(Math.round(left + ((view.t + 0.5) / n) * W) - 1, 0, 2, cssH);
 }
 
 on("seek", () => drawLensPlayhead());
@@ -150,8 +161,9 @@ on("grow", () => { if (!stripTimer) stripTimer = setTimeout(() => { stripTimer =
 on("open", () => loadLensStrip());
 on("resize", () => drawLensStrip());
 
+/** The token and layer under the mouse on the lens strip, or null. @param {MouseEvent} e */
 function stripAt(e) {
-  if (!stripImg) return null;
+  if (!stripImg || !strip) return null;
   const r = $("lens-strip").getBoundingClientRect();
   const u = (e.clientX - r.left - stripImg.left) / stripImg.W;
   const t = Math.floor(u * stripImg.n);
@@ -159,13 +171,14 @@ function stripAt(e) {
   return u >= 0 && u <= 1 && t < stripImg.n && l >= 0 && l < strip.L ? { t, l } : null;
 }
 
+/** @param {(t: number) => void} seek */
 export function wireLens(seek) {
   const c = $("lens-strip");
   c.addEventListener("mousedown", (e) => { const h = stripAt(e); if (h) seek(h.t); });
   c.addEventListener("mousemove", (e) => {
     const h = stripAt(e);
-    if (!h) { hideTip(); return; }
-    const tok = S.tokens[h.t], nxt = S.tokens[h.t + 1];
+    if (!h || !strip) { hideTip(); return; }
+    const tok = view.tokens[h.t], nxt = view.tokens[h.t + 1];
     const p = strip.data[h.t * strip.L + h.l];
     const d = strip.decision[h.t];
     showTip(`<span class="h">token ${h.t}</span> ${esc(oneLine(tok ? tok.text : ""))}<br>L${h.l} p(next “${esc(oneLine(nxt ? nxt.text : "–"))}”) <b>${fmt(p === p ? p : null, 3)}</b>` +

@@ -1,14 +1,22 @@
+// @ts-check
 // Live chat: a chat panel that talks to the server's /api/live WebSocket (see llmri/viewer/live.py for the
 // protocol). Each answer is recorded as a session, opened in the viewer while it streams in. This module is the
 // socket and the run; the panel is livepanel.js, the frames liveframes.js, their state `chat` in state.js.
 import { getJSON } from "./api.js";
-import { applyFrames, answerText, fillGap, onBinary } from "./liveframes.js";
-import { bubble, buildPanel, describeMode, el, restore, setBusy, setFollow, settings, showError } from "./livepanel.js";
-import { openSession, refreshSessions, setBadge } from "./session.js";
-import { putLive } from "./readouts.js";
-import { S, chat as C, emit, on, ready } from "./state.js";
+import { answerText, endFrames, fillGap, framesOpened, onBinary, startFrames } from "./liveframes.js";
+import { bubble, buildPanel, describeMode, el, emptyLog, partOf, setBusy, setFollow, settings, showError, updateContinue } from "./livepanel.js";
+import { putLive } from "./readoutcache.js";
+import { openSession, refreshSessions, setStatus } from "./session.js";
+import { chat, emit, newId, on, ready, view } from "./state.js";
 import { refreshStats } from "./timeline.js";
-import { $ } from "./ui.js";
+import { $, errorText } from "./ui.js";
+
+/** @typedef {{role: string, content: string}} Message */
+/**
+ * The server's "started": an answer began (this page's, or another's).
+ * @typedef {{session: string, by: number, messages?: Message[], model?: string, special_ids?: number[], signals?: string[]}} Started
+ */
+/** The server's "done": an answer ended. @typedef {{session: string, status: string, stop_reason?: string}} Done */
 
 // ---------------------------------------------------------------------------------------------
 // the socket
@@ -16,77 +24,82 @@ function connect() {
   const proto = location.protocol === "https:" ? "wss" : "ws";
   const ws = new WebSocket(`${proto}://${location.host}/api/live`);
   ws.binaryType = "arraybuffer";
-  C.ws = ws;
-  ws.onopen = () => { C.retry = 0; showError(""); setBusy(!!C.run); };
+  chat.ws = ws;
+  ws.onopen = () => { chat.retry = 0; showError(""); setBusy(!!chat.run); };
   ws.onmessage = (ev) => {
     if (typeof ev.data === "string") onJSON(JSON.parse(ev.data));
+    // binaryType "arraybuffer": the frames
     else onBinary(ev.data);
   };
   ws.onclose = () => {
-    if (C.ws !== ws) return;
-    C.ws = null;
-    setBusy(!!C.run);
-    $("chat-send").disabled = true;
-    const wait = Math.min(10, 1 + C.retry++);
+    if (chat.ws !== ws) return;
+    chat.ws = null;
+    setBusy(!!chat.run);
+    $("chat-send", HTMLButtonElement).disabled = true;
+    const wait = Math.min(10, 1 + chat.retry++);
     showError(`lost the connection to the viewer server; reconnecting in ${wait} s…`);
     setTimeout(connect, wait * 1000);
   };
 }
 
+/** @param {object} msg */
 function wsSend(msg) {
-  if (!C.ws || C.ws.readyState !== 1) { showError("not connected to the viewer server"); return false; }
-  C.ws.send(JSON.stringify(msg));
+  if (!chat.ws || chat.ws.readyState !== 1) { showError("not connected to the viewer server"); return false; }
+  chat.ws.send(JSON.stringify(msg));
   return true;
 }
 
 function send() {
-  const input = $("chat-input");
+  const input = $("chat-input", HTMLTextAreaElement);
   const text = input.value.trim();
-  if (!text || C.run || C.pendingSend) return;
+  if (!text || chat.run || chat.pendingSend) return;
   const s = settings();
-  if (C.hello && C.hello.mode === "model" && !s.signals.length) { showError("choose at least one signal in ⚙ settings"); return; }
-  const system = $("cs-system").value.trim();
-  const messages = [...(system ? [{ role: "system", content: system }] : []), ...C.conv, { role: "user", content: text }];
+  if (chat.hello && chat.hello.mode === "model" && !s.signals.length) { showError("choose at least one signal in ⚙ settings"); return; }
+  const system = $("cs-system", HTMLTextAreaElement).value.trim();
+  const messages = [...(system ? [{ role: "system", content: system }] : []), ...chat.conv, { role: "user", content: text }];
   if (!wsSend({ type: "chat", messages, settings: s })) return;
   showError("");
-  C.conv.push({ role: "user", content: text });
-  C.pendingSend = { text, bubble: bubble("user", text) };
+  chat.conv.push({ role: "user", content: text });
+  chat.pendingSend = { text, bubble: bubble("user", text) };
   input.value = "";
   setBusy(true);
 }
 
 function undoSend() {
-  const p = C.pendingSend;
-  C.pendingSend = null;
+  const p = chat.pendingSend;
+  chat.pendingSend = null;
   if (!p) return;
-  C.conv.pop();
+  chat.conv.pop();
   p.bubble.remove();
-  if (!$("chat-input").value) $("chat-input").value = p.text;
-  setBusy(!!C.run);
+  const input = $("chat-input", HTMLTextAreaElement);
+  if (!input.value) input.value = p.text;
+  setBusy(!!chat.run);
 }
 
+/** A JSON message of the live socket, as the server sends it (llmri/viewer/live: hello, started, done, error,
+ * busy, resync, readouts). @param {any} m */
 function onJSON(m) {
   if (m.type === "hello") {
-    C.hello = m;
-    C.me = m.you;
+    chat.hello = m;
+    chat.me = m.you;
     describeMode(m);
     const running = m.running && m.running.session;
-    if (C.run && C.run.key === running) {
+    if (chat.run && chat.run.key === running) {
       fillGap(true); // reconnected mid-answer: what streamed meanwhile is in the store
     } else {
       // the answer this page was showing ended while it was disconnected
-      if (C.run) finishRun({ session: C.run.key, status: "complete", stop_reason: "" });
+      if (chat.run) finishRun({ session: chat.run.key, status: "complete", stop_reason: "" });
       if (running) startRun({ session: running, by: -1, messages: m.running.messages, special_ids: [], signals: [] });
     }
-    setBusy(!!C.run);
+    setBusy(!!chat.run);
   } else if (m.type === "started") {
     startRun(m);
   } else if (m.type === "done") {
     finishRun(m);
   } else if (m.type === "error") {
     showError(m.message);
-    if (C.pendingSend && !C.run) undoSend();
-    if (C.run && m.session === C.run.key) C.run.error = m.message;
+    if (chat.pendingSend && !chat.run) undoSend();
+    if (chat.run && m.session === chat.run.key) chat.run.error = m.message;
   } else if (m.type === "busy") {
     showError(m.message);
     undoSend();
@@ -98,75 +111,71 @@ function onJSON(m) {
   }
 }
 
+/** @param {Started} m */
 async function startRun(m) {
-  const mine = m.by === C.me && !!C.pendingSend;
-  if (mine) C.pendingSend = null;
+  const mine = m.by === chat.me && !!chat.pendingSend;
+  if (mine) chat.pendingSend = null;
   else {
     // another page started this turn: show its conversation here, read-only until it ends
-    C.conv = (m.messages || []).filter((x) => x.role !== "system").map((x) => ({ ...x }));
+    chat.conv = (m.messages || []).filter((x) => x.role !== "system").map((x) => ({ ...x }));
     $("chat-log").innerHTML = "";
-    for (const x of C.conv) bubble(x.role, x.content, x.role === "user" ? "user (another tab)" : undefined);
+    for (const x of chat.conv) bubble(x.role, x.content, x.role === "user" ? "user (another tab)" : undefined);
   }
-  const model = String(m.model || (C.hello && C.hello.model) || "model").split("/").pop();
+  const model = String(m.model || (chat.hello && chat.hello.model) || "model").split("/").pop() || "model";
   const b = bubble("assistant", "", model);
   b.classList.add("streaming");
   const open = el("button", "chat-link", "open session");
   open.onclick = () => openSession(m.session);
-  b.querySelector(".who").appendChild(open);
-  C.run = { key: m.session, mine, bubble: b, specials: new Set((m.special_ids || []).map(Number)), answer: new Map(),
+  partOf(b, ".who").appendChild(open);
+  chat.run = { key: m.session, mine, bubble: b, specials: new Set((m.special_ids || []).map(Number)), answer: new Map(),
     n: 0, t0: performance.now(), first: 0, signals: m.signals || [], error: null };
-  C.opened = false;
-  C.shownKey = m.session;
-  C.queue = [];
-  C.buf.clear();
+  chat.shownKey = m.session;
+  startFrames();
   setBusy(true);
   setFollow(true);
   await refreshSessions();
-  if (!C.run || C.run.key !== m.session) return;
-  await openSession(m.session).catch((e) => showError(`cannot open the new session: ${e.message}`));
-  if (!C.run || C.run.key !== m.session) return;
-  C.opened = true;
-  const q = C.queue;
-  C.queue = [];
-  for (const x of q) applyFrames(x.header, x.data, x.rec);
-  fillGap(false);
+  if (!chat.run || chat.run.key !== m.session) return;
+  await openSession(m.session).catch((e) => showError(`cannot open the new session: ${errorText(e)}`));
+  if (!chat.run || chat.run.key !== m.session) return;
+  framesOpened();
 }
 
+/** @param {Done} m */
 function finishRun(m) {
-  const run = C.run;
+  const run = chat.run;
   if (!run || run.key !== m.session) {
-    if (C.pendingSend && !m.session) undoSend();
+    if (chat.pendingSend && !m.session) undoSend();
     return;
   }
-  for (const x of C.queue.splice(0)) applyFrames(x.header, x.data, x.rec);
+  endFrames();
   const b = run.bubble;
   b.classList.remove("streaming");
   const text = answerText(run);
   const secs = (performance.now() - (run.first || run.t0)) / 1000;
   const gen = run.answer.size;
+  /** @type {Record<string, string>} */
   const reasons = { eos: "finished", max_new_tokens: "max tokens reached", stopped: "stopped", stop_string: "stop string" };
   // an error's words are in the error box below the log: the bubble only says that it failed
-  const why = m.status !== "complete" || (m.stop_reason || "").startsWith("error") ? "failed" : reasons[m.stop_reason] || "done";
+  const why = m.status !== "complete" || (m.stop_reason || "").startsWith("error") ? "failed" : reasons[m.stop_reason || ""] || "done";
   const rate = gen > 1 && secs > 0 ? ` · ${(gen / secs).toFixed(1)} tok/s` : "";
-  b.querySelector(".meta").textContent = `${gen} token${gen === 1 ? "" : "s"}${rate} · ${why}`;
+  partOf(b, ".meta").textContent = `${gen} token${gen === 1 ? "" : "s"}${rate} · ${why}`;
   if (why === "failed") b.classList.add("failed");
   if (why === "failed" && !text) b.remove(); // nothing was answered: the error box says why
   if (m.status === "complete" || text) {
-    C.conv.push({ role: "assistant", content: text });
-    C.turn += 1;
-  } else if (run.mine && C.conv.length && C.conv[C.conv.length - 1].role === "user") {
+    chat.conv.push({ role: "assistant", content: text });
+    chat.turn += 1;
+  } else if (run.mine && chat.conv.length && chat.conv[chat.conv.length - 1].role === "user") {
     // nothing was answered: take the message back so the next send does not carry it twice
-    const last = C.conv.pop();
+    const last = chat.conv.pop();
     const userBubbles = $("chat-log").querySelectorAll(".chat-msg.user");
     if (userBubbles.length) userBubbles[userBubbles.length - 1].classList.add("failed");
-    if (!$("chat-input").value) $("chat-input").value = last.content;
+    const input = $("chat-input", HTMLTextAreaElement);
+    if (last && !input.value) input.value = last.content;
   }
-  C.run = null;
-  C.opened = false;
+  chat.run = null;
   setBusy(false);
-  if (S.cur && S.cur.summary.key === m.session) {
-    S.cur.summary.status = m.status;
-    setBadge(m.status);
+  if (view.cur && view.cur.summary.key === m.session) {
+    setStatus(m.status);
     fillGap(false);
     refreshStats(true);
   }
@@ -174,21 +183,63 @@ function finishRun(m) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// the conversation
+/** A new conversation: the log emptied, a new id. */
+function newChat() {
+  if (chat.run && chat.run.mine) return;
+  chat.conv = [];
+  chat.shownKey = null;
+  chat.conversation = newId();
+  chat.turn = 0;
+  emptyLog();
+  showError("");
+  $("chat-input").focus();
+}
+
+/** The conversation of a recorded session (its messages, then its answer), ready to continue.
+ * @param {import("./state.js").Current | null} cur */
+function restore(cur) {
+  if (!cur || chat.run || chat.pendingSend || !view.cur || view.cur.summary.key !== cur.summary.key) return;
+  const m = cur.meta || {};
+  const specials = new Set((m.special_ids || []).map(Number));
+  const answer = view.tokens.filter((t) => t.role === "generated" && !specials.has(t.id)).map((t) => t.text).join("");
+  const msgs = (m.messages || []).filter((x) => x && x.role !== "system" && typeof x.content === "string");
+  if (!msgs.length) return;
+  const system = (m.messages || []).find((x) => x && x.role === "system");
+  const systemBox = $("cs-system", HTMLTextAreaElement);
+  if (system && !systemBox.value) systemBox.value = system.content;
+  chat.conv = [...msgs.map((x) => ({ role: x.role, content: x.content })), { role: "assistant", content: answer }];
+  chat.conversation = typeof m.conversation === "string" ? m.conversation : newId();
+  chat.turn = typeof m.turn === "number" && Number.isInteger(m.turn) ? m.turn + 1 : msgs.filter((x) => x.role === "user").length;
+  chat.shownKey = cur.summary.key;
+  $("chat-log").innerHTML = "";
+  const name = String((m.model || {}).name || "model").split("/").pop();
+  for (const x of chat.conv) {
+    const b = bubble(x.role, x.content, x.role === "assistant" ? name : undefined);
+    if (x.role === "assistant") {
+      const why = m.stop_reason ? ` · ${m.stop_reason}` : "";
+      partOf(b, ".meta").textContent = `saved session${why}`;
+    }
+  }
+  updateContinue();
+}
+
+// ---------------------------------------------------------------------------------------------
 async function main() {
   const info = await getJSON("/api/info").catch(() => null);
   if (!info || !info.live) return;
-  buildPanel({ send, stop: () => wsSend({ type: "stop" }) });
-  window.llmri.live = C; // tests and benchmarks read C.arrivals, C.run
+  buildPanel({ send, stop: () => wsSend({ type: "stop" }), newChat, restore });
+  window.llmri.live = chat; // tests and benchmarks read chat.arrivals, chat.run
   await Promise.race([ready, new Promise((r) => setTimeout(r, 10000))]); // the viewer's first session, if it opens
   // the page is laid out again now that the chat panel takes a column
   window.dispatchEvent(new Event("resize"));
-  const restorable = (s) => !!(s && s.meta && s.meta.live && s.summary.status !== "recording");
-  if (restorable(S.cur)) restore(S.cur);
+  const restorable = (/** @type {import("./state.js").Current | null} */ s) => !!(s && s.meta && s.meta.live && s.summary.status !== "recording");
+  if (restorable(view.cur)) restore(view.cur);
   // Its conversation still comes back for a first session that opened after that wait (a slow
   // page), or that the server still called recording (a reload just as the answer ended: the
   // server reopens a recording session at most every poll interval), once its status changes.
-  if (!C.shownKey) {
-    const late = (opened) => { if (!C.shownKey && restorable(opened)) restore(opened); };
+  if (!chat.shownKey) {
+    const late = (/** @type {import("./state.js").Current} */ opened) => { if (!chat.shownKey && restorable(opened)) restore(opened); };
     on("open", late);
     on("status", late);
   }

@@ -1,11 +1,16 @@
+// @ts-check
 // Live chat, the panel: its markup, the generation settings, the message bubbles, and picking up the
 // conversation of a recorded session. The socket and the run are live.js's; frames are liveframes.js's.
-import { S, chat as C, newId } from "./state.js";
+import { chat, view } from "./state.js";
 import { seek } from "./timeline.js";
 import { $ } from "./ui.js";
 
 const SETTINGS_KEY = "llmri.live.settings";
 
+/** The signal check boxes of the settings. */
+const signalBoxes = () => /** @type {NodeListOf<HTMLInputElement>} */ (document.querySelectorAll("input[data-sig]"));
+
+/** @param {string} tag @param {string} [cls] @param {string} [text] */
 export function el(tag, cls, text) {
   const e = document.createElement(tag);
   if (cls) e.className = cls;
@@ -13,8 +18,9 @@ export function el(tag, cls, text) {
   return e;
 }
 
-/** The chat column, left of the tiles; `send` and `stop` are the socket's (live.js). */
-export function buildPanel({ send, stop }) {
+/** The chat column, left of the tiles; `send`, `stop`, `newChat` and `restore` are live.js's (the socket and the conversation).
+ * @param {{send: () => void, stop: () => void, newChat: () => void, restore: (cur: import("./state.js").Current | null) => void}} actions */
+export function buildPanel({ send, stop, newChat, restore }) {
   const link = document.createElement("link");
   link.rel = "stylesheet";
   link.href = "/static/live.css";
@@ -71,15 +77,16 @@ export function buildPanel({ send, stop }) {
   $("chat-settings").addEventListener("change", saveSettings);
   $("chat-settings").addEventListener("submit", (e) => e.preventDefault());
   $("chat-new").onclick = newChat;
-  $("chat-continue").onclick = () => restore(S.cur);
+  $("chat-continue").onclick = () => restore(view.cur);
   setInterval(updateContinue, 700);
   $("chat-form").addEventListener("submit", (e) => { e.preventDefault(); send(); });
   $("chat-stop").onclick = stop;
-  $("chat-follow").onchange = (e) => {
-    C.follow = e.target.checked;
-    if (C.follow && C.run && S.cur && S.cur.summary.key === C.run.key) seek(S.src.total - 1);
+  const follow = $("chat-follow", HTMLInputElement);
+  follow.onchange = () => {
+    chat.follow = follow.checked;
+    if (chat.follow && chat.run && view.cur && view.src && view.cur.summary.key === chat.run.key) seek(view.src.total - 1);
   };
-  const input = $("chat-input");
+  const input = $("chat-input", HTMLTextAreaElement);
   input.addEventListener("keydown", (e) => {
     e.stopPropagation(); // typing must not drive the viewer's keyboard shortcuts
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); send(); }
@@ -87,50 +94,56 @@ export function buildPanel({ send, stop }) {
   for (const x of $("chat-settings").querySelectorAll("input, textarea, select")) x.addEventListener("keydown", (e) => e.stopPropagation());
   // the slider, keys and clicks that move the playhead away from the end stop following
   const unfollow = () => setTimeout(() => {
-    if (C.run && S.cur && S.src && S.t < S.src.total - 1 && C.follow) setFollow(false);
+    if (chat.run && view.cur && view.src && view.t < view.src.total - 1 && chat.follow) setFollow(false);
   }, 0);
   $("slider").addEventListener("input", unfollow);
   $("tokens").addEventListener("click", unfollow);
   document.addEventListener("keydown", (e) => { if (["ArrowLeft", "Home"].includes(e.key)) unfollow(); });
 }
 
+/** @param {boolean} on */
 export function setFollow(on) {
-  C.follow = on;
-  $("chat-follow").checked = on;
+  chat.follow = on;
+  $("chat-follow", HTMLInputElement).checked = on;
 }
+
+/** @param {string} id */
+const field = (id) => $(id, HTMLInputElement);
 
 function loadSettings() {
+  /** @type {Record<string, unknown>} what saveSettings kept (this browser's, perhaps from an older page) */
   let s = {};
   try { s = JSON.parse(localStorage.getItem(SETTINGS_KEY) || "{}"); } catch { s = {}; }
-  if (s.max_new_tokens) $("cs-max").value = s.max_new_tokens;
-  if (s.temperature !== undefined) $("cs-temp").value = s.temperature;
-  if (s.top_p !== undefined) $("cs-topp").value = s.top_p;
-  if (s.seed !== undefined) $("cs-seed").value = s.seed;
-  if (s.reducer) $("cs-reducer").value = s.reducer;
-  if (s.system !== undefined) $("cs-system").value = s.system;
-  if (Array.isArray(s.signals)) for (const b of document.querySelectorAll("[data-sig]")) b.checked = s.signals.includes(b.dataset.sig);
+  if (s.max_new_tokens) field("cs-max").value = String(s.max_new_tokens);
+  if (s.temperature !== undefined) field("cs-temp").value = String(s.temperature);
+  if (s.top_p !== undefined) field("cs-topp").value = String(s.top_p);
+  if (s.seed !== undefined) field("cs-seed").value = String(s.seed);
+  if (s.reducer) $("cs-reducer", HTMLSelectElement).value = String(s.reducer);
+  if (s.system !== undefined) $("cs-system", HTMLTextAreaElement).value = String(s.system);
+  const signals = s.signals;
+  if (Array.isArray(signals)) for (const b of signalBoxes()) b.checked = signals.includes(b.dataset.sig);
 }
 
+/** The generation settings the next message is sent with. */
 export function settings() {
   return {
-    max_new_tokens: Number($("cs-max").value) || 96,
-    temperature: Number($("cs-temp").value) || 0,
-    top_p: Number($("cs-topp").value) || 1,
-    seed: Number($("cs-seed").value) || 0,
-    signals: Array.from(document.querySelectorAll("[data-sig]")).filter((b) => b.checked && !b.disabled).map((b) => b.dataset.sig),
-    reducer: $("cs-reducer").value,
-    conversation: C.conversation,
-    turn: C.turn,
+    max_new_tokens: Number(field("cs-max").value) || 96,
+    temperature: Number(field("cs-temp").value) || 0,
+    top_p: Number(field("cs-topp").value) || 1,
+    seed: Number(field("cs-seed").value) || 0,
+    signals: Array.from(signalBoxes()).filter((b) => b.checked && !b.disabled).map((b) => b.dataset.sig || ""),
+    reducer: $("cs-reducer", HTMLSelectElement).value,
+    conversation: chat.conversation,
+    turn: chat.turn,
   };
 }
 
 function saveSettings() {
-  const s = settings();
-  s.system = $("cs-system").value;
+  const s = { ...settings(), system: $("cs-system", HTMLTextAreaElement).value };
   try { localStorage.setItem(SETTINGS_KEY, JSON.stringify(s)); } catch { /* private mode */ }
 }
 
-function emptyLog() {
+export function emptyLog() {
   const log = $("chat-log");
   log.innerHTML = "";
   const hint = el("div", "chat-empty");
@@ -139,6 +152,14 @@ function emptyLog() {
   log.appendChild(hint);
 }
 
+/** A part of a message's bubble: ".who", ".body" or ".meta" (see bubble). @param {HTMLElement} b @param {string} cls */
+export function partOf(b, cls) {
+  const part = b.querySelector(cls);
+  if (!(part instanceof HTMLElement)) throw new Error(`a chat bubble without ${cls}`);
+  return part;
+}
+
+/** A message's bubble at the end of the log. @param {string} role @param {string} text @param {string} [who] */
 export function bubble(role, text, who) {
   const log = $("chat-log");
   const hint = log.querySelector(".chat-empty");
@@ -153,72 +174,40 @@ export function bubble(role, text, who) {
   return b;
 }
 
+/** @param {string} msg "" hides the error box */
 export function showError(msg) {
   const e = $("chat-error");
   e.textContent = msg || "";
   e.hidden = !msg;
 }
 
+/** @param {boolean} busy */
 export function setBusy(busy) {
+  const sendButton = $("chat-send", HTMLButtonElement);
   $("chat-stop").hidden = !busy;
-  $("chat-send").hidden = busy;
-  $("chat-send").disabled = busy || !C.ws || C.ws.readyState !== 1;
+  sendButton.hidden = busy;
+  sendButton.disabled = busy || !chat.ws || chat.ws.readyState !== 1;
 }
 
-function newChat() {
-  if (C.run && C.run.mine) return;
-  C.conv = [];
-  C.shownKey = null;
-  C.conversation = newId();
-  C.turn = 0;
-  emptyLog();
-  showError("");
-  $("chat-input").focus();
-}
-
-/** The conversation of a recorded session (its messages, then its answer), ready to continue. */
-export function restore(cur) {
-  if (!cur || C.run || C.pendingSend || !S.cur || S.cur.summary.key !== cur.summary.key) return;
-  const m = cur.meta || {};
-  const specials = new Set((m.special_ids || []).map(Number));
-  const answer = S.tokens.filter((t) => t.role === "generated" && !specials.has(t.id)).map((t) => t.text).join("");
-  const msgs = (m.messages || []).filter((x) => x && x.role !== "system" && typeof x.content === "string");
-  if (!msgs.length) return;
-  const system = (m.messages || []).find((x) => x && x.role === "system");
-  if (system && !$("cs-system").value) $("cs-system").value = system.content;
-  C.conv = [...msgs.map((x) => ({ role: x.role, content: x.content })), { role: "assistant", content: answer }];
-  C.conversation = typeof m.conversation === "string" ? m.conversation : newId();
-  C.turn = Number.isInteger(m.turn) ? m.turn + 1 : msgs.filter((x) => x.role === "user").length;
-  C.shownKey = cur.summary.key;
-  $("chat-log").innerHTML = "";
-  const name = String((m.model || {}).name || "model").split("/").pop();
-  for (const x of C.conv) {
-    const b = bubble(x.role, x.content, x.role === "assistant" ? name : undefined);
-    if (x.role === "assistant") {
-      const why = m.stop_reason ? ` · ${m.stop_reason}` : "";
-      b.querySelector(".meta").textContent = `saved session${why}`;
-    }
-  }
-  updateContinue();
-}
-
-function updateContinue() {
-  const cur = S.cur;
-  const can = !!cur && !C.run && !C.pendingSend && S.tokens.length > 0 && cur.summary.status !== "recording" &&
-    Array.isArray((cur.meta || {}).messages) && cur.meta.messages.length > 0 && C.shownKey !== cur.summary.key &&
-    (!!cur.meta.chat_only === (C.hello && C.hello.mode === "chat-only"));
+export function updateContinue() {
+  const cur = view.cur;
+  const messages = cur && cur.meta.messages;
+  const can = !!cur && !chat.run && !chat.pendingSend && view.tokens.length > 0 && cur.summary.status !== "recording" &&
+    Array.isArray(messages) && messages.length > 0 && chat.shownKey !== cur.summary.key &&
+    (!!cur.meta.chat_only === (chat.hello && chat.hello.mode === "chat-only"));
   $("chat-continue").hidden = !can;
 }
 
-/** The panel for the server's mode: a model (with signals to choose) or chat-only (an OpenAI-compatible URL). */
+/** The panel for the server's mode: a model (with signals to choose) or chat-only (an OpenAI-compatible URL).
+ * @param {import("./state.js").Hello} h */
 export function describeMode(h) {
   const chatOnly = h.mode === "chat-only";
   const name = String(h.model || "model").split("/").pop(); // servers may name a model by its file path
   $("chat-model").textContent = chatOnly ? `${name} · chat-only` : `${name} · ${h.n_layers || "?"} layers`;
   $("chat-model").title = chatOnly ? `OpenAI-compatible server ${h.url}` : `${h.model} (${h.backend} backend)`;
-  for (const x of document.querySelectorAll(".cs-model-only")) x.hidden = chatOnly;
-  for (const b of document.querySelectorAll("[data-sig]")) {
-    b.disabled = !chatOnly && !(h.signals || []).includes(b.dataset.sig);
+  for (const x of document.querySelectorAll(".cs-model-only")) if (x instanceof HTMLElement) x.hidden = chatOnly;
+  for (const b of signalBoxes()) {
+    b.disabled = !chatOnly && !(h.signals || []).includes(b.dataset.sig || "");
   }
   const note = $("chat-note");
   note.hidden = !chatOnly;
@@ -230,5 +219,5 @@ export function describeMode(h) {
         "entropy and top alternatives show in the timeline and the Token panel."),
     );
   }
-  $("chat-input").placeholder = `Message ${name}…  (Enter to send, Shift+Enter for a new line)`;
+  $("chat-input", HTMLTextAreaElement).placeholder = `Message ${name}…  (Enter to send, Shift+Enter for a new line)`;
 }

@@ -1,24 +1,26 @@
+// @ts-check
 // llmri viewer: pick a session, scrub its frames token by token, re-map colours, hover to read values, compare.
 // This module wires the page together and boots it; the panels live in their own modules around state.js.
 import { LRU, getJSON } from "./api.js";
-import { A, wireAttention } from "./attention.js";
+import { attentionState, wireAttention } from "./attention.js";
 import { setDiff, wireCompare } from "./compare.js";
 import { wireLens } from "./lens.js";
-import { M, markerFrom, wireMarkers } from "./markers.js";
-import { wireReadout } from "./readout.js";
+import { markerFrom, markerState, wireMarkers } from "./markers.js";
+import { wireReadout } from "./inspector.js";
 import { emptyStoreState, openSession, refreshSessions } from "./session.js";
-import { S, emit, setReady, whenDrawn } from "./state.js";
-import { fetchFailed, layout, renderer, savePng, setCmap, updateColorbar, wireTiles } from "./tiles.js";
+import { emit, setReady, view } from "./state.js";
+import { fetchFailed, layout, renderer, savePng, setCmap, setColormaps, updateColorbar, wireTiles, whenDrawn } from "./tiles.js";
 import { drawSparklines, play, seek, stop, wireTimeline } from "./timeline.js";
-import { $, banner } from "./ui.js";
+import { $, banner, errorText } from "./ui.js";
 
 function wire() {
-  $("session-select").onchange = (e) => openSession(e.target.value).catch(fetchFailed);
+  const select = $("session-select", HTMLSelectElement);
+  select.onchange = () => openSession(select.value).catch(fetchFailed);
   wireTimeline();
   wireTiles();
   wireCompare();
   wireReadout();
-  wireLens((t) => { stop(); seek(t); });
+  wireLens((/** @type {number} */ t) => { stop(); seek(t); });
   wireAttention();
   wireMarkers(seek, stop);
   $("help-btn").onclick = () => { $("help").hidden = !$("help").hidden; };
@@ -30,23 +32,27 @@ function wire() {
   });
 }
 
+/** @param {KeyboardEvent} e */
 function onKey(e) {
-  if (!S.cur) return;
-  const tag = e.target.tagName;
-  if (tag === "SELECT" || (tag === "INPUT" && e.target.type !== "range" && e.target.type !== "checkbox")) return;
-  if (tag === "INPUT" && e.target.type === "range" && e.target.id !== "slider" && (e.key === "ArrowLeft" || e.key === "ArrowRight")) return;
+  if (!view.cur || !view.src) return;
+  const target = e.target;
+  if (target instanceof HTMLSelectElement) return;
+  if (target instanceof HTMLInputElement) {
+    if (target.type !== "range" && target.type !== "checkbox") return;
+    if (target.type === "range" && target.id !== "slider" && (e.key === "ArrowLeft" || e.key === "ArrowRight")) return;
+  }
   const big = e.shiftKey ? 10 : 1;
   let handled = true;
-  if (e.key === "ArrowRight") { stop(); seek(S.t + big); }
-  else if (e.key === "ArrowLeft") { stop(); seek(S.t - big); }
+  if (e.key === "ArrowRight") { stop(); seek(view.t + big); }
+  else if (e.key === "ArrowLeft") { stop(); seek(view.t - big); }
   else if (e.key === "Home") { stop(); seek(0); }
-  else if (e.key === "End") { stop(); seek(S.src.total - 1); }
-  else if (e.key === " ") { S.playing ? stop() : play(); }
+  else if (e.key === "End") { stop(); seek(view.src.total - 1); }
+  else if (e.key === " ") { view.playing ? stop() : play(); }
   else if (e.key === "g") setCmap("grayscale");
   else if (e.key === "e") setCmap("energy");
   else if (e.key === "d") setCmap("diverging");
   else if (e.key === "n" || e.key === "p") jumpMarker(e.key === "n" ? 1 : -1);
-  else if (e.key === "c") setDiff(S.diff === "prev" ? "off" : "prev");
+  else if (e.key === "c") setDiff(view.diff === "prev" ? "off" : "prev");
   else if (e.key === "s") savePng();
   else if (e.key === "Escape") $("help").hidden = true;
   else if (e.key === "?") $("help").hidden = !$("help").hidden;
@@ -54,16 +60,16 @@ function onKey(e) {
   if (handled) e.preventDefault();
 }
 
-/** n / p: the playhead to the next / previous marked token (if any). */
+/** n / p: the playhead to the next / previous marked token (if any). @param {number} dir */
 function jumpMarker(dir) {
-  const t = markerFrom(S.t, dir);
+  const t = markerFrom(view.t, dir);
   if (t >= 0) { stop(); seek(t); }
 }
 
 /** A remote viewer's launch token came in the URL; once a request has worked without it (the page load set
  * its HttpOnly cookie), take it out of the address bar and this history entry. Other parameters and the hash stay. */
 function dropTokenFromUrl() {
-  const isToken = (part) => {
+  const isToken = (/** @type {string} */ part) => {
     try { return decodeURIComponent(part.split("=", 1)[0].replace(/\+/g, " ")) === "token"; } catch { return false; }
   };
   const parts = location.search.slice(1).split("&").filter(Boolean);
@@ -76,9 +82,9 @@ async function main() {
   wire();
   try {
     const cm = await getJSON("/api/colormaps");
-    for (const [name, flat] of Object.entries(cm.luts)) S.luts[name] = Uint8Array.from(flat);
+    setColormaps(cm.luts);
   } catch (e) {
-    banner(`cannot reach the viewer server: ${e.message}`, "error");
+    banner(`cannot reach the viewer server: ${errorText(e)}`, "error");
     return;
   }
   dropTokenFromUrl();
@@ -86,7 +92,7 @@ async function main() {
   await refreshSessions();
   const [hk, hs, ht] = decodeURIComponent(location.hash.slice(1)).split("/");
   const want = hk && hs ? `${hk}/${hs}` : null;
-  const first = S.sessions.find((s) => s.key === want) || S.sessions[0];
+  const first = view.sessions.find((s) => s.key === want) || view.sessions[0];
   if (first) await openSession(first.key, first.key === want ? Number(ht) || 0 : 0);
   else emptyStoreState();
   window.llmri.ready = true;
@@ -94,7 +100,7 @@ async function main() {
   setInterval(async () => {
     if (document.hidden) return;
     const changed = await refreshSessions();
-    if (changed && !S.cur && S.sessions.length) openSession(S.sessions[0].key);
+    if (changed && !view.cur && view.sessions.length) openSession(view.sessions[0].key);
   }, 4000);
 }
 
@@ -102,7 +108,7 @@ async function main() {
 // live.js adds `live` (its chat state) once the chat panel is up.
 window.llmri = {
   ready: false,
-  state: S,
+  state: view,
   renderer,
   seek,
   setCmap,
@@ -111,10 +117,10 @@ window.llmri = {
   clearCache: () => LRU.clear(),
   /** Resolves when frame t has been drawn. */
   whenDrawn,
-  get drawCount() { return S.drawCount; },
-  get drawn() { return S.drawn; },
-  markers: M, // the session's markers ({list})
-  attention: A, // the attention panel's pick and the weights highlighted on the token strip
+  get drawCount() { return view.drawCount; },
+  get drawn() { return view.drawn; },
+  markers: markerState, // the session's markers ({list})
+  attention: attentionState, // the attention panel's pick and the weights highlighted on the token strip
 };
 
-main().catch((e) => banner(`viewer error: ${e.message}`, "error"));
+main().catch((e) => banner(`viewer error: ${errorText(e)}`, "error"));

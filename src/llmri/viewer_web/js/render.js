@@ -1,13 +1,49 @@
+// @ts-check
 // Drawing frames: one grid of layer tiles per signal (or one composite grid), colour mapped in the client.
 import { OVERFLOW_PX, isOverflow } from "./overflow.js";
 
+/**
+ * How values become colours: the LUT, signed or not, the window and level, sparsity as saturation.
+ * @typedef {{lut: Uint8Array, signed: boolean, window: number, level: number, sparsity: boolean, grayscale: boolean}} ColourOpts
+ */
+/** @typedef {{name: string, title: string, subtitle?: string, signals: string[]}} Grid */
+/** @typedef {Grid & {x: number, y: number}} PlacedGrid */
+/**
+ * Where the tiles are: the grids placed, the tile grid (rows x cols of layers), a tile's values (h x w) and
+ * its zoom k (D x E pixels on screen), the whole canvas (width x height).
+ * @typedef {object} Layout
+ * @property {PlacedGrid[]} grids
+ * @property {number} rows
+ * @property {number} cols
+ * @property {number} layers
+ * @property {number} h
+ * @property {number} w
+ * @property {number} k
+ * @property {number} D
+ * @property {number} E
+ * @property {number} width
+ * @property {number} height
+ * @property {import("./state.js").Meta} meta
+ */
+/** @typedef {{values: Record<string, Float32Array | null>, scales: Record<string, Float32Array>, sat: Float32Array | null}} GridData */
+
+/** A canvas's 2D context (a canvas that has none is a bug, said at once).
+ * @param {HTMLCanvasElement} canvas @param {CanvasRenderingContext2DSettings} [settings] */
+export function context2d(canvas, settings) {
+  const ctx = canvas.getContext("2d", settings);
+  if (!ctx) throw new Error("no 2D canvas context");
+  return ctx;
+}
+
+/** @type {Record<string, [number, number, number]>} */
 export const CHANNEL_RGB = { resid: [79, 195, 247], attn: [255, 112, 67], mlp: [124, 232, 111] };
 const TINT = [255, 183, 77]; // hue for "saturation = sparsity" on the grayscale map
 const LABEL_H = 13, COL_GAP = 6, ROW_GAP = 4, TITLE_H = 22, GRID_GAP = 28, PAD = 2;
 
-const clamp01 = (x) => (x < 0 ? 0 : x > 1 ? 1 : x);
+const clamp01 = (/** @type {number} */ x) => (x < 0 ? 0 : x > 1 ? 1 : x);
 
-/** Colour mapping settings shared by the tiles, the colour bar and the hover readout. */
+/** Colour mapping settings shared by the tiles, the colour bar and the hover readout.
+ * @param {{window: number, level: number}} opts @returns {[number, number]} */
 export function windowRange(opts) {
   const lo = Math.max(0, opts.level - opts.window / 2);
   const hi = Math.max(lo + 1e-6, opts.level + opts.window / 2);
@@ -15,30 +51,39 @@ export function windowRange(opts) {
 }
 
 /** t in [0,1] (LUT position) for a normalised value x. */
+/** @param {number} x @param {boolean} signed @param {number} lo @param {number} hi */
 export function mapValue(x, signed, lo, hi) {
   const m = clamp01((Math.abs(x) - lo) / (hi - lo));
   return signed ? 0.5 + 0.5 * Math.sign(x) * m : m;
 }
 
+/** @param {number} r @param {number} g @param {number} b */
 function pack(r, g, b) { return (0xff000000 | (b << 16) | (g << 8) | r) >>> 0; }
 
 export class Renderer {
+  /** @param {HTMLCanvasElement} view @param {HTMLCanvasElement} overlay */
   constructor(view, overlay) {
     this.view = view;
     this.overlay = overlay;
-    this.ctx = view.getContext("2d", { alpha: false });
-    this.octx = overlay.getContext("2d");
+    this.ctx = context2d(view, { alpha: false });
+    this.octx = context2d(overlay);
+    /** @type {{c: HTMLCanvasElement, ctx: CanvasRenderingContext2D, img: ImageData}[]} one offscreen canvas per grid */
     this.off = [];
+    /** @type {Layout | null} */
     this.layout = null;
+    /** @type {import("./state.js").Hover | null} */
     this.hover = null;
+    this.dpr = 1;
   }
 
-  /** grids: [{name, title, signals:[...] }]; fits tiles in availW x availH (CSS px). */
+  /** Fits the grids' tiles in availW x availH (CSS px).
+   * @param {Grid[]} grids @param {number} rows @param {number} cols @param {number} layers @param {number} h @param {number} w
+   * @param {number} availW @param {number} availH @param {import("./state.js").Meta} meta */
   setLayout(grids, rows, cols, layers, h, w, availW, availH, meta) {
     const nG = grids.length;
     const fixedW = (cols - 1) * COL_GAP + 2 * PAD, varW = cols * w;
     const fixedH = rows * LABEL_H + (rows - 1) * ROW_GAP + TITLE_H + PAD, varH = rows * h;
-    const fit = (horizontal) => {
+    const fit = (/** @type {boolean} */ horizontal) => {
       const kw = horizontal ? (availW - (nG - 1) * GRID_GAP - nG * fixedW) / (nG * varW) : (availW - fixedW) / varW;
       const kh = horizontal ? (availH - fixedH) / varH : (availH - (nG - 1) * GRID_GAP - nG * fixedH) / (nG * varH);
       return Math.min(kw, kh);
@@ -69,7 +114,7 @@ export class Renderer {
     this.off = pos.map(() => {
       const c = document.createElement("canvas");
       c.width = cols * w; c.height = rows * h;
-      const ctx = c.getContext("2d");
+      const ctx = context2d(c);
       return { c, ctx, img: ctx.createImageData(cols * w, rows * h) };
     });
     this.ctx.fillStyle = "#0b0f14";
@@ -77,15 +122,18 @@ export class Renderer {
     this.drawOverlay();
   }
 
+  /** The top left corner of layer `layer`'s tile in `grid` (CSS px). @param {PlacedGrid} grid @param {number} layer
+   * @returns {[number, number]} */
   tileXY(grid, layer) {
     const L = this.layout;
+    if (!L) return [0, 0];
     const r = Math.floor(layer / L.cols), c = layer % L.cols;
     return [grid.x + PAD + c * (L.D + COL_GAP), grid.y + TITLE_H + r * (L.E + LABEL_H + ROW_GAP) + LABEL_H];
   }
 
   /**
    * Draw one frame. data[g] = {values: {signal: Float32Array|null}, scales: {signal: Float32Array}, sat: Float32Array|null}
-   * opts = {lut: Uint8Array(768), signed, window, level, sparsity}
+   * @param {GridData[]} data @param {ColourOpts} opts
    */
   draw(data, opts) {
     const L = this.layout;
@@ -125,6 +173,7 @@ export class Renderer {
         const v = d.values[s];
         if (!v) continue;
         const inv = 1 / (d.scales[s][l] || 1);
+        /** @type {Uint32Array} */
         let lut = lut32;
         if (opts.sparsity && d.sat) {
           lut = tinted(opts.lut, d.sat[l], opts.grayscale);
@@ -199,6 +248,7 @@ export class Renderer {
     }
   }
 
+  /** @param {import("./state.js").Hover | null} h */
   setHover(h) {
     const same = h && this.hover && h.grid === this.hover.grid && h.layer === this.hover.layer && h.x === this.hover.x && h.y === this.hover.y;
     if (same || (!h && !this.hover)) return;
@@ -208,10 +258,9 @@ export class Renderer {
 
   /** The frame as the user sees it (tiles + labels), as a PNG blob. */
   snapshot() {
-    const L = this.layout;
     const c = document.createElement("canvas");
     c.width = this.overlay.width; c.height = this.overlay.height;
-    const ctx = c.getContext("2d");
+    const ctx = context2d(c);
     ctx.imageSmoothingEnabled = false;
     ctx.drawImage(this.view, 0, 0, c.width, c.height);
     const hover = this.hover;
@@ -220,10 +269,11 @@ export class Renderer {
     ctx.drawImage(this.overlay, 0, 0);
     this.hover = hover;
     this.drawOverlay();
-    return new Promise((resolve) => c.toBlob(resolve, "image/png"));
+    return /** @type {Promise<Blob | null>} */ (new Promise((resolve) => c.toBlob(resolve, "image/png")));
   }
 
-  /** Canvas CSS coordinates -> {grid, layer, x, y} or null. */
+  /** Canvas CSS coordinates -> {grid, layer, x, y} or null. @param {number} cx @param {number} cy
+   * @returns {import("./state.js").Hover | null} */
   hit(cx, cy) {
     const L = this.layout;
     if (!L) return null;
@@ -240,8 +290,10 @@ export class Renderer {
   }
 }
 
+/** @type {Map<string, Uint32Array>} */
 const tintCache = new Map();
-/** The LUT with saturation scaled by sparsity s in [0,1]: dense tiles grey, sparse tiles fully coloured. */
+/** The LUT with saturation scaled by sparsity s in [0,1]: dense tiles grey, sparse tiles fully coloured.
+ * @param {Uint8Array} lut @param {number} s @param {boolean} grayscale */
 function tinted(lut, s, grayscale) {
   const q = Math.round(clamp01(s) * 32);
   const key = `${q}|${grayscale}|${lut[0]},${lut[384]},${lut[765]}`;
@@ -261,9 +313,10 @@ function tinted(lut, s, grayscale) {
   return out;
 }
 
-/** Horizontal colour bar with tick values. */
+/** Horizontal colour bar with tick values.
+ * @param {HTMLCanvasElement} canvas @param {Uint8Array} lut @param {ColourOpts} opts @param {string} label @param {boolean} composite */
 export function drawColorbar(canvas, lut, opts, label, composite, unit = 1) {
-  const ctx = canvas.getContext("2d");
+  const ctx = context2d(canvas);
   const W = canvas.clientWidth || 260, H = canvas.clientHeight || 46, bh = 14;
   const dpr = window.devicePixelRatio || 1;
   if (canvas.width !== Math.round(W * dpr)) { canvas.width = Math.round(W * dpr); canvas.height = Math.round(H * dpr); }
@@ -272,7 +325,7 @@ export function drawColorbar(canvas, lut, opts, label, composite, unit = 1) {
   const [lo, hi] = windowRange(opts);
   if (composite) {
     const chans = Object.entries(CHANNEL_RGB);
-    chans.forEach(([s, [r, g, b]], i) => {
+    chans.forEach(([, [r, g, b]], i) => {
       const grad = ctx.createLinearGradient(0, 0, W, 0);
       grad.addColorStop(0, "#000");
       grad.addColorStop(1, `rgb(${r},${g},${b})`);
@@ -289,7 +342,8 @@ export function drawColorbar(canvas, lut, opts, label, composite, unit = 1) {
   ctx.fillStyle = "#9aa7b6";
   ctx.font = "10px ui-monospace, Menlo, monospace";
   ctx.textBaseline = "top";
-  const f = (u) => { const v = u * unit; return Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 10 ? v.toFixed(1) : v.toFixed(2); };
+  const f = (/** @type {number} */ u) => { const v = u * unit; return Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 10 ? v.toFixed(1) : v.toFixed(2); };
+  /** @type {[number, string][]} */
   const ticks = opts.signed && !composite ? [[0, `−${f(hi)}`], [0.5, "0"], [1, `+${f(hi)}`]] : [[0, `|${f(lo)}|`], [1, `|${f(hi)}|`]];
   if (opts.signed && !composite && lo > 0) ticks.splice(1, 0, [0.5 - 0.5 * 0.02, ""]);
   for (const [p, text] of ticks) {

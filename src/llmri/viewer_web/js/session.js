@@ -1,11 +1,15 @@
+// @ts-check
 // Sessions: the list (polled), opening one, and following one while it is being recorded.
 import { FrameSource, getJSON, sessionUrl } from "./api.js";
 import { setDiff } from "./compare.js";
 import { showOverflowBadge } from "./overflow.js";
-import { S, emit, grow, on } from "./state.js";
-import { SIGNAL_TITLES, layout, loadStats, redraw, resetFrames, updateColorbar } from "./tiles.js";
-import { appendTokens, buildTokenStrip, drawSparklines, seek, stop, updateTotal } from "./timeline.js";
-import { $, banner, esc, fillSelect, segment, setSeg } from "./ui.js";
+import { emit, on, view } from "./state.js";
+import { buildSignalModes, layout, loadStats, resetFrames } from "./tiles.js";
+import { appendTokens, drawSparklines, seek, setTokens, stop, updateTotal } from "./timeline.js";
+import { $, banner, errorText, esc, fillSelect } from "./ui.js";
+
+/** @typedef {import("./state.js").Summary} Summary */
+/** @typedef {import("./state.js").Current} Current */
 
 // ---------------------------------------------------------------------------------------------
 // the session list
@@ -16,18 +20,19 @@ export async function refreshSessions() {
   try {
     res = await getJSON("/api/sessions");
   } catch (e) {
-    banner(`cannot list sessions: ${e.message}`, "error");
+    banner(`cannot list sessions: ${errorText(e)}`, "error");
     return false;
   }
-  const sig = (l) => l.map((s) => `${s.key}:${s.n_frames}:${s.status}`).join("|");
-  const changed = sig(res.sessions) !== sig(S.sessions);
-  S.sessions = res.sessions;
-  S.stores = res.stores;
+  const sig = (/** @type {Summary[]} */ l) => l.map((s) => `${s.key}:${s.n_frames}:${s.status}`).join("|");
+  const changed = sig(res.sessions) !== sig(view.sessions);
+  view.sessions = res.sessions;
+  view.stores = res.stores;
   if (changed) {
-    fillSelect($("session-select"), S.sessions, S.cur && S.cur.summary.key);
-    if (S.diff === "session") fillSelect($("diff-session"), S.sessions, S.diffSummary && S.diffSummary.key, S.cur && S.cur.summary.key);
+    fillSelect($("session-select", HTMLSelectElement), view.sessions, view.cur && view.cur.summary.key);
+    if (view.diff === "session") fillSelect($("diff-session", HTMLSelectElement), view.sessions, view.diffSummary && view.diffSummary.key, view.cur && view.cur.summary.key);
   }
-  const problems = res.stores.flatMap((s) => s.problems.map((p) => `${s.label}: ${p}`));
+  const stores = /** @type {import("./state.js").StoreInfo[]} */ (res.stores);
+  const problems = stores.flatMap((s) => s.problems.map((p) => `${s.label}: ${p}`));
   if (problems.length && !$("banner").textContent) banner(`some sessions could not be read — ${problems.join("; ")}`);
   return changed;
 }
@@ -35,7 +40,7 @@ export async function refreshSessions() {
 // ---------------------------------------------------------------------------------------------
 // opening a session
 
-/** A message in place of the tiles (html), or the tiles again (""). */
+/** A message in place of the tiles (html), or the tiles again (""). @param {string} html */
 function showEmpty(html) {
   const e = $("empty");
   e.innerHTML = html;
@@ -43,17 +48,18 @@ function showEmpty(html) {
   $("canvas-wrap").hidden = !!html;
 }
 
+/** @param {string} s */
 function shellQuote(s) {
   return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, "'\\''")}'`;
 }
 
 export function emptyStoreState() {
-  const label = S.stores.map((s) => s.label).join(", ") || "this store";
+  const label = view.stores.map((s) => s.label).join(", ") || "this store";
   showEmpty(`<h1>No sessions yet</h1><p>${esc(label)} holds no sessions. Record one and it shows up here:</p>
-    <code>llmri capture "Why is the sky blue?" -o ${esc(shellQuote(S.stores[0] ? S.stores[0].label : "run.zarr"))}</code>
+    <code>llmri capture "Why is the sky blue?" -o ${esc(shellQuote(view.stores[0] ? view.stores[0].label : "run.zarr"))}</code>
     <p class="dim">This page checks for new sessions every few seconds.</p>`);
   document.body.classList.add("no-session");
-  const sel = $("session-select");
+  const sel = $("session-select", HTMLSelectElement);
   sel.innerHTML = "<option>(no sessions yet)</option>";
   sel.disabled = true;
   $("session-info").textContent = "";
@@ -63,33 +69,40 @@ export function emptyStoreState() {
   $("token-info").innerHTML = "";
 }
 
-/** Show session `key` at token t0 (a session being recorded opens on its newest frame, and follows it). */
+/** Show session `key` at token t0 (a session being recorded opens on its newest frame, and follows it).
+ * @param {string} key */
 export async function openSession(key, t0 = 0) {
-  const seq = ++S.openSeq;
-  S.loaded = null;
-  const summary = S.sessions.find((s) => s.key === key);
+  const seq = ++view.openSeq;
+  view.loaded = null;
+  const summary = view.sessions.find((s) => s.key === key);
   if (!summary) return;
   stop();
-  if (S.ws) { S.ws.close(); S.ws = null; }
+  if (view.ws) { view.ws.close(); view.ws = null; }
+  /** @type {Current} */
   const detail = await getJSON(sessionUrl(summary));
-  if (seq !== S.openSeq) return;
-  S.cur = { summary: detail.summary, meta: detail.meta, grid: detail.grid };
+  if (seq !== view.openSeq) return;
+  const cur = { summary: detail.summary, meta: detail.meta, grid: detail.grid };
+  view.cur = cur;
   document.body.classList.remove("no-session");
-  $("session-select").disabled = false;
-  S.src = new FrameSource(detail.summary, detail.meta);
-  S.src.onload = () => updateTotal(S.src.total); // a chunk's header may know of frames the summary did not
+  const select = $("session-select", HTMLSelectElement);
+  select.disabled = false;
+  const src = new FrameSource(detail.summary, detail.meta);
+  view.src = src;
+  src.ongrow = (n, before) => { // from a progress message, live frames or a chunk's header alike
+    if (view.src !== src) return;
+    cur.summary.n_frames = n;
+    emit("grow", n, before);
+  };
   resetFrames();
   setDiff("off");
-  $("session-select").value = key;
+  select.value = key;
   showSessionInfo(detail);
   const tok = await getJSON(`${sessionUrl(summary)}/tokens`);
-  if (seq !== S.openSeq) return;
-  S.tokens = tok.tokens;
-  buildTokenStrip();
+  if (seq !== view.openSeq) return;
+  setTokens(tok.tokens);
   buildSignalModes();
-  const n = detail.summary.n_frames;
   showSessionState(detail);
-  updateTotal(n, true);
+  updateTotal(src.total, true);
   const readouts = detail.summary.readouts || [];
   $("rside").hidden = !readouts.length; // the lens and attention column, where the session has them
   $("lens-panel").hidden = !readouts.includes("lens");
@@ -97,24 +110,25 @@ export async function openSession(key, t0 = 0) {
   $("layout").classList.toggle("with-readouts", readouts.length > 0);
   layout();
   await loadStats();
-  if (seq !== S.openSeq) return;
+  if (seq !== view.openSeq) return;
+  const total = src.total; // a chunk's header may have raised it since the summary came
   if (detail.summary.status === "recording") {
     followLive(detail.summary);
-    t0 = n - 1;
+    t0 = total - 1;
   }
-  emit("open", S.cur); // the readout panels: which this session has, its markers and lens strip
-  seek(Math.min(Math.max(0, t0), Math.max(0, n - 1)));
+  emit("open", cur); // the readout panels: which this session has, its markers and lens strip
+  seek(Math.min(Math.max(0, t0), Math.max(0, total - 1)));
   drawSparklines();
-  S.loaded = key; // fully open: tokens, layout, stats and the first frame requested
+  view.loaded = key; // fully open: tokens, layout, stats and the first frame requested
 }
 
-/** The top bar: title, model, backend, shape, token count, date and status. */
+/** The top bar: title, model, backend, shape, token count, date and status. @param {Current} detail */
 function showSessionInfo(detail) {
   const m = detail.meta;
   const model = m.model || {};
   const red = m.reducer || {};
   document.title = `${detail.summary.title || detail.summary.id} · llmri`;
-  const chatOnly = detail.summary.chat_only;
+  const chatOnly = !!detail.summary.chat_only;
   document.body.classList.toggle("chat-only", chatOnly);
   const shape = chatOnly
     ? "chat-only, no activations"
@@ -128,7 +142,7 @@ function showSessionInfo(detail) {
   showOverflowBadge($("overflow-badge"), m);
 }
 
-/** Banner and placeholder for a session that is interrupted, chat-only, or has no frame yet. */
+/** Banner and placeholder for a session that is interrupted, chat-only, or has no frame yet. @param {Current} detail */
 function showSessionState(detail) {
   const m = detail.meta;
   const n = detail.summary.n_frames;
@@ -149,48 +163,50 @@ function showSessionState(detail) {
   }
 }
 
-export function setBadge(status) {
+/** The session shown has n frames (a replay's progress message, live chat's frames, a gap filled over REST):
+ * its source's total moves (FrameSource.grow, whose ongrow emits "grow"). Returns the total before. @param {number} n */
+export function grow(n) {
+  return view.src ? view.src.grow(n) : 0;
+}
+
+/** The session shown is now `status` (its recording ended, or the live chat's answer did): the badge, and
+ * "status" for the chat panel (a live answer that ended can be picked up again). @param {string} status */
+export function setStatus(status) {
+  if (!view.cur || status === view.cur.summary.status) return;
+  view.cur.summary.status = status;
+  setBadge(status);
+  emit("status", view.cur);
+}
+
+/** @param {string} status */
+function setBadge(status) {
   const b = $("status-badge");
   b.hidden = false;
   b.textContent = status;
   b.className = `badge ${status}`;
 }
 
-function buildSignalModes() {
-  const sigs = S.cur.meta.signals || [];
-  const el = $("signal-mode");
-  el.innerHTML = "";
-  const modes = sigs.length > 1 ? ["all", ...sigs, "composite"] : sigs.length ? [sigs[0]] : [];
-  for (const m of modes) {
-    const b = document.createElement("button");
-    b.dataset.v = m;
-    b.textContent = m;
-    b.title = m === "composite" ? "one grid, hue = signal (resid blue, attn orange, mlp green)" : m === "all" ? "one grid per signal" : SIGNAL_TITLES[m] || m;
-    el.appendChild(b);
-  }
-  if (!modes.includes(S.mode)) S.mode = modes[0] || "all";
-  segment(el, S.mode, (v) => { S.mode = v; setSeg(el, v); layout(); drawSparklines(); updateColorbar(); redraw(); });
-}
-
 // the first frame of a session opened while it had none: the tiles take the place of "waiting"
-on("grow", (n, before) => {
-  if (before === 0 && (S.cur.meta.signals || []).length) { showEmpty(""); layout(); }
+on("grow", (_, before) => {
+  if (before === 0 && view.cur && (view.cur.meta.signals || []).length) { showEmpty(""); layout(); }
 });
 
 // ---------------------------------------------------------------------------------------------
 // a session being recorded (by another process): its /live socket says how far it got
 
+/** @param {Summary} summary */
 function followLive(summary) {
   const proto = location.protocol === "https:" ? "wss" : "ws";
   const ws = new WebSocket(`${proto}://${location.host}${sessionUrl(summary)}/live`);
-  S.ws = ws;
+  view.ws = ws;
   ws.onclose = (e) => {
     // the server closes with 1000 once the session is no longer recording; anything else: try again
-    const still = S.ws === ws && S.cur && S.cur.summary.key === summary.key && S.cur.summary.status === "recording";
-    if (still && e.code !== 1000) setTimeout(() => { if (S.ws === ws) followLive(summary); }, 1500);
+    const still = view.ws === ws && view.cur && view.cur.summary.key === summary.key && view.cur.summary.status === "recording";
+    if (still && e.code !== 1000) setTimeout(() => { if (view.ws === ws) followLive(summary); }, 1500);
   };
   // One message at a time, in the order sent: a handler waits for the token text, and two handlers
-  // interleaved there could finish out of order, the older one seeking the playhead back a frame.
+  // interleaved there could finish out of order (the playhead follows on "grow", which only moves up).
+  /** @type {Promise<void>} */
   let queue = Promise.resolve();
   ws.onmessage = (ev) => {
     const msg = JSON.parse(ev.data);
@@ -199,24 +215,18 @@ function followLive(summary) {
   };
 }
 
+/** @param {Summary} summary @param {{type: string, n_frames: number, status: string}} msg */
 async function onProgress(summary, msg) {
-  if (msg.type !== "progress" || !S.cur || S.cur.summary.key !== summary.key) return;
-  const before = S.src.total;
-  const following = S.t >= before - 1; // the playhead on the newest frame stays on the newest frame
-  if (msg.n_frames > S.tokens.length) {
-    const tok = await getJSON(`${sessionUrl(summary)}/tokens?start=${S.tokens.length}`);
-    if (!S.cur || S.cur.summary.key !== summary.key) return;
-    appendTokens(tok.tokens.filter((t) => t.index >= S.tokens.length));
+  if (msg.type !== "progress" || !view.cur || view.cur.summary.key !== summary.key) return;
+  if (msg.n_frames > view.tokens.length) {
+    const tok = await getJSON(`${sessionUrl(summary)}/tokens?start=${view.tokens.length}`);
+    if (!view.cur || view.cur.summary.key !== summary.key) return;
+    appendTokens(tok.tokens.filter((/** @type {import("./state.js").Token} */ t) => t.index >= view.tokens.length));
   }
-  if (msg.n_frames > S.src.total) {
-    grow(msg.n_frames);
-    if (following) seek(msg.n_frames - 1);
-  }
-  if (msg.status !== S.cur.summary.status) {
-    S.cur.summary.status = msg.status;
-    setBadge(msg.status);
+  grow(msg.n_frames); // the playhead on the newest frame follows (timeline.js), decided there and then
+  if (msg.status !== view.cur.summary.status) {
+    setStatus(msg.status);
     if (msg.status === "interrupted") banner(`This session was interrupted after ${msg.n_frames} tokens.`);
     refreshSessions();
-    emit("status", S.cur); // the chat panel: a live answer that ended can be picked up again
   }
 }

@@ -1,68 +1,76 @@
+// @ts-check
 // The timeline: the playhead (seek, play), the slider and counter, the token strip and the sparklines.
-import { S, emit, on, whenDrawn } from "./state.js";
-import { loadStats } from "./tiles.js";
+import { chat, emit, on, view } from "./state.js";
+import { loadStats, whenDrawn } from "./tiles.js";
 import { attentionTip } from "./attention.js";
-import { hideTip, showTip, tokenHTML } from "./readout.js";
-import { $, esc, fmt, oneLine, showTok } from "./ui.js";
+import { hideTip, showTip, tokenHTML } from "./inspector.js";
+import { context2d } from "./render.js";
+import { $, dataOf, esc, fmt, oneLine, showTok } from "./ui.js";
+
+/** @typedef {import("./state.js").Token} Token */
+/** @typedef {import("./state.js").Stats} Stats */
 
 // ---------------------------------------------------------------------------------------------
 // the playhead
 let hashTimer = 0;
-let hashKey = null; // the session the address names
+/** @type {string | null} the session the address names */
+let hashKey = null;
 
 function writeHash() {
-  if (!S.cur) return;
-  hashKey = S.cur.summary.key;
-  history.replaceState(null, "", `#${hashKey}/${S.t}`);
+  if (!view.cur) return;
+  hashKey = view.cur.summary.key;
+  history.replaceState(null, "", `#${hashKey}/${view.t}`);
 }
 
-/** Move the playhead to token t; resolves when its frame is drawn. */
+/** Move the playhead to token t; resolves when its frame is drawn. @param {number} t @returns {Promise<number>} */
 export function seek(t, { fromSlider = false } = {}) {
-  if (!S.cur) return Promise.resolve(-1);
-  const n = Math.max(S.src.total, S.tokens.length);
+  if (!view.cur || !view.src) return Promise.resolve(-1);
+  const n = Math.max(view.src.total, view.tokens.length);
   t = Math.max(0, Math.min(n - 1, t | 0));
-  S.lastDir = t >= S.t ? 1 : -1;
-  S.t = t;
-  if (!fromSlider) $("slider").value = String(t);
-  const tok = S.tokens[t];
+  view.lastDir = t >= view.t ? 1 : -1;
+  view.t = t;
+  if (!fromSlider) $("slider", HTMLInputElement).value = String(t);
+  const tok = view.tokens[t];
   $("counter").textContent = `token ${t + 1} / ${n}` + (tok ? ` · ${tok.role}` : "");
   highlightToken(t);
   drawPlayhead();
   // the address names the session and token shown: a new session at once (a reload right after a
   // live answer must reopen that answer, not the one before), the token when the playhead rests
   clearTimeout(hashTimer);
-  if (S.cur.summary.key !== hashKey) writeHash();
+  if (view.cur.summary.key !== hashKey) writeHash();
   else hashTimer = setTimeout(writeHash, 200);
   const p = whenDrawn(t); // before "seek": the frame may be drawn at once, from the cache
   emit("seek", t);
   return p;
 }
 
+/** The slider and the counters say n frames (only ever more, unless `force`d: a session opened). @param {number} n */
 export function updateTotal(n, force = false) {
-  const old = Number($("slider").max) + 1;
+  const slider = $("slider", HTMLInputElement);
+  const old = Number(slider.max) + 1;
   if (!force && n <= old) return;
-  $("slider").max = String(Math.max(0, n - 1));
-  const nt = $("ntok");
+  slider.max = String(Math.max(0, n - 1));
+  const nt = document.getElementById("ntok"); // in the session's info line, once it is shown
   if (nt) nt.textContent = String(n);
-  if (S.cur) $("counter").textContent = `token ${S.t + 1} / ${n}`;
+  if (view.cur) $("counter").textContent = `token ${view.t + 1} / ${n}`;
 }
 
 let playTimer = 0;
 let lastTick = 0;
 export function play() {
-  if (!S.cur || S.playing) return;
-  if (S.t >= S.src.total - 1 && S.cur.summary.status !== "recording") seek(0);
-  S.playing = true;
+  if (!view.cur || !view.src || view.playing) return;
+  if (view.t >= view.src.total - 1 && view.cur.summary.status !== "recording") seek(0);
+  view.playing = true;
   $("play").textContent = "❚❚";
   $("play").setAttribute("aria-label", "pause");
   lastTick = performance.now();
-  const step = (now) => {
-    if (!S.playing) return;
-    const speed = Number($("speed").value);
-    if (now - lastTick >= 1000 / speed && S.drawn === S.t) {
+  const step = (/** @type {number} */ now) => {
+    if (!view.playing || !view.cur || !view.src) return;
+    const speed = Number($("speed", HTMLSelectElement).value);
+    if (now - lastTick >= 1000 / speed && view.drawn === view.t) {
       lastTick = now;
-      if (S.t < S.src.total - 1) seek(S.t + 1);
-      else if (S.cur.summary.status !== "recording") { stop(); return; }
+      if (view.t < view.src.total - 1) seek(view.t + 1);
+      else if (view.cur.summary.status !== "recording") { stop(); return; }
     }
     playTimer = requestAnimationFrame(step);
   };
@@ -70,7 +78,7 @@ export function play() {
 }
 
 export function stop() {
-  S.playing = false;
+  view.playing = false;
   cancelAnimationFrame(playTimer);
   $("play").textContent = "▶";
   $("play").setAttribute("aria-label", "play");
@@ -78,50 +86,60 @@ export function stop() {
 
 // ---------------------------------------------------------------------------------------------
 // the token strip
-export function buildTokenStrip() {
+/** The tokens of the session just opened, onto the strip. @param {Token[]} list */
+export function setTokens(list) {
+  view.tokens = list;
   const el = $("tokens");
   el.innerHTML = "";
-  const special = new Set((S.cur.meta.special_ids || []).map(Number));
+  const special = specialIds();
   const frag = document.createDocumentFragment();
-  S.tokens.forEach((t, i) => frag.appendChild(tokenSpan(t, i, special)));
+  list.forEach((t, i) => frag.appendChild(tokenSpan(t, i, special)));
   el.appendChild(frag);
-  S.curSpan = null;
+  view.curSpan = null;
 }
 
+/** The special token ids of the session shown (drawn apart on the strip). */
+function specialIds() {
+  return new Set(((view.cur && view.cur.meta.special_ids) || []).map(Number));
+}
+
+/** @param {Token} t @param {number} i @param {Set<number>} special */
 function tokenSpan(t, i, special) {
   const span = document.createElement("span");
   span.className = `t ${t.role === "prompt" ? "p" : "g"}${special.has(t.id) ? " s" : ""}`;
-  span.dataset.i = i;
+  span.dataset.i = String(i);
   span.textContent = showTok(t.text);
   return span;
 }
 
-/** More tokens of the session shown (it is being recorded): onto the strip, which stays scrolled down. */
+/** More tokens of the session shown (it is being recorded): onto the strip, which stays scrolled down.
+ * @param {Token[]} list */
 export function appendTokens(list) {
-  const special = new Set((S.cur.meta.special_ids || []).map(Number));
+  const special = specialIds();
   const el = $("tokens");
   const atBottom = el.scrollTop + el.clientHeight >= el.scrollHeight - 4;
   for (const t of list) {
-    S.tokens.push(t);
-    el.appendChild(tokenSpan(t, S.tokens.length - 1, special));
+    view.tokens.push(t);
+    el.appendChild(tokenSpan(t, view.tokens.length - 1, special));
   }
   if (atBottom) el.scrollTop = el.scrollHeight;
 }
 
 let scrollPending = false;
+/** @param {number} t */
 function highlightToken(t) {
   const el = $("tokens");
-  if (S.curSpan) S.curSpan.classList.remove("cur");
+  if (view.curSpan) view.curSpan.classList.remove("cur");
   const span = el.children[t];
-  S.curSpan = span || null;
-  if (!span) return;
+  view.curSpan = span instanceof HTMLElement ? span : null;
+  if (!(span instanceof HTMLElement)) return;
   span.classList.add("cur");
   // Scrolling reads layout; do it once per animation frame, off the slider -> frame path.
   if (!scrollPending) {
     scrollPending = true;
     requestAnimationFrame(() => {
       scrollPending = false;
-      const cur = S.curSpan;
+      const cur = view.curSpan;
       if (!cur) return;
       const top = cur.offsetTop - el.offsetTop, bottom = top + cur.offsetHeight;
       if (top < el.scrollTop || bottom > el.scrollTop + el.clientHeight) el.scrollTop = top - el.clientHeight / 2;
@@ -131,20 +149,25 @@ function highlightToken(t) {
 
 // ---------------------------------------------------------------------------------------------
 // the sparklines: surprisal per token, and each layer's norm per token
-let sparkBg = null; // the drawn strip (without the playhead) and its geometry
+/**
+ * The drawn strip (without the playhead) and its geometry.
+ * @type {{left: number, W: number, top: number, rowH: number, L: number, n: number, cssW: number, cssH: number,
+ *   dpr: number, img?: ImageData} | null}
+ */
+let sparkBg = null;
 function sparkSignal() {
-  const sigs = S.cur ? S.cur.meta.signals || [] : [];
-  return sigs.includes(S.mode) ? S.mode : sigs[0];
+  const sigs = view.cur ? view.cur.meta.signals || [] : [];
+  return sigs.includes(view.mode) ? view.mode : sigs[0];
 }
 
 export function drawSparklines() {
-  const c = $("sparklines");
-  const ctx = c.getContext("2d");
+  const c = $("sparklines", HTMLCanvasElement);
+  const ctx = context2d(c);
   const dpr = window.devicePixelRatio || 1;
   const cssW = c.clientWidth || 800;
   const s = sparkSignal();
-  const st = s && S.stats[s];
-  const L = S.cur ? (S.cur.meta.layers || []).length : 0;
+  const st = s && view.stats[s];
+  const L = view.cur ? (view.cur.meta.layers || []).length : 0;
   const rowH = L ? Math.max(3, Math.min(10, Math.floor(110 / L))) : 0;
   const top = 22; // surprisal row above the per-layer rows
   const cssH = L ? top + L * rowH + 2 : 40;
@@ -154,16 +177,16 @@ export function drawSparklines() {
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, cssW, cssH);
   const { left, W } = stripGeometry();
-  const n = S.src ? S.src.total : 0;
+  const n = view.src ? view.src.total : 0;
   sparkBg = { left, W, top, rowH, L, n, cssW, cssH, dpr };
   ctx.font = "10px ui-monospace, Menlo, monospace";
   ctx.textBaseline = "middle";
   ctx.fillStyle = "#7d8a9b";
   ctx.fillText("surp", 0, (top - 4) / 2);
-  if (n > 0 && S.tokens.length) drawSurprisal(ctx, left, W, top);
+  if (n > 0 && view.tokens.length) drawSurprisal(ctx, left, W, top);
   if (!st || !L) {
     ctx.fillStyle = "#7d8a9b";
-    if (S.cur && !(S.cur.meta.signals || []).length) ctx.fillText("no activations in a chat-only session", left, top + 10);
+    if (view.cur && !(view.cur.meta.signals || []).length) ctx.fillText("no activations in a chat-only session", left, top + 10);
     return;
   }
   for (let l = 0; l < L; l++) drawNormRow(ctx, st, l, L, left, W, top + l * rowH, rowH);
@@ -179,9 +202,10 @@ export function drawSparklines() {
   drawPlayhead();
 }
 
-/** The surprisal row: -logprob of each token (how unexpected it was). */
+/** The surprisal row: -logprob of each token (how unexpected it was).
+ * @param {CanvasRenderingContext2D} ctx @param {number} left @param {number} W @param {number} top */
 function drawSurprisal(ctx, left, W, top) {
-  const toks = S.tokens;
+  const toks = view.tokens;
   for (let x = 0; x < W; x++) {
     const a = Math.floor((x / W) * toks.length), b = Math.max(a + 1, Math.floor(((x + 1) / W) * toks.length));
     let v = 0;
@@ -195,8 +219,11 @@ function drawSurprisal(ctx, left, W, top) {
   }
 }
 
+/** Layer l's norm per token, one row of the strip.
+ * @param {CanvasRenderingContext2D} ctx @param {Stats} st @param {number} l @param {number} L @param {number} left
+ * @param {number} W @param {number} y0 @param {number} rowH */
 function drawNormRow(ctx, st, l, L, left, W, y0, rowH) {
-  const lut = S.luts.energy || S.luts.grayscale;
+  const lut = view.luts.energy || view.luts.grayscale;
   const N = st.n;
   // Robust range (5th-95th percentile): the first token's huge norm (an attention sink) would flatten the rest.
   const col = new Float32Array(N);
@@ -224,16 +251,16 @@ function drawNormRow(ctx, st, l, L, left, W, y0, rowH) {
 /** The sparklines' time axis, which the lens strip and the marker ticks share: x = left + (t + 0.5) / n * W. */
 export function stripGeometry() {
   const cssW = $("sparklines").clientWidth || 800;
-  return { left: 34, W: cssW - 38, n: S.src ? S.src.total : 0 };
+  return { left: 34, W: cssW - 38, n: view.src ? view.src.total : 0 };
 }
 
 function drawPlayhead() {
   if (!sparkBg || !sparkBg.img || !sparkBg.n) return;
-  const c = $("sparklines");
-  const ctx = c.getContext("2d");
+  const c = $("sparklines", HTMLCanvasElement);
+  const ctx = context2d(c);
   ctx.putImageData(sparkBg.img, 0, 0);
   const { left, W, cssH, n, dpr } = sparkBg;
-  const x = left + ((S.t + 0.5) / n) * W;
+  const x = left + ((view.t + 0.5) / n) * W;
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.fillStyle = "#4fc3f7";
   ctx.fillRect(Math.round(x) - 1, 0, 2, cssH);
@@ -241,7 +268,8 @@ function drawPlayhead() {
 
 let statsTimer = 0;
 let lastStats = 0;
-/** Stats of a growing session, again: now, or at most every 1.5 s while frames stream in (and once after). */
+/** Stats of a growing session, again: now, or at most every 1.5 s while frames stream in (and once after).
+ * @param {boolean} now */
 export function refreshStats(now) {
   clearTimeout(statsTimer);
   const due = now || performance.now() - lastStats > 1500;
@@ -254,28 +282,33 @@ export function refreshStats(now) {
   else statsTimer = setTimeout(go, 600);
 }
 
-on("grow", (n) => {
+// The playhead on the newest frame stays on the newest frame as a session grows, however it learns of more
+// frames (a recording's progress, the live chat's frames, a chunk's header): decided here, when the total
+// moves, and never from a total read before an await. The live chat's "follow newest token" can turn it off.
+on("grow", (n, before) => {
   updateTotal(n);
+  if (chat.follow && view.t >= before - 1 && view.t < n - 1) seek(n - 1);
   refreshStats(false);
 });
 
 // ---------------------------------------------------------------------------------------------
 export function wireTimeline() {
-  $("slider").addEventListener("input", (e) => { stop(); seek(Number(e.target.value), { fromSlider: true }); });
-  $("play").onclick = () => (S.playing ? stop() : play());
+  const slider = $("slider", HTMLInputElement);
+  slider.addEventListener("input", () => { stop(); seek(Number(slider.value), { fromSlider: true }); });
+  $("play").onclick = () => (view.playing ? stop() : play());
   const tokens = $("tokens");
   tokens.addEventListener("click", (e) => {
-    const i = e.target.dataset && e.target.dataset.i;
+    const i = dataOf(e, "i");
     if (i !== undefined) { stop(); seek(Number(i)); }
   });
   tokens.addEventListener("mousemove", (e) => {
-    const i = e.target.dataset && e.target.dataset.i;
+    const i = dataOf(e, "i");
     if (i === undefined) { hideTip(); return; }
-    showTip(tokenHTML(S.tokens[Number(i)]) + attentionTip(Number(i)), e);
+    showTip(tokenHTML(view.tokens[Number(i)]) + attentionTip(Number(i)), e);
   });
   tokens.addEventListener("mouseleave", hideTip);
   const spark = $("sparklines");
-  const sparkSeek = (e) => {
+  const sparkSeek = (/** @type {MouseEvent} */ e) => {
     if (!sparkBg || !sparkBg.n) return;
     const r = spark.getBoundingClientRect();
     const u = (e.clientX - r.left - sparkBg.left) / sparkBg.W;
@@ -291,22 +324,23 @@ export function wireTimeline() {
   spark.addEventListener("mouseleave", hideTip);
 }
 
-/** The sparklines' tooltip at the mouse: the token, and its surprisal or the hovered layer's norm. */
+/** The sparklines' tooltip at the mouse: the token, and its surprisal or the hovered layer's norm.
+ * @param {MouseEvent} e @param {DOMRect} r */
 function sparkTip(e, r) {
   const b = sparkBg;
-  if (!b || !b.n || !S.cur) return "";
+  if (!b || !b.n || !view.cur) return "";
   const u = (e.clientX - r.left - b.left) / b.W;
   const t = Math.floor(u * b.n);
   if (u < 0 || u > 1 || t >= b.n) return "";
   const y = e.clientY - r.top;
-  const tok = S.tokens[t];
+  const tok = view.tokens[t];
   let html = `<span class="h">token ${t}</span> ${esc(oneLine(tok ? tok.text : ""))}`;
   if (y < b.top) {
     html += `<br>surprisal ${tok && tok.logprob !== null ? fmt(-tok.logprob, 2) : "–"} nats`;
   } else {
     const l = Math.min(b.L - 1, Math.floor((y - b.top) / b.rowH));
     const s = sparkSignal();
-    const st = S.stats[s];
+    const st = view.stats[s];
     if (st && t < st.n) html += `<br>L${l} ‖${esc(s)}‖ ${fmt(st.norm[t * b.L + l], 1)} · sparsity ${fmt(st.sp[t * b.L + l], 2)}`;
   }
   return html;

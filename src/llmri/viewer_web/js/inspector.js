@@ -1,14 +1,21 @@
+// @ts-check
 // What the mouse and the playhead point at: the hovered pixel's values (Readout panel and tooltip) and the
 // current token's probabilities (Token panel).
 import { valueText } from "./overflow.js";
-import { S, on } from "./state.js";
+import { on, view } from "./state.js";
 import { frameValues, renderer, scalesOf } from "./tiles.js";
 import { $, esc, fmt, oneLine } from "./ui.js";
 
-const isNeurons = () => S.cur && (S.cur.meta.reducer || {}).kind === "neurons";
+/** @typedef {import("./state.js").Meta} Meta */
+/** @typedef {import("./state.js").Hover} Hover */
+/** @typedef {import("./api.js").FrameSource} FrameSource */
+
+/** @param {Meta} meta */
+const isNeurons = (meta) => (meta.reducer || {}).kind === "neurons";
 
 // ---------------------------------------------------------------------------------------------
 // the tooltip
+/** @param {string} html @param {MouseEvent} ev */
 export function showTip(html, ev) {
   const tip = $("tooltip");
   tip.innerHTML = html;
@@ -21,6 +28,7 @@ export function hideTip() {
   $("tooltip").hidden = true;
 }
 
+/** @param {MouseEvent} ev */
 function placeTip(ev) {
   const tip = $("tooltip");
   const x = Math.min(ev.clientX + 14, window.innerWidth - tip.offsetWidth - 8);
@@ -29,13 +37,15 @@ function placeTip(ev) {
   tip.style.top = `${y}px`;
 }
 
-/** Inline styles are blocked by the page's CSP, so bar widths are set through the CSSOM. */
+/** Inline styles are blocked by the page's CSP, so bar widths are set through the CSSOM.
+ * @param {HTMLElement} el */
 function setBars(el) {
-  for (const b of el.querySelectorAll(".bar[data-w]")) b.style.width = `${b.dataset.w}%`;
+  for (const b of el.querySelectorAll(".bar[data-w]")) if (b instanceof HTMLElement) b.style.width = `${b.dataset.w}%`;
 }
 
 // ---------------------------------------------------------------------------------------------
 // the token
+/** A token's record as HTML: its text, logprob, entropy and top alternatives. @param {import("./state.js").Token | undefined} t */
 export function tokenHTML(t) {
   if (!t) return "";
   const p = t.logprob === null ? null : Math.exp(t.logprob);
@@ -56,82 +66,86 @@ export function tokenHTML(t) {
 }
 
 on("seek", (t) => {
-  $("token-info").innerHTML = tokenHTML(S.tokens[t]);
+  $("token-info").innerHTML = tokenHTML(view.tokens[t]);
   setBars($("token-info"));
 });
 
 // ---------------------------------------------------------------------------------------------
 // the hovered pixel
 function updateReadout() {
-  const h = S.hover;
+  const h = view.hover;
   const el = $("readout");
-  if (!h || !S.cur || !renderer.layout) {
+  if (!h || !view.cur || !view.src || !renderer.layout) {
     el.innerHTML = `<span class="dim">hover a pixel</span>`;
     hideTip();
     return;
   }
   const L = renderer.layout;
   const grid = L.grids[h.grid];
-  const idx = h.y * S.cur.meta.tile[1] + h.x;
+  const meta = view.cur.meta, src = view.src;
+  const layers = meta.layers || [];
+  const idx = h.y * L.w + h.x; // a tile is the session's meta.tile, H x W
   const per = L.h * L.w;
-  const pixelName = pixelNameOf(idx);
+  const pixelName = pixelNameOf(meta, idx);
   let rows = "";
   let headline = "";
   for (const s of grid.signals) {
-    const a = S.src.get(s, S.t);
+    const a = src.get(s, view.t);
     const val = a ? a[h.layer * per + idx] : NaN;
     const sc = (scalesOf(s) || [1])[h.layer] || 1;
     let line = valueText(val, fmt);
-    if (S.diff !== "off") {
-      const d = frameValues(s, S.t);
+    if (view.diff !== "off") {
+      const d = frameValues(s, view.t);
       const dv = d ? d[h.layer * per + idx] : NaN;
       line = `Δ ${valueText(dv, fmt)}  (this ${valueText(val, fmt)})`;
       if (!headline) headline = valueText(dv, fmt);
     } else if (!headline) headline = valueText(val, fmt);
     rows += `<span>${esc(s)}</span><span>${line}</span>`;
     rows += `<span>÷ scale</span><span>${fmt(val / sc, 3)} <span class="dim">(scale ${fmt(sc, 2)})</span></span>`;
-    const st = S.stats[s];
-    if (st && S.t < st.n) {
-      const Ls = S.cur.meta.layers.length;
-      rows += `<span>layer ‖x‖</span><span>${fmt(st.norm[S.t * Ls + h.layer], 1)}</span>`;
-      rows += `<span>sparsity</span><span>${fmt(st.sp[S.t * Ls + h.layer], 3)}</span>`;
+    const st = view.stats[s];
+    if (st && view.t < st.n) {
+      const Ls = layers.length;
+      rows += `<span>layer ‖x‖</span><span>${fmt(st.norm[view.t * Ls + h.layer], 1)}</span>`;
+      rows += `<span>sparsity</span><span>${fmt(st.sp[view.t * Ls + h.layer], 3)}</span>`;
     }
   }
   el.innerHTML =
     `<div class="big">${headline}</div>` +
-    `<div class="kv"><span>layer</span><span>${h.layer} <span class="dim">${esc(S.cur.meta.layers[h.layer] || "")}</span></span>` +
+    `<div class="kv"><span>layer</span><span>${h.layer} <span class="dim">${esc(layers[h.layer] || "")}</span></span>` +
     `<span>signal</span><span>${esc(grid.signals.join(" + "))}</span>` +
-    `<span>${isNeurons() ? "neuron" : "pixel"}</span><span>${pixelName.replace(/^(neuron|pixel) /, "")} <span class="dim">(row ${h.y}, col ${h.x})</span></span>` +
+    `<span>${isNeurons(meta) ? "neuron" : "pixel"}</span><span>${pixelName.replace(/^(neuron|pixel) /, "")} <span class="dim">(row ${h.y}, col ${h.x})</span></span>` +
     rows +
     `</div>`;
   const tip = $("tooltip");
   tip.innerHTML =
     `<span class="h">${esc(grid.signals.join("+"))} · L${h.layer} · ${pixelName}</span> <span class="dim">(r${h.y}, c${h.x})</span>` +
-    `<br>${S.diff !== "off" ? "Δ " : ""}value <b>${headline}</b>${tipExtra(grid, h, idx, per)}`;
+    `<br>${view.diff !== "off" ? "Δ " : ""}value <b>${headline}</b>${tipExtra(src, layers.length, grid.signals, h, idx, per)}`;
   tip.hidden = false;
 }
 
-/** Pixel idx by what it is: a neuron under the neurons reducer (or the padding after the last one). */
-function pixelNameOf(idx) {
-  const red = S.cur.meta.reducer || {};
-  const nValues = red.n_values || (isNeurons() ? S.cur.meta.model && S.cur.meta.model.d_model : null);
-  if (!isNeurons()) return `pixel ${idx}`;
+/** Pixel idx by what it is: a neuron under the neurons reducer (or the padding after the last one).
+ * @param {Meta} meta @param {number} idx */
+function pixelNameOf(meta, idx) {
+  const red = meta.reducer || {};
+  const nValues = red.n_values || (isNeurons(meta) ? meta.model && meta.model.d_model : null);
+  if (!isNeurons(meta)) return `pixel ${idx}`;
   return nValues && idx >= nValues ? `pixel ${idx} (padding)` : `neuron ${idx}`;
 }
 
-/** The tooltip's second line for a one-signal grid: the scaled value and the layer's norm and sparsity. */
-function tipExtra(grid, h, idx, per) {
-  if (grid.signals.length !== 1) return "";
+/** The tooltip's second line for a one-signal grid: the scaled value and the layer's norm and sparsity.
+ * @param {FrameSource} src @param {number} Ls the layers @param {string[]} signals the grid's @param {Hover} h
+ * @param {number} idx @param {number} per */
+function tipExtra(src, Ls, signals, h, idx, per) {
+  if (signals.length !== 1) return "";
   let extra = "";
-  const s = grid.signals[0];
-  const a = S.src.get(s, S.t);
+  const s = signals[0];
+  const a = src.get(s, view.t);
   const sc = (scalesOf(s) || [1])[h.layer] || 1;
   if (a) extra += `<br><span class="dim">÷ scale</span> ${fmt(a[h.layer * per + idx] / sc, 3)}`;
-  const st = S.stats[s];
-  if (st && S.t < st.n) {
-    const Ls = S.cur.meta.layers.length;
-    extra += `<br><span class="dim">layer ‖x‖</span> ${fmt(st.norm[S.t * Ls + h.layer], 1)}`;
-    extra += ` <span class="dim">sparsity</span> ${fmt(st.sp[S.t * Ls + h.layer], 2)}`;
+  const st = view.stats[s];
+  if (st && view.t < st.n) {
+    extra += `<br><span class="dim">layer ‖x‖</span> ${fmt(st.norm[view.t * Ls + h.layer], 1)}`;
+    extra += ` <span class="dim">sparsity</span> ${fmt(st.sp[view.t * Ls + h.layer], 2)}`;
   }
   return extra;
 }
@@ -139,14 +153,14 @@ function tipExtra(grid, h, idx, per) {
 on("drawn", updateReadout);
 
 export function wireReadout() {
-  const view = $("view");
-  view.addEventListener("mousemove", (e) => {
-    const r = view.getBoundingClientRect();
+  const canvas = $("view");
+  canvas.addEventListener("mousemove", (e) => {
+    const r = canvas.getBoundingClientRect();
     const h = renderer.hit(e.clientX - r.left, e.clientY - r.top);
-    S.hover = h;
+    view.hover = h;
     renderer.setHover(h);
     updateReadout();
     if (h) placeTip(e);
   });
-  view.addEventListener("mouseleave", () => { S.hover = null; renderer.setHover(null); updateReadout(); });
+  canvas.addEventListener("mouseleave", () => { view.hover = null; renderer.setHover(null); updateReadout(); });
 }
