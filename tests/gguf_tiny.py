@@ -1,5 +1,5 @@
 """Tiny random GGUF files of several architectures, written from a transformers model, for the
-``llama.cpp`` backend's per-architecture tests (``tests/test_llamacpp_archs.py``).
+``llama.cpp`` backend's per-architecture tests (``tests/backends/test_llamacpp_archs.py``).
 
 No converter ships with llama-cpp-python, so this writes the file with ``gguf`` (the package
 transformers already uses to read GGUF): each tensor's llama.cpp name from gguf's own table

@@ -119,3 +119,15 @@ def kill(proc: subprocess.Popen, hard: bool = False) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=15)
+
+
+def wait_for(pg, js: str, timeout: float = 60, what: str = "") -> object:
+    """Poll ``js`` (a function source) with page.evaluate, which the page's CSP does not block."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pg.evaluate(js)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or js}")
+        time.sleep(0.05)

@@ -7,7 +7,7 @@ Run with the llmri of commit 0174eda on the path, e.g.::
     PYTHONPATH=/tmp/old/src python tests/data/make_unnamed_store.py tests/data/store-before-dimension-names
 
 Two sessions: 20 frames of two signals with a reducer state (the frames are those of
-``tests/test_store_suite.py::make_frame``), and a chat-only one of 3 tokens.
+``llmri.testing.frames.make_frame``), and a chat-only one of 3 tokens.
 """
 
 from __future__ import annotations

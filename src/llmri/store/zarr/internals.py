@@ -16,7 +16,7 @@ on a small machine). What that needs and zarr offers only in its internals:
 - :func:`ensure_open`, :func:`ensure_open_sync`: the open hooks a Store subclass must honour
   (:class:`~llmri.store.zarr.nofollow.NoFollowLocalStore`).
 
-``tests/test_zarr_store.py::test_fast_path_writes_what_zarr_writes`` writes the same rows through
+``tests/store/test_zarr_store.py::test_fast_path_writes_what_zarr_writes`` writes the same rows through
 this module and through plain zarr and compares every file, so a zarr upgrade that changes any of it
 fails there first.
 """

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import llmri
+from helpers import tiny_model
 from llmri.models import LoadedModel
-from test_readouts_capture import tiny_model
 
 PROMPT = "Why is the sky blue? Because"
 

@@ -16,14 +16,14 @@ pytest.importorskip("fastapi")
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 import llmri  # noqa: E402
+from live_helpers import wait_for  # noqa: E402
 from llmri.testing import CHROMIUM, ServedApp  # noqa: E402
 from llmri.viewer import create_app  # noqa: E402
 from llmri.viewer.live import LiveChat, ModelEngine  # noqa: E402
-from test_live_browser import wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 PROMPT = "What is the capital of France?"
 
 if not os.path.exists(CHROMIUM):

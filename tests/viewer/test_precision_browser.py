@@ -15,10 +15,10 @@ pytest.importorskip("fastapi")
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 import llmri  # noqa: E402
+from helpers import tiny_model  # noqa: E402
+from live_helpers import wait_for  # noqa: E402
 from llmri.testing import CHROMIUM, ServedApp, launch_chromium  # noqa: E402
 from llmri.viewer import create_app  # noqa: E402
-from test_live_browser import wait_for  # noqa: E402
-from test_readouts_capture import tiny_model  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 

@@ -16,31 +16,12 @@ import pytest
 import torch
 
 import llmri
+from helpers import tiny_model
 from llmri import CaptureError, StoreError
 from llmri.backends.synthetic import ByteTokenizer
 from llmri.models import LoadedModel
 
 PROMPT = "Why is the sky blue?"
-
-
-def tiny_model(seed: int = 0, **cfg) -> LoadedModel:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=257,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-        eos_token_id=256,
-        bos_token_id=256,
-        **cfg,
-    )
-    model = LlamaForCausalLM(config).eval()
-    return LoadedModel(model=model, tokenizer=ByteTokenizer(), name=f"tiny-llama-{seed}", path="", fingerprint="tiny")
 
 
 @pytest.fixture(scope="module")
@@ -388,7 +369,7 @@ CRASH_CHILD = """
 import sys
 import time
 sys.path.insert(0, sys.argv[2])
-from test_readouts_capture import tiny_model
+from helpers import tiny_model
 import llmri
 
 st = llmri.stream(tiny_model(), "Why is the sky blue?", chat=False, max_new_tokens=480, ignore_eos=True,
@@ -422,7 +403,7 @@ def test_sigkill_keeps_committed_readout_rows_whole(tmp_path):
     counts = []
     for _ in range(4):
         proc = subprocess.Popen(
-            [sys.executable, str(script), str(path), str(Path(__file__).parent)], stdout=subprocess.PIPE, text=True
+            [sys.executable, str(script), str(path), str(Path(__file__).parents[1])], stdout=subprocess.PIPE, text=True
         )
         try:
             line = proc.stdout.readline()

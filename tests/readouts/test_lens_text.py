@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import llmri
+from helpers import tiny_model
 from llmri.backends.synthetic import ByteTokenizer
 from llmri.models import LoadedModel
 from llmri.render.export import export_json, export_npz
-from test_readouts_capture import tiny_model
 
 PROMPT = "Why is the sky blue?"
 

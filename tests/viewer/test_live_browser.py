@@ -20,12 +20,12 @@ import pytest
 pytest.importorskip("fastapi")
 playwright_api = pytest.importorskip("playwright.sync_api")
 
-from live_helpers import free_port, kill, start_llama_server  # noqa: E402
+from live_helpers import free_port, kill, start_llama_server, wait_for  # noqa: E402
 from llmri.testing import CHROMIUM  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"no Chromium at {CHROMIUM} (set LLMRI_CHROMIUM)", allow_module_level=True)
@@ -61,18 +61,6 @@ class View:
 
     def close(self) -> None:
         kill(self.proc)
-
-
-def wait_for(pg, js: str, timeout: float = 60, what: str = "") -> object:
-    """Poll ``js`` (a function source) with page.evaluate, which the page's CSP does not block."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pg.evaluate(js)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or js}")
-        time.sleep(0.05)
 
 
 def new_page(browser, url: str):

@@ -27,7 +27,7 @@ pytest.importorskip("dask")
 pytest.importorskip("pandas")
 
 #: A store written by llmri before arrays had dimension_names (tests/data/make_unnamed_store.py).
-OLD_STORE = Path(__file__).parent / "data" / "store-before-dimension-names"
+OLD_STORE = Path(__file__).parents[1] / "data" / "store-before-dimension-names"
 OLD_SID = "20261101-120000-aaaaaa"
 
 #: docs/FORMAT.md, "Axes": the dimension_names of every array a session holds.

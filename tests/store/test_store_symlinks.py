@@ -13,10 +13,10 @@ import shutil
 import numpy as np
 import pytest
 
+from helpers import one_line_error
 from llmri._errors import StoreError
 from llmri.store.zarr import ZarrFrameStore
 from llmri.testing.frames import L, base_meta, make_frame
-from test_zarr_store import one_line_error
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "symlink") or os.name == "nt", reason="needs POSIX symlinks")
 

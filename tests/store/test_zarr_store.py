@@ -14,6 +14,7 @@ import pytest
 import zarr
 
 import llmri
+from helpers import one_line_error
 from llmri import StoreError
 from llmri.store.zarr import ZarrFrameStore
 from llmri.testing.frames import base_meta, make_frame
@@ -292,14 +293,6 @@ def test_fast_path_writes_what_zarr_writes(tmp_path, monkeypatch, compress, rout
 
 
 # -- bad stores -------------------------------------------------------------------------------
-
-
-def one_line_error(fn, match: str) -> str:
-    with pytest.raises(StoreError, match=match) as exc:
-        fn()
-    msg = str(exc.value)
-    assert "\n" not in msg
-    return msg
 
 
 def test_missing_store(tmp_path):
