@@ -12,12 +12,12 @@ import pytest
 import torch
 
 pytest.importorskip("fastapi")
-playwright_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
 import llmri  # noqa: E402
 from helpers import tiny_model  # noqa: E402
 from live_helpers import wait_for  # noqa: E402
-from llmri.testing import CHROMIUM, ServedApp, launch_chromium  # noqa: E402
+from llmri.testing import CHROMIUM, ServedApp  # noqa: E402
 from llmri.viewer import create_app  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -50,14 +50,6 @@ def served(recorded):
     app = ServedApp(create_app(recorded[0]))
     yield app
     app.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = launch_chromium(p)
-        yield b
-        b.close()
 
 
 def _open(browser, served, sid: str):
