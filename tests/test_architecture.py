@@ -220,3 +220,27 @@ def test_import_llmri_stays_light():
     code = "import llmri; print(llmri.show.__module__, llmri.view.__module__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["llmri.notebook", "llmri.viewer.launch"]
+
+
+def test_no_test_module_imports_another():
+    """Tests live in folders mirroring src/llmri; what several share is in tests/*helpers*.py or
+    llmri.testing, never in a test module (whose folder need not be on sys.path)."""
+    tests = Path(__file__).resolve().parent
+    bad = [
+        f"{p.relative_to(tests)} imports {mod}"
+        for p in tests.rglob("test_*.py")
+        for mod, _names, _top in _imports_of_test(p)
+        if mod.split(".")[0].startswith("test_")
+    ]
+    assert not bad, bad
+
+
+def _imports_of_test(path: Path) -> list[tuple[str, list[str], bool]]:
+    tree = ast.parse(path.read_text(), str(path))
+    out: list[tuple[str, list[str], bool]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, [], True) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            out.append((node.module or "", [a.name for a in node.names], True))
+    return out

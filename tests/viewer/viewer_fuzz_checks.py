@@ -1,4 +1,4 @@
-"""What every answer of the viewer must be, as a schemathesis check (tests/test_viewer_fuzz.py).
+"""What every answer of the viewer must be, as a schemathesis check (tests/viewer/test_viewer_fuzz.py).
 
 ``schemathesis run`` loads this module through ``SCHEMATHESIS_HOOKS``. Each response is also written
 to the file named by ``LLMRI_FUZZ_LOG`` (one JSON line: operation, status), so the test can see that

@@ -1,7 +1,7 @@
 """The viewer's REST API under schemathesis: a real ``llmri view`` (uvicorn, in a subprocess, on
 127.0.0.1) over a Zarr store with every kind of session, fuzzed from the viewer's own OpenAPI
 description. No answer may be a 5xx, and every error must be the viewer's one-line JSON error
-(tests/viewer_fuzz_checks.py says what is checked).
+(tests/viewer/viewer_fuzz_checks.py says what is checked).
 
 The app serves no OpenAPI document (``openapi_url=None``); the test builds it from the viewer's
 routers, the static routes included, and points the fuzzer at real ids (store, session, signal,
@@ -12,7 +12,7 @@ draws another.
 
 schemathesis runs as its CLI in a subprocess (examples, coverage and fuzzing phases, valid and invalid
 input, a fixed seed), since the schema exists only once the server is up; the check it applies is
-tests/viewer_fuzz_checks.py, loaded through ``SCHEMATHESIS_HOOKS``.
+tests/viewer/viewer_fuzz_checks.py, loaded through ``SCHEMATHESIS_HOOKS``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ SEED = os.environ.get("LLMRI_FUZZ_SEED", "1")
 def stores(tmp_path_factory, synthetic_model) -> dict[str, Any]:
     """Two stores: ``main.zarr`` with a captured session, one with lens and attention readouts, a
     chat-only one, one without frames and one still recording (its writer held open); ``empty.zarr``."""
-    from test_store_suite import base_meta, make_frame
+    from llmri.testing.frames import base_meta, make_frame
 
     root = tmp_path_factory.mktemp("fuzz")
     path = root / "main.zarr"
