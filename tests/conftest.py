@@ -35,10 +35,12 @@ def real_session(real_model):
     return llmri.capture(real_model, "Why is the sky blue?", chat=True, max_new_tokens=12)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """One headless Chromium (llmri.testing.launch_chromium) for every browser test in the run; each
-    test opens its own context or page on it and closes that."""
+    """One headless Chromium (llmri.testing.launch_chromium) per browser test module; each test opens
+    its own context or page on it and closes that. Not one per session: Playwright's sync API keeps an
+    asyncio loop running in the main thread while it is open, and every later test that calls
+    asyncio.run (tests/viewer/test_live_sendqueue.py) would fail."""
     sync_api = pytest.importorskip("playwright.sync_api")
     from llmri.testing import launch_chromium
 

@@ -34,7 +34,12 @@ from llmri.backends.llamacpp import backend as lc_backend  # noqa: E402
 from llmri.backends.llamacpp.recorder import Recorder  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Why is the sky blue?"}]
-COS_MIN = 0.99
+#: Cosine of llama.cpp's activations (Q4_1 kernels) against hf's on the dequantised copy, per token and
+#: layer: the lowest of ~6,000 and the mean. The lowest depends on the CPU's kernels: attn 0.9928 with
+#: AVX-512, 0.9892 on an AVX2-only EPYC (both at one token of one late layer); the means are 0.999
+#: on both (docs/backends.md).
+COS_MIN = 0.985
+COS_MEAN = 0.998
 
 
 @pytest.fixture(scope="module")
@@ -288,7 +293,7 @@ def test_teacher_forced_activations_match_hf(gguf, real_model):
         cos = _cos(a.acts[sig].numpy(), b.acts[sig].float().numpy())  # [n, L]
         tok, layer = np.unravel_index(cos.argmin(), cos.shape)
         report[sig] = (round(float(cos.min()), 4), round(float(cos.mean()), 5), int(tok), int(layer))
-        assert cos.min() >= COS_MIN, report
+        assert cos.min() >= COS_MIN and cos.mean() >= COS_MEAN, report
         assert cos.min(axis=0).shape == (30,)
     print("cosine min, mean, (token, layer) of the min:", report)
     top_a, top_b = a.logits.argmax(-1), b.logits.argmax(-1)
