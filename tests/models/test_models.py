@@ -314,7 +314,10 @@ def test_dtypes_end_to_end_on_cpu(tiny_dir, dtype):
     [
         pytest.param(
             "cuda",
-            marks=[pytest.mark.cuda, pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="no CUDA")],
+            marks=[
+                pytest.mark.cuda,
+                pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="no CUDA"),
+            ],
         ),
         pytest.param(
             "mps", marks=pytest.mark.skipif("not __import__('torch').backends.mps.is_available()", reason="no MPS")
