@@ -684,3 +684,24 @@ def test_chat_only_upstream_failures_show_one_line(tmp_path, mode, needles):
         live.close()
         served.close()
         upstream.shutdown()
+
+
+def test_a_turn_that_fails_before_its_frames_closes_its_session(synthetic_model, tmp_path):
+    # a failure between the stream's open and its first frame (here: posting 'started') used to leave
+    # the new session 'recording' for good
+    from llmri.viewer.live.turn import Turn
+
+    engine = ModelEngine(synthetic_model)
+    messages, settings = check_request({"messages": HELLO, "max_new_tokens": 3}, engine)
+    store = llmri.open_store(tmp_path / "t.zarr", create=True)
+    posted = []
+
+    def post(item, key):
+        if isinstance(item, str) and '"started"' in item:
+            raise RuntimeError("the client went away")
+        posted.append(item)
+
+    done = Turn(by=1, messages=messages, settings=settings).generate(engine, lambda: store, "s0", post)
+    assert done["status"] == "interrupted" and "RuntimeError" in done["stop_reason"]
+    (session,) = llmri.open_store(tmp_path / "t.zarr").sessions()
+    assert session.status == "interrupted"

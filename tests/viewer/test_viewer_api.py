@@ -810,3 +810,21 @@ def test_remote_bind_needs_token(tmp_path):
         assert httpx.get(f"{base}/api/info", headers={"x-llmri-token": token}).status_code == 200
     finally:
         srv.close()
+
+
+def test_compare_names_the_reason_for_a_model_recorded_by_name_only(synthetic_model):
+    # a hand-made store may hold only a name in meta["model"]: comparable() raised (a 500) on it
+    from llmri.viewer.views import comparable
+
+    a = llmri.capture(synthetic_model, "hi", max_new_tokens=2)
+    b = llmri.capture(synthetic_model, "hi", max_new_tokens=2)
+    a.meta["model"] = "just-a-name"
+    assert comparable(a, b).startswith("different models (just-a-name no fingerprint vs ")
+
+
+def test_an_unknown_signal_is_named_in_a_bounded_line():
+    from llmri.store.base import check_signal
+
+    with pytest.raises(llmri.StoreError) as info:
+        check_signal("x" * 5000, ["resid"], "s0/a")
+    assert len(str(info.value)) < 200 and "\n" not in str(info.value)

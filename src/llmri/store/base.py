@@ -61,7 +61,7 @@ def check_signal(signal: str, signals: list[str], where: str) -> None:
     """Raise StoreError (one line, naming ``where``) unless ``signal`` is one of ``signals``."""
     if signal not in signals:
         have = ", ".join(signals) or "none: chat-only session"
-        raise StoreError(f"{where}: no signal {signal!r} (this session has: {have})")
+        raise StoreError(f"{where}: no signal {signal!r:.80} (this session has: {have})")
 
 
 def norm_range(start: int | None, stop: int | None, n: int) -> tuple[int, int]:

@@ -46,15 +46,21 @@ def summary(store_id: str, r: SessionReader) -> dict[str, Any]:
     return out
 
 
+def _model(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta["model"]`` as a dict (a hand-made store may hold only a name there)."""
+    model = meta.get("model")
+    return model if isinstance(model, dict) else {"name": str(model)} if model else {}
+
+
 def comparable(a: SessionReader, b: SessionReader) -> str:
     """Empty string if frames of ``a`` and ``b`` can be subtracted, else the reason why not (one line)."""
     ma, mb = a.meta, b.meta
     if not a.signals or not b.signals:
         return "a chat-only session has no frames to compare"
-    fa = (ma.get("model") or {}).get("fingerprint")
-    fb = (mb.get("model") or {}).get("fingerprint")
+    mda, mdb = _model(ma), _model(mb)
+    fa, fb = mda.get("fingerprint"), mdb.get("fingerprint")
     if not fa or fa != fb:
-        na, nb = (ma.get("model") or {}).get("name", "?"), (mb.get("model") or {}).get("name", "?")
+        na, nb = mda.get("name", "?"), mdb.get("name", "?")
         return f"different models ({na} {fa or 'no fingerprint'} vs {nb} {fb or 'no fingerprint'})"
     if (ma.get("reducer") or {}) != (mb.get("reducer") or {}):
         ka, kb = (ma.get("reducer") or {}).get("kind", "?"), (mb.get("reducer") or {}).get("kind", "?")

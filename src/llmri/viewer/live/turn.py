@@ -61,41 +61,44 @@ class Turn:
         try:
             meta = {"live": True, "conversation": self.settings["conversation"], "turn": self.settings["turn"]}
             stream = engine.open(self.messages, self.settings, store(), meta)
-            with self.lock:
-                self.stream = stream
-                stop_now = self.stop_requested
-            if stop_now:
-                stream.stop()
-            key = f"{store_id}/{stream.session_id}"
-            self.session = key
-            n_prompt = len(getattr(stream, "prompt_ids", None) or []) or len(self.messages) + 1
-            signals = list(stream.meta.get("signals") or [])
-            post(
-                message(
-                    type="started",
-                    session=key,
-                    by=self.by,
-                    messages=self.messages,
-                    settings=self.settings,
-                    signals=signals,
-                    special_ids=stream.meta.get("special_ids", []),
-                    model=(stream.meta.get("model") or {}).get("name", ""),
-                    chat_only=bool(stream.meta.get("chat_only")),
-                ),
-                key,
-            )
-            batch: list[Frame] = []
-            for frame in stream:
-                n += 1
-                batch.append(frame)
-                if frame.token.role == "prompt" and len(batch) < PROMPT_BATCH and frame.index < n_prompt - 1:
-                    continue
-                send_readouts(post, key, batch)
-                send_frames(post, key, signals, batch)
-                batch = []
-            if batch:
-                send_readouts(post, key, batch)
-                send_frames(post, key, signals, batch)
+            # closed whichever way the turn ends: a failure before its iteration started would leave
+            # the session 'recording' (FrameStream.close marks it interrupted)
+            with stream:
+                with self.lock:
+                    self.stream = stream
+                    stop_now = self.stop_requested
+                if stop_now:
+                    stream.stop()
+                key = f"{store_id}/{stream.session_id}"
+                self.session = key
+                n_prompt = len(getattr(stream, "prompt_ids", None) or []) or len(self.messages) + 1
+                signals = list(stream.meta.get("signals") or [])
+                post(
+                    message(
+                        type="started",
+                        session=key,
+                        by=self.by,
+                        messages=self.messages,
+                        settings=self.settings,
+                        signals=signals,
+                        special_ids=stream.meta.get("special_ids", []),
+                        model=(stream.meta.get("model") or {}).get("name", ""),
+                        chat_only=bool(stream.meta.get("chat_only")),
+                    ),
+                    key,
+                )
+                batch: list[Frame] = []
+                for frame in stream:
+                    n += 1
+                    batch.append(frame)
+                    if frame.token.role == "prompt" and len(batch) < PROMPT_BATCH and frame.index < n_prompt - 1:
+                        continue
+                    send_readouts(post, key, batch)
+                    send_frames(post, key, signals, batch)
+                    batch = []
+                if batch:
+                    send_readouts(post, key, batch)
+                    send_frames(post, key, signals, batch)
             status = "complete"
             reason = getattr(stream, "stop_reason", "")
             error = None
