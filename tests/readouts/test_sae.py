@@ -261,3 +261,16 @@ def test_loading_an_sae_keeps_import_llmri_light() -> None:
 
     code = "import llmri, sys; from llmri.readouts.sae import load_sae; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_check_model_is_one_line_before_any_generation() -> None:
+    sae = load_sae(FIX / "saelens_relu")  # resid 3, d_in 64
+    sae.check_model(64, 4, ("resid", "mlp"))
+    for args, what in [
+        ((128, 4), "reads vectors of 64, the model's are 128 wide"),
+        ((64, 3), "reads layer 3, the model has layers 0-2"),
+        ((64, 4, ("mlp",)), "reads resid, which this capture does not record"),
+    ]:
+        with pytest.raises(SAEError, match=what) as info:
+            sae.check_model(*args)  # type: ignore[arg-type]
+        assert "\n" not in str(info.value) and str(FIX / "saelens_relu") in str(info.value)

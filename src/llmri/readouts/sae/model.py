@@ -68,6 +68,21 @@ class SAE:
         arch = self.architecture + (f" k={self.k}" if self.k is not None else "")
         return f"<SAE {self.name} {arch} {self.d_in}->{self.d_sae} {site} ({self.source_format})>"
 
+    def check_model(self, d_model: int, n_layers: int, signals: tuple[str, ...] | None = None) -> None:
+        """Raise :class:`~llmri.SAEError` (one line) unless this SAE can read a model of ``n_layers``
+        blocks of width ``d_model`` recording ``signals``: checked before any generation."""
+        from ..._errors import SAEError
+
+        where = f"SAE {self.name} ({self.path})"
+        if self.signal is None or self.layer is None:
+            raise SAEError(f"{where}: its files name no layer and signal; load it with layer= and signal=")
+        if self.d_in != d_model:
+            raise SAEError(f"{where}: reads vectors of {self.d_in}, the model's are {d_model} wide")
+        if not 0 <= self.layer < n_layers:
+            raise SAEError(f"{where}: reads layer {self.layer}, the model has layers 0-{n_layers - 1}")
+        if signals is not None and self.signal not in signals:
+            raise SAEError(f"{where}: reads {self.signal}, which this capture does not record ({', '.join(signals)})")
+
     def _weights_on(self, device: Any) -> None:
         if self.W_enc.device != device:
             for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
