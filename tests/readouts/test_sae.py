@@ -274,3 +274,19 @@ def test_check_model_is_one_line_before_any_generation() -> None:
         with pytest.raises(SAEError, match=what) as info:
             sae.check_model(*args)  # type: ignore[arg-type]
         assert "\n" not in str(info.value) and str(FIX / "saelens_relu") in str(info.value)
+
+
+def test_a_forced_format_takes_the_weights_file_too() -> None:
+    sae = load_sae(FIX / "saelens_topk" / "sae_weights.safetensors", format="saelens")
+    assert (sae.architecture, sae.k) == ("topk", 8)
+
+
+def test_gemma_scope_outside_its_hub_layout_needs_its_site(tmp_path: Path) -> None:
+    shutil.copy(GEMMA_SCOPE / "params.npz", tmp_path / "params.npz")
+    sae = load_sae(tmp_path / "params.npz")
+    assert (sae.signal, sae.layer, sae.hook_name) == (None, None, None)
+    with pytest.raises(SAEError, match="load it with layer= and signal="):
+        sae.check_model(64, 8)
+    sae = load_sae(tmp_path, layer=5, signal="resid")
+    sae.check_model(64, 8)
+    np.testing.assert_allclose(sae.encode(x()).numpy(), GOLDEN["gemma_scope.acts"], atol=ATOL, rtol=RTOL)

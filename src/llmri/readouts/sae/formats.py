@@ -259,7 +259,8 @@ def load_sae(
     if format is not None:
         if format not in SAE_FORMATS:
             raise SAEError(f"{p}: unknown SAE format {format!r} (known: {', '.join(SAE_FORMATS.names())})")
-        fmt, target = format, p
+        # the directory formats also take their weights file, as detection does
+        fmt, target = format, p.parent if p.is_file() and format not in ("gemma_scope", "pickle") else p
     else:
         fmt, target = detect(p)
     sae = SAE_FORMATS.get(fmt)(target, allow_pickle)
