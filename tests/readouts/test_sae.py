@@ -290,3 +290,34 @@ def test_gemma_scope_outside_its_hub_layout_needs_its_site(tmp_path: Path) -> No
     sae = load_sae(tmp_path, layer=5, signal="resid")
     sae.check_model(64, 8)
     np.testing.assert_allclose(sae.encode(x()).numpy(), GOLDEN["gemma_scope.acts"], atol=ATOL, rtol=RTOL)
+
+
+def test_sae_readout_of_a_step() -> None:
+    from llmri.readouts.sae import sae_readout
+
+    relu, topk = load_sae(FIX / "saelens_relu"), load_sae(FIX / "saelens_topk_rescaled")  # resid 3, mlp 3
+    n, layers = 12, 5
+    acts = {
+        s: torch.randn(n, layers, 64, generator=torch.Generator().manual_seed(i))
+        for i, s in enumerate(("resid", "mlp"))
+    }
+    acts["resid"][:, 3] = x()
+    acts = {s: a.to(torch.bfloat16) for s, a in acts.items()}  # the model's dtype
+    rows = sae_readout([relu, topk], acts, k=32)
+    assert set(rows) == {"saelens_relu", "saelens_topk_rescaled"}
+    for sae in (relu, topk):
+        r, xs = rows[sae.name], acts[sae.signal][:, sae.layer]
+        assert len(r) == n and r.ids.shape == r.values.shape == (n, 32)
+        assert (r.ids.dtype, r.values.dtype, r.l0.dtype, r.fvu.dtype, r.cosine.dtype) == (
+            np.int32, np.float16, np.int32, np.float32, np.float32
+        )  # fmt: skip
+        ids, values = sae.top_k(xs, 32)
+        np.testing.assert_array_equal(r.values, values.numpy())
+        dense = sae.encode(xs.float())
+        np.testing.assert_array_equal(r.l0, (dense > 0).sum(-1).numpy())
+        fvu, cos = sae.reconstruction(xs)
+        np.testing.assert_allclose(r.fvu, fvu.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(r.cosine, cos.numpy(), rtol=1e-6)
+    assert (rows["saelens_topk_rescaled"].l0 <= 8).all()
+    with pytest.raises(ValueError, match="which this step did not record"):
+        sae_readout([relu], {"mlp": acts["mlp"]})

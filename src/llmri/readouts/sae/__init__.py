@@ -4,5 +4,17 @@
 from .formats import SAE_FORMATS, detect, load_sae
 from .hooks import map_hook
 from .model import ARCHITECTURES, NORMALISATIONS, SAE
+from .readout import SAE_TOP_K, SAERows, sae_readout
 
-__all__ = ["ARCHITECTURES", "NORMALISATIONS", "SAE", "SAE_FORMATS", "detect", "load_sae", "map_hook"]
+__all__ = [
+    "ARCHITECTURES",
+    "NORMALISATIONS",
+    "SAE",
+    "SAERows",
+    "SAE_FORMATS",
+    "SAE_TOP_K",
+    "detect",
+    "load_sae",
+    "map_hook",
+    "sae_readout",
+]

@@ -146,8 +146,9 @@ class SAE:
             self._weights_on(acts.device)
             return acts.to(torch.float32) @ self.W_dec + self.b_dec
 
-    def reconstruct(self, x: Any) -> Any:
-        """``x``'s reconstruction through the SAE, float32, in ``x``'s space (normalisation undone)."""
+    def encode_decode(self, x: Any) -> tuple[Any, Any]:
+        """One pass: the float32 feature activations ``[..., d_sae]`` and reconstruction ``[..., d_in]``
+        (in ``x``'s space, the normalisation undone)."""
         import torch
 
         with torch.no_grad():
@@ -157,7 +158,11 @@ class SAE:
                 out = out * scale
             if shift is not None:
                 out = out + shift
-            return out
+            return acts, out
+
+    def reconstruct(self, x: Any) -> Any:
+        """``x``'s reconstruction through the SAE, float32, in ``x``'s space (normalisation undone)."""
+        return self.encode_decode(x)[1]
 
     def reconstruction(self, x: Any) -> tuple[Any, Any]:
         """Per vector, float32 ``[...]``: the fraction of variance unexplained ``|x - x̂|² / |x|²`` (the
