@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 from . import backends  # noqa: F401 - registers every backend (llama.cpp's loader is reached through it)
 from ._deprecated import install_module_aliases
-from ._errors import CaptureError, LlmriError, MissingExtraError, ModelLoadError, ReducerError, StoreError
+from ._errors import CaptureError, LlmriError, MissingExtraError, ModelLoadError, ReducerError, SAEError, StoreError
 from .capture import CaptureStream, FrameStream, GenerationSettings, capture, stream
 from .capture.precision import FrameOverflowWarning
 from .chatonly import ChatOnlyClient, ChatOnlyStream, chat_only, chat_only_stream
 from .frame import SIGNALS, Frame, Token, TokenTable
 from .models import LoadedModel, load_model, wrap
+from .readouts.sae import SAE, load_sae
 from .reducers import REDUCERS, Reducer, make_reducer
 from .store import FrameStore, MemoryFrameStore, Session, SessionReader, open_store
 from .store.base import set_show
@@ -40,6 +41,8 @@ __all__ = [
     "MemoryFrameStore",
     "MissingExtraError",
     "ModelLoadError",
+    "SAE",
+    "SAEError",
     "Reducer",
     "ReducerError",
     "Session",
@@ -52,6 +55,7 @@ __all__ = [
     "chat_only",
     "chat_only_stream",
     "load_model",
+    "load_sae",
     "make_reducer",
     "open_store",
     "show",

@@ -19,6 +19,10 @@ class ReducerError(LlmriError):
     """A reducer was misconfigured or given activations it cannot reduce."""
 
 
+class SAEError(LlmriError):
+    """A sparse autoencoder could not be loaded: the message names the file and what is wrong."""
+
+
 class StoreError(LlmriError):
     """A store or session could not be opened, read or written."""
 

@@ -1,0 +1,177 @@
+"""One normalised sparse autoencoder, whatever file it came from: its weights and its encode.
+
+torch is imported by the functions that compute, so that ``import llmri`` stays light.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: What an SAE's features are, from its pre-activations ``pre = (x - b_dec?) @ W_enc + b_enc``:
+#: ``relu`` relu(pre); ``jumprelu`` relu(pre) where pre > threshold (SAELens's JumpReLU, Gemma Scope);
+#: ``topk`` the ``k`` largest pre, relu'd, the rest 0; ``batchtopk`` trained with a batch-wide top-k,
+#: run as SAELens runs it at inference: a JumpReLU with the learned global threshold.
+ARCHITECTURES: tuple[str, ...] = ("relu", "jumprelu", "topk", "batchtopk")
+#: SAELens's input normalisations that act at run time (``expected_average_only_in`` and
+#: ``covariance_whitening`` are folded into the weights when SAELens saves an SAE: ``none`` here).
+#: ``constant_norm_rescale``: x * sqrt(d_in) / |x|, undone on the output; ``layer_norm``:
+#: (x - mean) / (std + 1e-5) (std with Bessel's correction, as torch's), undone on the output.
+NORMALISATIONS: tuple[str, ...] = ("none", "constant_norm_rescale", "layer_norm")
+_LN_EPS = 1e-5
+
+
+@dataclass(eq=False)
+class SAE:
+    """A sparse autoencoder llmri can run: the weights (float32 torch tensors) and what they read.
+
+    ``W_enc`` ``[d_in, d_sae]``, ``b_enc`` ``[d_sae]``, ``W_dec`` ``[d_sae, d_in]``, ``b_dec``
+    ``[d_in]``, ``threshold`` ``[d_sae]`` (jumprelu, batchtopk), ``k`` (topk). Decoder-norm
+    rescaling (SAELens's ``rescale_acts_by_decoder_norm``) is folded into the weights at load, so
+    every architecture encodes with the same formula. ``layer`` and ``signal`` say which of llmri's
+    vectors it reads (``None``: unknown, to be given); ``hook_name`` is what its files said;
+    ``source_format`` the loader that read it; ``path`` the file or directory.
+
+    ``encode`` / ``top_k`` / ``reconstruction`` take ``x`` ``[..., d_in]`` of any float dtype on any
+    device, compute in float32 there (the weights move to ``x``'s device on first use) and return
+    tensors on that device.
+    """
+
+    W_enc: Any
+    b_enc: Any
+    W_dec: Any
+    b_dec: Any
+    architecture: str
+    name: str
+    source_format: str
+    path: str
+    threshold: Any = None
+    k: int | None = None
+    apply_b_dec_to_input: bool = True
+    normalize_activations: str = "none"
+    layer: int | None = None
+    signal: str | None = None
+    hook_name: str | None = None
+    model_name: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def d_in(self) -> int:
+        return int(self.W_enc.shape[0])
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.W_enc.shape[1])
+
+    def __repr__(self) -> str:
+        site = f"{self.signal}{self.layer}" if self.signal is not None else "site unknown"
+        arch = self.architecture + (f" k={self.k}" if self.k is not None else "")
+        return f"<SAE {self.name} {arch} {self.d_in}->{self.d_sae} {site} ({self.source_format})>"
+
+    def check_model(self, d_model: int, n_layers: int, signals: tuple[str, ...] | None = None) -> None:
+        """Raise :class:`~llmri.SAEError` (one line) unless this SAE can read a model of ``n_layers``
+        blocks of width ``d_model`` recording ``signals``: checked before any generation."""
+        from ..._errors import SAEError
+
+        where = f"SAE {self.name} ({self.path})"
+        if self.signal is None or self.layer is None:
+            raise SAEError(f"{where}: its files name no layer and signal; load it with layer= and signal=")
+        if self.d_in != d_model:
+            raise SAEError(f"{where}: reads vectors of {self.d_in}, the model's are {d_model} wide")
+        if not 0 <= self.layer < n_layers:
+            raise SAEError(f"{where}: reads layer {self.layer}, the model has layers 0-{n_layers - 1}")
+        if signals is not None and self.signal not in signals:
+            raise SAEError(f"{where}: reads {self.signal}, which this capture does not record ({', '.join(signals)})")
+
+    def _weights_on(self, device: Any) -> None:
+        if self.W_enc.device != device:
+            for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+                t = getattr(self, name)
+                if t is not None:
+                    setattr(self, name, t.to(device))
+
+    def _normalise(self, x: Any) -> tuple[Any, Any, Any]:
+        """``x`` float32 into the SAE's input space; with what undoes it (scale, shift) or ``None``."""
+        if self.normalize_activations == "constant_norm_rescale":
+            coeff = self.d_in**0.5 / x.norm(dim=-1, keepdim=True)
+            return x * coeff, 1 / coeff, None
+        if self.normalize_activations == "layer_norm":
+            mu = x.mean(dim=-1, keepdim=True)
+            x = x - mu
+            std = x.std(dim=-1, keepdim=True)
+            return x / (std + _LN_EPS), std, mu
+        return x, None, None
+
+    def _encode(self, x: Any) -> tuple[Any, Any, Any]:
+        import torch
+
+        if x.shape[-1] != self.d_in:
+            raise ValueError(f"SAE {self.name} reads vectors of {self.d_in}, got shape {tuple(x.shape)}")
+        self._weights_on(x.device)
+        sae_in, scale, shift = self._normalise(x.detach().to(torch.float32))
+        if self.apply_b_dec_to_input:
+            sae_in = sae_in - self.b_dec
+        pre = sae_in @ self.W_enc + self.b_enc
+        if self.architecture == "relu":
+            acts = torch.relu(pre)
+        elif self.architecture in ("jumprelu", "batchtopk"):
+            acts = torch.relu(pre) * (pre > self.threshold).to(pre.dtype)
+        else:  # topk
+            values, ids = pre.topk(min(int(self.k or 0), self.d_sae), dim=-1, sorted=False)
+            acts = torch.zeros_like(pre).scatter_(-1, ids, torch.relu(values))
+        return acts, scale, shift
+
+    def encode(self, x: Any) -> Any:
+        """Feature activations ``[..., d_sae]`` of ``x`` ``[..., d_in]``, in ``x``'s dtype and device."""
+        import torch
+
+        with torch.no_grad():
+            return self._encode(x)[0].to(x.dtype)
+
+    def top_k(self, x: Any, k: int) -> tuple[Any, Any]:
+        """The ``k`` strongest features of each vector: ids int32 and activations float16 ``[..., k]``,
+        strongest first (a topk SAE's, or a sparse token's, tail is zeros)."""
+        import torch
+
+        with torch.no_grad():
+            acts = self._encode(x)[0]
+            values, ids = acts.topk(min(k, self.d_sae), dim=-1)
+            return ids.to(torch.int32), values.to(torch.float16)
+
+    def decode(self, acts: Any) -> Any:
+        """``acts @ W_dec + b_dec``, float32, in the SAE's (normalised) input space."""
+        import torch
+
+        with torch.no_grad():
+            self._weights_on(acts.device)
+            return acts.to(torch.float32) @ self.W_dec + self.b_dec
+
+    def encode_decode(self, x: Any) -> tuple[Any, Any]:
+        """One pass: the float32 feature activations ``[..., d_sae]`` and reconstruction ``[..., d_in]``
+        (in ``x``'s space, the normalisation undone)."""
+        import torch
+
+        with torch.no_grad():
+            acts, scale, shift = self._encode(x)
+            out = acts @ self.W_dec + self.b_dec
+            if scale is not None:
+                out = out * scale
+            if shift is not None:
+                out = out + shift
+            return acts, out
+
+    def reconstruct(self, x: Any) -> Any:
+        """``x``'s reconstruction through the SAE, float32, in ``x``'s space (normalisation undone)."""
+        return self.encode_decode(x)[1]
+
+    def reconstruction(self, x: Any) -> tuple[Any, Any]:
+        """Per vector, float32 ``[...]``: the fraction of variance unexplained ``|x - x̂|² / |x|²`` (the
+        variance about zero, so that one token alone defines it) and the cosine of ``x`` and ``x̂``."""
+        import torch
+
+        with torch.no_grad():
+            xf = x.detach().to(torch.float32)
+            rec = self.reconstruct(x)
+            fvu = (xf - rec).pow(2).sum(-1) / xf.pow(2).sum(-1).clamp_min(1e-30)
+            cos = torch.nn.functional.cosine_similarity(xf, rec, dim=-1)
+            return fvu, cos
