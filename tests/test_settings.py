@@ -115,3 +115,12 @@ def test_llmri_view_takes_frame_dtype_for_live_chat():
     assert p.parse_args(["x.zarr", "--model", "default", "--frame-dtype", "bfloat16"]).frame_dtype == "bfloat16"
     with pytest.raises(llmri.CaptureError, match="--frame-dtype .* give --model"):
         view_command.live_plugin(p.parse_args(["x.zarr", "--frame-dtype", "float32"]))
+
+
+def test_the_live_hello_carries_the_conversation_defaults(synthetic_model):
+    from llmri.settings import CHAT_DEFAULTS
+    from llmri.viewer.live import LiveChat, ModelEngine
+
+    info = LiveChat(ModelEngine(synthetic_model)).describe()
+    assert info["defaults"]["max_new_tokens"] == CHAT_DEFAULTS.max_new_tokens
+    assert info["defaults"]["temperature"] == CHAT_DEFAULTS.temperature

@@ -9,6 +9,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from ..._errors import CaptureError
+from ...settings import CHAT_DEFAULTS
 from .protocol import CLIENT_QUEUE_BYTES, MAX_CLIENT_MESSAGE, MAX_NEW_TOKENS, ChatSettings, message
 from .requests import check_request, shown
 from .sendqueue import Message, SendQueue
@@ -77,6 +78,8 @@ class LiveChat:
         info = self.engine.describe()
         info["store"] = self.store_id
         info["max_new_tokens"] = MAX_NEW_TOKENS
+        # what a turn gets where the page sends nothing: the settings table's conversation defaults
+        info["defaults"] = {k: getattr(CHAT_DEFAULTS, k) for k in ("max_new_tokens", "temperature", "top_p", "seed")}
         return info
 
     def _store(self) -> FrameStore:

@@ -4,7 +4,7 @@
 // socket and the run; the panel is livepanel.js, the frames liveframes.js, their state `chat` in state.js.
 import { getJSON } from "./api.js";
 import { answerText, endFrames, fillGap, framesOpened, onBinary, startFrames } from "./liveframes.js";
-import { bubble, buildPanel, describeMode, el, emptyLog, partOf, setBusy, setFollow, settings, showError, updateContinue } from "./livepanel.js";
+import { applyDefaults, bubble, buildPanel, describeMode, el, emptyLog, partOf, setBusy, setFollow, settings, showError, updateContinue } from "./livepanel.js";
 import { putLive } from "./readoutcache.js";
 import { openSession, refreshSessions, setStatus } from "./session.js";
 import { chat, emit, newId, on, ready, view } from "./state.js";
@@ -82,6 +82,7 @@ function onJSON(m) {
   if (m.type === "hello") {
     chat.hello = m;
     chat.me = m.you;
+    applyDefaults(m.defaults);
     describeMode(m);
     const running = m.running && m.running.session;
     if (chat.run && chat.run.key === running) {

@@ -39,7 +39,7 @@ export function buildPanel({ send, stop, newChat, restore }) {
     </div>
     <div id="chat-note" class="chat-note" hidden></div>
     <form id="chat-settings" class="chat-settings" hidden>
-      <label>max tokens<input id="cs-max" type="number" min="1" max="2048" step="1" value="96"></label>
+      <label>max tokens<input id="cs-max" type="number" min="1" max="2048" step="1"></label>
       <label>temperature<input id="cs-temp" type="number" min="0" max="5" step="0.1" value="0"></label>
       <label>top-p<input id="cs-topp" type="number" min="0.01" max="1" step="0.01" value="1"></label>
       <label>seed<input id="cs-seed" type="number" min="0" step="1" value="0"></label>
@@ -110,6 +110,13 @@ export function setFollow(on) {
 /** @param {string} id */
 const field = (id) => $(id, HTMLInputElement);
 
+/** The server's defaults (its hello) in the fields this browser kept no value for.
+ * @param {{max_new_tokens: number, temperature: number, top_p: number, seed: number} | undefined} d */
+export function applyDefaults(d) {
+  if (!d) return;
+  if (!field("cs-max").value) field("cs-max").value = String(d.max_new_tokens);
+}
+
 function loadSettings() {
   /** @type {Record<string, unknown>} what saveSettings kept (this browser's, perhaps from an older page) */
   let s = {};
@@ -127,7 +134,7 @@ function loadSettings() {
 /** The generation settings the next message is sent with. */
 export function settings() {
   return {
-    max_new_tokens: Number(field("cs-max").value) || 96,
+    max_new_tokens: Number(field("cs-max").value) || (chat.hello?.defaults?.max_new_tokens ?? 128),
     temperature: Number(field("cs-temp").value) || 0,
     top_p: Number(field("cs-topp").value) || 1,
     seed: Number(field("cs-seed").value) || 0,

@@ -129,6 +129,8 @@ export function newId() {
  * @property {number} [n_layers]
  * @property {string[]} [signals]
  * @property {{session: string, messages: {role: string, content: string}[]} | null} [running]
+ * @property {{max_new_tokens: number, temperature: number, top_p: number, seed: number}} [defaults] a turn's
+ *   settings where the page sends none (the settings table's conversation defaults)
  */
 /** @typedef {{header: import("./api.js").ArrayHeader, data: Float32Array, rec: Arrival}} Queued */
 
