@@ -14,6 +14,7 @@ from .capture import CaptureStream, FrameStream, GenerationSettings, capture, st
 from .capture.precision import FrameOverflowWarning
 from .chatonly import ChatOnlyClient, ChatOnlyStream, chat_only, chat_only_stream
 from .frame import SIGNALS, Frame, Token, TokenTable
+from .interventions import Ablate, Steer, ablate, steer
 from .models import LoadedModel, load_model, wrap
 from .reducers import REDUCERS, Reducer, make_reducer
 from .store import FrameStore, MemoryFrameStore, Session, SessionReader, open_store
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "REDUCERS",
     "SIGNALS",
+    "Ablate",
     "CaptureError",
     "CaptureStream",
     "ChatOnlyClient",
@@ -44,10 +46,12 @@ __all__ = [
     "ReducerError",
     "Session",
     "SessionReader",
+    "Steer",
     "StoreError",
     "Token",
     "TokenTable",
     "__version__",
+    "ablate",
     "capture",
     "chat_only",
     "chat_only_stream",
@@ -55,6 +59,7 @@ __all__ = [
     "make_reducer",
     "open_store",
     "show",
+    "steer",
     "stream",
     "view",
     "wrap",
