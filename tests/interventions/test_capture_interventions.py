@@ -168,3 +168,18 @@ def test_steering_a_tensor_on_the_models_dtype(tiny):
     t = torch.from_numpy(_vec(4))
     s = llmri.capture(tiny, PROMPT, interventions=[llmri.steer(t, 0, norm="match", scale=0.5)], **OPTS)
     assert s.meta["interventions"][0]["norm"] == "match" and len(s) > 0
+
+
+def test_live_chat_turns_apply_the_engines_interventions(tiny, tmp_path):
+    from llmri.viewer.live import ModelEngine
+
+    recs = [llmri.steer(_vec(5), 1, scale=4.0, positions="all")]
+    engine = ModelEngine(tiny, "hf", frame_dtype="float32", interventions=recs)
+    assert engine.options.interventions == tuple(recs)
+    store = llmri.open_store(tmp_path / "live.zarr", create=True)
+    turn = {"max_new_tokens": 2, "temperature": 0.0, "top_p": 1.0, "seed": 0, "signals": None, "reducer": "neurons"}
+    stream = engine.open([{"role": "user", "content": "hi"}], turn, store, {})
+    list(stream)
+    assert from_meta(stream.meta) == tuple(recs)
+    with pytest.raises(llmri.CaptureError, match="applies no interventions"):
+        ModelEngine(tiny, "nnsight", interventions=recs)
