@@ -117,7 +117,7 @@ def test_each_record_describes_itself_in_one_line():
         text = r.describe()
         assert "\n" not in text and text.startswith(r.kind) and r.signal in text
     assert "layers 1-3" in _records()[0].describe() and "scale -2.5" in _records()[0].describe()
-    assert isinstance(_records()[2], Ablate) and "all to 0" in _records()[2].describe()
+    assert isinstance(_records()[2], Ablate) and "all neurons to 0" in _records()[2].describe()
 
 
 @pytest.mark.parametrize(

@@ -239,13 +239,10 @@ class Ablate:
         }
 
     def describe(self) -> str:
-        what = (
-            "all"
-            if self.neurons is None and self.direction is None
-            else f"neurons {_layers_text(self.neurons)}"
-            if self.neurons is not None
-            else f"along {self.direction.describe() if self.direction else ''}"
-        )
+        if self.direction is not None:
+            what = f"along {self.direction.describe()}"
+        else:
+            what = "all neurons" if self.neurons is None else f"neurons {_layers_text(self.neurons)}"
         return (
             f"ablate {self.signal} layers {_layers_text(self.layers)} positions {_positions_text(self.positions)} "
             f"{what} to {self.value if isinstance(self.value, str) else format(self.value, 'g')}"
