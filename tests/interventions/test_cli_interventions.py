@@ -76,3 +76,6 @@ def test_capture_steered_from_the_command_line_and_info_shows_it(real_model, tmp
     text = capsys.readouterr().out
     assert "intervention steer resid layers 3,4 positions generated scale 2" in text
     assert "intervention ablate mlp layers 20 positions all all neurons to 0" in text
+    assert main(["info", str(out), sid.strip(), "--json"]) == 0  # what --interventions reads back
+    (tmp_path / "info.json").write_text(capsys.readouterr().out)
+    assert tuple(flags.read_file(str(tmp_path / "info.json"))) == from_meta(s.meta)

@@ -88,6 +88,8 @@ def read_file(path: str) -> list[Any]:
         raise CaptureError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise CaptureError(f"{path}: not a JSON file ({exc})") from None
+    if isinstance(data, dict) and isinstance(data.get("meta"), dict):
+        data = data["meta"]  # what `llmri info --json` prints
     if isinstance(data, dict) and "interventions" in data:
         data = data["interventions"]  # a session's meta
     return list(as_records(data))
