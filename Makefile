@@ -10,7 +10,7 @@ PIP := $(BIN)/python -m pip
 # pin down): every install below goes through it. Raise a pin on purpose, in its own commit.
 CONSTRAINTS := constraints.txt
 # the inner rooms, type-checked strictly (the rest of src/llmri is checked by plain mypy)
-STRICT := src/llmri/frame.py src/llmri/settings.py src/llmri/store src/llmri/reducers src/llmri/readouts src/llmri/capture src/llmri/models
+STRICT := src/llmri/frame.py src/llmri/settings.py src/llmri/store src/llmri/reducers src/llmri/readouts src/llmri/capture src/llmri/models src/llmri/interventions
 
 .PHONY: setup setup-test demo test test-fast docs lint format typecheck typecheck-js check bench clean
 

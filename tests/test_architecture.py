@@ -14,7 +14,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "llmri"
 #: The parts that know nothing of the API layer, the viewer, the notebook or the CLI.
-INNER = ("store", "reducers", "backends", "readouts", "models", "frame")
+INNER = ("store", "reducers", "backends", "readouts", "models", "frame", "interventions")
 #: What those parts may never import: the API layer, the sources of frames built on it, and the apps.
 OUTER = (
     "llmri.viewer",

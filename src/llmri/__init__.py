@@ -14,6 +14,7 @@ from .capture import CaptureStream, FrameStream, GenerationSettings, capture, st
 from .capture.precision import FrameOverflowWarning
 from .chatonly import ChatOnlyClient, ChatOnlyStream, chat_only, chat_only_stream
 from .frame import SIGNALS, Frame, Token, TokenTable
+from .interventions import Ablate, Steer, ablate, steer
 from .models import LoadedModel, load_model, wrap
 from .readouts.sae import SAE, load_sae
 from .reducers import REDUCERS, Reducer, make_reducer
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "REDUCERS",
     "SIGNALS",
+    "Ablate",
     "CaptureError",
     "CaptureStream",
     "ChatOnlyClient",
@@ -47,10 +49,12 @@ __all__ = [
     "ReducerError",
     "Session",
     "SessionReader",
+    "Steer",
     "StoreError",
     "Token",
     "TokenTable",
     "__version__",
+    "ablate",
     "capture",
     "chat_only",
     "chat_only_stream",
@@ -59,6 +63,7 @@ __all__ = [
     "make_reducer",
     "open_store",
     "show",
+    "steer",
     "stream",
     "view",
     "wrap",

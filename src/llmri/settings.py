@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from ._errors import CaptureError
 from .frame import FRAME_DTYPE, FRAME_DTYPES
+from .interventions import as_records
 from .readouts.attention import ATTN_TOP_K
 
 if TYPE_CHECKING:
+    from .interventions import Intervention
     from .reducers.base import Reducer
 
 #: What ``lens_dtype`` takes: the model's float32 path, or a copy of the unembedding in lower precision.
@@ -184,6 +186,10 @@ class CaptureSettings:
     attention_k: int | Literal["full"] = option(
         ATTN_TOP_K, "attended positions kept per head, most attended first, or 'full' rows", metavar="K|full"
     )
+    # -- interventions
+    interventions: tuple[Intervention, ...] = option(
+        (), "change the run: llmri.steer(...) / llmri.ablate(...) records, applied each step (hf backend)"
+    )
 
     def __post_init__(self) -> None:
         # the cheap checks, before any model loads; a sequence becomes a tuple, so the value stays frozen
@@ -193,6 +199,7 @@ class CaptureSettings:
         object.__setattr__(self, "stop", tuple(stop) if isinstance(stop, (list, tuple)) else stop)
         if isinstance(self.signals, list):
             object.__setattr__(self, "signals", tuple(self.signals))
+        object.__setattr__(self, "interventions", as_records(self.interventions))
         self.generation()
         check_attention_k(self.attention_k)
         check_lens_dtype(self.lens_dtype)
@@ -225,6 +232,8 @@ class CaptureSettings:
             v = getattr(self, f.name)
             if f.name == "reducer" and not isinstance(v, str):
                 v = getattr(v, "spec", {}).get("kind", type(v).__name__)
+            elif f.name == "interventions":
+                v = [x.to_dict() for x in v]
             elif isinstance(v, tuple):
                 v = list(v)
             elif isinstance(v, Mapping):
@@ -274,6 +283,7 @@ class CaptureOptions(TypedDict, total=False):
     lens_batch: int | None
     attention: bool
     attention_k: int | Literal["full"]
+    interventions: tuple[Intervention, ...] | Sequence[Intervention] | None
 
 
 def settings_from(settings: CaptureSettings | None, options: Mapping[str, Any]) -> CaptureSettings:

@@ -116,6 +116,8 @@ class Backend(ABC):
     supports_attention: ClassVar[bool] = False
     #: Whether the constructor accepts ``hook_points=`` (the user names the module per signal).
     supports_hook_points: ClassVar[bool] = False
+    #: Whether :meth:`intervene` applies interventions (steering, ablation) inside its steps.
+    supports_interventions: ClassVar[bool] = False
     #: Whether this backend runs model files of its own rather than a transformers model: then
     #: :func:`llmri.load_model` (``backend=`` its name) hands the spec to :meth:`load_model`.
     loads_own_files: ClassVar[bool] = False
@@ -181,6 +183,12 @@ class Backend(ABC):
         """The module of each decoder block in :attr:`layer_names` order (``[]`` where
         :meth:`torch_module` is ``None``): what a test or an intervention hooks per layer."""
         return []
+
+    def intervene(self, plan: Any) -> None:
+        """Apply ``plan`` (a :class:`~llmri.interventions.Plan`) to every later step (``None``:
+        none); the backend adds its edits inside each step and removes them on every exit path."""
+        if plan is not None:
+            raise CaptureError(f"backend {self.name!r} cannot apply interventions: use backend='hf'")
 
     def close(self) -> None:  # noqa: B027 - optional
         pass

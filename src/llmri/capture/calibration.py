@@ -45,6 +45,15 @@ def calibration_acts(capture: Backend, codec: TextCodec, text: str, signals: lis
     return {s: torch.cat(v, dim=0) for s, v in out.items()}
 
 
+def calibration_means(
+    capture: Backend, codec: TextCodec, signals: list[str], text: str | None = None
+) -> dict[str, np.ndarray]:
+    """``{signal: float32 [layers, d_model]}``: each signal's mean over the calibration text's
+    tokens (default: the text llmri ships), what ``llmri.ablate(..., value="mean")`` sets."""
+    acts = calibration_acts(capture, codec, builtin_text() if text is None else text, signals)
+    return {s: acts[s].mean(dim=0).numpy().astype(np.float32) for s in signals}
+
+
 def robust_scales(reducer: Reducer, acts: Any, signal: str) -> list[float]:
     import torch
 

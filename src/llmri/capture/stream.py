@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 from .._errors import CaptureError
 from ..backends.base import Backend, check_signals
 from ..frame import Frame
+from ..interventions import Plan
 from ..models import load_model
 from ..reducers.base import make_reducer
 from ..settings import (
@@ -24,7 +25,7 @@ from ..settings import (
     settings_from,
 )
 from ..store import Session
-from .calibration import prepare_reducer
+from .calibration import calibration_means, prepare_reducer
 from .codec import TextCodec
 from .decode import Detokenizer, Positions, decode_loop
 from .frames import Launched, StepFrames
@@ -81,6 +82,8 @@ class CaptureStream(FrameStream):
             raise CaptureError(f"backend {name!r} does not take hook_points (the hf and nnsight backends do)")
         if o.attention and not cls.supports_attention:
             raise CaptureError(f"backend {name!r} cannot record attention weights: attention=True needs the hf backend")
+        if o.interventions and not cls.supports_interventions:
+            raise CaptureError(f"backend {name!r} cannot apply interventions: steering and ablation need backend='hf'")
         attention_k = check_attention_k(o.attention_k)
         lens_batch = check_lens_batch(o.lens_batch)
         frame_dtype = check_frame_dtype(o.frame_dtype)
@@ -101,6 +104,12 @@ class CaptureStream(FrameStream):
         fp = getattr(self.model, "fingerprint", "")
         self.reducer.setup(self.backend.n_layers, self.backend.d_model, fp)
         prepare_reducer(self.reducer, self.backend, self.codec, self.signals, o.calibration)
+        if o.interventions:  # after calibration, which runs the model as it is
+            plan = Plan(o.interventions, n_layers=self.backend.n_layers, d_model=self.backend.d_model,
+                        n_prompt=len(self.prompt_ids))  # fmt: skip
+            if plan.mean_signals:
+                plan.means = calibration_means(self.backend, self.codec, plan.mean_signals, o.calibration)
+            self.backend.intervene(plan)
         max_pos = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
         self._max_positions = int(max_pos) if isinstance(max_pos, int) else None
         describe = getattr(self.model, "describe", None)
@@ -119,6 +128,8 @@ class CaptureStream(FrameStream):
             special_ids=self.codec.special_ids,
         )
         self.meta["frame_dtype"] = frame_dtype
+        if o.interventions:  # exactly, the vectors included: the run can be rebuilt from its record
+            self.meta["interventions"] = [x.to_dict() for x in o.interventions]
         if self.backend.signal_modules:
             self.meta["signal_modules"] = {s: list(v) for s, v in self.backend.signal_modules.items()}
         self.readouts = StepReadouts(

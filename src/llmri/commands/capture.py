@@ -13,6 +13,7 @@ from typing import Any
 from .._errors import CaptureError, StoreError
 from ..capture.precision import FrameOverflowWarning
 from ..settings import CAPTURE_LENS_BATCH
+from . import interventions
 from .inspect import parse_hook_points
 from .options import add_attention, add_options, attention_options, collect, described
 
@@ -67,6 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     add_attention(p)
     add_options(p, ["frame_dtype"])
+    interventions.add_flags(p.add_argument_group("interventions (hf backend; docs/interventions.md)"))
     p.add_argument("--quiet", action="store_true", help="no progress line")
     return p
 
@@ -189,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
             chat=True if args.messages else args.chat,
             **collect(args, GENERAL),
             **_readout_options(args),
+            **interventions.options(args),
         )
     except (ValueError, TypeError) as exc:
         raise CaptureError(str(exc)) from None

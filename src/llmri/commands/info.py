@@ -8,7 +8,7 @@ import shlex
 import sys
 from typing import Any
 
-from .._errors import StoreError
+from .._errors import LlmriError, StoreError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -75,6 +75,7 @@ def _details(s: Any) -> str:
         "generation   " + ", ".join(f"{k}={v}" for k, v in gen.items() if k != "stop" or v),
         f"stop reason  {m.get('stop_reason', '-') or '-'}",
     ]
+    lines += [f"intervention {x}" for x in _interventions(m)]
     msgs = m.get("messages")
     if isinstance(msgs, list) and msgs:
         lines.append("messages")
@@ -83,6 +84,19 @@ def _details(s: Any) -> str:
         lines.append(f"prompt       {m['prompt']}")
     lines += ["", "generated text", s.text]
     return "\n".join(lines)
+
+
+def _interventions(meta: dict[str, Any]) -> list[str]:
+    """One line per intervention the session records (an unreadable record says so)."""
+    from ..interventions import from_dict
+
+    out = []
+    for d in meta.get("interventions") or []:
+        try:
+            out.append(from_dict(d).describe())
+        except LlmriError as exc:
+            out.append(f"(unreadable: {exc})")
+    return out
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,7 +11,8 @@ from ..._errors import CaptureError
 from ...frame import SIGNALS
 from ..base import BACKENDS, Backend, LensHead, Step
 from ..wrapped import hidden_size
-from .hooks import add_hook, eval_mode
+from .edits import check_sites, edit_hooks
+from .hooks import eval_mode, hooked
 from .layout import Layout, describe, find_layout, get, pick, residual_arg, text_config
 
 #: The forward argument (and output field) that carries the cache, by transformers generation.
@@ -201,6 +202,7 @@ class HFBackend(Backend):
     provides = SIGNALS
     supports_attention = True
     supports_hook_points = True
+    supports_interventions = True
 
     def __init__(
         self, model: Any, signals: Sequence[str] | str | None = None, *, hook_points: dict[str, Any] | None = None
@@ -208,6 +210,9 @@ class HFBackend(Backend):
         super().__init__(model, signals)
         self.model = model.model
         self._d_model = hidden_size(text_config(self.model.config))
+        self._hook_points = hook_points
+        self._plan: Any = None  # the interventions (intervene())
+        self._edit_points: dict[str, Any] = {}
         self.layout: Layout = find_layout(
             self.model, self.signals, self._d_model, requested=self.signals_requested, hook_points=hook_points
         )
@@ -261,6 +266,18 @@ class HFBackend(Backend):
         ``get_output_embeddings()``, with the logit scaling / soft-capping the model's config names."""
         return find_lens_head(self.model, self._layers_path)
 
+    def intervene(self, plan: Any) -> None:
+        """Apply ``plan`` (a :class:`~llmri.interventions.Plan`) in every later step; ``None``: none.
+        A signal the capture does not record is still found for its edits."""
+        points = dict(self.layout.points)
+        missing = [] if plan is None else sorted({s for s, _ in plan.sites()} - set(points))
+        if missing:
+            extra = find_layout(self.model, missing, self._d_model, requested=True, hook_points=self._hook_points)
+            points.update(extra.points)
+        if plan is not None:
+            check_sites(plan, points)
+        self._plan, self._edit_points = plan, points
+
     def _new_cache(self) -> Any:
         from transformers import DynamicCache
 
@@ -281,14 +298,13 @@ class HFBackend(Backend):
         if fresh:
             cache = self._new_cache()
         bufs: dict[str, list[Any]] = {s: [None] * n_layers for s in self.signals}
-        handles = []
         weights: list[Any] = [None] * n_layers
         if attention and all(m is None for m in self._attn_mods):
             raise CaptureError(f"hf: {type(self.model).__name__} has no attention modules to read weights from")
         n_total = n + (int(cache.get_seq_length()) if attention and cache is not None else 0)
 
         def keep_weights(i: int):  # noqa: ANN202
-            def hook(_mod: Any, _inp: Any, out: Any) -> None:
+            def hook(_mod: Any, _args: Any, _kwargs: Any, out: Any) -> None:
                 weights[i] = attention_weights(out, n_total, i)
 
             return hook
@@ -312,32 +328,27 @@ class HFBackend(Backend):
 
             return hook
 
-        try:
-            for sig, pts in self.layout.points.items():
-                if sig in bufs:
-                    for i, pt in enumerate(pts):
-                        if pt is not None:
-                            hook = make(sig, i, pt.path, pt.residual)
-                            handles.append(add_hook(pt.module, hook))
-            if attention:
-                for i, mod in enumerate(self._attn_mods):
-                    if mod is not None:
-                        handles.append(mod.register_forward_hook(keep_weights(i)))
-            ids = input_ids.to(self.loaded.device)
-            eager = eager_attention(self.model, self._eager_memo) if attention else nullcontext()
-            with torch.inference_mode(), eval_mode(self.model, self._modules), eager:
-                if not logits and self._decoder is not None:
-                    out = self._decoder(input_ids=ids, **{self._decoder_cache_kw: cache, "use_cache": True})
-                else:
-                    kw: dict[str, Any] = {self._cache_kw: cache} if self._cache_kw else {}
-                    if self._has_use_cache:
-                        kw["use_cache"] = bool(self._cache_kw)
-                    if not logits and self._has_keep:
-                        kw["logits_to_keep"] = 1
-                    out = self.model(input_ids=ids, **kw)
-        finally:
-            for h in handles:
-                h.remove()
+        hooks: list[tuple[Any, Any]] = []
+        if self._plan is not None:  # first: the capture's hooks on the same module read the edited output
+            start = 0 if cache is None else int(cache.get_seq_length())  # the step's first absolute position
+            hooks += edit_hooks(self._plan, self._edit_points, n, d, start)
+        for sig, pts in self.layout.points.items():
+            if sig in bufs:
+                hooks += [(pt.module, make(sig, i, pt.path, pt.residual)) for i, pt in enumerate(pts) if pt is not None]
+        if attention:
+            hooks += [(mod, keep_weights(i)) for i, mod in enumerate(self._attn_mods) if mod is not None]
+        ids = input_ids.to(self.loaded.device)
+        eager = eager_attention(self.model, self._eager_memo) if attention else nullcontext()
+        with hooked(hooks), torch.inference_mode(), eval_mode(self.model, self._modules), eager:
+            if not logits and self._decoder is not None:
+                out = self._decoder(input_ids=ids, **{self._decoder_cache_kw: cache, "use_cache": True})
+            else:
+                kw: dict[str, Any] = {self._cache_kw: cache} if self._cache_kw else {}
+                if self._has_use_cache:
+                    kw["use_cache"] = bool(self._cache_kw)
+                if not logits and self._has_keep:
+                    kw["logits_to_keep"] = 1
+                out = self.model(input_ids=ids, **kw)
         new_cache = next((c for c in (getattr(out, k, None) for k in _CACHE_KWS) if c is not None), None)
         if not self._cache_kw:
             new_cache = Replay(input_ids)

@@ -4,7 +4,7 @@ modules a forward on a small model, so each costs what it must and no more."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -54,3 +54,19 @@ def eval_mode(model: Any, modules: Sequence[Any] | None = None) -> Iterator[None
     finally:
         for m in training:
             m.training = True
+
+
+@contextmanager
+def hooked(hooks: Iterable[tuple[Any, Callable[..., Any]]]) -> Iterator[None]:
+    """Each ``(module, hook)`` on its module's forward inside the block, in the order given (a hook
+    that returns a value replaces the output the next ones see), added inside ``try`` and removed in
+    ``finally``: nothing is left on the model whichever way the block ends. The one way the ``hf``
+    backend's hooks go on and come off (capture, readouts, interventions)."""
+    handles: list[_Hook] = []
+    try:
+        for module, hook in hooks:
+            handles.append(add_hook(module, hook))
+        yield
+    finally:
+        for h in handles:
+            h.remove()

@@ -70,7 +70,9 @@ class ModelEngine:
     every turn (docs/readouts.md; the hf backend; each frame then reaches the page one forward
     later, with its lens complete); ``lens_dtype``: the lens's unembedding precision (``None``:
     float32, exact; ``"bfloat16"`` is faster, docs/benchmarks.md "Readouts"); ``frame_dtype``: what
-    the tiles are stored as (float16, bfloat16 or float32; docs/precision.md). These options, the
+    the tiles are stored as (float16, bfloat16 or float32; docs/precision.md); ``interventions``:
+    ``llmri.steer(...)`` / ``llmri.ablate(...)`` records applied in every turn (the hf backend;
+    docs/interventions.md), each turn's session recording them. These options, the
     same every turn, are held as one :class:`~llmri.settings.CaptureSettings`; a turn's own
     (``max_new_tokens``, ``temperature``...) go over them.
     """
@@ -86,6 +88,7 @@ class ModelEngine:
         attention: bool = False,
         lens_dtype: str | None = None,
         frame_dtype: str | None = None,
+        interventions: Sequence[Any] = (),
     ) -> None:
         from ..._errors import CaptureError
         from ...capture.resolve import as_model, backend_for
@@ -105,7 +108,10 @@ class ModelEngine:
             lens_dtype=lens_dtype,
             attention=attention,
             frame_dtype=frame_dtype or DEFAULTS.frame_dtype,
+            interventions=interventions,  # every turn, checked against the model when it opens
         )
+        if self.options.interventions and not getattr(cls, "supports_interventions", False):
+            raise CaptureError(f"the {self.backend} backend applies no interventions: they need --backend hf")
         self.signals = [s for s in SIGNALS if s in getattr(cls, "provides", ())]
         describe = getattr(self.model, "describe", None)
         info = describe() if callable(describe) else {}

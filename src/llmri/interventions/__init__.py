@@ -1,0 +1,34 @@
+"""Interventions: steering and ablation as small serialisable records (:mod:`.records`), and their
+application as edits of a module's output over a step's absolute positions (:mod:`.apply`). This
+package knows tensors and the backends' hook points, nothing of capture, the viewer or the CLI."""
+
+from __future__ import annotations
+
+from .apply import Plan, selected
+from .records import (
+    POSITION_NAMES,
+    Ablate,
+    Intervention,
+    Steer,
+    Vector,
+    ablate,
+    as_records,
+    from_dict,
+    from_meta,
+    steer,
+)
+
+__all__ = [
+    "POSITION_NAMES",
+    "Ablate",
+    "Intervention",
+    "Plan",
+    "Steer",
+    "Vector",
+    "ablate",
+    "as_records",
+    "from_dict",
+    "from_meta",
+    "selected",
+    "steer",
+]

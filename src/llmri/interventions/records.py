@@ -1,0 +1,335 @@
+"""Interventions as data: small frozen records (kind, site, positions, scale, the vector itself) that a
+run can be rebuilt from, checked when built for what needs no model (STYLE 18)."""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .._errors import CaptureError
+from ..frame import SIGNALS
+
+#: The named position sets: every position, the prompt's, the generated ones, the prompt's last
+#: (the one whose output predicts the first generated token).
+POSITION_NAMES = ("all", "prompt", "generated", "last")
+#: What ``Steer.norm`` takes: ``None`` (add ``scale * direction``) or ``"match"`` (scale the unit
+#: direction by each position's own norm, so ``scale`` is relative to the residual).
+NORMS = ("match",)
+
+Positions = str | tuple[int, ...]
+
+
+def _whole(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def check_layers(layers: Any) -> tuple[int, ...]:
+    """An int, a range or a list of distinct layer indices >= 0, as a tuple (in the order given)."""
+    items = [layers] if _whole(layers) else layers
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, (Sequence, range)):
+        raise CaptureError(f"layers must be an int, a range or a list of ints, got {layers!r:.80}")
+    out = tuple(int(x) for x in items if _whole(x))
+    if len(out) != len(items) or not out:
+        raise CaptureError(f"layers must be one or more whole numbers, got {layers!r:.80}")
+    if min(out) < 0:
+        raise CaptureError(f"layers count from 0, got {min(out)}")
+    if len(set(out)) != len(out):
+        raise CaptureError(f"layers are listed twice in {list(out)}")
+    return out
+
+
+def check_positions(positions: Any) -> Positions:
+    """A name from :data:`POSITION_NAMES`, or absolute position indices >= 0 (sorted, distinct)."""
+    if isinstance(positions, str):
+        if positions not in POSITION_NAMES:
+            raise CaptureError(f"unknown positions {positions!r} (choose from {', '.join(POSITION_NAMES)} or indices)")
+        return positions
+    items = [positions] if _whole(positions) else positions
+    if not isinstance(items, (Sequence, range)) or isinstance(items, bytes):
+        raise CaptureError(f"positions must be a name or a list of indices, got {positions!r:.80}")
+    out = tuple(sorted({int(x) for x in items if _whole(x)}))
+    if len(out) != len(set(items)) or not out or out[0] < 0:
+        raise CaptureError(f"positions must be whole numbers >= 0, got {positions!r:.80}")
+    return out
+
+
+def check_signal(signal: Any) -> str:
+    if signal not in SIGNALS:
+        raise CaptureError(f"unknown signal {signal!r} (choose from {', '.join(SIGNALS)})")
+    return str(signal)
+
+
+def _finite(name: str, x: Any) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)) or not math.isfinite(x):
+        raise CaptureError(f"{name} must be a finite number, got {x!r:.80}")
+    return float(x)
+
+
+@dataclass(frozen=True)
+class Vector:
+    """float32 values, ``[d_model]`` (one for every layer) or ``[layers, d_model]`` (one per layer),
+    kept as bytes so the record is a hashable value that compares exactly."""
+
+    data: bytes
+    shape: tuple[int, ...]
+
+    @classmethod
+    def of(cls, x: Any) -> Vector:
+        """A tensor, an array or nested lists (or a Vector) as float32; finite, 1-D or 2-D."""
+        if isinstance(x, Vector):
+            return x
+        if hasattr(x, "detach"):  # a torch tensor, on any device
+            x = x.detach().float().cpu().numpy()
+        try:
+            a = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+        except (TypeError, ValueError):
+            raise CaptureError(f"a direction must be numbers (a tensor, an array or a list), got {x!r:.80}") from None
+        if a.ndim not in (1, 2) or a.size == 0:
+            raise CaptureError(f"a direction must be [d_model] or [layers, d_model], got shape {list(a.shape)}")
+        if not np.isfinite(a).all():
+            raise CaptureError("a direction holds NaN or infinite values")
+        return cls(a.astype("<f4").tobytes(), tuple(int(n) for n in a.shape))
+
+    def array(self) -> np.ndarray:
+        """The values, float32, read-only."""
+        return np.frombuffer(self.data, dtype="<f4").reshape(self.shape)
+
+    @property
+    def width(self) -> int:
+        return self.shape[-1]
+
+    def row(self, k: int) -> np.ndarray:
+        """The vector for the ``k``-th listed layer (the one vector where there is one)."""
+        a = self.array()
+        return a if a.ndim == 1 else a[k]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dtype": "float32", "shape": list(self.shape), "base64": base64.b64encode(self.data).decode("ascii")}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Vector:
+        """From :meth:`to_dict` (``base64``) or ``{"values": nested lists}``, or a plain list."""
+        if not isinstance(d, Mapping):
+            return cls.of(d)
+        if "base64" in d:
+            raw = base64.b64decode(str(d["base64"]))
+            shape = tuple(int(n) for n in d.get("shape", [len(raw) // 4]))
+            if d.get("dtype", "float32") != "float32" or math.prod(shape) * 4 != len(raw):
+                raise CaptureError(f"a stored direction's shape {list(shape)} does not match its {len(raw)} bytes")
+            return cls.of(np.frombuffer(raw, dtype="<f4").reshape(shape))
+        return cls.of(d.get("values"))
+
+    def describe(self) -> str:
+        norms = np.linalg.norm(self.array(), axis=-1)
+        return f"vector {'x'.join(map(str, self.shape))} |v| {float(norms.min()):.3g}" + (
+            f"..{float(norms.max()):.3g}" if norms.size > 1 and norms.min() != norms.max() else ""
+        )
+
+
+def _check_rows(vector: Vector, layers: tuple[int, ...]) -> None:
+    if len(vector.shape) == 2 and vector.shape[0] != len(layers):
+        raise CaptureError(f"a direction per layer needs {len(layers)} rows (one per layer), got {vector.shape[0]}")
+
+
+def _positions_dict(p: Positions) -> Any:
+    return p if isinstance(p, str) else list(p)
+
+
+@dataclass(frozen=True)
+class Steer:
+    """Add ``scale * direction`` to ``signal``'s output at ``layers`` and ``positions``; with
+    ``norm="match"`` the unit direction times each position's own norm times ``scale``."""
+
+    kind: ClassVar[str] = "steer"
+    direction: Vector
+    layers: tuple[int, ...]
+    scale: float = 1.0
+    signal: str = "resid"
+    positions: Positions = "generated"
+    norm: str | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "direction", Vector.of(self.direction))
+        set_(self, "layers", check_layers(self.layers))
+        set_(self, "scale", _finite("scale", self.scale))
+        set_(self, "signal", check_signal(self.signal))
+        set_(self, "positions", check_positions(self.positions))
+        if self.norm is not None and self.norm not in NORMS:
+            raise CaptureError(f"norm must be None or 'match', got {self.norm!r:.80}")
+        _check_rows(self.direction, self.layers)
+        if self.norm == "match" and not (np.linalg.norm(self.direction.array(), axis=-1) > 0).all():
+            raise CaptureError("norm='match' needs a direction that is not zero")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "signal": self.signal,
+            "layers": list(self.layers),
+            "positions": _positions_dict(self.positions),
+            "scale": self.scale,
+            "norm": self.norm,
+            "direction": self.direction.to_dict(),
+        }
+
+    def describe(self) -> str:
+        norm = f" norm={self.norm}" if self.norm else ""
+        return (
+            f"steer {self.signal} layers {_layers_text(self.layers)} positions {_positions_text(self.positions)} "
+            f"scale {self.scale:g}{norm} {self.direction.describe()}"
+        )
+
+
+@dataclass(frozen=True)
+class Ablate:
+    """Set ``signal``'s output at ``layers`` and ``positions`` to ``value`` (``0.0`` or ``"mean"``,
+    the calibration text's mean): all of it, the ``neurons`` listed (``[]``: none, a no-op), or its
+    component along ``direction`` (directional ablation)."""
+
+    kind: ClassVar[str] = "ablate"
+    layers: tuple[int, ...]
+    signal: str
+    neurons: tuple[int, ...] | None = None
+    value: float | str = 0.0
+    direction: Vector | None = None
+    positions: Positions = "all"
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "layers", check_layers(self.layers))
+        set_(self, "signal", check_signal(self.signal))
+        set_(self, "positions", check_positions(self.positions))
+        if self.value != "mean":
+            set_(self, "value", _finite("value (a number or 'mean')", self.value))
+        if self.neurons is not None:
+            items: Any = [self.neurons] if _whole(self.neurons) else self.neurons
+            if isinstance(items, (str, bytes)) or not isinstance(items, (Sequence, range)):
+                raise CaptureError(f"neurons must be a list of indices, got {self.neurons!r:.80}")
+            got = tuple(sorted({int(x) for x in items if _whole(x)}))
+            if len(got) != len(set(items)) or (got and got[0] < 0):
+                raise CaptureError(f"neurons must be distinct whole numbers >= 0, got {self.neurons!r:.80}")
+            set_(self, "neurons", got)
+        if self.direction is not None:
+            if self.neurons is not None:
+                raise CaptureError("ablate takes neurons or a direction, not both")
+            set_(self, "direction", Vector.of(self.direction))
+            _check_rows(self.direction, self.layers)
+            if not (np.linalg.norm(self.direction.array(), axis=-1) > 0).all():
+                raise CaptureError("a direction to ablate cannot be zero")
+
+    @property
+    def is_noop(self) -> bool:
+        """Ablating no neuron."""
+        return self.neurons == ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "signal": self.signal,
+            "layers": list(self.layers),
+            "positions": _positions_dict(self.positions),
+            "neurons": None if self.neurons is None else list(self.neurons),
+            "value": self.value,
+            "direction": None if self.direction is None else self.direction.to_dict(),
+        }
+
+    def describe(self) -> str:
+        if self.direction is not None:
+            what = f"along {self.direction.describe()}"
+        else:
+            what = "all neurons" if self.neurons is None else f"neurons {_layers_text(self.neurons)}"
+        return (
+            f"ablate {self.signal} layers {_layers_text(self.layers)} positions {_positions_text(self.positions)} "
+            f"{what} to {self.value if isinstance(self.value, str) else format(self.value, 'g')}"
+        )
+
+
+#: An intervention record.
+Intervention = Steer | Ablate
+KINDS: dict[str, type[Steer] | type[Ablate]] = {"steer": Steer, "ablate": Ablate}
+
+
+def _layers_text(xs: Sequence[int]) -> str:
+    xs = list(xs)
+    if len(xs) > 2 and xs == list(range(xs[0], xs[-1] + 1)):
+        return f"{xs[0]}-{xs[-1]}"
+    return ",".join(map(str, xs)) or "none"
+
+
+def _positions_text(p: Positions) -> str:
+    return p if isinstance(p, str) else _layers_text(p)
+
+
+def steer(
+    direction: Any,
+    layers: Any,
+    scale: float = 1.0,
+    signal: str = "resid",
+    positions: Any = "generated",
+    norm: str | None = None,
+) -> Steer:
+    """A steering record: add ``scale * direction`` to ``signal`` at ``layers`` (an int, a range, a
+    list) and ``positions`` (``"all"``, ``"prompt"``, ``"generated"``, ``"last"`` or indices).
+    ``direction``: a tensor / array of the model's width, one for all layers or one row per layer."""
+    return Steer(
+        direction=Vector.of(direction), layers=layers, scale=scale, signal=signal, positions=positions, norm=norm
+    )
+
+
+def ablate(
+    layers: Any,
+    signal: str,
+    neurons: Any = None,
+    value: float | str = 0.0,
+    direction: Any = None,
+    positions: Any = "all",
+) -> Ablate:
+    """An ablation record: set ``signal`` at ``layers`` to ``value`` (``0.0`` or ``"mean"``) — all of
+    it, the ``neurons`` listed, or its component along ``direction``."""
+    vec = None if direction is None else Vector.of(direction)
+    return Ablate(layers=layers, signal=signal, neurons=neurons, value=value, direction=vec, positions=positions)
+
+
+def from_dict(d: Mapping[str, Any]) -> Intervention:
+    """The record :meth:`Steer.to_dict` / :meth:`Ablate.to_dict` wrote (or a JSON copy of it)."""
+    if not isinstance(d, Mapping) or d.get("kind") not in KINDS:
+        kind = d.get("kind") if isinstance(d, Mapping) else type(d).__name__
+        raise CaptureError(f"unknown intervention kind {kind!r} (choose from {', '.join(KINDS)})")
+    args = {k: v for k, v in d.items() if k != "kind"}
+    positions = args.get("positions")
+    if isinstance(positions, list):
+        args["positions"] = tuple(positions)
+    if args.get("direction") is not None:
+        args["direction"] = Vector.from_dict(args["direction"])
+    try:
+        return KINDS[str(d["kind"])](**args)
+    except TypeError as exc:
+        raise CaptureError(f"a stored {d['kind']} record does not fit: {exc}") from None
+
+
+def as_records(items: Any) -> tuple[Intervention, ...]:
+    """``interventions=`` checked: a list of records (or their dicts), as a tuple."""
+    if items is None:
+        return ()
+    if isinstance(items, (Steer, Ablate, Mapping)):
+        items = [items]
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+        raise CaptureError(f"interventions must be a list of llmri.steer(...) / llmri.ablate(...), got {items!r:.80}")
+    out: list[Intervention] = []
+    for x in items:
+        if isinstance(x, Mapping):
+            x = from_dict(x)
+        if not isinstance(x, (Steer, Ablate)):
+            raise CaptureError(f"an intervention must be llmri.steer(...) or llmri.ablate(...), got {type(x).__name__}")
+        out.append(x)
+    return tuple(out)
+
+
+def from_meta(meta: Mapping[str, Any]) -> tuple[Intervention, ...]:
+    """The interventions a session's meta records (``meta["interventions"]``; none: ``()``)."""
+    return tuple(from_dict(d) for d in meta.get("interventions") or ())
