@@ -5,6 +5,8 @@ other tokens streamed than all at once); the tokens and the edited layer's vecto
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -30,8 +32,11 @@ def _resid(session, layer: int) -> np.ndarray:
 
 def _reference(model, prompt_ids: list[int], layer: int, edit) -> tuple[list[int], np.ndarray]:
     """Greedy ``generate()`` with ``edit(h, positions)`` applied by a forward hook on block ``layer``
-    (positions counted by the hook itself); the new tokens and that block's output (hidden states)."""
-    hf = model.model
+    (positions counted by the hook itself); the new tokens and that block's output (hidden states).
+    On a copy of the model: a generate() with output_hidden_states leaves hooks of transformers' own on
+    the model it runs, and the suite's shared model must stay as llmri leaves it (tests/viewer/test_launch.py
+    checks it carries no hook)."""
+    hf = copy.deepcopy(model.model)
     n_seen = [0]
 
     def hook(_mod, _args, out):

@@ -208,7 +208,9 @@ def test_quickstart_in_jupyterlab_draws_tiles_that_follow_the_timeline(browser, 
         recording = [n for status, n, _ in seen if status == "recording"]
         assert len(set(recording)) >= 3, (seen, errors)  # frames appeared while the capture ran
         assert recording == sorted(recording), seen
-        assert seen[-1][0] == "complete" and seen[-1][1] > max(recording), (seen, errors)
+        # complete, holding every frame seen while recording: the last frames may have been counted
+        # before the status turned (a chunk header raises the total at once), so >=, not >
+        assert seen[-1][0] == "complete" and seen[-1][1] >= max(recording), (seen, errors)
         end = "() => [window.llmri.drawn, window.llmri.state.t, window.llmri.state.src.total]"
         try:
             third.wait_for_function("() => window.llmri.drawn === window.llmri.state.src.total - 1", timeout=30_000)
