@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 from .._errors import CaptureError, StoreError
@@ -15,7 +13,7 @@ from ..capture.precision import FrameOverflowWarning
 from ..settings import CAPTURE_LENS_BATCH
 from . import interventions
 from .inspect import parse_hook_points
-from .options import add_attention, add_options, attention_options, collect, described
+from .options import add_attention, add_options, attention_options, collect, described, read_json
 
 #: The options ``llmri capture`` passes as they are (the readouts and --chat/--raw have flags of their own).
 GENERAL = (
@@ -80,12 +78,7 @@ def add_lens_dtype(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None
 
 def read_messages(path: str) -> list[dict[str, Any]]:
     """A conversation from a JSON file: a list of {role, content}, or {"messages": [...]}."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CaptureError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CaptureError(f"{path}: not a JSON file ({exc})") from None
+    data = read_json(path)
     if isinstance(data, dict) and isinstance(data.get("messages"), list):
         data = data["messages"]
     if not isinstance(data, list) or not data:

@@ -5,11 +5,10 @@ and ``--interventions FILE.json`` (records as a session's meta holds them), read
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 from typing import Any
 
 from .._errors import CaptureError
+from .options import read_json
 
 
 def add_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -82,12 +81,7 @@ def parse_ablate(text: str) -> Any:
 def read_file(path: str) -> list[Any]:
     from ..interventions import as_records
 
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CaptureError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CaptureError(f"{path}: not a JSON file ({exc})") from None
+    data = read_json(path)
     if isinstance(data, dict) and isinstance(data.get("meta"), dict):
         data = data["meta"]  # what `llmri info --json` prints
     if isinstance(data, dict) and "interventions" in data:

@@ -4,7 +4,9 @@ help come from the one row that defines the option, so ``--help`` shows the libr
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from .._errors import CaptureError
@@ -85,3 +87,13 @@ def collect(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
         if value is not None:
             out[name] = value
     return out
+
+
+def read_json(path: str) -> Any:
+    """A JSON file's value; a missing or unreadable file is one line."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CaptureError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CaptureError(f"{path}: not a JSON file ({exc})") from None
