@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 import llmri
 from llmri import MemoryFrameStore
 from llmri.store.zarr import ZarrFrameStore
@@ -39,6 +41,20 @@ class TestZarrMemoryURL(StoreSuite):
 
     def make_store(self, tmp_path):
         return ZarrFrameStore(f"memory://llmri-suite-{next(self._n)}-{tmp_path.name}/run.zarr", create=True)
+
+    def reopen(self, store):
+        return ZarrFrameStore(store.url)
+
+
+class TestZarrS3(StoreSuite):
+    """The same suite on moto's real S3 server (tests/conftest.py: s3_server), through s3fs."""
+
+    @pytest.fixture(autouse=True)
+    def _bucket(self, s3_bucket):
+        self.bucket = s3_bucket
+
+    def make_store(self, tmp_path):
+        return ZarrFrameStore(f"s3://{self.bucket}/run.zarr", create=True)
 
     def reopen(self, store):
         return ZarrFrameStore(store.url)

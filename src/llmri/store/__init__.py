@@ -9,16 +9,18 @@ from .base import FrameStore, SessionReader, SessionWriter, SupportsAdd, Support
 from .memory import MemoryFrameStore, Session
 
 
-def open_store(path: Any, *, create: bool = False) -> FrameStore:
+def open_store(path: Any, *, create: bool = False, storage_options: dict[str, Any] | None = None) -> FrameStore:
     """Open a store: a FrameStore is returned as is; ``":memory:"`` gives a new MemoryFrameStore;
-    anything else is a Zarr store path or fsspec URL (``create=True`` makes it if missing)."""
+    anything else is a Zarr store path or fsspec URL (``create=True`` makes it if missing;
+    ``storage_options`` go to fsspec, e.g. ``{"endpoint_url": ...}`` for ``s3://``)."""
     if isinstance(path, FrameStore):
         return path
     if path == ":memory:":
         return MemoryFrameStore()
     from .zarr import ZarrFrameStore
 
-    return ZarrFrameStore(os.fspath(path) if hasattr(path, "__fspath__") else str(path), create=create)
+    url = os.fspath(path) if hasattr(path, "__fspath__") else str(path)
+    return ZarrFrameStore(url, create=create, storage_options=storage_options)
 
 
 __all__ = [

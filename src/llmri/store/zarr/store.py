@@ -22,6 +22,19 @@ from .location import Location
 from .reader import ZarrSession
 from .writer import ZarrSessionWriter
 
+#: fsspec protocols of object stores whose filesystems cache directory listings (fsspec's DirCache)
+OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+
+
+def remote_options(url: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """fsspec options for ``url``: the caller's, plus ``use_listings_cache=False`` on an object
+    store unless the caller chose. A cached listing never learns of a session another process
+    created (s3fs invalidates it only for its own writes), and its ``exists`` answers from it."""
+    out = dict(options or {})
+    if url.split("://", 1)[0].lower() in OBJECT_STORES:
+        out.setdefault("use_listings_cache", False)
+    return out
+
 
 class ZarrFrameStore(FrameStore):
     """Sessions in a Zarr v3 group: a local directory, ``file://`` or any fsspec URL (``memory://``, ``s3://``).
@@ -36,10 +49,20 @@ class ZarrFrameStore(FrameStore):
     ``background=False`` makes writers commit on the appending thread (see :class:`ZarrSessionWriter`).
     On a local directory no symbolic link below the store's (resolved) root is followed: a session
     holding one is reported in :attr:`problems`, not opened (docs/FORMAT.md, "Symbolic links").
+    ``storage_options`` go to fsspec for a URL (``s3://``: ``endpoint_url``, ``key``, ``secret``...;
+    without them s3fs reads the usual ``AWS_*`` environment variables, ``AWS_ENDPOINT_URL``
+    included). An object store's directory listings are never cached (:func:`remote_options`), so
+    sessions other processes create are listed as they appear (docs/storage.md).
     """
 
     def __init__(
-        self, path_or_url: str, *, create: bool = False, compress: bool = False, background: bool = True
+        self,
+        path_or_url: str,
+        *,
+        create: bool = False,
+        compress: bool = False,
+        background: bool = True,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         from zarr.storage import FsspecStore
@@ -65,7 +88,7 @@ class ZarrFrameStore(FrameStore):
                     raise StoreError(f"{self.url}: no such store")
                 zstore: Any = NoFollowLocalStore(local)
             else:
-                zstore = FsspecStore.from_url(self.url)
+                zstore = FsspecStore.from_url(self.url, storage_options=remote_options(self.url, storage_options))
             self._loc = Location(self.url, zstore)
         except StoreError:
             raise
