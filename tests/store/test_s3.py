@@ -112,3 +112,24 @@ def test_storage_options_reach_s3fs(s3_server, s3_bucket, monkeypatch):
     s = llmri.capture(SyntheticModel(), "hi", max_new_tokens=3, store=store)
     again = llmri.open_store(url, storage_options=opts)
     assert again.session_ids() == [s.id] and len(again.session(s.id)) == len(s)
+
+
+def test_a_session_id_is_claimed_exclusively_on_s3(s3_bucket):
+    """Two writers given the same id: S3's conditional put (If-None-Match) gives the second a new id."""
+    from llmri.testing.frames import base_meta, make_frame
+
+    url = f"s3://{s3_bucket}/ids.zarr"
+    a, b = ZarrFrameStore(url, create=True), ZarrFrameStore(url, create=True)  # both "create": one store
+    meta = base_meta(signals=["resid"])
+    meta["id"] = "20260101-000000-abcdef"
+    wa = a.create_session(dict(meta))
+    wb = b.create_session(dict(meta))
+    assert wa.id == meta["id"] and wb.id != wa.id
+    wa.append(make_frame(0, ["resid"]))
+    wb.append(make_frame(0, ["resid"]))
+    wb.append(make_frame(1, ["resid"]))
+    wa.close()
+    wb.close()
+    assert sorted(a.session_ids()) == sorted([wa.id, wb.id])
+    assert len(a.session(wa.id)) == 1 and len(a.session(wb.id)) == 2
+    assert b.location.claim("zarr.json", b"{}", set()) is False  # the root is there: not overwritten

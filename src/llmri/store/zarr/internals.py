@@ -227,10 +227,12 @@ def create_session_nodes(
     state: dict[str, np.ndarray],
     coordinates: dict[str, tuple[str, ...]],
 ) -> None:
-    """Create the session group at ``path`` with its columns (at their initial length), its
-    coordinate arrays (``{path: values}``, see :func:`coordinate_files`) and the reducer's arrays
-    (written whole), in one trip to zarr's loop."""
-    import zarr.api.asynchronous as za
+    """Create the columns (at their initial length), the coordinate arrays (``{path: values}``, see
+    :func:`coordinate_files`) and the reducer's arrays (written whole) of the session group at
+    ``path``, whose ``zarr.json`` (with ``attributes``) the caller has already written (claimed,
+    see :meth:`~llmri.store.zarr.location.Location.claim`), in one trip to zarr's loop."""
+    from zarr.core.group import AsyncGroup, GroupMetadata
+    from zarr.storage import StorePath
 
     buffer = _prototype().buffer
     files = [
@@ -240,7 +242,7 @@ def create_session_nodes(
     ]
 
     async def create() -> None:
-        group = await za.create_group(store=zstore, path=path, attributes=attributes)
+        group = AsyncGroup(metadata=GroupMetadata(attributes=attributes), store_path=StorePath(zstore, path))
         # all columns in one create_hierarchy (their documents written concurrently) from cached
         # metadata: creating them one by one cost ~5 ms each (85 ms a session), on the critical
         # path of every capture and live-chat turn

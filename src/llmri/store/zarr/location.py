@@ -74,6 +74,34 @@ class Location:
             raise StoreError(f"{where}: corrupt metadata (attributes of {key} is not an object)")
         return attrs
 
+    def claim(self, key: str, data: bytes, made: set[str]) -> bool:
+        """Write ``key`` whole only if nothing is there: True if this call wrote it, False if it
+        existed. Local: an exclusive create (:func:`.nofollow.write_file`); S3 and others whose
+        fsspec filesystem can: an exclusive put (S3's ``If-None-Match: *``); any other store
+        checks, then writes (not exclusive; said in docs/FORMAT.md)."""
+        if self.local_root is not None:
+            from . import nofollow
+
+            try:
+                nofollow.write_file(self.local_root, key, data, made, exclusive=True)
+            except FileExistsError:
+                return False
+            return True
+        fs, path = self.zstore.fs, f"{self.zstore.path}/{key}"
+
+        async def create() -> bool:
+            try:
+                await fs._pipe_file(path, data, mode="create")
+            except FileExistsError:
+                return False
+            except (TypeError, NotImplementedError):  # a filesystem without exclusive writes
+                if await self.zstore.exists(key):
+                    return False
+                await fs._pipe_file(path, data)
+            return True
+
+        return bool(run(create()))
+
     def put(self, files: list[tuple[str, bytes]], made: set[str]) -> None:
         """Write whole files ``(key, bytes)``: on a local store right here, each atomically and
         following no link (:func:`.nofollow.write_file`; ``made``: folder keys known to exist);

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..._errors import StoreError
 from ..base import FORMAT_VERSION, FrameStore, SessionWriter
-from ..ids import new_session_id, prepare_meta
+from ..ids import prepare_meta
 from .columns import check_format_version, check_meta
 from .location import Location
 from .reader import ZarrSession
@@ -108,7 +108,7 @@ class ZarrFrameStore(FrameStore):
                 if local is not None:
                     self._create_local(local)
                 else:
-                    self._init_root(self._loc.zstore)
+                    self._create_remote()
             except StoreError:
                 raise
             except Exception as exc:
@@ -133,6 +133,16 @@ class ZarrFrameStore(FrameStore):
             zstore, mode="w-", attributes={"llmri": {"kind": "store", "format_version": FORMAT_VERSION}}
         )
         root.create_group("sessions")
+
+    def _create_remote(self) -> None:
+        """Make the store where there is no rename: ``sessions/`` first, then the root's
+        ``zarr.json`` claimed exclusively, so the store appears whole, and any number of processes
+        creating it at once all open the one store (the losers' writes are the same bytes)."""
+        from .internals import group_document
+
+        self._loc.put([("sessions/zarr.json", group_document({}))], set())
+        root = {"llmri": {"kind": "store", "format_version": FORMAT_VERSION}}
+        self._loc.claim("zarr.json", group_document(root), set())
 
     def _create_local(self, local: str) -> None:
         """Build the new store in a sibling directory and rename it into place, so a crash never
@@ -173,8 +183,6 @@ class ZarrFrameStore(FrameStore):
         problem = check_meta(meta)
         if problem:
             raise StoreError(f"{self.url}: bad session metadata ({problem})")
-        while self._exists(f"sessions/{meta['id']}/zarr.json"):
-            meta["id"] = new_session_id()
         return ZarrSessionWriter(
             self._loc, meta, reducer_state or {}, compress=self._compress, background=self._background
         )

@@ -14,6 +14,7 @@ from ..._errors import StoreError
 from ..._jsonsafe import json_safe
 from ...frame import TOP_K, Frame
 from ..base import STATUSES, SessionWriter, readout_problem, session_format_version
+from ..ids import new_session_id
 from ..layout import readout_layout
 from .columns import Column, column_compressors, column_specs, coordinate_arrays, frame_rows
 from .internals import ColumnFormat, column_format, create_session_nodes, group_document
@@ -78,6 +79,11 @@ class ZarrSessionWriter(SessionWriter):
                 for name, spec in column_specs(meta).items()
             }
             formats = {name: fmt for name, (fmt, _) in self._columns.items()}
+            # the session's zarr.json is claimed first, exclusively: a writer in another process that
+            # drew the same id (or was given it) gets a new one instead of writing into this session
+            while not location.claim(f"{self._path}/zarr.json", group_document(self._document()), self._made):
+                self._meta["id"] = new_session_id()
+                self._path = f"sessions/{self._meta['id']}"
             create_session_nodes(location.zstore, self._path, self._document(), formats, state, coordinate_arrays(meta))
         except StoreError:
             raise
