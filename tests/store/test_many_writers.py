@@ -28,11 +28,11 @@ WORKER = textwrap.dedent(
     from llmri.backends.synthetic import SyntheticModel
 
     url, w, start, go = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    model = SyntheticModel()
+    model, PER_WORKER = SyntheticModel(), int(sys.argv[5])
     print("ready", flush=True)
     while not os.path.exists(start):  # all workers create the store and their sessions at once
         time.sleep(0.005)
-    for j in range(%d):
+    for j in range(PER_WORKER):
         if j == 1:  # the first session of every worker is in: wait while the test looks
             print("first", flush=True)
             while not os.path.exists(go):
@@ -40,7 +40,6 @@ WORKER = textwrap.dedent(
         s = llmri.capture(model, f"worker {w} prompt {j}", max_new_tokens=6, store=url)
         print("sid", j, s.id, flush=True)
     """
-    % PER_WORKER
 )
 
 
@@ -66,7 +65,7 @@ def test_four_workers_one_store(where, tmp_path, request, synthetic_model):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     procs = [
         subprocess.Popen(
-            [sys.executable, str(script), url, str(w), str(start), str(go)],
+            [sys.executable, str(script), url, str(w), str(start), str(go), str(PER_WORKER)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -108,4 +107,3 @@ def test_four_workers_one_store(where, tmp_path, request, synthetic_model):
         for sig in ref.signals:
             np.testing.assert_array_equal(s.frames(sig), ref.frames(sig))
         np.testing.assert_array_equal(s.tokens.ids, ref.tokens.ids)
-
