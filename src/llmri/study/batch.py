@@ -104,7 +104,9 @@ class BatchCapturer:
         if self.batched:
             from ..backends.hf.batch import BatchRunner
 
-            self.runner = BatchRunner(self.template.backend)  # type: ignore[arg-type]
+            be = self.template.backend
+            inner = getattr(be, "inner", be)  # layers=: a LayerSubset of the hf backend
+            self.runner = BatchRunner(inner, getattr(be, "indices", None))  # type: ignore[arg-type]
 
     def key(self, row: PromptRow) -> str:
         """The key that marks ``row`` done in a store (:meth:`PromptRow.key`)."""

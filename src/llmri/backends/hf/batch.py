@@ -61,12 +61,14 @@ class BatchRunner:
     here (a batch refuses them: the caller runs those prompts one by one).
     """
 
-    def __init__(self, backend: HFBackend) -> None:
+    def __init__(self, backend: HFBackend, layers: list[int] | None = None) -> None:
         if not isinstance(backend, HFBackend):
             raise CaptureError(f"batched capture needs the hf backend, not {getattr(backend, 'name', '?')!r}")
         if not backend._cache_kw:
             raise CaptureError(f"hf: {type(backend.model).__name__} keeps no KV cache: capture it with batch_size=1")
         self.backend = backend
+        #: the layers recorded (``layers=``), in order; ``None``: every layer
+        self.layers = list(range(backend.n_layers)) if layers is None else list(layers)
         self.cache: Any = None
         self.mask: Any = None  # [b, keys] 1 for a real position
         self.lengths: Any = None  # [b] real positions so far
@@ -116,7 +118,7 @@ class BatchRunner:
 
         be = self.backend
         b, n, d = int(ids.shape[0]), int(ids.shape[1]), be.d_model
-        n_layers = be.n_layers
+        n_layers = len(self.layers)
         bufs: dict[str, list[Any]] = {s: [None] * n_layers for s in be.signals}
         weights: list[Any] = [None] * n_layers
 
@@ -148,11 +150,13 @@ class BatchRunner:
         hooks: list[tuple[Any, Any]] = []
         for sig, pts in be.layout.points.items():
             if sig in bufs:
-                hooks += [(pt.module, make(sig, i, pt.path, pt.residual)) for i, pt in enumerate(pts) if pt is not None]
+                chosen = [(i, pts[layer]) for i, layer in enumerate(self.layers)]
+                hooks += [(pt.module, make(sig, i, pt.path, pt.residual)) for i, pt in chosen if pt is not None]
         if attention:
             if all(m is None for m in be._attn_mods):
                 raise CaptureError(f"hf: {type(be.model).__name__} has no attention modules to read weights from")
-            hooks += [(mod, keep_weights(i)) for i, mod in enumerate(be._attn_mods) if mod is not None]
+            mods = [(i, be._attn_mods[layer]) for i, layer in enumerate(self.layers)]
+            hooks += [(mod, keep_weights(i)) for i, mod in mods if mod is not None]
         dev = be.loaded.device
         kw: dict[str, Any] = {be._cache_kw: self.cache, "use_cache": True}
         eager = eager_attention(be.model, be._eager_memo) if attention else nullcontext()
@@ -165,7 +169,7 @@ class BatchRunner:
         for s, bl in bufs.items():
             for i, t in enumerate(bl):
                 if t is None:
-                    pt = be.layout.points[s][i]
+                    pt = be.layout.points[s][self.layers[i]]
                     if pt is not None:
                         raise CaptureError(f"hf: the forward did not run {pt.path} (signal {s!r})")
                     ref = next(x for x in bl if x is not None)
