@@ -23,6 +23,7 @@ from .store.base import set_show
 
 if TYPE_CHECKING:
     from .notebook import show
+    from .study import capture_many
     from .viewer.launch import view
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "__version__",
     "ablate",
     "capture",
+    "capture_many",
     "chat_only",
     "chat_only_stream",
     "load_model",
@@ -76,6 +78,10 @@ def __getattr__(name: str) -> Any:
         from .notebook import show
 
         return show
+    if name == "capture_many":
+        from .study import capture_many
+
+        return capture_many
     if name == "view":
         from .viewer.launch import view
 

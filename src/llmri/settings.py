@@ -121,6 +121,29 @@ def check_frame_dtype(frame_dtype: Any) -> str:
     return str(frame_dtype)
 
 
+def check_layers(layers: Any) -> tuple[int, ...] | None:
+    """``layers`` checked: ``None`` (every layer), or the indices of a list, a range or a string
+    such as ``"0-5,10"`` (``-1``: the last layer), as a tuple in the order given, each once."""
+    if layers is None:
+        return None
+    items: list[Any]
+    if isinstance(layers, str):
+        items = []
+        for part in (x.strip() for x in layers.split(",")):
+            lo, sep, hi = part.partition("-") if not part.startswith("-") else (part, "", "")
+            try:
+                items += list(range(int(lo), int(hi) + 1)) if sep else [int(part)]
+            except ValueError:
+                raise CaptureError(f"layers: {part!r:.40} is not an index or a range like 0-5") from None
+    elif isinstance(layers, (list, tuple, range)):
+        items = list(layers)
+    else:
+        raise CaptureError(f"layers must be a list, a range or a string like '0-5,10', got {type(layers).__name__}")
+    if not items or not all(_whole(x) and not isinstance(x, bool) for x in items):
+        raise CaptureError(f"layers must be whole numbers, at least one, got {layers!r:.80}")
+    return tuple(dict.fromkeys(int(x) for x in items))
+
+
 def _whole(x: Any) -> bool:
     import numpy as np
 
@@ -169,6 +192,10 @@ class CaptureSettings:
         " coarser) or float32 (exact, twice the bytes); docs/precision.md",
         choices=FRAME_DTYPES,
     )
+    layers: str | tuple[int, ...] | None = option(
+        None, "record these layers only: a list or range of indices, '0-5,10' (negative from the end; default all)",
+        metavar="LIST",
+    )  # fmt: skip
     # -- readouts
     lens: bool = option(False, "record the logit lens (every layer's next-token top-5)")
     lens_dtype: str | None = option(
@@ -204,6 +231,7 @@ class CaptureSettings:
         check_attention_k(self.attention_k)
         check_lens_dtype(self.lens_dtype)
         check_frame_dtype(self.frame_dtype)
+        object.__setattr__(self, "layers", check_layers(self.layers))
         if self.lens_batch is not None:
             check_lens_batch(self.lens_batch)
 
@@ -278,6 +306,7 @@ class CaptureOptions(TypedDict, total=False):
     reducer_seed: int
     calibration: str | None
     frame_dtype: str
+    layers: str | tuple[int, ...] | Sequence[int] | range | None
     lens: bool
     lens_dtype: str | None
     lens_batch: int | None

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
 from .._errors import CaptureError
 from ..backends.base import Backend, check_signals
+from ..backends.layers import LayerSubset
 from ..frame import Frame
 from ..interventions import Plan
 from ..models import load_model
@@ -20,6 +21,7 @@ from ..settings import (
     CaptureOptions,
     CaptureSettings,
     check_attention_k,
+    check_layers,
     check_lens_batch,
     document,
     settings_from,
@@ -94,6 +96,10 @@ class CaptureStream(FrameStream):
         self.backend_name, cls = backend_for(self.model, o.backend)
         extra = {} if o.hook_points is None else {"hook_points": o.hook_points}
         self.backend: Backend = cls(self.model, o.signals, **extra)
+        whole = self.backend  # interventions name the model's own layers
+        layers = check_layers(o.layers)
+        if layers is not None:  # record these layers only
+            self.backend = LayerSubset(whole, layers)
         self.signals = self.backend.signals
         tok = getattr(self.model, "tokenizer", None)
         if tok is None:
@@ -102,13 +108,15 @@ class CaptureStream(FrameStream):
         self.codec = TextCodec(tok, gen_cfg)
         self.prompt_ids, self.messages = self.codec.encode(prompt, o.chat)
         fp = getattr(self.model, "fingerprint", "")
+        if isinstance(self.backend, LayerSubset):  # its own calibration cache: scales per recorded layer
+            fp = f"{fp}-layers-{'.'.join(map(str, self.backend.indices))}"
         self.reducer.setup(self.backend.n_layers, self.backend.d_model, fp)
         prepare_reducer(self.reducer, self.backend, self.codec, self.signals, o.calibration)
         if o.interventions:  # after calibration, which runs the model as it is
-            plan = Plan(o.interventions, n_layers=self.backend.n_layers, d_model=self.backend.d_model,
+            plan = Plan(o.interventions, n_layers=whole.n_layers, d_model=self.backend.d_model,
                         n_prompt=len(self.prompt_ids))  # fmt: skip
             if plan.mean_signals:
-                plan.means = calibration_means(self.backend, self.codec, plan.mean_signals, o.calibration)
+                plan.means = calibration_means(whole, self.codec, plan.mean_signals, o.calibration)
             self.backend.intervene(plan)
         max_pos = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
         self._max_positions = int(max_pos) if isinstance(max_pos, int) else None
@@ -128,6 +136,8 @@ class CaptureStream(FrameStream):
             special_ids=self.codec.special_ids,
         )
         self.meta["frame_dtype"] = frame_dtype
+        if isinstance(self.backend, LayerSubset):  # which of the model's layers the frames hold
+            self.meta["layer_indices"] = list(self.backend.indices)
         if o.interventions:  # exactly, the vectors included: the run can be rebuilt from its record
             self.meta["interventions"] = [x.to_dict() for x in o.interventions]
         if self.backend.signal_modules:

@@ -29,6 +29,7 @@ GENERAL = (
     "seed",
     "stop",
     "frame_dtype",
+    "layers",
 )
 
 
@@ -39,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Generate from PROMPT (or --messages) and record every token's frame into the store -o. "
         "Prints the new session's id.",
     )
-    p.add_argument("prompt", nargs="?", help="the prompt text (or use --messages)")
+    p.add_argument("prompt", nargs="?", help="the prompt text (or use --messages, or --prompts for a study)")
     p.add_argument("-o", "--output", required=True, metavar="STORE", help="store path or URL (created if missing)")
     p.add_argument("--model", default=None, metavar="SPEC", help="model dir, .gguf file or hub id (default: bundled)")
     add_options(p, ["backend", "signals"])
@@ -66,6 +67,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     add_attention(p)
     add_options(p, ["frame_dtype"])
+    add_options(p, ["layers"], layers=str)
+    study = p.add_argument_group("a study: many prompts, one session each (docs/studies.md)")
+    study.add_argument(
+        "--prompts",
+        metavar="FILE",
+        help="JSONL ({prompt} or {messages}, optional id), CSV (a prompt column) or a datasets directory",
+    )
+    study.add_argument("--batch-size", type=int, default=16, metavar="N", help="prompts per forward (default 16)")
     interventions.add_flags(p.add_argument_group("interventions (hf backend; docs/interventions.md)"))
     p.add_argument("--quiet", action="store_true", help="no progress line")
     return p
@@ -162,6 +171,8 @@ def _readout_options(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     import llmri
 
+    if args.prompts is not None:
+        return _run_study(args)
     if args.messages and args.prompt:
         raise CaptureError("give either PROMPT or --messages, not both")
     if not args.messages and args.prompt is None:
@@ -205,4 +216,39 @@ def run(args: argparse.Namespace) -> int:
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     print(st.session_id)
+    return 0
+
+
+def _run_study(args: argparse.Namespace) -> int:
+    """``--prompts FILE``: every prompt of the file into the store, resumed where it stopped."""
+    import llmri
+
+    if args.prompt is not None or args.messages:
+        raise CaptureError("--prompts takes its prompts from the file: drop PROMPT / --messages")
+    from ..study import check_prompts
+
+    check_prompts(args.prompts)  # one line naming the file and line, before the model loads
+    store = _check_store(args.output)
+    try:
+        report = llmri.capture_many(
+            args.model,
+            args.prompts,
+            store=store,
+            batch_size=args.batch_size,
+            progress=sys.stderr.isatty() and not args.quiet,
+            chat=args.chat,
+            **collect(args, GENERAL),
+            **_readout_options(args),
+            **interventions.options(args),
+        )
+    except (ValueError, TypeError) as exc:
+        raise CaptureError(str(exc)) from None
+    except KeyboardInterrupt:
+        print(
+            "llmri capture: interrupted; the complete sessions are kept: run the same command to finish",
+            file=sys.stderr,
+        )
+        raise
+    done = f"{report.captured} captured, {report.skipped} already complete"
+    print(f"{done}, {report.tokens} tokens into {args.output}")
     return 0
