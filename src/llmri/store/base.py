@@ -313,6 +313,32 @@ class FrameStore(ABC):
                 self.problems.append(str(exc))
         return out
 
+    def _chosen(self, sessions: Any) -> list[SessionReader]:
+        if sessions is None:
+            return [s for s in self.sessions() if len(s)]
+        return [self.session(x) if isinstance(x, str) else x for x in sessions]
+
+    def to_xarray(self, sessions: Any = None) -> Any:
+        """Every session (or ``sessions``: ids or readers, one layout) as one lazy
+        ``xarray.Dataset`` with a ``session`` axis first: the variables of
+        :meth:`SessionReader.to_xarray` (dask over a Zarr store's chunks; nothing read until
+        computed), each session's ``token`` axis padded to the longest session's with NaN (floats),
+        -1 (ids) or ``""`` (``text``, ``role``: variables here), ``length`` the true lengths.
+        Coordinates per session: ``status``, ``prompt_id`` and each key of a study's prompt
+        metadata (:func:`llmri.capture_many`). Empty sessions are left out. Needs the ``xarray``
+        extra. docs/storage.md has examples."""
+        from .dataset import store_dataset
+
+        return store_dataset(self._chosen(sessions), str(getattr(self, "url", "store")))
+
+    def tokens_df(self, sessions: Any = None) -> Any:
+        """Every session's token table (:meth:`SessionReader.tokens_df`) as one ``pandas.DataFrame``
+        indexed by ``(session, token)``, with each session's ``status``, ``prompt_id`` and prompt
+        metadata as columns."""
+        from .dataset import store_tokens_frame
+
+        return store_tokens_frame(self._chosen(sessions))
+
     def close(self) -> None:  # noqa: B027 - optional
         pass
 

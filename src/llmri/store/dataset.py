@@ -84,6 +84,20 @@ def _eager_columns(session: SessionReader) -> dict[str, Any]:
     return {name: _readonly(np.asarray(a)) for name, a in cols.items()}
 
 
+def _variables(session: SessionReader) -> list[tuple[str, str, tuple[str, ...]]]:
+    """The data variables of a session's dataset: ``(variable, stored column, axes)``."""
+    out: list[tuple[str, str, tuple[str, ...]]] = []
+    for s in session.signals:
+        out.append((s, f"frames/{s}", (TOKEN, LAYER, TILE_Y, TILE_X)))
+        out.append((f"{s}_norm", f"stats/{s}/norm", (TOKEN, LAYER)))
+        out.append((f"{s}_sparsity", f"stats/{s}/sparsity", (TOKEN, LAYER)))
+    out += [(var, name, dims) for var, name, dims in TOKEN_COLUMNS]
+    for kind, fields in readout_layout(session.meta).items():
+        for name, (_, row_dims) in fields.items():
+            out.append((READOUT_PREFIX[kind] + name, f"{kind}/{name}", (TOKEN, *row_dims)))
+    return out
+
+
 def session_dataset(session: SessionReader) -> Any:
     """:meth:`SessionReader.to_xarray`: the session's committed rows as an ``xarray.Dataset``."""
     xr = require("xarray", "xarray")
@@ -99,16 +113,7 @@ def session_dataset(session: SessionReader) -> Any:
         def col(name: str) -> Any:
             return eager[name]
 
-    data: dict[str, Any] = {}
-    for s in session.signals:
-        data[s] = ((TOKEN, LAYER, TILE_Y, TILE_X), col(f"frames/{s}"))
-        data[f"{s}_norm"] = ((TOKEN, LAYER), col(f"stats/{s}/norm"))
-        data[f"{s}_sparsity"] = ((TOKEN, LAYER), col(f"stats/{s}/sparsity"))
-    for var, name, dims in TOKEN_COLUMNS:
-        data[var] = (dims, col(name))
-    for kind, fields in readout_layout(session.meta).items():
-        for name, (_, row_dims) in fields.items():
-            data[READOUT_PREFIX[kind] + name] = ((TOKEN, *row_dims), col(f"{kind}/{name}"))
+    data = {var: (dims, col(name)) for var, name, dims in _variables(session)}
     # text and role are read now: coordinates select (``ds.where(ds.role == "generated", drop=True)``
     # needs them in memory), and they are a small part of a session; every data variable stays lazy
     coords: dict[str, Any] = {
@@ -140,3 +145,111 @@ def tokens_frame(session: SessionReader) -> Any:
         },
         index=pd.RangeIndex(len(t), name=TOKEN),
     )
+
+
+# -- a whole store (a study) ------------------------------------------------------------------
+#: The session axis of :func:`store_dataset`.
+SESSION = "session"
+
+
+def _fill(dtype: np.dtype[Any]) -> Any:
+    """What pads a shorter session's rows: NaN for floats, -1 for integers, "" for strings."""
+    return np.nan if dtype.kind == "f" else (-1 if dtype.kind in "biu" else "")
+
+
+def _block(session: SessionReader, name: str, n: int) -> np.ndarray:
+    """One session's column ``name`` padded to ``n`` rows, with a leading session axis of 1: the
+    task of one block of :func:`store_dataset` (the column is opened and read only here)."""
+    if callable(getattr(session, "array", None)):  # SupportsArrays
+        a = np.asarray(_lazy(session, name, len(session)).compute())
+    else:
+        a = _eager_columns(session)[name]
+    if a.dtype.kind not in "biuf":
+        a = a.astype(object)
+    pad = np.full((n - a.shape[0], *a.shape[1:]), _fill(a.dtype), dtype=a.dtype)
+    return np.concatenate([a, pad], axis=0)[None]
+
+
+def _layout(s: SessionReader) -> tuple[Any, ...]:
+    return (tuple(s.signals), tuple(s.layers), tuple(s.tile), frame_dtype_of(s.meta), str(readout_layout(s.meta)))
+
+
+def _study_coords(sessions: list[SessionReader]) -> dict[str, Any]:
+    """Per session: ``status``, ``prompt_id`` (a study's row id) and each key of the rows' metadata."""
+    studies: list[dict[str, Any]] = []
+    for s in sessions:
+        st = s.meta.get("study")
+        studies.append(st if isinstance(st, dict) else {})
+    rows: list[dict[str, Any]] = []
+    for st in studies:
+        md = st.get("metadata")
+        rows.append(md if isinstance(md, dict) else {})
+
+    def column(values: list[Any]) -> Any:
+        out = np.empty(len(values), dtype=object)
+        out[:] = values
+        return ((SESSION,), out)
+
+    coords: dict[str, Any] = {
+        "status": column([s.status for s in sessions]),
+        "prompt_id": column([st.get("id") or "" for st in studies]),
+    }
+    for k in sorted({k for row in rows for k in row}):
+        if k not in coords and k not in (SESSION, TOKEN, LAYER):
+            coords[k] = column([row.get(k) for row in rows])
+    return coords
+
+
+def store_dataset(sessions: list[SessionReader], where: str) -> Any:
+    """:meth:`FrameStore.to_xarray`: ``sessions`` (one layout) as one Dataset with a ``session``
+    axis; each session's token axis padded to the longest (see the method)."""
+    from .._errors import StoreError
+
+    xr = require("xarray", "xarray")
+    if not sessions:
+        raise StoreError(f"{where}: no sessions to put in a dataset")
+    first = _layout(sessions[0])
+    for s in sessions[1:]:
+        if _layout(s) != first:
+            raise StoreError(
+                f"{where}: session {s.id} is laid out unlike {sessions[0].id} (signals, layers, tile, dtype or "
+                "readouts): pass sessions= of one layout"
+            )
+    import dask.array as da
+    from dask.base import tokenize
+
+    first = session_dataset(sessions[0])  # each variable's row shape and dtype (nothing read)
+    n = max(len(s) for s in sessions)
+    stamp = tokenize(where, [(s.id, len(s)) for s in sessions])
+    data: dict[str, Any] = {}
+    columns = [*_variables(sessions[0]), ("text", "tokens/text", (TOKEN,)), ("role", "tokens/role", (TOKEN,))]
+    for var, name, dims in columns:
+        row = first[var].shape[1:]
+        dtype = first[var].dtype if first[var].dtype.kind in "biuf" else np.dtype(object)
+        key = f"llmri-study-{var}-{stamp}"
+        # one block per session, read by its own task: opening the dataset reads no column at all
+        graph = {(key, i, *(0,) * (1 + len(row))): (_block, s, name, n) for i, s in enumerate(sessions)}
+        chunks = ((1,) * len(sessions), (n,), *((d,) for d in row))
+        data[var] = ((SESSION, *dims), da.Array(graph, key, chunks, dtype=dtype))  # type: ignore[no-untyped-call,unused-ignore]  # untyped in the library
+    data["length"] = ((SESSION,), np.array([len(s) for s in sessions], dtype=np.int64))
+    coords: dict[str, Any] = {SESSION: np.array([s.id for s in sessions], dtype=object), TOKEN: np.arange(n)}
+    if LAYER in first.coords:
+        coords[LAYER] = first[LAYER].values
+    coords.update(_study_coords(sessions))
+    return xr.Dataset(data, coords=coords)
+
+
+def store_tokens_frame(sessions: list[SessionReader]) -> Any:
+    """:meth:`FrameStore.tokens_df`: every session's token table, one ``(session, token)`` index,
+    with each session's study columns (:func:`_study_coords`)."""
+    pd = require("pandas", "xarray")
+    frames = []
+    for s in sessions:
+        df = tokens_frame(s)
+        for key, (_, values) in _study_coords([s]).items():
+            df[key] = values[0]
+        df.insert(0, SESSION, s.id)
+        frames.append(df.reset_index())
+    if not frames:
+        return pd.DataFrame(columns=[SESSION, TOKEN]).set_index([SESSION, TOKEN])
+    return pd.concat(frames, ignore_index=True).set_index([SESSION, TOKEN])
