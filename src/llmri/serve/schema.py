@@ -44,6 +44,8 @@ class _Common(BaseModel):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
+    #: an extension (vLLM's name): generate ``max_tokens`` tokens whatever the model says
+    ignore_eos: bool | None = False
 
 
 class ChatBody(_Common):
@@ -84,6 +86,7 @@ class Request:
     #: top alternatives per token (0: the chosen token's logprob only); ``None``: no logprobs
     logprobs: int | None
     user: str = ""
+    ignore_eos: bool = False
     tools: list[dict[str, Any]] = field(default_factory=list)
     #: fields this server does not know and did not act on
     ignored: list[str] = field(default_factory=list)
@@ -92,7 +95,7 @@ class Request:
         """The sampling settings as the session records them (``meta["serve"]["sampling"]``)."""
         return {
             "max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
-            "stop": self.stop, "seed": self.seed, "logprobs": self.logprobs,
+            "stop": self.stop, "seed": self.seed, "logprobs": self.logprobs, "ignore_eos": self.ignore_eos,
         }  # fmt: skip
 
 
@@ -187,6 +190,7 @@ def _common(b: _Common, kind: Literal["chat", "completion"], prompt: Any, max_to
         include_usage=bool(b.stream and b.stream_options and b.stream_options.include_usage),
         logprobs=logprobs,
         user=b.user or "",
+        ignore_eos=bool(b.ignore_eos),
         ignored=sorted(ignored),
     )
 

@@ -132,7 +132,7 @@ class Job:
         return ServeStream(
             engine.model, prompt, options, store=self.store, meta=self.meta, chat=chat,
             max_new_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
-            stop=tuple(req.stop),
+            stop=tuple(req.stop), ignore_eos=req.ignore_eos,
         )  # fmt: skip
 
     def run(self) -> None:
@@ -161,7 +161,9 @@ class Job:
                 Event("error", error=APIError(f"the model failed: {type(exc).__name__}", 500, type="server_error"))
             )
             return
-        answer = stream.answer = Answer(self.req.stop, stream.codec.eos_ids, stream.codec.special_ids)
+        answer = stream.answer = Answer(
+            self.req.stop, () if self.req.ignore_eos else stream.codec.eos_ids, stream.codec.special_ids
+        )
         with self._lock:
             self._stream = stream
             if self.cancelled:
