@@ -139,3 +139,40 @@ def test_host_and_origin_refused(client):
     is_openai_error(r, 403)
     assert client.get("/api/sessions", headers={"Host": "evil.example"}).status_code == 403
     assert client.store.session_ids() == []
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+
+
+def test_tools_reach_a_template_that_reads_them(tmp_path):
+    from starlette.testclient import TestClient
+
+    import llmri
+    from llmri.backends.synthetic import ByteTokenizer, SyntheticModel
+
+    class ToolTokenizer(ByteTokenizer):
+        chat_template = "{% if tools %}...{% endif %}"  # a template that reads `tools`
+
+        def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=False, tools=None):
+            head = "".join(f"<tool>{t['function']['name']}\n" for t in tools or [])
+            return head + super().apply_chat_template(messages, add_generation_prompt, tokenize)
+
+    model = SyntheticModel()
+    model.tokenizer = ToolTokenizer()
+    store = llmri.open_store(tmp_path / "s.zarr", create=True)
+    gate = make_app(store, model)
+    with TestClient(gate, base_url="http://127.0.0.1:8000") as c:
+        r = c.post("/v1/chat/completions", json={**CHAT, "tools": TOOLS, "tool_choice": "auto", "max_tokens": 4})
+        assert r.status_code == 200, r.text
+    gate.app.state.serve.close()
+    s = store.session(r.headers["x-llmri-session"].split("/")[1])
+    assert s.prompt_text.startswith("<tool>get_weather\n<user>Hi\n<assistant>")
+    assert s.meta["messages"] == CHAT["messages"] and s.meta["serve"]["tools"] == TOOLS
+    assert "tools_ignored" not in s.meta["serve"]
+
+
+def test_tools_without_a_template_for_them_are_recorded_as_ignored(client):
+    r = client.post("/v1/chat/completions", json={**CHAT, "tools": TOOLS, "max_tokens": 4, "metadata": {"a": 1}})
+    s = client.store.session(r.headers["x-llmri-session"].split("/")[1])
+    assert s.meta["serve"]["tools_ignored"] is True and s.prompt_text == "<user>Hi\n<assistant>"
+    assert s.meta["serve"]["ignored"] == ["metadata"]

@@ -147,6 +147,8 @@ def test_a_client_killed_mid_stream(served, sdk):
     proc = subprocess.Popen([sys.executable, "-c", CLIENT, served["url"] + "/v1"], stdout=subprocess.PIPE, text=True)
     rid = proc.stdout.readline().strip()
     proc.stdout.readline()  # a token arrived: generation is under way
+    listed = httpx.get(served["url"] + "/api/sessions", timeout=60).json()["sessions"]  # the viewer, while it records
+    assert next(x for x in listed if x["id"] == rid.split("-", 1)[1])["status"] == "recording"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     proc.stdout.close()
