@@ -176,3 +176,27 @@ def test_tools_without_a_template_for_them_are_recorded_as_ignored(client):
     s = client.store.session(r.headers["x-llmri-session"].split("/")[1])
     assert s.meta["serve"]["tools_ignored"] is True and s.prompt_text == "<user>Hi\n<assistant>"
     assert s.meta["serve"]["ignored"] == ["metadata"]
+
+
+@pytest.mark.slow
+def test_a_gguf_on_the_llamacpp_backend(tmp_path):
+    """The bundled GGUF run by llama.cpp itself (what ``llmri serve model.gguf`` serves)."""
+    pytest.importorskip("llama_cpp")
+    from starlette.testclient import TestClient
+
+    import llmri
+    from llmri.models.identity import default_gguf_path
+
+    model = llmri.load_model(str(default_gguf_path()), backend="llama.cpp")
+    store = llmri.open_store(tmp_path / "s.zarr", create=True)
+    gate = make_app(store, model)
+    body = {**CHAT, "max_tokens": 6, "logprobs": True, "top_logprobs": 2}
+    with TestClient(gate, base_url="http://127.0.0.1:8000") as c:
+        r = c.post("/v1/chat/completions", json=body)
+    gate.app.state.serve.close()
+    text = r.json()["choices"][0]["message"]["content"]
+    s = store.session(r.headers["x-llmri-session"].split("/")[1])
+    assert s.meta["backend"] == "llama.cpp" and s.status == "complete" and s.text == text and text
+    got = [c["logprob"] for c in r.json()["choices"][0]["logprobs"]["content"]]
+    want = [float(lp) for lp, role in zip(s.tokens.logprob, s.tokens.role, strict=True) if role == "generated"]
+    assert got == pytest.approx(want[: len(got)], abs=1e-6)
