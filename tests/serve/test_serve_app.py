@@ -200,3 +200,30 @@ def test_a_gguf_on_the_llamacpp_backend(tmp_path):
     got = [c["logprob"] for c in r.json()["choices"][0]["logprobs"]["content"]]
     want = [float(lp) for lp, role in zip(s.tokens.logprob, s.tokens.role, strict=True) if role == "generated"]
     assert got == pytest.approx(want[: len(got)], abs=1e-6)
+
+
+def test_closing_the_server_stops_the_running_request(tmp_path):
+    import threading
+    import time
+
+    from starlette.testclient import TestClient
+
+    import llmri
+
+    store = llmri.open_store(tmp_path / "s.zarr", create=True)
+    gate = make_app(store, max_tokens_limit=4000)
+    out = []
+    body = {**CHAT, "max_tokens": 4000, "ignore_eos": True}
+    with TestClient(gate, base_url="http://127.0.0.1:8000") as c:
+        t = threading.Thread(target=lambda: out.append(c.post("/v1/chat/completions", json=body)))
+        t.start()
+        deadline = time.monotonic() + 60
+        while not store.session_ids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        gate.app.state.serve.close()
+        t.join(60)
+    (sid,) = store.session_ids()
+    s = store.session(sid)
+    assert s.status == "complete" and s.meta["finish_reason"] == "disconnected"
+    assert out[0].json()["choices"][0]["finish_reason"] == "disconnected"
+    assert sum(1 for r in s.tokens.role if r == "generated") < 4000

@@ -198,9 +198,10 @@ class ModelWorker:
 
     def __init__(self, max_queue: int = 256) -> None:
         self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
+        self.current: Job | None = None
+        self.done = 0
         self.thread = threading.Thread(target=self._loop, name="llmri-serve", daemon=True)
         self.thread.start()
-        self.done = 0
 
     def submit(self, job: Job) -> None:
         """Queue ``job``; 503 in OpenAI's shape when the queue is full."""
@@ -213,9 +214,23 @@ class ModelWorker:
 
     def _loop(self) -> None:
         while (job := self.jobs.get()) is not None:
+            self.current = job
             job.run()
+            self.current = None
             self.done += 1
 
     def close(self) -> None:
+        """Stop: the queued requests are dropped, the running one is stopped (its session closed
+        ``complete``, ``finish_reason`` ``disconnected``), then the thread ends."""
+        while True:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.cancel()
+        current = self.current
+        if current is not None:
+            current.cancel()
         self.jobs.put(None)
         self.thread.join(timeout=30)
