@@ -87,3 +87,20 @@ def test_layers_in_a_batch(real_model, tmp_path):
         assert s.meta["layer_indices"] == [0, 1, 2, 29] and s.layers == [ref.layers[i] for i in (0, 1, 2, 29)]
         assert s.frames("resid").shape[1] == 4
         assert close_frames(s.frames("mlp"), ref.frames("mlp")[:, [0, 1, 2, 29]]).all()
+
+
+def test_interventions_run_row_by_row_with_the_same_frames(real_model, tmp_path):
+    # an intervention's positions are per prompt: the study captures those prompts one at a time
+    vec = np.random.default_rng(0).standard_normal(576).astype(np.float32)
+    opts = {"max_new_tokens": 3, "chat": True, "signals": "resid", "interventions": [llmri.steer(vec, [3, 4], 4.0)]}
+    path = str(tmp_path / "i.zarr")
+    capture_many(real_model, PROMPTS[:2], store=path, batch_size=2, **opts)
+    store = llmri.open_store(path)
+    for sid in store.session_ids():
+        s = store.session(sid)
+        ref = llmri.capture(real_model, s.meta["prompt"], **opts)
+        plain = llmri.capture(real_model, s.meta["prompt"], **{**opts, "interventions": ()})
+        assert len(s.meta["interventions"]) == 1
+        assert s.tokens.ids.tolist() == ref.tokens.ids.tolist()
+        np.testing.assert_array_equal(s.frames("resid"), ref.frames("resid"))
+        assert not np.array_equal(s.frames("resid"), plain.frames("resid"))  # the steer changed the run

@@ -121,3 +121,16 @@ def test_iterables_of_strings_and_dicts():
     assert next(it).prompt == "a"
     with pytest.raises(PromptFileError, match=r"prompts\[1\]: duplicate id"):
         next(it)
+
+
+def test_cli_refuses_a_bad_file_in_one_line_before_the_model(tmp_path, capsys):
+    from llmri.cli import main
+
+    p = _jsonl(tmp_path, [{"prompt": "a", "id": "x"}, {"prompt": "b", "id": "x"}])
+    out = tmp_path / "s.zarr"
+    assert main(["capture", "--prompts", str(p), "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"llmri capture: error: {p}:2: duplicate id 'x' (first at {p}:1)"
+    assert not out.exists()  # nothing created
+    assert main(["capture", "hello", "--prompts", str(p), "-o", str(out)]) == 1
+    assert "drop PROMPT" in capsys.readouterr().err
