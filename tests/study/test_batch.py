@@ -23,7 +23,7 @@ PROMPTS = [
         "id": "long",
     },
 ]
-OPTS = {"max_new_tokens": 12, "chat": True, "lens": True, "attention": True}
+OPTS = {"max_new_tokens": 8, "chat": True, "lens": True, "attention": True}
 
 
 def close_frames(a, b):

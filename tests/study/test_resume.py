@@ -62,7 +62,7 @@ def test_killed_study_resumes_to_every_prompt_once(tmp_path, sig):
             proc.kill()
     assert proc.returncode == (-9 if sig == signal.SIGKILL else 130)
     if sig == signal.SIGINT:
-        assert "complete sessions kept" in err and "Traceback" not in err
+        assert "the complete sessions are kept" in err and "Traceback" not in err
     kept = _complete(path)
     assert BATCH <= len(kept) < N  # at most the unfinished rows were lost
     rerun = subprocess.run(_cmd(prompts, path), env=env, capture_output=True, text=True, timeout=900)

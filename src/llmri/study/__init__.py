@@ -10,7 +10,7 @@ running statistics of the study are stored with it (:func:`study_stats`).
 progress=, group=)`` (a :class:`StudyReport`), ``settings`` a checked
 :class:`~llmri.settings.CaptureSettings`.
 
-The per-worker seam (for the Ray executor, ``executor="ray"``, in :mod:`llmri.study.ray`)
+The per-worker seam (for the Ray executor, ``executor="ray"``, in ``llmri.study.ray``)
 ---------------------------------------------------------------------------------------------
 A worker holds a :class:`BatchCapturer` (the model loaded once, the settings checked once)::
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import CaptureError
 from ..frame import Frame
-from ..settings import CaptureSettings, settings_from
+from ..settings import CaptureSettings, document, settings_from
 from .batch import BatchCapturer
 from .progress import study_bar
 from .prompts import PromptRow, rows_of
@@ -249,3 +249,6 @@ def capture_many(
 def _count(rows: Iterable[PromptRow]) -> int | None:
     count = getattr(rows, "count", None)
     return int(count) if isinstance(count, int) else None
+
+
+document(capture_many)
