@@ -7,6 +7,8 @@ alternate round by round; medians. tokens/s counts new tokens over the whole stu
 (prefill, frames and session writes included). ``--no-group`` keeps file order (no length grouping).
 
     python benchmarks/capture_many.py [--rounds 3] [--quick] [--batches 1,4,8,16] [--no-group]
+
+``--quick``: 8 prompts, 16 new tokens, batches 1, 4, 8, one round (a shared machine's check).
 """
 
 from __future__ import annotations
@@ -60,8 +62,8 @@ def one(batch: int, n: int, new: int, threads: int, group: bool) -> dict[str, fl
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="16 prompts, 16 new tokens, 1 round")
-    ap.add_argument("--batches", default="1,4,8,16")
+    ap.add_argument("--quick", action="store_true", help="8 prompts, 16 new tokens, batches 1,4,8, 1 round")
+    ap.add_argument("--batches", default=None, help="batch sizes (default 1,4,8,16; --quick 1,4,8)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-group", action="store_true")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
@@ -71,8 +73,8 @@ def main() -> None:
     if a.one is not None:
         print(json.dumps(one(a.one, a.n, a.new, a.threads, not a.no_group)))
         return
-    n, new, rounds = (16, 16, 1) if a.quick else (64, 64, a.rounds)
-    batches = [int(x) for x in a.batches.split(",")]
+    n, new, rounds = (8, 16, 1) if a.quick else (64, 64, a.rounds)
+    batches = [int(x) for x in (a.batches or ("1,4,8" if a.quick else "1,4,8,16")).split(",")]
     runs: dict[int, list[dict[str, float]]] = {b: [] for b in batches}
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
     for r in range(rounds):
@@ -92,6 +94,7 @@ def main() -> None:
             cmd += ["--no-group"] if a.no_group else []
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
             runs[b].append(json.loads(out.strip().splitlines()[-1]))
+            print(f"batch {b}: {runs[b][-1]}", file=sys.stderr, flush=True)
     base = median([x["tok_s"] for x in runs[batches[0]]])
     rows = []
     for b in batches:
