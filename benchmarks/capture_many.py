@@ -8,6 +8,7 @@ alternate round by round; medians. tokens/s counts new tokens over the whole stu
 
     python benchmarks/capture_many.py [--rounds 3] [--quick] [--batches 1,4,8,16] [--no-group]
 
+``--ceiling``: the plain model's decode forward alone at each batch size (the most batching can give).
 ``--quick``: 8 prompts, 16 new tokens, batches 1, 4, 8, one round (a shared machine's check).
 """
 
@@ -59,6 +60,37 @@ def one(batch: int, n: int, new: int, threads: int, group: bool) -> dict[str, fl
     return {"tokens": rep.tokens, "seconds": wall, "tok_s": rep.tokens / wall, "rss_mib": peak_rss_mib()}
 
 
+def ceiling(batches: list[int], threads: int, rounds: int) -> None:
+    """The plain model's decode forward (no llmri, KV cache of 96 positions) at each batch size,
+    alternating, medians: new tokens/s of the model alone, the most a batched capture can reach."""
+    import torch
+
+    import llmri
+
+    torch.set_num_threads(threads)
+    model = llmri.load_model().model
+    times: dict[int, list[float]] = {b: [] for b in batches}
+    with torch.inference_mode():
+        caches = {}
+        for b in batches:
+            out = model(input_ids=torch.randint(100, 1000, (b, 96)), use_cache=True)
+            caches[b] = out.past_key_values if getattr(out, "cache", None) is None else out.cache
+        for r in range(rounds):
+            for b in batches if r % 2 == 0 else batches[::-1]:
+                t0 = time.perf_counter()
+                model(input_ids=torch.randint(100, 1000, (b, 1)), cache=caches[b], use_cache=True)
+                caches[b].crop(-1)  # back to 96 positions
+                times[b].append(time.perf_counter() - t0)
+    base = batches[0] / median(times[batches[0]])
+    rows = [
+        {"batch": b, "forward ms": f"{1000 * median(times[b]):.1f}", "tok/s": f"{b / median(times[b]):.1f}",
+         f"x batch {batches[0]}": f"{b / median(times[b]) / base:.2f}"}
+        for b in batches
+    ]  # fmt: skip
+    print(f"plain model decode forward, {threads} threads, {rounds} rounds (medians)")
+    print(table(rows, list(rows[0])))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -66,12 +98,16 @@ def main() -> None:
     ap.add_argument("--batches", default=None, help="batch sizes (default 1,4,8,16; --quick 1,4,8)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-group", action="store_true")
+    ap.add_argument("--ceiling", action="store_true", help="only the plain model's decode forward per batch size")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=64, help=argparse.SUPPRESS)
     ap.add_argument("--new", type=int, default=64, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one is not None:
         print(json.dumps(one(a.one, a.n, a.new, a.threads, not a.no_group)))
+        return
+    if a.ceiling:
+        ceiling([int(x) for x in (a.batches or "1,4,8,16").split(",")], a.threads, 2 * a.rounds + 1)
         return
     n, new, rounds = (8, 16, 1) if a.quick else (64, 64, a.rounds)
     batches = [int(x) for x in (a.batches or ("1,4,8" if a.quick else "1,4,8,16")).split(",")]
