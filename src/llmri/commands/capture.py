@@ -28,6 +28,7 @@ GENERAL = (
     "top_p",
     "seed",
     "stop",
+    "ignore_eos",
     "frame_dtype",
     "layers",
 )
@@ -52,7 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="name the module per signal, {i} for the layer: resid=model.layers.{i},mlp=model.layers.{i}.mlp "
         "(see `llmri inspect`)",
     )
-    add_options(p, ["reducer", "tile", "reducer_seed", "max_new_tokens", "temperature", "top_p", "seed", "stop"])
+    add_options(
+        p, ["reducer", "tile", "reducer_seed", "max_new_tokens", "temperature", "top_p", "seed", "stop", "ignore_eos"]
+    )
     chat = p.add_mutually_exclusive_group()
     chat.add_argument("--chat", dest="chat", action="store_true", default=True, help="prompt is a user message")
     chat.add_argument("--raw", dest="chat", action="store_false", help="feed the prompt as raw text")

@@ -10,7 +10,7 @@ running statistics of the study are stored with it (:func:`study_stats`).
 progress=, group=)`` (a :class:`StudyReport`), ``settings`` a checked
 :class:`~llmri.settings.CaptureSettings`.
 
-The per-worker seam (for the Ray executor, ``executor="ray"``, in :mod:`llmri.study.ray`)
+The per-worker seam (for the Ray executor, ``executor="ray"``, in ``llmri.study.ray``)
 ---------------------------------------------------------------------------------------------
 A worker holds a :class:`BatchCapturer` (the model loaded once, the settings checked once)::
 
@@ -30,11 +30,12 @@ may also store its own part: parts are merged when read).
 from __future__ import annotations
 
 from .batch import BatchCapturer
-from .capture import StudyReport, capture_batches, capture_many, completed_keys, write_session
+from .capture import GROUP_WINDOW, StudyReport, capture_batches, capture_many, completed_keys, write_session
 from .prompts import PromptFileError, PromptRow, check_prompts, read_prompts, row_from_dict, rows_of
 from .stats import RunningStats, save_stats, study_stats
 
 __all__ = [
+    "GROUP_WINDOW",
     "BatchCapturer",
     "PromptFileError",
     "PromptRow",

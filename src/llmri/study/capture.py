@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import CaptureError
 from ..frame import Frame
-from ..settings import CaptureSettings, settings_from
+from ..settings import CaptureSettings, document, settings_from
 from .batch import BatchCapturer
 from .progress import study_bar
 from .prompts import PromptRow, rows_of
-from .stats import RunningStats
+from .stats import RunningStats, save_stats
 
 if TYPE_CHECKING:
     from ..store.base import FrameStore
@@ -106,7 +106,12 @@ def write_session(store: FrameStore, meta: dict[str, Any], state: dict[str, Any]
 
 
 def _batches(
-    cap: BatchCapturer, rows: Iterable[PromptRow], done: set[str], report: StudyReport, group: bool
+    cap: BatchCapturer,
+    rows: Iterable[PromptRow],
+    done: set[str],
+    report: StudyReport,
+    group: bool,
+    on_skip: Callable[[PromptRow], None] | None = None,
 ) -> Iterator[list[PromptRow]]:
     """``rows`` not yet done, in batches; ``group``: each window of rows sorted by prompt length."""
     size = cap.batch_size
@@ -121,6 +126,8 @@ def _batches(
     for row in rows:
         if cap.key(row) in done:
             report.skipped += 1
+            if on_skip is not None:
+                on_skip(row)
             continue
         window.append(row)
         if len(window) >= size * (GROUP_WINDOW if group else 1):
@@ -139,13 +146,17 @@ def capture_batches(
     batch_size: int = 16,
     group: bool = True,
     on_session: Callable[[PromptRow, str, int], None] | None = None,
+    on_skip: Callable[[PromptRow], None] | None = None,
     capturer: BatchCapturer | None = None,
+    save: bool = True,
 ) -> StudyReport:
     """Capture ``rows`` (already read :class:`~llmri.study.PromptRow` values) into ``store``, one
     session per row, skipping the rows whose session is complete there already; the per-worker
     function (docs/studies.md). ``model``: a spec or a loaded model (ignored with ``capturer``, a
     :class:`BatchCapturer` a worker keeps between calls). ``on_session(row, session_id, tokens)``
-    after each session is written. Returns the :class:`StudyReport` of this call, its running
+    after each session is written, ``on_skip(row)`` for each row complete already. ``save``: store
+    this call's running statistics as a part of its own (:func:`~llmri.study.save_stats`), rewritten
+    after each batch. Returns the :class:`StudyReport` of this call, its running
     statistics included (merge several workers' with :meth:`StudyReport.merge`)."""
     from ..store import FrameStore, open_store
 
@@ -154,7 +165,8 @@ def capture_batches(
     report = StudyReport(stats=RunningStats(list(cap.template.signals), len(cap.template.backend.layer_names)))
     done = completed_keys(fs)
     t0 = time.perf_counter()
-    for batch in _batches(cap, rows, done, report, group):
+    part = None
+    for batch in _batches(cap, rows, done, report, group, on_skip):
         for row, meta, frames in cap.capture(batch):
             sid = write_session(fs, meta, cap.template.reducer_state, frames)
             n_new = sum(1 for f in frames if f.token.role == "generated")
@@ -166,6 +178,8 @@ def capture_batches(
             done.add(str(meta["study"]["key"]))
             if on_session is not None:
                 on_session(row, sid, n_new)
+        if save and report.stats is not None:
+            part = save_stats(fs, report.stats, part)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -199,7 +213,6 @@ def capture_many(
     (:func:`llmri.study.study_stats`). The capture options are :func:`llmri.capture`'s.
     """
     from ..store import FrameStore, open_store
-    from .stats import save_stats
 
     o = settings_from(settings, options)
     if executor not in (None, "local"):
@@ -222,13 +235,12 @@ def capture_many(
         bar = study_bar(progress, total)
         try:
             report = capture_batches(
-                None, rows, fs, o, group=group, capturer=cap, on_session=bar.update if bar else None
-            )
+                None, rows, fs, o, group=group, capturer=cap, on_session=bar.update if bar else None,
+                on_skip=bar.skip if bar else None,
+            )  # fmt: skip
         finally:
             if bar is not None:
                 bar.close()
-        if report.stats is not None and report.captured:
-            save_stats(fs, report.stats)
         return report
     finally:
         cap.close()
@@ -237,3 +249,6 @@ def capture_many(
 def _count(rows: Iterable[PromptRow]) -> int | None:
     count = getattr(rows, "count", None)
     return int(count) if isinstance(count, int) else None
+
+
+document(capture_many)

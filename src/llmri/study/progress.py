@@ -24,9 +24,9 @@ class StudyBar:
         self.bar.set_postfix_str(f"{rate:.1f} tok/s", refresh=False)
         self.bar.update(1)
 
-    def skip(self, n: int) -> None:
-        if n:
-            self.bar.update(n)
+    def skip(self, row: PromptRow) -> None:
+        """A prompt complete already (a resumed study): done, at no cost, so it moves no rate."""
+        self.bar.update(1)
 
     def close(self) -> None:
         self.bar.close()

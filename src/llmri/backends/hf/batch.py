@@ -3,7 +3,7 @@ mask and each row's own position ids, the KV cache kept; rows leave the cache as
 
 The capture of each row is the batch-1 capture's: the same hooks' modules (the backend's layout),
 read as ``[batch, n, d_model]``. Padding positions are never returned (the caller slices them off
-with :attr:`BatchStep.pad`).
+with :attr:`BatchRunner.pad`).
 """
 
 from __future__ import annotations
