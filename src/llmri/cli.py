@@ -16,7 +16,7 @@ from . import __version__
 from ._errors import LlmriError
 
 #: Subcommand modules, in the order ``llmri --help`` lists them.
-COMMANDS = ["capture", "info", "export", "view", "chat", "demo", "backends", "inspect", "upgrade"]
+COMMANDS = ["capture", "info", "export", "view", "serve", "chat", "demo", "backends", "inspect", "upgrade"]
 
 
 def build_parser() -> argparse.ArgumentParser:
