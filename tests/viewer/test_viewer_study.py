@@ -141,3 +141,60 @@ def test_study_overview_of_a_store_without_a_study_is_404(synthetic_model):
     r = TestClient(create_app(st, port=8000), base_url=BASE).get("/api/stores/s0/study")
     assert r.status_code == 404 and "no study" in r.json()["error"]
     assert TestClient(create_app(st, port=8000), base_url=BASE).get("/api/stores/nope/study").status_code == 404
+
+
+# -- in a real browser ------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.browser
+def test_page_lists_origins_searches_and_shows_the_study(study_store, browser):
+    """Chromium on the served page: the picker labels served sessions with client and time and study
+    sessions with their prompt id; typing in the search box narrows it (the server's ``?q=``) to the
+    one match, which opens; the study button draws the stored statistics per layer."""
+    import os
+
+    from llmri.testing import CHROMIUM, ServedApp
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM} (set LLMRI_CHROMIUM)")
+    served = ServedApp(create_app(study_store))
+    ctx = browser.new_context(viewport={"width": 1440, "height": 900}, bypass_csp=True)  # for wait_for_function
+    page = ctx.new_page()
+    try:
+        page.goto(served.url + "/")
+        page.wait_for_function("window.llmri && window.llmri.ready", timeout=30000)
+        labels = page.eval_on_selector_all("#session-select option", "os => os.map(o => o.textContent)")
+        assert len(labels) == 5
+        assert any(t.startswith("[alice · 2026-12-07 06:00:00] Tell me about owls") for t in labels), labels
+        assert any(t.startswith("[bob · 2026-12-07 06:00:00]") for t in labels), labels
+        assert {t.split("]")[0] for t in labels if t.startswith("[#")} == {"[#q-sky", "[#q-grass", "[#q-sea"}
+
+        page.fill("#session-search", "GRASS")
+        page.wait_for_function("document.querySelectorAll('#session-select option').length === 1")
+        only = page.eval_on_selector("#session-select option", "o => [o.value, o.textContent]")
+        assert only[1].startswith("[#q-grass] Why is grass green?")
+        page.select_option("#session-select", only[0])
+        page.wait_for_function(f"window.llmri.state.loaded === {only[0]!r}")
+
+        page.fill("#session-search", "alice")  # a client's name finds its conversation
+        page.wait_for_function(
+            "[...document.querySelectorAll('#session-select option')].map(o => o.textContent).join('|')"
+            ".startsWith('[alice')"
+        )
+        assert page.eval_on_selector_all("#session-select option", "os => os.length") == 1
+        page.fill("#session-search", "")
+        page.wait_for_function("document.querySelectorAll('#session-select option').length === 5")
+
+        expected = study_stats(llmri.open_store(study_store))
+        assert expected is not None
+        page.click("#study-btn")
+        page.wait_for_selector("#study:not([hidden]) table.study-table")
+        sig = expected.signals[0]
+        counts = page.eval_on_selector_all(
+            f"table.study-table[data-signal={sig!r}] tr td:nth-child(2)", "tds => tds.map(t => Number(t.textContent))"
+        )
+        assert counts == expected.count[0].tolist()
+        widths = page.eval_on_selector_all("table.study-table td.bar span", "ss => ss.map(s => s.style.width)")
+        assert widths and all(w.endswith("%") for w in widths) and "100%" in widths
+    finally:
+        ctx.close()
+        served.close()

@@ -68,6 +68,7 @@ def _origin(meta: Mapping[str, Any]) -> dict[str, Any]:
         "client": str(meta.get("client") or "")[:MAX_META_CHARS],
         "request_id": str(meta.get("request_id") or "")[:MAX_META_CHARS],
         "served": isinstance(meta.get("serve"), dict),
+        "study": bool(study),
         "prompt_id": "" if pid is None else str(pid)[:MAX_META_CHARS],
         "metadata": metadata,
     }
