@@ -135,12 +135,15 @@ def test_study_overview_equals_the_stored_statistics(client, study_store):
     assert body["n_sessions"] == 3
 
 
-def test_study_overview_of_a_store_without_a_study_is_404(synthetic_model):
+def test_study_overview_of_a_store_without_a_study_is_empty(synthetic_model):
     st = llmri.MemoryFrameStore()
     st.add(llmri.capture(synthetic_model, "Hi", chat=True, max_new_tokens=2))
-    r = TestClient(create_app(st, port=8000), base_url=BASE).get("/api/stores/s0/study")
-    assert r.status_code == 404 and "no study" in r.json()["error"]
-    assert TestClient(create_app(st, port=8000), base_url=BASE).get("/api/stores/nope/study").status_code == 404
+    client = TestClient(create_app(st, port=8000), base_url=BASE)
+    r = client.get("/api/stores/s0/study")
+    assert r.status_code == 200
+    assert r.json() == {"store": "s0", "signals": [], "layers": [], "n_sessions": 0, "stats": {}}
+    r = client.get("/api/stores/nope/study")
+    assert r.status_code == 404 and "\n" not in r.json()["error"]
 
 
 # -- in a real browser ------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ function num(v) {
 
 /** The overview's HTML. @param {StudyStats} d */
 export function studyHtml(d) {
+  if (!d.n_sessions) return `<p class="dim">no study in this store: its sessions were not captured by capture_many</p>`;
   const parts = [`<p class="dim">${d.n_sessions} prompts · norms of each token's vector per layer</p>`];
   for (const sig of d.signals) {
     const st = d.stats[sig] || {};
