@@ -57,7 +57,7 @@ function onKey(e) {
   else if (e.key === "n" || e.key === "p") jumpMarker(e.key === "n" ? 1 : -1);
   else if (e.key === "c") setDiff(view.diff === "prev" ? "off" : "prev");
   else if (e.key === "s") savePng();
-  else if (e.key === "Escape") $("help").hidden = true;
+  else if (e.key === "Escape") { $("help").hidden = true; $("study").hidden = true; }
   else if (e.key === "?") $("help").hidden = !$("help").hidden;
   else handled = false;
   if (handled) e.preventDefault();

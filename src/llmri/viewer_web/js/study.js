@@ -25,7 +25,7 @@ function num(v) {
 /** The overview's HTML. @param {StudyStats} d */
 export function studyHtml(d) {
   if (!d.n_sessions) return `<p class="dim">no study in this store: its sessions were not captured by capture_many</p>`;
-  const parts = [`<p class="dim">${d.n_sessions} prompts · norms of each token's vector per layer</p>`];
+  const parts = [`<p class="dim">${d.n_sessions} prompts · L2 norms of each token's vector per layer; quantiles from a log histogram (to within ~12%)</p>`];
   for (const sig of d.signals) {
     const st = d.stats[sig] || {};
     const means = (st.mean || []).map((v) => v || 0);
@@ -37,7 +37,7 @@ export function studyHtml(d) {
     });
     parts.push(
       `<h4>${esc(sig)}</h4><table class="study-table" data-signal="${esc(sig)}"><tr><th>layer</th>` +
-        FIELDS.map((f) => `<th>${f}</th>`).join("") + `<th>mean</th></tr>${rows.join("")}</table>`,
+        FIELDS.map((f) => `<th>${f}</th>`).join("") + `<th>mean, vs the largest</th></tr>${rows.join("")}</table>`,
     );
   }
   return parts.join("");
