@@ -12,10 +12,13 @@ Endpoints (every one behind :class:`~llmri.viewer.security.SecurityMiddleware`),
 ``routes/sessions.py``
 ``GET /api/stores``                                      the stores given on the command line (ids, labels)
 ``GET /api/stores/{store}/sessions``                     one store's sessions (summaries)
-``GET /api/sessions``                                    every session of every store (summaries)
+``GET /api/sessions``                                    every session of every store (summaries), newest
+                                                         first; ``?q=`` text search, ``?meta.KEY=VALUE`` filters
 ``GET /api/sessions/{store}/{session}``                  one session: summary, full metadata, layer grid
 ``GET /api/sessions/{store}/{session}/tokens``           token table records (``?start=&stop=``)
 ``GET /api/compare?a={store}/{session}&b=...``           whether two sessions can be diffed (409 if not)
+``routes/study.py``
+``GET /api/stores/{store}/study``                        a study's running statistics per signal and layer
 ``routes/frames.py``
 ``GET /api/sessions/{store}/{session}/frames``           a frame range, binary (``?signal=&start=&stop=``,
                                                          ``&dtype=uint8`` for quantised; ``signal=resid,mlp``
@@ -82,7 +85,7 @@ def create_app(
     """
     fastapi = require("fastapi", "viewer")
     from .errors import install_error_handlers
-    from .routes import frames, info, progress, readouts, sessions, static
+    from .routes import frames, info, progress, readouts, sessions, static, study
 
     if remote and not token:
         raise ValueError("a remote (non-loopback) viewer needs a token")
@@ -91,7 +94,7 @@ def create_app(
     app = fastapi.FastAPI(title="llmri viewer", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.llmri = state
     install_error_handlers(app)
-    for module in (static, info, sessions, frames, readouts, progress):
+    for module in (static, info, sessions, study, frames, readouts, progress):
         app.include_router(module.router)
     if isinstance(state.live, LivePlugin):
         state.live.attach(app, state)

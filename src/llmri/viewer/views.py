@@ -41,9 +41,70 @@ def summary(store_id: str, r: SessionReader) -> dict[str, Any]:
             "created": meta.get("created", ""),
             "stop_reason": meta.get("stop_reason", ""),
             "title": _title(meta),
+            **_origin(meta),
         }
     )
     return out
+
+
+#: Bounds on what a session's summary carries of its free metadata (the list is sent every few seconds).
+MAX_META_KEYS, MAX_META_CHARS = 20, 200
+
+
+def _origin(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Where a session came from: a served request's ``client`` (the OpenAI ``user`` field) and
+    ``request_id``, a study prompt's ``prompt_id`` and its free ``metadata`` (scalars, bounded)."""
+    study = meta.get("study")
+    study = study if isinstance(study, dict) else {}
+    free = study.get("metadata")
+    free = free if isinstance(free, dict) else {}
+    metadata = {
+        str(k)[:MAX_META_CHARS]: v if isinstance(v, bool | int | float) or v is None else str(v)[:MAX_META_CHARS]
+        for k, v in list(free.items())[:MAX_META_KEYS]
+        if v is None or isinstance(v, str | bool | int | float)
+    }
+    pid = study.get("id")
+    return {
+        "client": str(meta.get("client") or "")[:MAX_META_CHARS],
+        "request_id": str(meta.get("request_id") or "")[:MAX_META_CHARS],
+        "served": isinstance(meta.get("serve"), dict),
+        "study": bool(study),
+        "prompt_id": "" if pid is None else str(pid)[:MAX_META_CHARS],
+        "metadata": metadata,
+    }
+
+
+def _fields(s: Mapping[str, Any]) -> dict[str, str]:
+    """What a ``meta.KEY=VALUE`` filter compares with: the free metadata and the origin fields, as text."""
+    out = {k: _text(v) for k, v in (s.get("metadata") or {}).items()}
+    for k in ("client", "request_id", "prompt_id", "model", "backend", "status"):
+        out[k] = str(s.get(k) or "")
+    return out
+
+
+def _text(v: Any) -> str:
+    return "" if v is None else ("true" if v is True else "false" if v is False else str(v))
+
+
+def _haystack(s: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+    """The text ``?q=`` searches: the title, every message and the prompt, the id and metadata values."""
+    parts = [str(s.get("id", "")), str(s.get("title", "")), str(meta.get("prompt") or "")]
+    for m in meta.get("messages") or []:
+        if isinstance(m, dict):
+            parts.append(str(m.get("content", "")))
+    parts.extend(_fields(s).values())
+    return "\n".join(parts).casefold()
+
+
+def matches(s: Mapping[str, Any], meta: Mapping[str, Any], q: str, filters: Mapping[str, str]) -> bool:
+    """Whether the session (its :func:`summary` ``s`` and ``meta``) passes a list query: ``q`` a
+    case-insensitive substring of its text (:func:`_haystack`), and each ``filters`` key's value
+    exactly equal to that field (booleans as ``true``/``false``)."""
+    if filters:
+        f = _fields(s)
+        if any(k not in f or f[k] != v for k, v in filters.items()):
+            return False
+    return not q or q.casefold() in _haystack(s, meta)
 
 
 def _model(meta: dict[str, Any]) -> dict[str, Any]:

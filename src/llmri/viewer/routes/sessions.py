@@ -4,17 +4,55 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from ..._errors import LlmriError
 from ..._jsonsafe import json_safe
 from ...render.grid import grid_shape
 from ..state import BadRequest, NotFound
-from ..views import comparable, summary
+from ..views import comparable, matches, summary
 from . import State
 
 router = APIRouter()
+
+#: Bounds on a session list's query: the search text, the number of ``meta.KEY`` filters, a key's and a value's length.
+MAX_Q, MAX_FILTERS, MAX_KEY, MAX_VALUE = 200, 8, 64, 200
+#: Query parameters a list accepts besides ``q`` and ``meta.KEY`` (``token``: the launch token).
+_OTHER_PARAMS = frozenset({"token"})
+
+#: ``?q=``: a case-insensitive substring of the title, the prompt text, the id or a metadata value.
+Search = Annotated[str, Query(max_length=MAX_Q)]
+
+
+def _filters(request: Request) -> dict[str, str]:
+    """The ``meta.KEY=VALUE`` filters of a list query; any other unknown, repeated or oversized
+    parameter is a :class:`BadRequest`."""
+    out: dict[str, str] = {}
+    seen: set[str] = set()
+    for k, v in request.query_params.multi_items():
+        if k in seen:
+            raise BadRequest(f"parameter {k[:MAX_KEY]!r} given twice")
+        seen.add(k)
+        if k == "q" or k in _OTHER_PARAMS:
+            continue
+        if not k.startswith("meta.") or not 0 < len(k) - 5 <= MAX_KEY:
+            raise BadRequest(f"unknown parameter {k[:MAX_KEY]!r}: a session list takes q and meta.KEY=VALUE")
+        if len(v) > MAX_VALUE:
+            raise BadRequest(f"parameter {k!r}: at most {MAX_VALUE} characters")
+        out[k[5:]] = v
+    if len(out) > MAX_FILTERS:
+        raise BadRequest(f"at most {MAX_FILTERS} meta.KEY filters")
+    return out
+
+
+def _listed(store_id: str, readers: Any, q: str, filters: dict[str, str]) -> list[dict[str, Any]]:
+    out = []
+    for r in readers:
+        s = summary(store_id, r)
+        if (not q and not filters) or matches(s, r.meta, q, filters):
+            out.append(s)
+    return out
 
 
 @router.get("/api/stores")
@@ -30,14 +68,18 @@ def stores_list(state: State) -> Any:
 
 
 @router.get("/api/stores/{store_id}/sessions")
-def store_sessions(state: State, store_id: str) -> Any:
+def store_sessions(state: State, store_id: str, request: Request, q: Search = "") -> Any:
+    filters = _filters(request)
     e = state.store(store_id)
     readers = e.store.sessions()
-    return {"store": e.id, "sessions": [summary(e.id, r) for r in readers], "problems": e.problems()}
+    return {"store": e.id, "sessions": _listed(e.id, readers, q, filters), "problems": e.problems()}
 
 
 @router.get("/api/sessions")
-def sessions(state: State) -> Any:
+def sessions(state: State, request: Request, q: Search = "") -> Any:
+    """Every store's sessions, newest first; ``q`` and ``meta.KEY=VALUE`` narrow the list (the
+    stores' ``n_sessions`` still count them all)."""
+    filters = _filters(request)
     out, stores_out = [], []
     for e in state.stores.values():
         try:
@@ -45,8 +87,7 @@ def sessions(state: State) -> Any:
             problems = e.problems()
         except LlmriError as exc:
             readers, problems = [], [e.public(str(exc))]
-        for r in readers:
-            out.append(summary(e.id, r))
+        out.extend(_listed(e.id, readers, q, filters))
         stores_out.append({"id": e.id, "label": e.label, "n_sessions": len(readers), "problems": problems})
     out.sort(key=lambda s: (str(s.get("created", "")), s["id"]), reverse=True)
     return {"stores": stores_out, "sessions": out}

@@ -7,7 +7,8 @@ import { setDiff, wireCompare } from "./compare.js";
 import { wireLens } from "./lens.js";
 import { markerFrom, markerState, wireMarkers } from "./markers.js";
 import { wireReadout } from "./inspector.js";
-import { emptyStoreState, openSession, refreshSessions } from "./session.js";
+import { emptyStoreState, openSession, refreshSessions, wireSearch } from "./session.js";
+import { wireStudy } from "./study.js";
 import { emit, setReady, view } from "./state.js";
 import { fetchFailed, layout, renderer, savePng, setCmap, setColormaps, updateColorbar, wireTiles, whenDrawn } from "./tiles.js";
 import { drawSparklines, play, seek, stop, wireTimeline } from "./timeline.js";
@@ -24,6 +25,8 @@ function wire() {
   wireAttention();
   wireMarkers(seek, stop);
   $("help-btn").onclick = () => { $("help").hidden = !$("help").hidden; };
+  wireSearch();
+  wireStudy();
   document.addEventListener("keydown", onKey);
   let resizeTimer = 0;
   window.addEventListener("resize", () => {
@@ -54,7 +57,7 @@ function onKey(e) {
   else if (e.key === "n" || e.key === "p") jumpMarker(e.key === "n" ? 1 : -1);
   else if (e.key === "c") setDiff(view.diff === "prev" ? "off" : "prev");
   else if (e.key === "s") savePng();
-  else if (e.key === "Escape") $("help").hidden = true;
+  else if (e.key === "Escape") { $("help").hidden = true; $("study").hidden = true; }
   else if (e.key === "?") $("help").hidden = !$("help").hidden;
   else handled = false;
   if (handled) e.preventDefault();

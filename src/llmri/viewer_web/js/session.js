@@ -16,25 +16,49 @@ import { $, banner, errorText, esc, fillSelect } from "./ui.js";
 
 /** Lists the sessions again; true when the list changed (a session came, went, grew or ended). */
 export async function refreshSessions() {
-  let res;
+  let res, shown;
+  const query = view.query;
   try {
     res = await getJSON("/api/sessions");
+    // the picker lists what matches the search box (the server searches titles, prompts, ids, metadata)
+    shown = query ? (await getJSON(`/api/sessions?q=${encodeURIComponent(query)}`)).sessions : res.sessions;
   } catch (e) {
     banner(`cannot list sessions: ${errorText(e)}`, "error");
     return false;
   }
+  if (query !== view.query) return false; // the search changed meanwhile: its own refresh fills the picker
   const sig = (/** @type {Summary[]} */ l) => l.map((s) => `${s.key}:${s.n_frames}:${s.status}`).join("|");
   const changed = sig(res.sessions) !== sig(view.sessions);
+  const shownChanged = sig(shown) !== sig(view.shown);
   view.sessions = res.sessions;
+  view.shown = shown;
   view.stores = res.stores;
+  $("study-btn").hidden = !view.sessions.some((s) => s.study);
+  if (shownChanged || (query && !shown.length)) {
+    const select = $("session-select", HTMLSelectElement);
+    fillSelect(select, view.shown, view.cur && view.cur.summary.key);
+    if (query && !shown.length) select.innerHTML = "<option value=\"\">(no session matches)</option>";
+  }
   if (changed) {
-    fillSelect($("session-select", HTMLSelectElement), view.sessions, view.cur && view.cur.summary.key);
     if (view.diff === "session") fillSelect($("diff-session", HTMLSelectElement), view.sessions, view.diffSummary && view.diffSummary.key, view.cur && view.cur.summary.key);
   }
   const stores = /** @type {import("./state.js").StoreInfo[]} */ (res.stores);
   const problems = stores.flatMap((s) => s.problems.map((p) => `${s.label}: ${p}`));
   if (problems.length && !$("banner").textContent) banner(`some sessions could not be read — ${problems.join("; ")}`);
   return changed;
+}
+
+/** The search box: the picker lists the sessions the server finds for its text (after a short pause in typing). */
+export function wireSearch() {
+  const box = $("session-search", HTMLInputElement);
+  let timer = 0;
+  box.oninput = () => {
+    clearTimeout(timer);
+    timer = window.setTimeout(() => {
+      view.query = box.value.trim().slice(0, 200);
+      refreshSessions();
+    }, 250);
+  };
 }
 
 // ---------------------------------------------------------------------------------------------

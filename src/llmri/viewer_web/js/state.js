@@ -16,6 +16,13 @@
  * @property {string} status "recording" | "complete" | "interrupted"
  * @property {boolean} [chat_only]
  * @property {string[]} [readouts] "lens", "attention"
+ * @property {string} [created] ISO time
+ * @property {string} [client] a served request's client (the OpenAI ``user`` field)
+ * @property {string} [request_id] a served request's X-Request-Id
+ * @property {boolean} [served] recorded by ``llmri serve``
+ * @property {boolean} [study] a study prompt's session (capture_many)
+ * @property {string} [prompt_id] the study prompt's id
+ * @property {Record<string, string | number | boolean | null>} [metadata] the study prompt's free metadata
  */
 /**
  * A session's metadata, as recorded (only what the client reads).
@@ -62,6 +69,8 @@ export const view = {
   // session.js: the list, the session shown and its source of frames
   /** @type {Summary[]} */ sessions: [], // summaries from /api/sessions
   /** @type {StoreInfo[]} */ stores: [],
+  /** @type {Summary[]} */ shown: [], // what the picker lists: the sessions matching `query` (all when it is "")
+  query: "", // the search box's text (the server filters: /api/sessions?q=)
   /** @type {Current | null} */ cur: null, // the session shown (its summary's n_frames and status move with it)
   /** @type {FrameSource | null} */ src: null, // its frames
   /** @type {string | null} */ loaded: null, // its key, once fully open (tokens, layout, stats, first frame requested)

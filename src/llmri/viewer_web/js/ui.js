@@ -77,7 +77,16 @@ function sessionLabel(s) {
   const title = s.title ? s.title.replace(/\s+/g, " ").slice(0, 60) : "(no prompt)";
   const state = s.status === "complete" ? "" : ` · ${s.status}`;
   const kind = s.chat_only ? "chat-only" : `${s.reducer}`;
-  return `${title} — ${s.model || "?"} · ${s.n_frames} tok · ${kind}${state}`;
+  return `${originLabel(s)}${title} — ${s.model || "?"} · ${s.n_frames} tok · ${kind}${state}`;
+}
+
+/** Where a session came from, as a prefix: a served request's client and time, a study prompt's id.
+ * @param {import("./state.js").Summary} s */
+export function originLabel(s) {
+  const time = (s.created || "").replace("T", " ").replace(/(\.\d+)?\+00:00$/, "").slice(0, 19);
+  if (s.served) return `[${s.client || "anonymous"} · ${time}] `;
+  if (s.study && s.prompt_id) return `[#${s.prompt_id}] `;
+  return "";
 }
 
 /** The sessions as options of `sel`, grouped by store where there are several; `exclude`'s left out.
