@@ -115,10 +115,10 @@ def viewer_openapi(base: str, stores: dict[str, Any]) -> dict[str, Any]:
     from fastapi.openapi.utils import get_openapi
     from fastapi.routing import APIRoute
 
-    from llmri.viewer.routes import frames, info, progress, readouts, sessions, static
+    from llmri.viewer.routes import frames, info, progress, readouts, sessions, static, study
 
     routes = []
-    for module in (static, info, sessions, frames, readouts, progress):
+    for module in (static, info, sessions, study, frames, readouts, progress):
         for route in module.router.routes:
             if isinstance(route, APIRoute):
                 route = copy.copy(route)
