@@ -17,6 +17,7 @@ import numpy as np
 from .._errors import require
 from ..frame import TOP_K, frame_dtype_of, from_bfloat16_bits
 from .layout import LAYER, RANK, TILE_X, TILE_Y, TOKEN, readout_layout
+from .saes import sae_paths
 
 if TYPE_CHECKING:
     from .base import SessionReader
@@ -81,6 +82,8 @@ def _eager_columns(session: SessionReader) -> dict[str, Any]:
     for kind in session.readouts:
         table = session.lens() if kind == "lens" else session.attention()
         cols.update({f"{kind}/{name}": a for name, a in table.arrays().items()})
+    for sae in session.saes:
+        cols.update({f"sae/{sae}/{f}": a for f, a in session.sae_arrays(sae, 0, len(session)).items()})
     return {name: _readonly(np.asarray(a)) for name, a in cols.items()}
 
 
@@ -109,6 +112,8 @@ def session_dataset(session: SessionReader) -> Any:
     for kind, fields in readout_layout(session.meta).items():
         for name, (_, row_dims) in fields.items():
             data[READOUT_PREFIX[kind] + name] = ((TOKEN, *row_dims), col(f"{kind}/{name}"))
+    for path, (_, _, row_dims) in sae_paths(session.meta).items():  # sae/{name}/{field} -> sae_{name}_{field}
+        data["sae_" + path[4:].replace("/", "_")] = ((TOKEN, *row_dims), col(path))
     # text and role are read now: coordinates select (``ds.where(ds.role == "generated", drop=True)``
     # needs them in memory), and they are a small part of a session; every data variable stays lazy
     coords: dict[str, Any] = {

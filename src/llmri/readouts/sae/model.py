@@ -83,6 +83,86 @@ class SAE:
         if signals is not None and self.signal not in signals:
             raise SAEError(f"{where}: reads {self.signal}, which this capture does not record ({', '.join(signals)})")
 
+    def check_model_name(self, model_name: str | None) -> None:
+        """Raise :class:`~llmri.SAEError` (one line) where this SAE's files name another model than
+        ``model_name`` (compared by their last path part, lower-case, either containing the other:
+        ``gemma-2-2b`` fits ``google/gemma-2-2b-it``). Unknown on either side: nothing to check;
+        ``sae.model_name = None`` skips it for an SAE you know fits."""
+        from ..._errors import SAEError
+
+        def norm(x: str) -> str:
+            return x.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1].lower()
+
+        if not self.model_name or not model_name:
+            return
+        a, b = norm(self.model_name), norm(model_name)
+        if a not in b and b not in a:
+            raise SAEError(
+                f"SAE {self.name} ({self.path}): trained on {self.model_name}, the model is {model_name} "
+                "(set sae.model_name = None to use it anyway)"
+            )
+
+    def sha256(self) -> str:
+        """The SHA-256 of the weights as llmri runs them (float32 ``W_enc``, ``b_enc``, ``W_dec``,
+        ``b_dec``, ``threshold``, after the load's folding): the same SAE gives the same hash whatever
+        file it came from; computed once."""
+        cached = self.meta.get("sha256")
+        if isinstance(cached, str):
+            return cached
+        import hashlib
+
+        h = hashlib.sha256()
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+            t = getattr(self, name)
+            if t is not None:
+                h.update(name.encode())
+                h.update(t.detach().to("cpu").float().contiguous().numpy().tobytes())
+        self.meta["sha256"] = out = h.hexdigest()
+        return out
+
+    def record(self) -> dict[str, Any]:
+        """What a session keeps of this SAE (``meta["sae"]["saes"]``, docs/FORMAT.md): name, format,
+        architecture, ``d_in``, ``d_sae``, layer, signal, hook, path, model name, ``k`` (topk), the
+        weights' ``sha256`` and its labels (``{feature: text}``, where it has any)."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "format": self.source_format,
+            "architecture": self.architecture,
+            "d_in": self.d_in,
+            "d_sae": self.d_sae,
+            "layer": self.layer,
+            "signal": self.signal,
+            "hook": self.hook_name,
+            "path": self.path,
+            "model_name": self.model_name,
+            "sha256": self.sha256(),
+        }
+        if self.k is not None:
+            out["k"] = int(self.k)
+        if self.labels:
+            out["labels"] = {str(i): t for i, t in sorted(self.labels.items())}
+        return out
+
+    @property
+    def labels(self) -> dict[int, str]:
+        """``{feature: text}``: the features' labels (:meth:`with_labels`), empty without."""
+        labels = self.meta.get("labels")
+        return labels if isinstance(labels, dict) else {}
+
+    def direction(self, feature: int, *, normalize: bool = True) -> Any:
+        """Feature ``feature``'s decoder row, float32 ``[d_in]`` (a CPU tensor): the direction it
+        writes into the model's vector, unit length (``normalize=False``: as the decoder holds it;
+        SAELens's rescaling is folded in at load, so such rows are unit already). A vector of the
+        model's width, which :func:`llmri.steer` takes."""
+        if not 0 <= int(feature) < self.d_sae:
+            from ..._errors import SAEError
+
+            raise SAEError(f"SAE {self.name}: no feature {feature} (it has 0-{self.d_sae - 1})")
+        row = self.W_dec[int(feature)].detach().to("cpu").float().clone()
+        if normalize:
+            row = row / row.norm().clamp_min(1e-30)
+        return row
+
     def _weights_on(self, device: Any) -> None:
         if self.W_enc.device != device:
             for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ...frame import FeatureRow
 from .model import SAE
 
 #: Features kept per position and SAE.
@@ -33,6 +34,11 @@ class SAERows:
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
+
+    def rows(self) -> list[FeatureRow]:
+        """One :class:`~llmri.frame.FeatureRow` per position (views of these arrays)."""
+        l0, fvu, cos = self.l0.tolist(), self.fvu.tolist(), self.cosine.tolist()
+        return [FeatureRow(self.ids[j], self.values[j], l0[j], fvu[j], cos[j]) for j in range(len(self))]
 
 
 def sae_readout(saes: Sequence[SAE], acts: Mapping[str, Any], *, k: int = SAE_TOP_K) -> dict[str, SAERows]:
