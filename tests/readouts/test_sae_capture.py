@@ -173,3 +173,53 @@ def test_a_session_without_saes_says_so(synthetic_model) -> None:
     assert s.saes == []
     with pytest.raises(StoreError, match="no SAE 'x'"):
         s.sae("x")
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma2(tmp_path_factory):
+    """A tiny random Gemma 2 (post-feedforward norms), saved and loaded, on the bundled tokenizer."""
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    import llmri
+
+    tok = llmri.load_model().tokenizer
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(
+        "gemma2", vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+    )  # fmt: skip
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        where = tmp_path_factory.mktemp("gemma2")
+        AutoModelForCausalLM.from_config(cfg).save_pretrained(where)
+        tok.save_pretrained(where)
+        return llmri.load_model(where)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+@pytest.mark.slow
+def test_gemma_mlp_saes_read_their_side_of_the_post_norm(tiny_gemma2) -> None:
+    """Gemma Scope's MLP SAEs (hook_mlp_out) read after Gemma's post-feedforward norm; llmri's hf
+    ``mlp`` is before it: refused with the hook point that records it, which then matches a hook on
+    the norm; an SAE of ``layers.L.mlp`` (before the norm) reads the default and is refused at the norm."""
+    after = random_sae("gs_mlp", 1, "mlp", d_in=64, d_sae=128)
+    after.hook_name = "blocks.1.hook_mlp_out"
+    with pytest.raises(SAEError, match=r"after the post-feedforward norm .* hook_points=\{'mlp': 'model.layers.\{i\}.post_feedforward_layernorm'\}"):  # noqa: E501
+        llmri.capture(tiny_gemma2, "hi", saes=[after], max_new_tokens=1)
+    hp = {"mlp": "model.layers.{i}.post_feedforward_layernorm"}
+    s = llmri.capture(tiny_gemma2, "hello", saes=[after], max_new_tokens=2, hook_points=hp, sae_k=8)
+    ref = copy.deepcopy(tiny_gemma2.model)
+    got: list[torch.Tensor] = []
+    ref.model.layers[1].post_feedforward_layernorm.register_forward_hook(lambda m, i, o: got.append(o[0]))
+    with torch.inference_mode():
+        ref(torch.tensor([s.tokens.ids.tolist()]), use_cache=False)
+    ids, _ = after.top_k(got[0], 8)
+    assert (s.sae("gs_mlp").ids == ids.numpy()).all()
+    before = random_sae("sp_mlp", 1, "mlp", d_in=64, d_sae=128)
+    before.hook_name = "model.layers.1.mlp"
+    assert llmri.capture(tiny_gemma2, "hi", saes=[before], max_new_tokens=1).saes == ["sp_mlp"]
+    with pytest.raises(SAEError, match="before the post-feedforward norm"):
+        llmri.capture(tiny_gemma2, "hi", saes=[before], max_new_tokens=1, hook_points=hp)

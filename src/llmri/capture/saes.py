@@ -31,11 +31,64 @@ def load_saes(items: Sequence[SAE | str]) -> list[SAE]:
     return saes
 
 
+#: The module Gemma 2 / 3 add their MLP's output through; Gemma Scope's MLP SAEs read after it.
+POST_NORM = "post_feedforward_layernorm"
+_BEFORE_NORM = (".mlp", ".feed_forward", ".ffn")
+
+
+def reads_after_post_norm(sae: SAE) -> bool | None:
+    """Whether an ``mlp`` SAE reads the MLP's output after a post-feedforward norm (TransformerLens's
+    ``hook_mlp_out``, which on Gemma is after it; a ``post_feedforward_layernorm`` hook), before it (a
+    ``...mlp`` module path) or ``None``: its files name no hook (the user gave the site)."""
+    hook = (sae.hook_name or "").strip()
+    if sae.signal != "mlp" or not hook:
+        return None
+    hook = hook[: -len(".output")] if hook.endswith(".output") else hook
+    return not hook.endswith(_BEFORE_NORM)
+
+
+def check_mlp_site(sae: SAE, recorded: str | None, modules: set[str]) -> None:
+    """Refuse (one line) an ``mlp`` SAE whose side of a post-feedforward norm is not the one the capture
+    records: ``recorded`` is the module the backend records ``mlp`` at the SAE's layer from
+    (``Backend.signal_modules``), ``modules`` the model's module names. A model without such norms
+    has one MLP output, the same on both sides."""
+    after = reads_after_post_norm(sae)
+    if after is None or not recorded:
+        return
+    block = recorded.rsplit(".", 1)[0]
+    at_norm = recorded.endswith(POST_NORM)
+    if not at_norm and f"{block}.{POST_NORM}" not in modules:
+        return  # no post-feedforward norm: one MLP output
+    if after and not at_norm:
+        pattern = re.sub(r"\.\d+$", ".{i}", block) + f".{POST_NORM}"
+        raise SAEError(
+            f"SAE {sae.name} ({sae.path}): reads the MLP's output after the post-feedforward norm "
+            f"({sae.hook_name}), this capture records it before ({recorded}): capture with "
+            f"hook_points={{'mlp': '{pattern}'}} (llmri capture --hook-points mlp={pattern})"
+        )
+    if not after and at_norm:
+        raise SAEError(
+            f"SAE {sae.name} ({sae.path}): reads the MLP's output before the post-feedforward norm "
+            f"({sae.hook_name}), this capture records it after ({recorded}): capture without that hook point"
+        )
+
+
+def module_names(backend: Any) -> set[str]:
+    """The names of the modules of the model ``backend`` runs (empty where it has no torch module)."""
+    try:
+        module = backend.torch_module()
+    except Exception:  # noqa: BLE001 - a backend without one (llama.cpp): nothing to check
+        return set()
+    named = getattr(module, "named_modules", None)
+    return {name for name, _ in named()} if callable(named) else set()
+
+
 class SAEStep:
     """The SAEs of one capture: checked against the model when built, then one readout per step.
 
     ``saes``: loaded :class:`~llmri.readouts.sae.SAE` objects; each must read a recorded signal of a
-    layer the model has, of its width (``check_model``), and name the model (or none).
+    layer the model has, of its width (``check_model``), name the model (or none), and an ``mlp`` SAE
+    the side of a post-feedforward norm the capture records (:func:`check_mlp_site`; docs/sae.md).
     """
 
     def __init__(
@@ -47,12 +100,17 @@ class SAEStep:
         n_layers: int,
         signals: Sequence[str],
         model_name: str | None,
+        signal_modules: dict[str, list[str | None]] | None = None,
+        modules: set[str] | None = None,
     ) -> None:
         self.saes = list(saes)
         self.k = check_sae_k(k)
         for sae in self.saes:
             sae.check_model(d_model, n_layers, tuple(signals))
             sae.check_model_name(model_name)
+            paths = (signal_modules or {}).get("mlp") or []
+            if sae.signal == "mlp" and sae.layer is not None and sae.layer < len(paths):
+                check_mlp_site(sae, paths[sae.layer], modules or set())
 
     def meta(self) -> dict[str, Any]:
         """``{"sae": {"k": k, "saes": [record, ...]}}`` (docs/FORMAT.md, "SAE features"), ``{}`` without SAEs."""

@@ -34,7 +34,7 @@ from .messages import check_messages
 from .precision import check_frame_dtype
 from .readouts import StepReadouts
 from .resolve import adapt, backend_for, is_spec
-from .saes import SAEStep, load_saes
+from .saes import SAEStep, load_saes, module_names
 
 
 class CaptureStream(FrameStream):
@@ -149,6 +149,7 @@ class CaptureStream(FrameStream):
             self.readouts.sae = SAEStep(
                 saes, o.sae_k, d_model=self.backend.d_model, n_layers=self.backend.n_layers,
                 signals=self.signals, model_name=self.meta["model"].get("name"),
+                signal_modules=self.backend.signal_modules, modules=module_names(self.backend),
             )  # fmt: skip
             self.meta.update(self.readouts.sae.meta())
         # LLMRI_FRAME_THREAD=1 / 0 forces it; else the backend says (on: llama.cpp's compiled callback)
