@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +245,7 @@ def load_sae(
     name: str | None = None,
     format: str | None = None,  # noqa: A002 - the user's word for it
     allow_pickle: bool = False,
+    labels: str | Path | Mapping[Any, str] | None = None,
 ) -> SAE:
     """Read a sparse autoencoder from disk into one :class:`SAE`, whatever its format.
 
@@ -253,7 +254,9 @@ def load_sae(
     reads comes from its config's hook name (``blocks.L.hook_resid_post`` -> ``resid`` L;
     ``hook_resid_pre`` of L -> ``resid`` L - 1) unless ``layer`` and ``signal`` are given, which
     override it. Pickled weights (``.pt``...) are refused unless ``allow_pickle``. Every failure is
-    an :class:`~llmri.SAEError` of one line naming the file.
+    an :class:`~llmri.SAEError` of one line naming the file. ``labels``: the features' labels, a local
+    file (Neuronpedia's export, or ``{index: text}`` JSON; :mod:`~llmri.readouts.sae.labels`) or a
+    mapping (:meth:`SAE.with_labels`); a capture keeps them in the session's record of the SAE.
     """
     p = Path(path).expanduser()
     if format is not None:
@@ -278,4 +281,6 @@ def load_sae(
         raise SAEError(f"{p}: {sae.meta['site_error']}; pass layer= and signal= if it reads one it does")
     if name is not None:
         sae.name = name
+    if labels is not None:
+        sae.with_labels(labels)
     return sae

@@ -149,6 +149,20 @@ class SAE:
         labels = self.meta.get("labels")
         return labels if isinstance(labels, dict) else {}
 
+    def with_labels(self, labels: Any) -> SAE:
+        """Give the features labels, offline: a file path (Neuronpedia's export, ``[{"index",
+        "description"}]`` or its JSON Lines, or ``{index: text}`` JSON) or a mapping ``{index: text}``;
+        returns this SAE. An index outside ``0..d_sae-1`` is one :class:`~llmri.SAEError` line."""
+        from collections.abc import Mapping
+
+        from .labels import labels_from, read_labels
+
+        if isinstance(labels, Mapping):
+            self.meta["labels"] = labels_from(labels.items(), f"SAE {self.name} labels", self.d_sae)
+        else:
+            self.meta["labels"] = read_labels(labels, self.d_sae)
+        return self
+
     def direction(self, feature: int, *, normalize: bool = True) -> Any:
         """Feature ``feature``'s decoder row, float32 ``[d_in]`` (a CPU tensor): the direction it
         writes into the model's vector, unit length (``normalize=False``: as the decoder holds it;
