@@ -109,7 +109,7 @@ def test_a_saved_session_shows_the_labels(tmp_path, toy_sae) -> None:
 
 @pytest.mark.slow
 def test_the_bundled_models_demo_sae(real_model) -> None:
-    from llmri.capture.saes import bundled_sae
+    from llmri.capture.demosae import bundled_sae
 
     sae = bundled_sae(real_model)  # trained once, then read from llmri's cache
     assert (sae.d_in, sae.d_sae, sae.k, sae.layer, sae.signal) == (576, 128, 8, 15, "resid")
