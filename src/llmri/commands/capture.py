@@ -11,7 +11,7 @@ from typing import Any
 from .._errors import CaptureError, StoreError
 from ..capture.precision import FrameOverflowWarning
 from ..settings import CAPTURE_LENS_BATCH
-from . import interventions
+from . import interventions, saes
 from .inspect import parse_hook_points
 from .options import add_attention, add_options, attention_options, collect, described, read_json
 
@@ -67,6 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_attention(p)
     add_options(p, ["frame_dtype"])
     interventions.add_flags(p.add_argument_group("interventions (hf backend; docs/interventions.md)"))
+    saes.add_flags(p.add_argument_group("SAE features (docs/sae.md)"))
     p.add_argument("--quiet", action="store_true", help="no progress line")
     return p
 
@@ -185,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
             **collect(args, GENERAL),
             **_readout_options(args),
             **interventions.options(args),
+            **saes.options(args),
         )
     except (ValueError, TypeError) as exc:
         raise CaptureError(str(exc)) from None
