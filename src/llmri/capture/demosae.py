@@ -43,7 +43,7 @@ def captured_vectors(model: Any, texts: Sequence[str], layer: int) -> tuple[Any,
 
 def bundled_sae(model: Any = None, *, cache: bool = True) -> SAE:
     """A small TopK SAE of the bundled model (SmolLM2-135M-Instruct): 128 features, 8 active, on
-    the ``resid`` of layer 15, trained by :func:`llmri.readouts.sae.train_sae` on llmri's captures of
+    the ``resid`` of layer 15, trained by :func:`llmri.readouts.sae.train.train_sae` on llmri's captures of
     its calibration text and a few prompts, labelled by the tokens each feature fires on most.
 
     Trained on first use (seconds on a CPU) and kept in llmri's cache as a SAELens directory with its
