@@ -73,6 +73,25 @@ def check_mlp_site(sae: SAE, recorded: str | None, modules: set[str]) -> None:
         )
 
 
+#: The module whose output is a block's MLP input: Gemma 2 / 3's pre-feedforward norm, else the
+#: post-attention norm (Llama, Qwen, Mistral...).
+MLP_INPUT_NORMS = ("pre_feedforward_layernorm", "post_attention_layernorm")
+
+
+def check_transcoder_site(sae: SAE, recorded: str | None, modules: set[str]) -> None:
+    """Refuse (one line) a transcoder unless the capture records ``mlp`` at its layer as the MLP's
+    input (the output of the block's input norm of the MLP), naming the ``hook_points`` that do."""
+    if recorded and recorded.endswith(MLP_INPUT_NORMS):
+        return
+    block = recorded.rsplit(".", 1)[0] if recorded else f"model.layers.{sae.layer}"
+    norm = next((n for n in MLP_INPUT_NORMS if f"{block}.{n}" in modules), MLP_INPUT_NORMS[1])
+    pattern = re.sub(r"\.\d+$", ".{i}", block) + f".{norm}"
+    raise SAEError(
+        f"transcoder {sae.name} ({sae.path}): reads layer {sae.layer}'s MLP input, this capture records the MLP's "
+        f"output ({recorded}): capture with hook_points={{'mlp': '{pattern}'}}"
+    )
+
+
 def module_names(backend: Any) -> set[str]:
     """The names of the modules of the model ``backend`` runs (empty where it has no torch module)."""
     try:
@@ -109,8 +128,11 @@ class SAEStep:
             sae.check_model(d_model, n_layers, tuple(signals))
             sae.check_model_name(model_name)
             paths = (signal_modules or {}).get("mlp") or []
-            if sae.signal == "mlp" and sae.layer is not None and sae.layer < len(paths):
-                check_mlp_site(sae, paths[sae.layer], modules or set())
+            recorded = paths[sae.layer] if sae.layer is not None and sae.layer < len(paths) else None
+            if sae.transcoder:
+                check_transcoder_site(sae, recorded, modules or set())
+            elif sae.signal == "mlp" and recorded is not None:
+                check_mlp_site(sae, recorded, modules or set())
 
     def meta(self) -> dict[str, Any]:
         """``{"sae": {"k": k, "saes": [record, ...]}}`` (docs/FORMAT.md, "SAE features"), ``{}`` without SAEs."""

@@ -54,6 +54,10 @@ class SAE:
     hook_name: str | None = None
     model_name: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: A transcoder (circuit-tracer's per-layer ones): it reads layer ``layer``'s MLP *input* and
+    #: writes its output, so a capture records it from the MLP's input (``mlp`` recorded at the
+    #: MLP's input norm) and has no reconstruction error to give (NaN): docs/sae.md.
+    transcoder: bool = False
 
     @property
     def d_in(self) -> int:
@@ -139,6 +143,8 @@ class SAE:
         }
         if self.k is not None:
             out["k"] = int(self.k)
+        if self.transcoder:
+            out["transcoder"] = True
         if self.labels:
             out["labels"] = {str(i): t for i, t in sorted(self.labels.items())}
         return out

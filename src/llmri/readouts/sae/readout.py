@@ -60,6 +60,8 @@ def sae_readout(saes: Sequence[SAE], acts: Mapping[str, Any], *, k: int = SAE_TO
             xf = x.to(torch.float32)
             fvu = (xf - rec).pow(2).sum(-1) / xf.pow(2).sum(-1).clamp_min(1e-30)
             cos = torch.nn.functional.cosine_similarity(xf, rec, dim=-1)
+            if sae.transcoder:  # it decodes the MLP's output, not x: no reconstruction error of x
+                fvu, cos = torch.full_like(fvu, float("nan")), torch.full_like(cos, float("nan"))
             out[sae.name] = SAERows(
                 ids=ids.to(torch.int32).cpu().numpy(),
                 values=values.to(torch.float16).cpu().numpy(),
