@@ -34,11 +34,12 @@ LAYERS = (8, 15, 22)
 
 
 def random_sae(d_in: int, d_sae: int, layer: int, seed: int) -> SAE:
+    """Random weights, TopK with k=64: the sparsity of a real SAE (its L0 decides the decode's cost)."""
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(d_in, d_sae, generator=g) / d_in**0.5
     return SAE(
-        W_enc=w, b_enc=torch.full((d_sae,), -0.1), W_dec=w.T.contiguous(), b_dec=torch.zeros(d_in),
-        architecture="relu", name=f"r{layer}_{d_sae}", source_format="random", path="", layer=layer, signal="resid",
+        W_enc=w, b_enc=torch.zeros(d_sae), W_dec=w.T.contiguous(), b_dec=torch.zeros(d_in), architecture="topk", k=64,
+        name=f"r{layer}_{d_sae}", source_format="random", path="", layer=layer, signal="resid",
     )  # fmt: skip
 
 
@@ -47,6 +48,7 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--no-scaling", action="store_true", help="only the 3-SAE comparison")
     args = ap.parse_args()
     model = llmri.load_model(args.model)
     d = model.d_model
@@ -68,8 +70,8 @@ def main() -> None:
     print(f"## {args.tokens} new tokens, top-32 of 3 SAEs (d_sae 16384, resid {', '.join(map(str, LAYERS))})\n")
     print(table(rows, ["capture", "median s", "ratio", "ms/token"]))
 
-    scaling = []
-    for d_sae in (4096, 16384, 32768):
+    scaling: list[dict[str, float]] = []
+    for d_sae in () if args.no_scaling else (4096, 16384, 32768):
         one = [random_sae(d, d_sae, 15, 7)]
         t = alternate(
             {
@@ -96,8 +98,9 @@ def main() -> None:
                 "weights MiB": 2 * d * d_sae * 4 / 2**20,
             }
         )
-    print("\n## One SAE (resid 15) by d_sae: capture time against none, and the encode alone\n")
-    print(table(scaling, ["d_sae", "ratio", "ms/token per SAE", "encode alone ms", "weights MiB"]))
+    if scaling:
+        print("\n## One SAE (resid 15) by d_sae: capture time against none, and the encode alone\n")
+        print(table(scaling, ["d_sae", "ratio", "ms/token per SAE", "encode alone ms", "weights MiB"]))
     save("sae", {"tokens": args.tokens, "rounds": args.rounds, "three": rows, "scaling": scaling})
 
 

@@ -223,3 +223,12 @@ def test_gemma_mlp_saes_read_their_side_of_the_post_norm(tiny_gemma2) -> None:
     assert llmri.capture(tiny_gemma2, "hi", saes=[before], max_new_tokens=1).saes == ["sp_mlp"]
     with pytest.raises(SAEError, match="before the post-feedforward norm"):
         llmri.capture(tiny_gemma2, "hi", saes=[before], max_new_tokens=1, hook_points=hp)
+
+
+def test_the_sparse_decode_equals_the_dense_one() -> None:
+    """On the CPU a sparse step decodes through its active rows only: the same as the dense matmul."""
+    sae = random_sae("topk", 3, "resid", arch="topk", k=16, d_sae=1024)
+    x = torch.randn(6, 576) * 3
+    acts, rec = sae.encode_decode(x)
+    assert int((acts > 0).sum(-1).max()) * 8 <= sae.d_sae  # the sparse path ran
+    torch.testing.assert_close(rec, acts @ sae.W_dec + sae.b_dec, rtol=1e-5, atol=1e-5)

@@ -253,7 +253,16 @@ class SAE:
 
         with torch.no_grad():
             acts, scale, shift = self._encode(x)
-            out = acts @ self.W_dec + self.b_dec
+            out = None
+            if acts.device.type == "cpu" and acts.ndim == 2:
+                # sparse features: decode through the active rows only (the others are 0, so exact up to
+                # summation order); on an accelerator the dense matmul is cheaper than the host sync
+                m = int((acts > 0).sum(-1).max()) if acts.numel() else 0
+                if 0 < m * 8 <= self.d_sae:
+                    values, ids = acts.topk(m, dim=-1)
+                    out = torch.bmm(values[:, None, :], self.W_dec[ids])[:, 0] + self.b_dec
+            if out is None:
+                out = acts @ self.W_dec + self.b_dec
             if scale is not None:
                 out = out * scale
             if shift is not None:
