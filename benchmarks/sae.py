@@ -43,6 +43,24 @@ def random_sae(d_in: int, d_sae: int, layer: int, seed: int) -> SAE:
     )  # fmt: skip
 
 
+def step_costs(model, three: list[SAE], rounds: int = 40) -> dict[str, float]:
+    """One decode forward of the model (KV cache, one token) against one step's readout of the three
+    SAEs (``sae_readout``, top-32), alternating, medians in ms: the capture's added work per token,
+    measured apart from the rest of the capture (steadier than whole captures on a busy machine)."""
+    ids = model.tokenizer(PROMPT, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        cache = model.model(ids, use_cache=True).past_key_values
+    acts = {"resid": torch.randn(1, model.n_layers, model.d_model) * 5}
+
+    def forward() -> None:
+        with torch.inference_mode():
+            model.model(ids[:, -1:], past_key_values=cache, use_cache=True)
+            cache.crop(-1)
+
+    t = alternate({"forward": forward, "3 SAEs": lambda: sae_readout(three, acts, k=32)}, rounds=rounds)
+    return {name: 1e3 * median(v) for name, v in t.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
@@ -69,6 +87,9 @@ def main() -> None:
     ]
     print(f"## {args.tokens} new tokens, top-32 of 3 SAEs (d_sae 16384, resid {', '.join(map(str, LAYERS))})\n")
     print(table(rows, ["capture", "median s", "ratio", "ms/token"]))
+    step = step_costs(model, three)
+    print("\n## One decode step: the model's forward against the 3 SAEs' readout (medians, ms)\n")
+    print(table([{**step, "ratio": step["3 SAEs"] / step["forward"]}], ["forward", "3 SAEs", "ratio"]))
 
     scaling: list[dict[str, float]] = []
     for d_sae in () if args.no_scaling else (4096, 16384, 32768):
@@ -101,7 +122,7 @@ def main() -> None:
     if scaling:
         print("\n## One SAE (resid 15) by d_sae: capture time against none, and the encode alone\n")
         print(table(scaling, ["d_sae", "ratio", "ms/token per SAE", "encode alone ms", "weights MiB"]))
-    save("sae", {"tokens": args.tokens, "rounds": args.rounds, "three": rows, "scaling": scaling})
+    save("sae", {"tokens": args.tokens, "rounds": args.rounds, "three": rows, "step": step, "scaling": scaling})
 
 
 if __name__ == "__main__":
