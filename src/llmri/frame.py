@@ -153,6 +153,19 @@ class AttentionRow:
 
 
 @dataclass
+class FeatureRow:
+    """One SAE's features at one position (docs/sae.md): ``ids`` int32 and ``values`` float16 ``[k]``,
+    the strongest features, strongest first (zeros past the active ones); ``l0`` how many features
+    are active; ``fvu`` and ``cosine`` the reconstruction's fraction of variance unexplained and cosine."""
+
+    ids: np.ndarray
+    values: np.ndarray
+    l0: int
+    fvu: float
+    cosine: float
+
+
+@dataclass
 class Frame:
     """Everything known about one token position.
 
@@ -161,7 +174,8 @@ class Frame:
     ``norms[signal]`` and ``sparsity[signal]`` are ``[layers]`` float32 statistics of the full,
     unreduced vectors (L2 norm, and Hoyer sparsity in [0, 1]: 0 dense, 1 one-hot).
     A chat-only frame has no signals at all (empty dicts). ``lens`` and ``attention`` are the
-    readouts, where the capture was asked for them (``lens=True``, ``attention=True``).
+    readouts, where the capture was asked for them (``lens=True``, ``attention=True``); ``sae``
+    each SAE's features by its name (``saes=[...]``).
     """
 
     token: Token
@@ -170,6 +184,7 @@ class Frame:
     sparsity: dict[str, np.ndarray] = field(default_factory=dict)
     lens: LensRow | None = None
     attention: AttentionRow | None = None
+    sae: dict[str, FeatureRow] | None = None
 
     @property
     def index(self) -> int:

@@ -20,9 +20,11 @@ from ._errors import CaptureError
 from .frame import FRAME_DTYPE, FRAME_DTYPES
 from .interventions import as_records
 from .readouts.attention import ATTN_TOP_K
+from .readouts.sae.readout import SAE_TOP_K
 
 if TYPE_CHECKING:
     from .interventions import Intervention
+    from .readouts.sae import SAE
     from .reducers.base import Reducer
 
 #: What ``lens_dtype`` takes: the model's float32 path, or a copy of the unembedding in lower precision.
@@ -101,6 +103,34 @@ def check_attention_k(attention_k: Any) -> int | str:
     if isinstance(attention_k, bool) or not _whole(attention_k) or attention_k < 1:
         raise CaptureError(f"attention_k must be a whole number >= 1 or 'full', got {attention_k!r}")
     return int(attention_k)
+
+
+def check_saes(saes: Any) -> tuple[Any, ...]:
+    """``saes`` as a tuple of :class:`~llmri.readouts.sae.SAE` objects and paths (loaded when a capture
+    opens); anything else is one line."""
+    import os
+
+    if saes is None:
+        return ()
+    if isinstance(saes, (str, os.PathLike)) or hasattr(saes, "encode"):
+        saes = (saes,)
+    if not isinstance(saes, (list, tuple)):
+        raise CaptureError(f"saes must be a list of SAEs (llmri.load_sae) or paths, got {type(saes).__name__}")
+    out = []
+    for x in saes:
+        if isinstance(x, os.PathLike):
+            x = os.fspath(x)
+        if not isinstance(x, str) and not (hasattr(x, "encode") and hasattr(x, "d_sae")):
+            raise CaptureError(f"saes: {type(x).__name__} is not an SAE (llmri.load_sae) or a path")
+        out.append(x)
+    return tuple(out)
+
+
+def check_sae_k(sae_k: Any) -> int:
+    """``sae_k`` checked: a whole number >= 1."""
+    if isinstance(sae_k, bool) or not _whole(sae_k) or sae_k < 1:
+        raise CaptureError(f"sae_k must be a whole number >= 1, got {sae_k!r}")
+    return int(sae_k)
 
 
 def check_lens_dtype(lens_dtype: Any) -> str:
@@ -213,6 +243,11 @@ class CaptureSettings:
     attention_k: int | Literal["full"] = option(
         ATTN_TOP_K, "attended positions kept per head, most attended first, or 'full' rows", metavar="K|full"
     )
+    # -- SAE features
+    saes: tuple[SAE | str, ...] = option(
+        (), "sparse autoencoders whose features each token records (llmri.load_sae(...) objects or paths)"
+    )
+    sae_k: int = option(SAE_TOP_K, "features kept per token and SAE, strongest first", metavar="K")
     # -- interventions
     interventions: tuple[Intervention, ...] = option(
         (), "change the run: llmri.steer(...) / llmri.ablate(...) records, applied each step (hf backend)"
@@ -227,6 +262,8 @@ class CaptureSettings:
         if isinstance(self.signals, list):
             object.__setattr__(self, "signals", tuple(self.signals))
         object.__setattr__(self, "interventions", as_records(self.interventions))
+        object.__setattr__(self, "saes", check_saes(self.saes))
+        check_sae_k(self.sae_k)
         self.generation()
         check_attention_k(self.attention_k)
         check_lens_dtype(self.lens_dtype)
@@ -262,6 +299,8 @@ class CaptureSettings:
                 v = getattr(v, "spec", {}).get("kind", type(v).__name__)
             elif f.name == "interventions":
                 v = [x.to_dict() for x in v]
+            elif f.name == "saes":
+                v = [x if isinstance(x, str) else getattr(x, "path", "") or getattr(x, "name", "") for x in v]
             elif isinstance(v, tuple):
                 v = list(v)
             elif isinstance(v, Mapping):
@@ -312,6 +351,8 @@ class CaptureOptions(TypedDict, total=False):
     lens_batch: int | None
     attention: bool
     attention_k: int | Literal["full"]
+    saes: tuple[SAE | str, ...] | Sequence[SAE | str] | None
+    sae_k: int
     interventions: tuple[Intervention, ...] | Sequence[Intervention] | None
 
 

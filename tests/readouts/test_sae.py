@@ -113,7 +113,7 @@ def test_layer_and_signal_given_override_the_config() -> None:
 
 
 def test_formats_are_registered_by_name() -> None:
-    assert SAE_FORMATS.names() == ["gemma_scope", "gemma_scope_2", "pickle", "saelens", "sparsify"]
+    assert SAE_FORMATS.names() == ["circuit_tracer", "gemma_scope", "gemma_scope_2", "pickle", "saelens", "sparsify"]
     assert load_sae(SPARSIFY, format="sparsify").k == 8
 
 

@@ -104,6 +104,7 @@ class Launched:
     host: Any = None  # pinned uint8 Tensor holding every array, filled by a queued copy
     event: Any = None  # recorded after that copy
     future: Any = None  # the frame thread's (host, event, arrays), where it computes them
+    sae: list[Any] | None = None  # each position's {SAE name: FeatureRow} (capture/saes.py)
 
 
 #: The packed order on an asynchronous device: the widest types first, so every part stays aligned.
@@ -162,6 +163,7 @@ class StepFrames:
         lens, attention = self.readouts.rows(pos)
         job = Launched(pos, texts, arrays, lens, attention, deferred, host, event)
         job.future = future
+        job.sae = self.readouts.sae_rows(pos) if getattr(self.readouts, "sae", None) is not None else None
         return job
 
     def _tensors(self, pos: Positions) -> tuple[Any, Any, dict[str, Any]]:
@@ -245,6 +247,7 @@ class StepFrames:
                     {s: sparsity[i, j] for i, s in enumerate(sigs)},
                     lens=job.lens[j],
                     attention=job.attention[j],
+                    sae=job.sae[j] if job.sae is not None else None,
                 )
             )
         return out

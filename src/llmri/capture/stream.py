@@ -36,6 +36,7 @@ from .messages import check_messages
 from .precision import check_frame_dtype
 from .readouts import StepReadouts
 from .resolve import adapt, backend_for, is_spec
+from .saes import SAEStep, load_saes, module_names
 
 
 class CaptureStream(FrameStream):
@@ -92,6 +93,7 @@ class CaptureStream(FrameStream):
         self.reducer = make_reducer(o.reducer, tile=o.tile, seed=o.reducer_seed)
         if isinstance(prompt, (list, tuple)):
             check_messages(prompt)
+        saes = load_saes(o.saes)  # their files before the model's
         self.model = load_model(model, backend=name) if spec else adapted  # llama.cpp: the GGUF itself
         self.backend_name, cls = backend_for(self.model, o.backend)
         extra = {} if o.hook_points is None else {"hook_points": o.hook_points}
@@ -153,6 +155,13 @@ class CaptureStream(FrameStream):
             lens_batch=lens_batch,
         )
         self.meta.update(self.readouts.meta())
+        if saes:
+            self.readouts.sae = SAEStep(
+                saes, o.sae_k, d_model=self.backend.d_model, n_layers=self.backend.n_layers,
+                signals=self.signals, model_name=self.meta["model"].get("name"),
+                signal_modules=self.backend.signal_modules, modules=module_names(self.backend),
+            )  # fmt: skip
+            self.meta.update(self.readouts.sae.meta())
         # LLMRI_FRAME_THREAD=1 / 0 forces it; else the backend says (on: llama.cpp's compiled callback)
         env = os.environ.get("LLMRI_FRAME_THREAD", "").strip()
         thread = env == "1" if env in ("0", "1") else self.backend.frame_thread

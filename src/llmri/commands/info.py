@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from .._errors import LlmriError, StoreError
+from .saes import describe as sae_lines
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -76,6 +77,7 @@ def _details(s: Any) -> str:
         f"stop reason  {m.get('stop_reason', '-') or '-'}",
     ]
     lines += [f"intervention {x}" for x in _interventions(m)]
+    lines += [f"sae          {x}" for x in sae_lines(m)]
     msgs = m.get("messages")
     if isinstance(msgs, list) and msgs:
         lines.append("messages")

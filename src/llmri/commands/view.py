@@ -10,6 +10,8 @@ from .._errors import CaptureError, StoreError
 from ..settings import DEFAULTS
 from .capture import add_lens_dtype
 from .options import add_options
+from .saes import add_flags as sae_flags
+from .saes import options as sae_flag_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -55,6 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action="store_true",
         help="record attention per head (hf backend): the page shows the layer x head grid",
     )
+    sae_flags(live)
     live.add_argument(
         "--openai-url",
         default=None,
@@ -99,6 +102,8 @@ def live_plugin(args: argparse.Namespace) -> Any:
     frame_dtype = getattr(args, "frame_dtype", None)
     if frame_dtype and frame_dtype != DEFAULTS.frame_dtype and not model:
         raise CaptureError("--frame-dtype is how a local model's tiles are stored: give --model too")
+    if getattr(args, "sae_paths", None) and not model:
+        raise CaptureError("--sae reads a local model's vectors: give --model too")
     if not (model or url):
         return None
     if model and url:
@@ -134,6 +139,7 @@ def live_plugin(args: argparse.Namespace) -> Any:
         return LiveChat(ChatOnlyEngine(client))
     from ..models import load_model
 
+    sae_options = sae_flag_options(args)  # the SAE files before the model (one line for a bad one)
     print(f"llmri view: loading model {model} for live chat{f' ({backend})' if backend else ''}...", flush=True)
     if (lens or attention) and backend == "llama.cpp":  # before a model load that can take minutes
         raise CaptureError("the llama.cpp engine has no lens or attention readouts: use --backend hf")
@@ -144,6 +150,7 @@ def live_plugin(args: argparse.Namespace) -> Any:
         attention=attention,
         lens_dtype=lens_dtype,
         frame_dtype=frame_dtype,
+        **sae_options,
     )
     return LiveChat(engine)
 

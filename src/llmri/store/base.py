@@ -185,6 +185,28 @@ class SessionReader(ABC):
         ``layers``); raises StoreError for a session captured without ``attention=True``."""
         return AttentionTable(self.layers, **self._readout_checked("attention", start, stop))
 
+    @property
+    def saes(self) -> list[str]:
+        """The names of the SAEs whose features this session holds (``saes=[...]``), from its meta."""
+        from .saes import sae_names
+
+        return sae_names(self.meta)
+
+    def sae(self, name: str, start: int | None = None, stop: int | None = None) -> Any:
+        """SAE ``name``'s features at positions ``start..stop`` (:class:`~llmri.store.saes.SAEFeatures`:
+        ``ids`` int32 / ``values`` float16 ``[T, k]``, ``l0``, ``fvu``, ``cosine`` ``[T]``, its
+        ``record`` and ``labels``); raises StoreError for an SAE the session does not hold."""
+        from .saes import check_sae_name, features_of
+
+        check_sae_name(self.meta, name, f"session {self.id}")
+        s, e = norm_range(start, stop, len(self))
+        return features_of(self.meta, name, self.sae_arrays(name, s, e), f"session {self.id}")
+
+    def sae_arrays(self, name: str, start: int, stop: int) -> dict[str, np.ndarray]:
+        """``{field: array [stop - start, ...]}`` of SAE ``name`` (one this session holds); a reader
+        that stores SAE features overrides it."""
+        raise StoreError(f"session {self.id}: this reader cannot read SAE features")
+
     def markers(self) -> list[Any]:
         """Notable tokens of this session (:func:`llmri.readouts.markers`): a list of
         :class:`~llmri.readouts.Marker` (``kind``, ``token``, ``layer``, ``reason``) from what it

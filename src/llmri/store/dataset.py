@@ -17,6 +17,7 @@ import numpy as np
 from .._errors import require
 from ..frame import TOP_K, frame_dtype_of, from_bfloat16_bits
 from .layout import LAYER, RANK, TILE_X, TILE_Y, TOKEN, readout_layout
+from .saes import sae_paths
 
 if TYPE_CHECKING:
     from .base import SessionReader
@@ -81,6 +82,8 @@ def _eager_columns(session: SessionReader) -> dict[str, Any]:
     for kind in session.readouts:
         table = session.lens() if kind == "lens" else session.attention()
         cols.update({f"{kind}/{name}": a for name, a in table.arrays().items()})
+    for sae in session.saes:
+        cols.update({f"sae/{sae}/{f}": a for f, a in session.sae_arrays(sae, 0, len(session)).items()})
     return {name: _readonly(np.asarray(a)) for name, a in cols.items()}
 
 
@@ -95,6 +98,8 @@ def _variables(session: SessionReader) -> list[tuple[str, str, tuple[str, ...]]]
     for kind, fields in readout_layout(session.meta).items():
         for name, (_, row_dims) in fields.items():
             out.append((READOUT_PREFIX[kind] + name, f"{kind}/{name}", (TOKEN, *row_dims)))
+    for path, (_, _, row_dims) in sae_paths(session.meta).items():  # sae/{name}/{field} -> sae_{name}_{field}
+        out.append(("sae_" + path[4:].replace("/", "_"), path, (TOKEN, *row_dims)))
     return out
 
 
@@ -171,7 +176,14 @@ def _block(session: SessionReader, name: str, n: int) -> np.ndarray:
 
 
 def _layout(s: SessionReader) -> tuple[Any, ...]:
-    return (tuple(s.signals), tuple(s.layers), tuple(s.tile), frame_dtype_of(s.meta), str(readout_layout(s.meta)))
+    return (
+        tuple(s.signals),
+        tuple(s.layers),
+        tuple(s.tile),
+        frame_dtype_of(s.meta),
+        str(readout_layout(s.meta)),
+        str(sae_paths(s.meta)),
+    )
 
 
 def _study_coords(sessions: list[SessionReader]) -> dict[str, Any]:

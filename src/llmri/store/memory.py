@@ -23,6 +23,7 @@ from .base import (
 )
 from .ids import new_session_id, prepare_meta
 from .layout import readout_layout
+from .saes import sae_layout, sae_problem, stack_features
 
 
 class FrameSource(Protocol):
@@ -71,7 +72,7 @@ class Session(SessionReader):
     def append(self, frame: Frame) -> None:
         if frame.index != len(self._frames):
             raise StoreError(f"session {self.id}: frame {frame.index} appended at position {len(self._frames)}")
-        problem = readout_problem(frame, readout_layout(self._meta))
+        problem = readout_problem(frame, readout_layout(self._meta)) or sae_problem(frame, sae_layout(self._meta))
         if problem:
             raise StoreError(f"session {self.id}: {problem}")
         with self._lock:
@@ -131,6 +132,17 @@ class Session(SessionReader):
                 table = (LensTable if kind == "lens" else AttentionTable).from_rows(rows, self.layers, shapes)
                 self._cache[key] = table.arrays()
             return {name: a[start:stop] for name, a in self._cache[key].items()}
+
+    def sae_arrays(self, name: str, start: int, stop: int) -> dict[str, np.ndarray]:
+        with self._lock:
+            key = ("sae", name)
+            if key not in self._cache:
+                k = int(self._meta["sae"]["k"])
+                rows = [(f.sae or {}).get(name) for f in self._frames]
+                if any(r is None for r in rows):
+                    raise StoreError(f"session {self.id}: a frame has no features of SAE {name}")
+                self._cache[key] = stack_features([r for r in rows if r is not None], k)
+            return {f: a[start:stop] for f, a in self._cache[key].items()}
 
     def frame(self, i: int) -> Frame:
         return self._frames[i]

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +204,38 @@ def load_pickle(path: Path, allow_pickle: bool) -> SAE:
     )
 
 
+_CT_FILE = re.compile(r"^layer_(\d+)\.safetensors$")
+
+
+@SAE_FORMATS.register("circuit_tracer")
+def load_circuit_tracer(path: Path, allow_pickle: bool) -> SAE:
+    """A circuit-tracer per-layer transcoder, ``layer_L.safetensors``: ``W_enc`` ``[d_tc, d_model]``
+    (``F.linear``'s layout), ``W_dec`` ``[d_tc, d_model]``, ``b_enc``, ``b_dec``, and
+    ``activation_function.threshold`` (JumpReLU), ``k`` (TopK) or neither (ReLU); ``W_skip`` only
+    changes the decoded output. It reads layer L's MLP input (no ``b_dec`` subtracted) and writes
+    its output: :attr:`SAE.transcoder`."""
+    m = _CT_FILE.match(path.name)
+    if path.is_dir() or m is None:
+        raise fail(path, "a circuit-tracer transcoder is one layer's file, layer_L.safetensors")
+    w = read_safetensors(path)
+    threshold = w.pop("activation_function.threshold", None)
+    k_t = w.pop("k", None)
+    skip = w.pop("W_skip", None)
+    if "W_enc" in w:
+        w["W_enc"] = w["W_enc"].T.contiguous()
+    if threshold is not None:
+        w["threshold"] = threshold
+    check_weights(path, w)
+    k = int(k_t.reshape(()).item()) if k_t is not None else None
+    arch = "jumprelu" if threshold is not None else "topk" if k is not None else "relu"
+    sae = _make(path, "circuit_tracer", w, None, architecture=arch, k=k, apply_b_dec_to_input=False,
+                name=f"transcoder_layer_{m.group(1)}", transcoder=True)  # fmt: skip
+    sae.layer, sae.signal = int(m.group(1)), "mlp"
+    if skip is not None:
+        sae.meta["skip_connection"] = True
+    return sae
+
+
 def detect(path: Path) -> tuple[str, Path]:
     """``(format, the path its loader reads)`` of a directory or file; one line when it is none."""
     if not path.exists():
@@ -214,6 +246,8 @@ def detect(path: Path) -> tuple[str, Path]:
         by_name = {"params.npz": "gemma_scope", "sae_weights.safetensors": "saelens", "cfg.json": "", "config.json": ""}
         if path.suffix == ".npz":
             return "gemma_scope", path
+        if _CT_FILE.match(path.name):
+            return "circuit_tracer", path
         if path.name not in by_name and path.name not in ("params.safetensors", "sae.safetensors"):
             raise fail(
                 path, "not an SAE file (params.npz, params.safetensors, sae_weights.safetensors, sae.safetensors)"
@@ -245,6 +279,7 @@ def load_sae(
     name: str | None = None,
     format: str | None = None,  # noqa: A002 - the user's word for it
     allow_pickle: bool = False,
+    labels: str | Path | Mapping[Any, str] | None = None,
 ) -> SAE:
     """Read a sparse autoencoder from disk into one :class:`SAE`, whatever its format.
 
@@ -253,14 +288,17 @@ def load_sae(
     reads comes from its config's hook name (``blocks.L.hook_resid_post`` -> ``resid`` L;
     ``hook_resid_pre`` of L -> ``resid`` L - 1) unless ``layer`` and ``signal`` are given, which
     override it. Pickled weights (``.pt``...) are refused unless ``allow_pickle``. Every failure is
-    an :class:`~llmri.SAEError` of one line naming the file.
+    an :class:`~llmri.SAEError` of one line naming the file. ``labels``: the features' labels, a local
+    file (Neuronpedia's export, or ``{index: text}`` JSON; :mod:`~llmri.readouts.sae.labels`) or a
+    mapping (:meth:`SAE.with_labels`); a capture keeps them in the session's record of the SAE.
     """
     p = Path(path).expanduser()
     if format is not None:
         if format not in SAE_FORMATS:
             raise SAEError(f"{p}: unknown SAE format {format!r} (known: {', '.join(SAE_FORMATS.names())})")
         # the directory formats also take their weights file, as detection does
-        fmt, target = format, p.parent if p.is_file() and format not in ("gemma_scope", "pickle") else p
+        files = ("gemma_scope", "pickle", "circuit_tracer")
+        fmt, target = format, p.parent if p.is_file() and format not in files else p
     else:
         fmt, target = detect(p)
     sae = SAE_FORMATS.get(fmt)(target, allow_pickle)
@@ -278,4 +316,6 @@ def load_sae(
         raise SAEError(f"{p}: {sae.meta['site_error']}; pass layer= and signal= if it reads one it does")
     if name is not None:
         sae.name = name
+    if labels is not None:
+        sae.with_labels(labels)
     return sae

@@ -54,6 +54,10 @@ class SAE:
     hook_name: str | None = None
     model_name: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: A transcoder (circuit-tracer's per-layer ones): it reads layer ``layer``'s MLP *input* and
+    #: writes its output, so a capture records it from the MLP's input (``mlp`` recorded at the
+    #: MLP's input norm) and has no reconstruction error to give (NaN): docs/sae.md.
+    transcoder: bool = False
 
     @property
     def d_in(self) -> int:
@@ -82,6 +86,102 @@ class SAE:
             raise SAEError(f"{where}: reads layer {self.layer}, the model has layers 0-{n_layers - 1}")
         if signals is not None and self.signal not in signals:
             raise SAEError(f"{where}: reads {self.signal}, which this capture does not record ({', '.join(signals)})")
+
+    def check_model_name(self, model_name: str | None) -> None:
+        """Raise :class:`~llmri.SAEError` (one line) where this SAE's files name another model than
+        ``model_name`` (compared by their last path part, lower-case, either containing the other:
+        ``gemma-2-2b`` fits ``google/gemma-2-2b-it``). Unknown on either side: nothing to check;
+        ``sae.model_name = None`` skips it for an SAE you know fits."""
+        from ..._errors import SAEError
+
+        def norm(x: str) -> str:
+            return x.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1].lower()
+
+        if not self.model_name or not model_name:
+            return
+        a, b = norm(self.model_name), norm(model_name)
+        if a not in b and b not in a:
+            raise SAEError(
+                f"SAE {self.name} ({self.path}): trained on {self.model_name}, the model is {model_name} "
+                "(set sae.model_name = None to use it anyway)"
+            )
+
+    def sha256(self) -> str:
+        """The SHA-256 of the weights as llmri runs them (float32 ``W_enc``, ``b_enc``, ``W_dec``,
+        ``b_dec``, ``threshold``, after the load's folding): the same SAE gives the same hash whatever
+        file it came from; computed once."""
+        cached = self.meta.get("sha256")
+        if isinstance(cached, str):
+            return cached
+        import hashlib
+
+        h = hashlib.sha256()
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+            t = getattr(self, name)
+            if t is not None:
+                h.update(name.encode())
+                h.update(t.detach().to("cpu").float().contiguous().numpy().tobytes())
+        self.meta["sha256"] = out = h.hexdigest()
+        return out
+
+    def record(self) -> dict[str, Any]:
+        """What a session keeps of this SAE (``meta["sae"]["saes"]``, docs/FORMAT.md): name, format,
+        architecture, ``d_in``, ``d_sae``, layer, signal, hook, path, model name, ``k`` (topk), the
+        weights' ``sha256`` and its labels (``{feature: text}``, where it has any)."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "format": self.source_format,
+            "architecture": self.architecture,
+            "d_in": self.d_in,
+            "d_sae": self.d_sae,
+            "layer": self.layer,
+            "signal": self.signal,
+            "hook": self.hook_name,
+            "path": self.path,
+            "model_name": self.model_name,
+            "sha256": self.sha256(),
+        }
+        if self.k is not None:
+            out["k"] = int(self.k)
+        if self.transcoder:
+            out["transcoder"] = True
+        if self.labels:
+            out["labels"] = {str(i): t for i, t in sorted(self.labels.items())}
+        return out
+
+    @property
+    def labels(self) -> dict[int, str]:
+        """``{feature: text}``: the features' labels (:meth:`with_labels`), empty without."""
+        labels = self.meta.get("labels")
+        return labels if isinstance(labels, dict) else {}
+
+    def with_labels(self, labels: Any) -> SAE:
+        """Give the features labels, offline: a file path (Neuronpedia's export, ``[{"index",
+        "description"}]`` or its JSON Lines, or ``{index: text}`` JSON) or a mapping ``{index: text}``;
+        returns this SAE. An index outside ``0..d_sae-1`` is one :class:`~llmri.SAEError` line."""
+        from collections.abc import Mapping
+
+        from .labels import labels_from, read_labels
+
+        if isinstance(labels, Mapping):
+            self.meta["labels"] = labels_from(labels.items(), f"SAE {self.name} labels", self.d_sae)
+        else:
+            self.meta["labels"] = read_labels(labels, self.d_sae)
+        return self
+
+    def direction(self, feature: int, *, normalize: bool = True) -> Any:
+        """Feature ``feature``'s decoder row, float32 ``[d_in]`` (a CPU tensor): the direction it
+        writes into the model's vector, unit length (``normalize=False``: as the decoder holds it;
+        SAELens's rescaling is folded in at load, so such rows are unit already). A vector of the
+        model's width, which :func:`llmri.steer` takes."""
+        if not 0 <= int(feature) < self.d_sae:
+            from ..._errors import SAEError
+
+            raise SAEError(f"SAE {self.name}: no feature {feature} (it has 0-{self.d_sae - 1})")
+        row = self.W_dec[int(feature)].detach().to("cpu").float().clone()
+        if normalize:
+            row = row / row.norm().clamp_min(1e-30)
+        return row
 
     def _weights_on(self, device: Any) -> None:
         if self.W_enc.device != device:
@@ -153,7 +253,16 @@ class SAE:
 
         with torch.no_grad():
             acts, scale, shift = self._encode(x)
-            out = acts @ self.W_dec + self.b_dec
+            out = None
+            if acts.device.type == "cpu" and acts.ndim == 2:
+                # sparse features: decode through the active rows only (the others are 0, so exact up to
+                # summation order); on an accelerator the dense matmul is cheaper than the host sync
+                m = int((acts > 0).sum(-1).max()) if acts.numel() else 0
+                if 0 < m * 8 <= self.d_sae:
+                    values, ids = acts.topk(m, dim=-1)
+                    out = torch.bmm(values[:, None, :], self.W_dec[ids])[:, 0] + self.b_dec
+            if out is None:
+                out = acts @ self.W_dec + self.b_dec
             if scale is not None:
                 out = out * scale
             if shift is not None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ...frame import FeatureRow
 from .model import SAE
 
 #: Features kept per position and SAE.
@@ -34,6 +35,11 @@ class SAERows:
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
+    def rows(self) -> list[FeatureRow]:
+        """One :class:`~llmri.frame.FeatureRow` per position (views of these arrays)."""
+        l0, fvu, cos = self.l0.tolist(), self.fvu.tolist(), self.cosine.tolist()
+        return [FeatureRow(self.ids[j], self.values[j], l0[j], fvu[j], cos[j]) for j in range(len(self))]
+
 
 def sae_readout(saes: Sequence[SAE], acts: Mapping[str, Any], *, k: int = SAE_TOP_K) -> dict[str, SAERows]:
     """``{sae.name: SAERows}`` of one step. ``acts``: ``{signal: Tensor[n, layers, d_model]}``
@@ -54,6 +60,8 @@ def sae_readout(saes: Sequence[SAE], acts: Mapping[str, Any], *, k: int = SAE_TO
             xf = x.to(torch.float32)
             fvu = (xf - rec).pow(2).sum(-1) / xf.pow(2).sum(-1).clamp_min(1e-30)
             cos = torch.nn.functional.cosine_similarity(xf, rec, dim=-1)
+            if sae.transcoder:  # it decodes the MLP's output, not x: no reconstruction error of x
+                fvu, cos = torch.full_like(fvu, float("nan")), torch.full_like(cos, float("nan"))
             out[sae.name] = SAERows(
                 ids=ids.to(torch.int32).cpu().numpy(),
                 values=values.to(torch.float16).cpu().numpy(),

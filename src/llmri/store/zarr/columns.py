@@ -11,6 +11,7 @@ from ..._errors import StoreError
 from ...frame import READOUT_DTYPES, TOP_K, Frame, bfloat16_bits, fit_into, frame_dtype_of
 from ..base import READ_VERSION, STATUSES
 from ..layout import LAYER, RANK, TILE_X, TILE_Y, TOKEN, readout_layout
+from ..saes import SAELayout, sae_paths, sae_rows
 
 #: Frames per chunk along the token axis of ``frames/<signal>``.
 FRAME_CHUNK = 16
@@ -75,6 +76,8 @@ def column_specs(meta: dict[str, Any]) -> dict[str, ColumnSpec]:
             row_bytes = int(np.prod(shape, dtype=np.int64)) * (8 if dtype is str else np.dtype(dtype).itemsize)
             chunk = max(1, min(ROW_CHUNK, READOUT_CHUNK_BYTES // max(1, row_bytes)))
             specs[f"{kind}/{name}"] = ColumnSpec(dtype, shape, chunk, dims)
+    for path, (dtype, shape, dims) in sae_paths(meta).items():  # sae/{name}/{field} (store/saes.py)
+        specs[path] = ColumnSpec(dtype, shape, ROW_CHUNK, dims)
     return specs
 
 
@@ -164,10 +167,15 @@ def check_meta(meta: dict[str, Any]) -> str:
 
 
 def frame_rows(
-    frame: Frame, signals: list[str], k: int, readouts: dict[str, dict[str, Any]] | None = None
+    frame: Frame,
+    signals: list[str],
+    k: int,
+    readouts: dict[str, dict[str, Any]] | None = None,
+    saes: dict[str, SAELayout] | None = None,
 ) -> dict[str, Any]:
     """The row of each column for one frame (``top_*`` padded to ``k``; each readout field of
-    ``readouts``, :func:`~llmri.store.base.readout_layout`, padded to its row shape)."""
+    ``readouts``, :func:`~llmri.store.base.readout_layout`, padded to its row shape; each SAE's of
+    ``saes``, :func:`~llmri.store.saes.sae_layout`)."""
     t = frame.token
     m = min(k, len(t.top_ids))
     top_ids = np.full(k, -1, np.int64)
@@ -200,6 +208,8 @@ def frame_rows(
                 fit_into(padded, value)
                 value = padded
             rows[f"{kind}/{name}"] = value
+    if saes:
+        rows.update(sae_rows(frame, saes))
     return rows
 
 

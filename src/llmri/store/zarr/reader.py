@@ -10,6 +10,7 @@ from ..._errors import StoreError
 from ...frame import FRAME_NUMPY, TOP_K, TokenTable, frame_dtype_of, from_bfloat16_bits, readout_fill
 from ..base import SessionReader, check_signal, norm_range
 from ..layout import readout_layout
+from ..saes import sae_layout
 from .columns import check_format_version, check_meta
 from .liveness import effective_status
 from .location import Location
@@ -117,6 +118,12 @@ class ZarrSession(SessionReader):
         return {
             name: self._read(f"{kind}/{name}", start, stop, shape, readout_fill(name)[0])
             for name, (shape, _) in fields.items()
+        }
+
+    def sae_arrays(self, name: str, start: int, stop: int) -> dict[str, np.ndarray]:
+        return {
+            f: self._read(f"sae/{name}/{f}", start, stop, shape, dtype)
+            for f, (dtype, shape, _) in sae_layout(self._meta)[name].items()
         }
 
     @property

@@ -72,7 +72,9 @@ class ModelEngine:
     float32, exact; ``"bfloat16"`` is faster, docs/benchmarks.md "Readouts"); ``frame_dtype``: what
     the tiles are stored as (float16, bfloat16 or float32; docs/precision.md); ``interventions``:
     ``llmri.steer(...)`` / ``llmri.ablate(...)`` records applied in every turn (the hf backend;
-    docs/interventions.md), each turn's session recording them. These options, the
+    docs/interventions.md), each turn's session recording them; ``saes`` / ``sae_k``: sparse
+    autoencoders (:func:`llmri.load_sae` objects or paths, read once here) whose top ``sae_k`` features
+    every turn records (docs/sae.md). These options, the
     same every turn, are held as one :class:`~llmri.settings.CaptureSettings`; a turn's own
     (``max_new_tokens``, ``temperature``...) go over them.
     """
@@ -89,9 +91,12 @@ class ModelEngine:
         lens_dtype: str | None = None,
         frame_dtype: str | None = None,
         interventions: Sequence[Any] = (),
+        saes: Sequence[Any] = (),
+        sae_k: int | None = None,
     ) -> None:
         from ..._errors import CaptureError
         from ...capture.resolve import as_model, backend_for
+        from ...capture.saes import load_saes
         from ...settings import DEFAULTS
 
         self.model = as_model(model)
@@ -102,6 +107,7 @@ class ModelEngine:
             raise CaptureError("the llama.cpp engine has no logit lens: --lens needs --backend hf")
         self.readouts = [name for name, on in (("lens", lens), ("attention", attention)) if on]
         self.lens_dtype = lens_dtype
+        self.saes = load_saes(saes)  # read once; each turn checks them against the model and records them
         self.options = DEFAULTS.replace(
             backend=self.backend,
             lens=lens,
@@ -109,6 +115,8 @@ class ModelEngine:
             attention=attention,
             frame_dtype=frame_dtype or DEFAULTS.frame_dtype,
             interventions=interventions,  # every turn, checked against the model when it opens
+            saes=tuple(self.saes),
+            sae_k=DEFAULTS.sae_k if sae_k is None else sae_k,
         )
         if self.options.interventions and not getattr(cls, "supports_interventions", False):
             raise CaptureError(f"the {self.backend} backend applies no interventions: they need --backend hf")
@@ -117,6 +125,11 @@ class ModelEngine:
         info = describe() if callable(describe) else {}
         self.name = str(info.get("name") or type(self.model).__name__)
         self.n_layers = info.get("n_layers")
+        d_model = info.get("d_model")
+        for sae in self.saes:  # what can be checked without a turn: width, layer range, model name
+            if isinstance(self.n_layers, int) and isinstance(d_model, int):
+                sae.check_model(d_model, self.n_layers)
+            sae.check_model_name(self.name)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -127,6 +140,7 @@ class ModelEngine:
             "reducers": REDUCERS.names(),
             "n_layers": self.n_layers,
             "readouts": self.readouts,
+            "saes": [sae.name for sae in self.saes],
         }
 
     def open(
