@@ -14,7 +14,7 @@ from .capture import CaptureStream, FrameStream, GenerationSettings, capture, st
 from .capture.precision import FrameOverflowWarning
 from .chatonly import ChatOnlyClient, ChatOnlyStream, chat_only, chat_only_stream
 from .frame import SIGNALS, Frame, Token, TokenTable
-from .interventions import Ablate, Steer, ablate, steer
+from .interventions import Ablate, Direction, Steer, ablate, direction, load_direction, steer
 from .models import LoadedModel, load_model, wrap
 from .readouts.sae import SAE, load_sae
 from .reducers import REDUCERS, Reducer, make_reducer
@@ -33,6 +33,7 @@ __all__ = [
     "CaptureStream",
     "ChatOnlyClient",
     "ChatOnlyStream",
+    "Direction",
     "Frame",
     "FrameOverflowWarning",
     "FrameStore",
@@ -58,6 +59,8 @@ __all__ = [
     "capture",
     "chat_only",
     "chat_only_stream",
+    "direction",
+    "load_direction",
     "load_model",
     "load_sae",
     "make_reducer",

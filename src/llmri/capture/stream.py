@@ -106,7 +106,7 @@ class CaptureStream(FrameStream):
         prepare_reducer(self.reducer, self.backend, self.codec, self.signals, o.calibration)
         if o.interventions:  # after calibration, which runs the model as it is
             plan = Plan(o.interventions, n_layers=self.backend.n_layers, d_model=self.backend.d_model,
-                        n_prompt=len(self.prompt_ids))  # fmt: skip
+                        n_prompt=len(self.prompt_ids), fingerprint=getattr(self.model, "fingerprint", None))  # fmt: skip
             if plan.mean_signals:
                 plan.means = calibration_means(self.backend, self.codec, plan.mean_signals, o.calibration)
             self.backend.intervene(plan)

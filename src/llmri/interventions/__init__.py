@@ -5,6 +5,7 @@ package knows tensors and the backends' hook points, nothing of capture, the vie
 from __future__ import annotations
 
 from .apply import Plan, selected
+from .direction import METHODS, Direction, direction, load_direction
 from .records import (
     POSITION_NAMES,
     Ablate,
@@ -21,14 +22,18 @@ from .records import (
 __all__ = [
     "POSITION_NAMES",
     "Ablate",
+    "Direction",
     "Intervention",
+    "METHODS",
     "Plan",
     "Steer",
     "Vector",
     "ablate",
     "as_records",
+    "direction",
     "from_dict",
     "from_meta",
+    "load_direction",
     "selected",
     "steer",
 ]

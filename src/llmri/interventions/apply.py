@@ -49,7 +49,15 @@ class Plan:
     of ``n_prompt`` positions: one line (a :class:`~llmri.CaptureError`) for a layer out of range or
     a vector of another width, before any generation."""
 
-    def __init__(self, records: Sequence[Intervention], *, n_layers: int, d_model: int, n_prompt: int) -> None:
+    def __init__(
+        self,
+        records: Sequence[Intervention],
+        *,
+        n_layers: int,
+        d_model: int,
+        n_prompt: int,
+        fingerprint: str | None = None,
+    ) -> None:
         self.records = tuple(records)
         self.n_prompt = n_prompt
         self.d_model = d_model
@@ -59,6 +67,11 @@ class Plan:
             if bad:
                 raise CaptureError(
                     f"{r.kind}: layer {bad[0]} is out of range: the model has {n_layers} layers (0-{n_layers - 1})"
+                )
+            if r.model is not None and fingerprint and r.model != fingerprint:
+                raise CaptureError(
+                    f"{r.kind}: the direction was made on another model (fingerprint {r.model}, this model's is "
+                    f"{fingerprint}); Direction.unbound() drops the check"
                 )
             vec = r.direction
             if vec is not None and vec.width != d_model:

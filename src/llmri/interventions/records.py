@@ -152,6 +152,8 @@ class Steer:
     signal: str = "resid"
     positions: Positions = "generated"
     norm: str | None = None
+    #: the fingerprint of the model a :class:`~.direction.Direction` was made on (``None``: any)
+    model: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -175,6 +177,7 @@ class Steer:
             "scale": self.scale,
             "norm": self.norm,
             "direction": self.direction.to_dict(),
+            **({} if self.model is None else {"model": self.model}),
         }
 
     def describe(self) -> str:
@@ -198,6 +201,7 @@ class Ablate:
     value: float | str = 0.0
     direction: Vector | None = None
     positions: Positions = "all"
+    model: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -236,6 +240,7 @@ class Ablate:
             "neurons": None if self.neurons is None else list(self.neurons),
             "value": self.value,
             "direction": None if self.direction is None else self.direction.to_dict(),
+            **({} if self.model is None else {"model": self.model}),
         }
 
     def describe(self) -> str:
@@ -265,9 +270,20 @@ def _positions_text(p: Positions) -> str:
     return p if isinstance(p, str) else _layers_text(p)
 
 
+def _from_direction(direction: Any, layers: Any) -> tuple[Any, Any, str | None]:
+    """``(vector, layers, model)`` of a :class:`~.direction.Direction` at ``layers`` (default: all of
+    its layers), or of a plain vector as it is."""
+    if not getattr(direction, "is_direction", False):  # a Direction (.direction imports this module)
+        if layers is None:
+            raise CaptureError("layers is needed with a plain vector (a Direction brings its own)")
+        return Vector.of(direction), layers, None
+    chosen = direction.layers if layers is None else check_layers(layers)
+    return Vector.of(direction.at(chosen)), chosen, direction.model
+
+
 def steer(
     direction: Any,
-    layers: Any,
+    layers: Any = None,
     scale: float = 1.0,
     signal: str = "resid",
     positions: Any = "generated",
@@ -275,10 +291,11 @@ def steer(
 ) -> Steer:
     """A steering record: add ``scale * direction`` to ``signal`` at ``layers`` (an int, a range, a
     list) and ``positions`` (``"all"``, ``"prompt"``, ``"generated"``, ``"last"`` or indices).
-    ``direction``: a tensor / array of the model's width, one for all layers or one row per layer."""
-    return Steer(
-        direction=Vector.of(direction), layers=layers, scale=scale, signal=signal, positions=positions, norm=norm
-    )
+    ``direction``: a :class:`~llmri.interventions.Direction` (its vectors at ``layers``, default
+    all of its layers; a capture on a model with another fingerprint refuses it), or a tensor /
+    array of the model's width, one for all layers or one row per layer."""
+    vec, layers, model = _from_direction(direction, layers)
+    return Steer(direction=vec, layers=layers, scale=scale, signal=signal, positions=positions, norm=norm, model=model)
 
 
 def ablate(
@@ -291,8 +308,12 @@ def ablate(
 ) -> Ablate:
     """An ablation record: set ``signal`` at ``layers`` to ``value`` (``0.0`` or ``"mean"``) — all of
     it, the ``neurons`` listed, or its component along ``direction``."""
-    vec = None if direction is None else Vector.of(direction)
-    return Ablate(layers=layers, signal=signal, neurons=neurons, value=value, direction=vec, positions=positions)
+    vec, model = None, None
+    if direction is not None:
+        vec, layers, model = _from_direction(direction, layers)
+    return Ablate(
+        layers=layers, signal=signal, neurons=neurons, value=value, direction=vec, positions=positions, model=model
+    )
 
 
 def from_dict(d: Mapping[str, Any]) -> Intervention:
