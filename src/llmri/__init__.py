@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from . import backends  # noqa: F401 - registers every backend (llama.cpp's loader is reached through it)
 from ._deprecated import install_module_aliases
 from ._errors import CaptureError, LlmriError, MissingExtraError, ModelLoadError, ReducerError, SAEError, StoreError
-from .capture import CaptureStream, FrameStream, GenerationSettings, capture, stream
+from .capture import CaptureStream, FrameStream, GenerationSettings, capture, rerun, stream
 from .capture.precision import FrameOverflowWarning
 from .chatonly import ChatOnlyClient, ChatOnlyStream, chat_only, chat_only_stream
 from .frame import SIGNALS, Frame, Token, TokenTable
@@ -65,6 +65,7 @@ __all__ = [
     "load_sae",
     "make_reducer",
     "open_store",
+    "rerun",
     "show",
     "steer",
     "stream",

@@ -11,6 +11,7 @@ step computes (lens, attention); ``calibration.py`` the reducer's fit and colour
 
 from ..settings import GenerationSettings
 from .framestream import FrameStream
+from .paired import rerun
 from .stream import CaptureStream, capture, stream
 
-__all__ = ["CaptureStream", "FrameStream", "GenerationSettings", "capture", "stream"]
+__all__ = ["CaptureStream", "FrameStream", "GenerationSettings", "capture", "rerun", "stream"]

@@ -76,6 +76,8 @@ def _details(s: Any) -> str:
         f"stop reason  {m.get('stop_reason', '-') or '-'}",
     ]
     lines += [f"intervention {x}" for x in _interventions(m)]
+    if m.get("baseline"):
+        lines.append(f"baseline     {m['baseline']}")
     msgs = m.get("messages")
     if isinstance(msgs, list) and msgs:
         lines.append("messages")
