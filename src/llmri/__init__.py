@@ -14,7 +14,7 @@ from .capture import CaptureStream, FrameStream, GenerationSettings, capture, re
 from .capture.precision import FrameOverflowWarning
 from .chatonly import ChatOnlyClient, ChatOnlyStream, chat_only, chat_only_stream
 from .frame import SIGNALS, Frame, Token, TokenTable
-from .interventions import Ablate, Direction, Steer, ablate, direction, load_direction, steer
+from .interventions import Ablate, Direction, Steer, ablate, direction, load_direction, patch, steer
 from .models import LoadedModel, load_model, wrap
 from .readouts.sae import SAE, load_sae
 from .reducers import REDUCERS, Reducer, make_reducer
@@ -65,6 +65,7 @@ __all__ = [
     "load_sae",
     "make_reducer",
     "open_store",
+    "patch",
     "rerun",
     "show",
     "steer",

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 from .._errors import CaptureError
 from ..backends.base import Backend, check_signals
 from ..frame import Frame
-from ..interventions import Plan
+from ..interventions import Plan, run_sources
 from ..models import load_model
 from ..reducers.base import make_reducer
 from ..settings import (
@@ -106,9 +106,10 @@ class CaptureStream(FrameStream):
         prepare_reducer(self.reducer, self.backend, self.codec, self.signals, o.calibration)
         if o.interventions:  # after calibration, which runs the model as it is
             plan = Plan(o.interventions, n_layers=self.backend.n_layers, d_model=self.backend.d_model,
-                        n_prompt=len(self.prompt_ids), fingerprint=getattr(self.model, "fingerprint", None))  # fmt: skip
+                        n_prompt=len(self.prompt_ids), fingerprint=fp or None)  # fmt: skip
             if plan.mean_signals:
                 plan.means = calibration_means(self.backend, self.codec, plan.mean_signals, o.calibration)
+            run_sources(plan, self.backend, lambda text: self.codec.encode(text, o.chat)[0])  # patch sources
             self.backend.intervene(plan)
         max_pos = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
         self._max_positions = int(max_pos) if isinstance(max_pos, int) else None

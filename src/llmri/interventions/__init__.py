@@ -4,20 +4,22 @@ package knows tensors and the backends' hook points, nothing of capture, the vie
 
 from __future__ import annotations
 
-from .apply import Plan, selected
+from .apply import Plan, run_sources, selected
 from .direction import METHODS, Direction, direction, load_direction
 from .records import (
     POSITION_NAMES,
     Ablate,
     Intervention,
+    Patch,
     Steer,
-    Vector,
     ablate,
     as_records,
     from_dict,
     from_meta,
+    patch,
     steer,
 )
+from .vector import Vector
 
 __all__ = [
     "POSITION_NAMES",
@@ -25,6 +27,7 @@ __all__ = [
     "Direction",
     "Intervention",
     "METHODS",
+    "Patch",
     "Plan",
     "Steer",
     "Vector",
@@ -34,6 +37,8 @@ __all__ = [
     "from_dict",
     "from_meta",
     "load_direction",
+    "patch",
+    "run_sources",
     "selected",
     "steer",
 ]

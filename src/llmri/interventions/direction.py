@@ -14,7 +14,8 @@ import numpy as np
 
 from .._errors import CaptureError
 from . import dirfiles
-from .records import Vector, check_layers, check_signal
+from .records import check_layers, check_signal
+from .vector import Vector
 
 #: How :func:`direction` makes a layer's vector from the positive and negative activations.
 METHODS = ("mean_diff", "pca", "logistic")
