@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from . import backends  # noqa: F401 - registers every backend (llama.cpp's loader is reached through it)
 from ._deprecated import install_module_aliases
 from ._errors import CaptureError, LlmriError, MissingExtraError, ModelLoadError, ReducerError, SAEError, StoreError
-from .capture import CaptureStream, FrameStream, GenerationSettings, capture, rerun, stream
+from .capture import CaptureStream, FrameStream, GenerationSettings, capture, patching, rerun, stream
 from .capture.precision import FrameOverflowWarning
 from .chatonly import ChatOnlyClient, ChatOnlyStream, chat_only, chat_only_stream
 from .frame import SIGNALS, Frame, Token, TokenTable
@@ -66,6 +66,7 @@ __all__ = [
     "make_reducer",
     "open_store",
     "patch",
+    "patching",
     "rerun",
     "show",
     "steer",

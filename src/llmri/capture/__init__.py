@@ -11,7 +11,7 @@ step computes (lens, attention); ``calibration.py`` the reducer's fit and colour
 
 from ..settings import GenerationSettings
 from .framestream import FrameStream
-from .paired import rerun
+from .paired import patching, rerun
 from .stream import CaptureStream, capture, stream
 
-__all__ = ["CaptureStream", "FrameStream", "GenerationSettings", "capture", "rerun", "stream"]
+__all__ = ["CaptureStream", "FrameStream", "GenerationSettings", "capture", "patching", "rerun", "stream"]

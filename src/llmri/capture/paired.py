@@ -1,5 +1,6 @@
-"""``llmri.rerun``: the paired session of a captured one, from its record alone (prompt, settings,
-seed), with other interventions; the new session names its baseline (``meta["baseline"]``)."""
+"""Paired sessions: ``llmri.rerun``, the paired session of a captured one from its record alone
+(prompt, settings, seed) with other interventions, naming its baseline (``meta["baseline"]``); and
+``llmri.patching``, the patching sweep of a clean / corrupt pair, stored with the pair."""
 
 from __future__ import annotations
 
@@ -87,3 +88,34 @@ def rerun(
         opts.setdefault("chat", False)
     extra = {**(meta or {}), "baseline": m.get("id")}
     return capture(model, prompt, store=store, meta=extra, **opts)
+
+
+def patching(
+    model: Any,
+    clean: str,
+    corrupt: str,
+    metric: Any = "logit_diff",
+    targets: Any = (" Paris", " Rome"),
+    signals: Any = ("resid", "attn", "mlp"),
+    *,
+    layers: Any = None,
+    batch: int = 64,
+    store: Any = None,
+    **options: Any,
+) -> Any:
+    """The layer x position activation-patching sweep of ``corrupt`` from ``clean``
+    (:func:`llmri.interventions.patching.sweep`, its forwards batched), returned as a
+    :class:`~llmri.interventions.patching.PatchingResult`. With ``store``, both prompts are captured
+    there too (``options`` as :func:`llmri.capture`; no generation unless ``max_new_tokens`` says)
+    and the corrupt session holds the sweep (``meta["patching"]``, read back by
+    ``PatchingResult.of(session)``) and the clean one's id (``meta["baseline"]``)."""
+    from ..interventions.patching import sweep
+    from .stream import capture
+
+    result = sweep(model, clean, corrupt, metric, targets, signals, layers=layers, batch=batch)
+    if store is not None:
+        opts = {"max_new_tokens": 0, "chat": False, **options}
+        base = capture(model, clean, store=store, **opts)
+        capture(model, corrupt, store=store, meta={"baseline": base.meta.get("id"), "patching": result.to_dict()},
+                **opts)  # fmt: skip
+    return result
