@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from . import backends  # noqa: F401 - registers every backend (llama.cpp's loader is reached through it)
 from ._deprecated import install_module_aliases
 from ._errors import CaptureError, LlmriError, MissingExtraError, ModelLoadError, ReducerError, SAEError, StoreError
-from .capture import CaptureStream, FrameStream, GenerationSettings, capture, patching, rerun, stream
+from .capture import CaptureStream, FrameStream, GenerationSettings, capture, compare, patching, rerun, stream
 from .capture.precision import FrameOverflowWarning
 from .chatonly import ChatOnlyClient, ChatOnlyStream, chat_only, chat_only_stream
 from .frame import SIGNALS, Frame, Token, TokenTable
@@ -59,6 +59,7 @@ __all__ = [
     "capture",
     "chat_only",
     "chat_only_stream",
+    "compare",
     "direction",
     "load_direction",
     "load_model",
