@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 from . import backends  # noqa: F401 - registers every backend (llama.cpp's loader is reached through it)
 from ._deprecated import install_module_aliases
 from ._errors import CaptureError, LlmriError, MissingExtraError, ModelLoadError, ReducerError, SAEError, StoreError
-from .capture import CaptureStream, FrameStream, GenerationSettings, capture, stream
+from .capture import CaptureStream, FrameStream, GenerationSettings, capture, compare, patching, rerun, stream
 from .capture.precision import FrameOverflowWarning
 from .chatonly import ChatOnlyClient, ChatOnlyStream, chat_only, chat_only_stream
 from .frame import SIGNALS, Frame, Token, TokenTable
-from .interventions import Ablate, Steer, ablate, steer
+from .interventions import Ablate, Direction, Steer, ablate, direction, load_direction, patch, steer
 from .models import LoadedModel, load_model, wrap
 from .readouts.sae import SAE, load_sae
 from .reducers import REDUCERS, Reducer, make_reducer
@@ -34,6 +34,7 @@ __all__ = [
     "CaptureStream",
     "ChatOnlyClient",
     "ChatOnlyStream",
+    "Direction",
     "Frame",
     "FrameOverflowWarning",
     "FrameStore",
@@ -60,10 +61,16 @@ __all__ = [
     "capture_many",
     "chat_only",
     "chat_only_stream",
+    "compare",
+    "direction",
+    "load_direction",
     "load_model",
     "load_sae",
     "make_reducer",
     "open_store",
+    "patch",
+    "patching",
+    "rerun",
     "show",
     "steer",
     "stream",

@@ -60,7 +60,7 @@ def test_what_needs_the_model_fails_before_generation(tiny, interventions, match
     assert _hooks(tiny.model) == before
 
 
-@pytest.mark.parametrize("backend", ["transformer-lens", "nnsight", "llama.cpp"])
+@pytest.mark.parametrize("backend", ["transformer-lens", "nnsight"])  # llama.cpp: test_llamacpp_steer.py
 def test_other_backends_refuse_interventions_naming_hf(tiny, backend):
     _one_line(
         lambda: llmri.stream(tiny, PROMPT, backend=backend, interventions=[llmri.steer(np.ones(D), 0)]),

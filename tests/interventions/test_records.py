@@ -96,7 +96,7 @@ def test_a_vector_may_be_stored_as_a_list():
     assert from_dict(d).direction == Vector.of(v)
     d["direction"] = {"dtype": "float32", "shape": [4], "base64": Vector.of(v).to_dict()["base64"]}
     _one_line(lambda: from_dict(d), "does not match its 12 bytes")
-    _one_line(lambda: from_dict({"kind": "patch"}), "unknown intervention kind 'patch'")
+    _one_line(lambda: from_dict({"kind": "probe"}), "unknown intervention kind 'probe'")
 
 
 def test_settings_hold_the_records_as_a_tuple_and_write_them_json_safe():

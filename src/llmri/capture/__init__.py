@@ -10,7 +10,19 @@ step computes (lens, attention); ``calibration.py`` the reducer's fit and colour
 """
 
 from ..settings import GenerationSettings
+from .comparison import Comparison, compare
 from .framestream import FrameStream
+from .paired import patching, rerun
 from .stream import CaptureStream, capture, stream
 
-__all__ = ["CaptureStream", "FrameStream", "GenerationSettings", "capture", "stream"]
+__all__ = [
+    "CaptureStream",
+    "Comparison",
+    "compare",
+    "FrameStream",
+    "GenerationSettings",
+    "capture",
+    "patching",
+    "rerun",
+    "stream",
+]

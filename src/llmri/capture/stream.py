@@ -13,7 +13,7 @@ from .._errors import CaptureError
 from ..backends.base import Backend, check_signals
 from ..backends.layers import LayerSubset
 from ..frame import Frame
-from ..interventions import Plan
+from ..interventions import Plan, run_sources
 from ..models import load_model
 from ..reducers.base import make_reducer
 from ..settings import (
@@ -116,9 +116,10 @@ class CaptureStream(FrameStream):
         prepare_reducer(self.reducer, self.backend, self.codec, self.signals, o.calibration)
         if o.interventions:  # after calibration, which runs the model as it is
             plan = Plan(o.interventions, n_layers=whole.n_layers, d_model=self.backend.d_model,
-                        n_prompt=len(self.prompt_ids))  # fmt: skip
+                        n_prompt=len(self.prompt_ids), fingerprint=fp or None)  # fmt: skip
             if plan.mean_signals:
                 plan.means = calibration_means(whole, self.codec, plan.mean_signals, o.calibration)
+            run_sources(plan, whole, lambda text: self.codec.encode(text, o.chat)[0])  # patch sources
             self.backend.intervene(plan)
         max_pos = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
         self._max_positions = int(max_pos) if isinstance(max_pos, int) else None

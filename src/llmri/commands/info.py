@@ -78,6 +78,8 @@ def _details(s: Any) -> str:
     ]
     lines += [f"intervention {x}" for x in _interventions(m)]
     lines += [f"sae          {x}" for x in sae_lines(m)]
+    if m.get("baseline"):
+        lines.append(f"baseline     {m['baseline']}")
     msgs = m.get("messages")
     if isinstance(msgs, list) and msgs:
         lines.append("messages")

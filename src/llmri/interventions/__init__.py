@@ -4,31 +4,41 @@ package knows tensors and the backends' hook points, nothing of capture, the vie
 
 from __future__ import annotations
 
-from .apply import Plan, selected
+from .apply import Plan, run_sources, selected
+from .direction import METHODS, Direction, direction, load_direction
 from .records import (
     POSITION_NAMES,
     Ablate,
     Intervention,
+    Patch,
     Steer,
-    Vector,
     ablate,
     as_records,
     from_dict,
     from_meta,
+    patch,
     steer,
 )
+from .vector import Vector
 
 __all__ = [
     "POSITION_NAMES",
     "Ablate",
+    "Direction",
     "Intervention",
+    "METHODS",
+    "Patch",
     "Plan",
     "Steer",
     "Vector",
     "ablate",
     "as_records",
+    "direction",
     "from_dict",
     "from_meta",
+    "load_direction",
+    "patch",
+    "run_sources",
     "selected",
     "steer",
 ]

@@ -7,14 +7,15 @@ record names; the backend owns the hooks (added and removed around each step).""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from .._errors import CaptureError
-from .records import Ablate, Intervention, Positions, Steer, Vector
+from .records import Ablate, Intervention, Patch, Positions, Steer
+from .vector import Vector
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,15 @@ class Plan:
     of ``n_prompt`` positions: one line (a :class:`~llmri.CaptureError`) for a layer out of range or
     a vector of another width, before any generation."""
 
-    def __init__(self, records: Sequence[Intervention], *, n_layers: int, d_model: int, n_prompt: int) -> None:
+    def __init__(
+        self,
+        records: Sequence[Intervention],
+        *,
+        n_layers: int,
+        d_model: int,
+        n_prompt: int,
+        fingerprint: str | None = None,
+    ) -> None:
         self.records = tuple(records)
         self.n_prompt = n_prompt
         self.d_model = d_model
@@ -60,6 +69,11 @@ class Plan:
                 raise CaptureError(
                     f"{r.kind}: layer {bad[0]} is out of range: the model has {n_layers} layers (0-{n_layers - 1})"
                 )
+            if r.model is not None and fingerprint and r.model != fingerprint:
+                raise CaptureError(
+                    f"{r.kind}: the direction was made on another model (fingerprint {r.model}, this model's is "
+                    f"{fingerprint}); Direction.unbound() drops the check"
+                )
             vec = r.direction
             if vec is not None and vec.width != d_model:
                 raise CaptureError(f"{r.kind}: the direction has width {vec.width}, the model's d_model is {d_model}")
@@ -67,11 +81,40 @@ class Plan:
                 raise CaptureError(f"ablate: neuron {r.neurons[-1]} is out of range: d_model is {d_model}")
             if isinstance(r, Ablate) and r.is_noop:
                 continue
-            for k, layer in enumerate(r.layers):
-                self.edits.setdefault((r.signal, layer), []).append(Edit(r, layer, k))
+            if isinstance(r, Patch) and r.values is None:
+                continue  # a source prompt, run by resolve()
+            self._add(r)
         #: ``{signal: float32 [layers, d_model]}``, the calibration means ``value="mean"`` reads
         self.means: dict[str, np.ndarray] = {}
         self._tensors: dict[tuple[int, int, str, Any, Any], Any] = {}
+
+    def _add(self, r: Intervention) -> None:
+        for k, layer in enumerate(r.layers):
+            self.edits.setdefault((r.signal, layer), []).append(Edit(r, layer, k))
+
+    def sources(self) -> list[str]:
+        """The source prompts of patches still to run (:meth:`resolve`)."""
+        return [r.source for r in self.records if isinstance(r, Patch) and r.values is None and r.source is not None]
+
+    def resolve(self, run: Callable[[str], dict[str, np.ndarray]]) -> None:
+        """Run each patch's source prompt (``run(text)``: ``{signal: float [n, layers, d_model]}`` of
+        the unedited model) and patch with its values; one line for a position the source lacks."""
+        done: dict[str, dict[str, np.ndarray]] = {}
+        for r in self.records:
+            if not isinstance(r, Patch) or r.values is not None or r.source is None:
+                continue
+            acts = done.get(r.source) or done.setdefault(r.source, run(r.source))
+            if r.signal not in acts:
+                raise CaptureError(f"patch: the capture does not record {r.signal!r}: add it to signals")
+            a = np.asarray(acts[r.signal], dtype=np.float32)
+            n_src = a.shape[0]
+            at = tuple(range(min(n_src, self.n_prompt))) if isinstance(r.positions, str) else r.positions
+            if at and max(at) >= min(n_src, self.n_prompt):
+                raise CaptureError(
+                    f"patch: position {max(at)} is past the source ({n_src} positions) or the prompt ({self.n_prompt})"
+                )
+            vals = a[list(at)][:, list(r.layers)].transpose(1, 0, 2).reshape(-1, a.shape[-1])
+            self._add(replace(r, source=None, values=Vector.of(vals), at=at))
 
     @property
     def mean_signals(self) -> list[str]:
@@ -95,6 +138,10 @@ class Plan:
                 if mean is None:
                     raise CaptureError(f"ablate value='mean' needs the calibration mean of {r.signal!r}")
                 a = np.asarray(mean[edit.layer], dtype=np.float32)
+            elif what == "values":
+                assert isinstance(r, Patch) and r.values is not None
+                n = len(r.at or ())
+                a = np.array(r.values.array()[edit.row * n : (edit.row + 1) * n], dtype=np.float32)
             else:
                 assert isinstance(r.direction, Vector)
                 a = np.array(r.direction.row(edit.row), dtype=np.float32)
@@ -108,7 +155,11 @@ class Plan:
         ``start ..``) with this plan's edits there, as a new tensor (``t`` itself where none applies)."""
         out = t
         for e in self.edits.get((signal, layer), ()):
-            sel = selected(e.record.positions, start, int(t.shape[1]), self.n_prompt)
+            r = e.record
+            if isinstance(r, Patch):
+                out = self._patched(e, r, out, t, start)
+                continue
+            sel = selected(r.positions, start, int(t.shape[1]), self.n_prompt)
             if sel is None:
                 continue
             if out is t:
@@ -117,9 +168,23 @@ class Plan:
             out[0, sel] = self._edited(e, h)
         return out
 
+    def _patched(self, e: Edit, r: Patch, out: Any, t: Any, start: int) -> Any:
+        """``out`` with the source's rows at the step's positions among ``r.at``."""
+        at = r.at or ()
+        hits = [(j, p - start) for j, p in enumerate(at) if start <= p < start + int(t.shape[1])]
+        if not hits:
+            return out
+        if out is t:
+            out = t.clone()
+        vals = self._tensor(e, "values", t)
+        for j, i in hits:
+            out[0, i] = vals[j].to(t.dtype)
+        return out
+
     def _edited(self, e: Edit, h: Any) -> Any:
         """The rows ``h`` ``[k, d_model]`` (the model's dtype) after edit ``e``."""
         r = e.record
+        assert not isinstance(r, Patch)
         if isinstance(r, Steer):
             if r.norm == "match":
                 h32 = h.float()
@@ -142,3 +207,18 @@ class Plan:
             idx = list(r.neurons)
             new[..., idx] = float(r.value) if mean is None else mean[idx].to(h.dtype)
         return new
+
+
+def run_sources(plan: Plan, backend: Any, encode: Callable[[str], list[int]]) -> None:
+    """Resolve ``plan``'s patch sources by one unedited forward each on ``backend`` (before
+    :meth:`~llmri.backends.Backend.intervene`)."""
+    if not plan.sources():
+        return
+    import torch
+
+    def run(text: str) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            step = backend.step(torch.tensor([encode(text)]), None, logits=False)
+        return {s: a.float().cpu().numpy() for s, a in step.acts.items()}
+
+    plan.resolve(run)

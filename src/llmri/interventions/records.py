@@ -3,7 +3,6 @@ run can be rebuilt from, checked when built for what needs no model (STYLE 18)."
 
 from __future__ import annotations
 
-import base64
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ import numpy as np
 
 from .._errors import CaptureError
 from ..frame import SIGNALS
+from .vector import Vector
 
 #: The named position sets: every position, the prompt's, the generated ones, the prompt's last
 #: (the one whose output predicts the first generated token).
@@ -70,67 +70,6 @@ def _finite(name: str, x: Any) -> float:
     return float(x)
 
 
-@dataclass(frozen=True)
-class Vector:
-    """float32 values, ``[d_model]`` (one for every layer) or ``[layers, d_model]`` (one per layer),
-    kept as bytes so the record is a hashable value that compares exactly."""
-
-    data: bytes
-    shape: tuple[int, ...]
-
-    @classmethod
-    def of(cls, x: Any) -> Vector:
-        """A tensor, an array or nested lists (or a Vector) as float32; finite, 1-D or 2-D."""
-        if isinstance(x, Vector):
-            return x
-        if hasattr(x, "detach"):  # a torch tensor, on any device
-            x = x.detach().float().cpu().numpy()
-        try:
-            a = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
-        except (TypeError, ValueError):
-            raise CaptureError(f"a direction must be numbers (a tensor, an array or a list), got {x!r:.80}") from None
-        if a.ndim not in (1, 2) or a.size == 0:
-            raise CaptureError(f"a direction must be [d_model] or [layers, d_model], got shape {list(a.shape)}")
-        if not np.isfinite(a).all():
-            raise CaptureError("a direction holds NaN or infinite values")
-        return cls(a.astype("<f4").tobytes(), tuple(int(n) for n in a.shape))
-
-    def array(self) -> np.ndarray:
-        """The values, float32, read-only."""
-        return np.frombuffer(self.data, dtype="<f4").reshape(self.shape)
-
-    @property
-    def width(self) -> int:
-        return self.shape[-1]
-
-    def row(self, k: int) -> np.ndarray:
-        """The vector for the ``k``-th listed layer (the one vector where there is one)."""
-        a = self.array()
-        return a if a.ndim == 1 else a[k]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"dtype": "float32", "shape": list(self.shape), "base64": base64.b64encode(self.data).decode("ascii")}
-
-    @classmethod
-    def from_dict(cls, d: Any) -> Vector:
-        """From :meth:`to_dict` (``base64``) or ``{"values": nested lists}``, or a plain list."""
-        if not isinstance(d, Mapping):
-            return cls.of(d)
-        if "base64" in d:
-            raw = base64.b64decode(str(d["base64"]))
-            shape = tuple(int(n) for n in d.get("shape", [len(raw) // 4]))
-            if d.get("dtype", "float32") != "float32" or math.prod(shape) * 4 != len(raw):
-                raise CaptureError(f"a stored direction's shape {list(shape)} does not match its {len(raw)} bytes")
-            return cls.of(np.frombuffer(raw, dtype="<f4").reshape(shape))
-        return cls.of(d.get("values"))
-
-    def describe(self) -> str:
-        norms = np.linalg.norm(self.array(), axis=-1)
-        return f"vector {'x'.join(map(str, self.shape))} |v| {float(norms.min()):.3g}" + (
-            f"..{float(norms.max()):.3g}" if norms.size > 1 and norms.min() != norms.max() else ""
-        )
-
-
 def _check_rows(vector: Vector, layers: tuple[int, ...]) -> None:
     if len(vector.shape) == 2 and vector.shape[0] != len(layers):
         raise CaptureError(f"a direction per layer needs {len(layers)} rows (one per layer), got {vector.shape[0]}")
@@ -152,6 +91,8 @@ class Steer:
     signal: str = "resid"
     positions: Positions = "generated"
     norm: str | None = None
+    #: the fingerprint of the model a :class:`~.direction.Direction` was made on (``None``: any)
+    model: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -175,6 +116,7 @@ class Steer:
             "scale": self.scale,
             "norm": self.norm,
             "direction": self.direction.to_dict(),
+            **({} if self.model is None else {"model": self.model}),
         }
 
     def describe(self) -> str:
@@ -198,6 +140,7 @@ class Ablate:
     value: float | str = 0.0
     direction: Vector | None = None
     positions: Positions = "all"
+    model: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -236,6 +179,7 @@ class Ablate:
             "neurons": None if self.neurons is None else list(self.neurons),
             "value": self.value,
             "direction": None if self.direction is None else self.direction.to_dict(),
+            **({} if self.model is None else {"model": self.model}),
         }
 
     def describe(self) -> str:
@@ -249,9 +193,64 @@ class Ablate:
         )
 
 
+@dataclass(frozen=True)
+class Patch:
+    """Replace ``signal``'s output at ``layers`` and ``positions`` with another run's: ``values``
+    float32 ``[len(layers) * len(at), d_model]`` (layer-major) at absolute positions ``at``, or a
+    ``source`` prompt run on the spot (same model, unedited) when the capture opens."""
+
+    kind: ClassVar[str] = "patch"
+    layers: tuple[int, ...]
+    signal: str = "resid"
+    positions: Positions = "all"
+    source: str | None = None
+    values: Vector | None = None
+    at: tuple[int, ...] | None = None
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "layers", check_layers(self.layers))
+        set_(self, "signal", check_signal(self.signal))
+        set_(self, "positions", check_positions(self.positions))
+        if self.positions in ("generated", "last"):
+            raise CaptureError("patch positions are 'all', 'prompt' or indices (the source's positions)")
+        if (self.source is None) == (self.values is None):
+            raise CaptureError("a patch takes a source prompt or the source's values, one of them")
+        if self.values is not None:
+            set_(self, "values", Vector.of(self.values))
+            at = tuple(int(x) for x in self.at or ())
+            set_(self, "at", at)
+            if self.values.shape[0] != len(self.layers) * len(at):
+                raise CaptureError(f"a patch's values need {len(self.layers)} x {len(at)} rows")
+
+    @property
+    def direction(self) -> Vector | None:
+        """The values, so the width checks of every record apply to them."""
+        return self.values
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "signal": self.signal,
+            "layers": list(self.layers),
+            "positions": _positions_dict(self.positions),
+            "source": self.source,
+            "values": None if self.values is None else self.values.to_dict(),
+            "at": None if self.at is None else list(self.at),
+            **({} if self.model is None else {"model": self.model}),
+        }
+
+    def describe(self) -> str:
+        n = len(self.at or ())
+        src = f"from {self.source!r:.40}" if self.source is not None else f"from values at {n} positions"
+        where = f"layers {_layers_text(self.layers)} positions {_positions_text(self.positions)}"
+        return f"patch {self.signal} {where} {src}"
+
+
 #: An intervention record.
-Intervention = Steer | Ablate
-KINDS: dict[str, type[Steer] | type[Ablate]] = {"steer": Steer, "ablate": Ablate}
+Intervention = Steer | Ablate | Patch
+KINDS: dict[str, type[Steer] | type[Ablate] | type[Patch]] = {"steer": Steer, "ablate": Ablate, "patch": Patch}
 
 
 def _layers_text(xs: Sequence[int]) -> str:
@@ -265,9 +264,20 @@ def _positions_text(p: Positions) -> str:
     return p if isinstance(p, str) else _layers_text(p)
 
 
+def _from_direction(direction: Any, layers: Any) -> tuple[Any, Any, str | None]:
+    """``(vector, layers, model)`` of a :class:`~.direction.Direction` at ``layers`` (default: all of
+    its layers), or of a plain vector as it is."""
+    if not getattr(direction, "is_direction", False):  # a Direction (.direction imports this module)
+        if layers is None:
+            raise CaptureError("layers is needed with a plain vector (a Direction brings its own)")
+        return Vector.of(direction), layers, None
+    chosen = direction.layers if layers is None else check_layers(layers)
+    return Vector.of(direction.at(chosen)), chosen, direction.model
+
+
 def steer(
     direction: Any,
-    layers: Any,
+    layers: Any = None,
     scale: float = 1.0,
     signal: str = "resid",
     positions: Any = "generated",
@@ -275,10 +285,11 @@ def steer(
 ) -> Steer:
     """A steering record: add ``scale * direction`` to ``signal`` at ``layers`` (an int, a range, a
     list) and ``positions`` (``"all"``, ``"prompt"``, ``"generated"``, ``"last"`` or indices).
-    ``direction``: a tensor / array of the model's width, one for all layers or one row per layer."""
-    return Steer(
-        direction=Vector.of(direction), layers=layers, scale=scale, signal=signal, positions=positions, norm=norm
-    )
+    ``direction``: a :class:`~llmri.interventions.Direction` (its vectors at ``layers``, default
+    all of its layers; a capture on a model with another fingerprint refuses it), or a tensor /
+    array of the model's width, one for all layers or one row per layer."""
+    vec, layers, model = _from_direction(direction, layers)
+    return Steer(direction=vec, layers=layers, scale=scale, signal=signal, positions=positions, norm=norm, model=model)
 
 
 def ablate(
@@ -291,8 +302,42 @@ def ablate(
 ) -> Ablate:
     """An ablation record: set ``signal`` at ``layers`` to ``value`` (``0.0`` or ``"mean"``) — all of
     it, the ``neurons`` listed, or its component along ``direction``."""
-    vec = None if direction is None else Vector.of(direction)
-    return Ablate(layers=layers, signal=signal, neurons=neurons, value=value, direction=vec, positions=positions)
+    vec, model = None, None
+    if direction is not None:
+        vec, layers, model = _from_direction(direction, layers)
+    return Ablate(
+        layers=layers, signal=signal, neurons=neurons, value=value, direction=vec, positions=positions, model=model
+    )
+
+
+def patch(source: Any, layers: Any, signal: str = "resid", positions: Any = "all") -> Patch:
+    """A patching record: ``signal`` at ``layers`` and ``positions`` (``"all"``, ``"prompt"``: every
+    position both runs have; or indices) replaced by another run's. ``source``: a prompt, run on
+    the spot on the same model, or a session holding full vectors (``reducer="neurons"``,
+    ``frame_dtype="float32"``) made on that model."""
+    if isinstance(source, str):
+        return Patch(layers=layers, signal=signal, positions=positions, source=source)
+    meta = getattr(source, "meta", None)
+    if not isinstance(meta, Mapping):
+        raise CaptureError(f"a patch source is a prompt or a session, got {type(source).__name__}")
+    red, model = meta.get("reducer") or {}, meta.get("model") or {}
+    if red.get("kind") != "neurons" or meta.get("frame_dtype") != "float32":
+        raise CaptureError(
+            "a patch source session needs full vectors: capture it with reducer='neurons', frame_dtype='float32'"
+        )
+    if signal not in (meta.get("signals") or ()):
+        raise CaptureError(f"the source session does not record {signal!r}")
+    d, n = int(model.get("d_model") or 0), len(source)
+    pos = check_positions(positions)
+    at = tuple(range(n)) if isinstance(pos, str) else pos
+    if at and max(at) >= n:
+        raise CaptureError(f"patch: position {max(at)} is past the source session's {n} positions")
+    lay = check_layers(layers)
+    frames = np.asarray(source.frames(signal), dtype=np.float32)
+    a = frames.reshape(frames.shape[0], frames.shape[1], -1)[:, :, :d]  # [T, L, d]
+    vals = a[list(at)][:, list(lay)].transpose(1, 0, 2).reshape(-1, d)
+    return Patch(layers=lay, signal=signal, positions=pos, values=Vector.of(vals), at=at,
+                 model=model.get("fingerprint") or None)  # fmt: skip
 
 
 def from_dict(d: Mapping[str, Any]) -> Intervention:
@@ -304,8 +349,11 @@ def from_dict(d: Mapping[str, Any]) -> Intervention:
     positions = args.get("positions")
     if isinstance(positions, list):
         args["positions"] = tuple(positions)
-    if args.get("direction") is not None:
-        args["direction"] = Vector.from_dict(args["direction"])
+    for key in ("direction", "values"):
+        if args.get(key) is not None:
+            args[key] = Vector.from_dict(args[key])
+    if isinstance(args.get("at"), list):
+        args["at"] = tuple(args["at"])
     try:
         return KINDS[str(d["kind"])](**args)
     except TypeError as exc:
@@ -316,7 +364,7 @@ def as_records(items: Any) -> tuple[Intervention, ...]:
     """``interventions=`` checked: a list of records (or their dicts), as a tuple."""
     if items is None:
         return ()
-    if isinstance(items, (Steer, Ablate, Mapping)):
+    if isinstance(items, (Steer, Ablate, Patch, Mapping)):
         items = [items]
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
         raise CaptureError(f"interventions must be a list of llmri.steer(...) / llmri.ablate(...), got {items!r:.80}")
@@ -324,7 +372,7 @@ def as_records(items: Any) -> tuple[Intervention, ...]:
     for x in items:
         if isinstance(x, Mapping):
             x = from_dict(x)
-        if not isinstance(x, (Steer, Ablate)):
+        if not isinstance(x, (Steer, Ablate, Patch)):
             raise CaptureError(f"an intervention must be llmri.steer(...) or llmri.ablate(...), got {type(x).__name__}")
         out.append(x)
     return tuple(out)

@@ -11,6 +11,7 @@ import numpy as np
 from ..._errors import CaptureError
 from ...frame import SIGNALS
 from ..base import BACKENDS, Backend, Step
+from . import cvec
 from .ggml import ggml
 from .model import available_cores
 from .recorder import Recorder
@@ -70,6 +71,8 @@ class LlamaCppBackend(Backend):
     name = "llama.cpp"
     provides = SIGNALS
     loads_own_files = True
+    #: ``steer`` on ``resid`` through llama.cpp's control vectors (:mod:`.cvec`); the rest is refused
+    supports_interventions = True
 
     @classmethod
     def load_model(cls, spec: Any) -> Any:
@@ -91,6 +94,7 @@ class LlamaCppBackend(Backend):
         self.ctx = model.context()
         names = tensor_names(model.architecture)
         self._names = [f"blk.{i}" for i in range(model.n_layers)]
+        self._plan_iv: Any = None
         self._verify(names)
         self._plan(names)
 
@@ -135,6 +139,7 @@ class LlamaCppBackend(Backend):
             probe = model.tokenizer.bos_token_id or 0
             with self.ctx.lock:
                 self.ctx.reset()
+                self.ctx.set_cvec(None, model.n_layers, model.d_model)
                 try:
                     with self.ctx.recording(rec):
                         rec.start(0, 1)
@@ -182,6 +187,13 @@ class LlamaCppBackend(Backend):
     def layer_names(self) -> list[str]:
         return self._names
 
+    def intervene(self, plan: Any) -> None:
+        """Steer ``resid`` through llama.cpp's control vector in every later step; anything else
+        is refused in one line naming the ``hf`` backend (:func:`.cvec.check`)."""
+        if plan is not None:
+            cvec.check(plan)
+        self._plan_iv = plan
+
     @property
     def signal_modules(self) -> dict[str, list[str | None]]:
         """The llama.cpp graph tensor each signal copies, per layer (``l_out-0``, ...)."""
@@ -204,9 +216,6 @@ class LlamaCppBackend(Backend):
 
         ids = [int(x) for x in (input_ids.reshape(-1).tolist() if hasattr(input_ids, "reshape") else input_ids)]
         ctx, n = self.ctx, len(ids)
-        rec = Recorder(
-            self._lib, self._slots, len(self._layers), n, self._layers, self.model.d_model, stacked=len(self.signals)
-        )
         out = np.empty((n, ctx.n_vocab), dtype=np.float32) if logits else None
         with ctx.lock:
             if cache is None:
@@ -217,6 +226,17 @@ class LlamaCppBackend(Backend):
                     "(one capture at a time per model)"
                 )
             start = ctx.n_past
+            steer = None if self._plan_iv is None else cvec.buffer(self._plan_iv, start, n, self.n_layers, self.d_model)
+            ctx.set_cvec(steer, self.n_layers, self.d_model)
+            rec = (Recorder if steer is None else cvec.SteeredRecorder)(
+                self._lib,
+                self._slots,
+                len(self._layers),
+                n,
+                self._layers,
+                self.model.d_model,
+                stacked=len(self.signals),
+            )
             try:
                 with ctx.recording(rec):
                     for r0 in range(0, n, ctx.n_batch):

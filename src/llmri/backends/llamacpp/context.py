@@ -84,6 +84,7 @@ class LlamaContext:
         self.lock = threading.Lock()
         self.epoch = 0  # bumped by reset(): a cache from before names an older sequence
         self.n_past = 0
+        self._cvec: bytes | None = None  # the control vector applied now (None: none)
 
     # -- the callback -------------------------------------------------------------------------
     @property
@@ -115,6 +116,24 @@ class LlamaContext:
             if self._native is not None:
                 self._native.unbind()
             self.recorder = None
+
+    def set_cvec(self, data: np.ndarray | None, n_layers: int, d_model: int) -> None:
+        """Apply ``data`` (float32 ``[(n_layers - 1) * d_model]``, block 1 first) as llama.cpp's
+        control vector for the decodes from now on, or none (``None``); a call that changes nothing
+        costs nothing. Every step of every backend on this context says which, so a capture
+        without interventions never runs with one left by another."""
+        key = None if data is None else data.tobytes()
+        if key == self._cvec:
+            return
+        if data is None:
+            rc = self._L.llama_set_adapter_cvec(self.ctx, None, 0, d_model, -1, -1)
+        else:
+            buf = np.ascontiguousarray(data, dtype=np.float32)
+            ptr = buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            rc = self._L.llama_set_adapter_cvec(self.ctx, ptr, buf.size, d_model, 1, n_layers - 1)
+        if rc != 0:
+            raise CaptureError(f"llama.cpp: llama_set_adapter_cvec returned {rc}")
+        self._cvec = key
 
     # -- the sequence -------------------------------------------------------------------------
     def reset(self) -> int:
