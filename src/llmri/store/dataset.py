@@ -2,7 +2,7 @@
 extra): :meth:`SessionReader.to_xarray` and :meth:`SessionReader.tokens_df`.
 
 Built on the reader's interface only, so every store's sessions have them. A reader that
-:class:`~llmri.store.base.SupportsArrays` gives dask arrays over its stored chunks (no data
+:class:`~llmri.store.abilities.SupportsArrays` gives dask arrays over its stored chunks (no data
 variable is read until computed; the ``text`` and ``role`` coordinates are read at once); any other
 reader's arrays are numpy (read-only views where it holds them).
 """

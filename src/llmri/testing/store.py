@@ -26,7 +26,8 @@ import pytest
 import llmri
 
 from .._errors import StoreError
-from ..store.base import FrameStore, SupportsAdd, SupportsRefresh
+from ..store.abilities import SupportsAdd, SupportsRefresh
+from ..store.base import FrameStore
 from .frames import ATTN_K, HEADS, LENS_K, SIGNALS, H, L, W, base_meta, make_frame, padded
 
 

@@ -83,7 +83,7 @@ class ZarrSession(SessionReader):
 
     def array(self, name: str) -> Any:
         """The stored ``zarr.Array`` at ``name`` (e.g. ``frames/resid``), rows past ``len(self)``
-        included: slice it to ``[:len(self)]`` (:class:`~llmri.store.base.SupportsArrays`)."""
+        included: slice it to ``[:len(self)]`` (:class:`~llmri.store.abilities.SupportsArrays`)."""
         return self._array(name)
 
     def _read(self, name: str, start: int, stop: int, empty: tuple[int, ...], dtype: Any) -> np.ndarray:
