@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .base import FrameStore, SessionReader, SessionWriter, SupportsAdd, SupportsArrays, SupportsRefresh
+from .abilities import SupportsAdd, SupportsArrays, SupportsRefresh
+from .base import FrameStore, SessionReader, SessionWriter
 from .memory import MemoryFrameStore, Session
 
 
