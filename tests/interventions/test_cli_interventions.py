@@ -36,6 +36,22 @@ def test_the_flags_read_into_records(tmp_path):
     assert flags.options(_args()) == {}
 
 
+@pytest.mark.parametrize("suffix", [".gguf", ".safetensors"])
+def test_steer_takes_a_saved_direction_with_its_own_layers(tmp_path, suffix):
+    from llmri.interventions import Direction
+
+    rows = np.arange(24, dtype=np.float32).reshape(3, 8) + 1
+    d = Direction(rows, (2, 3, 4), "fp-x", {"method": "mean_diff"})
+    d.save(tmp_path / f"d{suffix}")
+    own, chosen = (flags.options(_args(steer=[f"{tmp_path / f'd{suffix}'}@{at}"]))["interventions"][0]
+                   for at in (":0.5", "3:2"))  # fmt: skip
+    loaded = llmri.load_direction(tmp_path / f"d{suffix}")
+    assert own == llmri.steer(loaded, scale=0.5)
+    assert own.layers == (2, 3, 4) and own.scale == 0.5
+    assert chosen == llmri.steer(loaded, [3], scale=2.0)
+    np.testing.assert_array_equal(np.asarray(chosen.direction.array()).reshape(-1), rows[1])
+
+
 @pytest.mark.parametrize(
     ("kw", "match"),
     [

@@ -17,7 +17,8 @@ def add_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
         action="append",
         default=None,
         metavar="FILE@LAYERS[:SCALE]",
-        help="add a direction (a .npy of d_model values, or one row per layer) to resid at LAYERS (12, 10-14 or "
+        help="add a direction (a .npy of d_model values, or one row per layer; or a saved direction, .gguf control "
+        "vector or .safetensors, whose LAYERS default to its own: FILE@:SCALE) to resid at LAYERS (12, 10-14 or "
         "3,5) of the generated positions, times SCALE (default 1); repeatable",
     )
     p.add_argument(
@@ -58,13 +59,17 @@ def parse_steer(text: str) -> Any:
         raise CaptureError(f"--steer takes FILE@LAYERS[:SCALE], got {text!r}")
     layers, _, scale = rest.partition(":")
     try:
-        vector = np.load(file, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise CaptureError(f"--steer: cannot read {file} as a .npy array ({exc})") from None
-    try:
         value = float(scale) if scale else 1.0
     except ValueError:
         raise CaptureError(f"--steer: the scale must be a number, got {scale!r}") from None
+    if file.lower().endswith((".gguf", ".safetensors")):  # a saved Direction: its own layers unless given
+        from ..interventions import load_direction
+
+        return steer(load_direction(file), parse_layers(layers) if layers else None, scale=value)
+    try:
+        vector = np.load(file, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CaptureError(f"--steer: cannot read {file} as a .npy array ({exc})") from None
     return steer(vector, parse_layers(layers), scale=value)
 
 
