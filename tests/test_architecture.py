@@ -235,6 +235,16 @@ def test_no_test_module_imports_another():
     assert not bad, bad
 
 
+def test_test_modules_have_unique_names():
+    """The test folders are not packages, so pytest imports each module by its file name: two of the
+    same name in different folders stop the whole run at collection ("import file mismatch")."""
+    tests = Path(__file__).resolve().parent
+    seen: dict[str, list[str]] = {}
+    for p in tests.rglob("test_*.py"):
+        seen.setdefault(p.name, []).append(str(p.relative_to(tests)))
+    assert not [v for v in seen.values() if len(v) > 1], [v for v in seen.values() if len(v) > 1]
+
+
 def _imports_of_test(path: Path) -> list[tuple[str, list[str], bool]]:
     tree = ast.parse(path.read_text(), str(path))
     out: list[tuple[str, list[str], bool]] = []
