@@ -215,6 +215,8 @@ def capture_many(
     from ..store import FrameStore, open_store
 
     o = settings_from(settings, options)
+    if isinstance(executor, str) and executor not in ("local", "ray"):  # a typo fails here, Ray or not
+        raise CaptureError(f"executor must be None, 'local', 'ray' or a ray.util.ActorPool, got {executor!r:.60}")
     if executor not in (None, "local"):
         import importlib
 

@@ -42,7 +42,8 @@ class StoreSuite:
         return self.make_store(tmp_path)
 
     @pytest.fixture(scope="class")
-    def synthetic_model(self):
+    @classmethod
+    def synthetic_model(cls):
         from ..backends.synthetic import SyntheticModel
 
         return SyntheticModel()
