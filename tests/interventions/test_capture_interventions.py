@@ -134,6 +134,26 @@ def test_mean_ablation_sets_the_calibration_mean(tiny):
     assert r[0, 1, 3] != 0
 
 
+def test_mean_ablation_records_the_means_it_used(tiny):
+    # a calibration text of the user's: the record holds the means themselves, so re-running it with
+    # the default text (or none at all) sets the same values: the run rebuilds from its record alone
+    text = "Numbers and letters: 1 2 3 a b c. Once upon a time there was a small model."
+    rec = llmri.ablate(1, "resid", neurons=[3, 4], value="mean")
+    s = llmri.capture(tiny, PROMPT, interventions=[rec], calibration=text, **OPTS)
+    (stored,) = from_meta(s.meta)
+    assert stored.mean is not None and stored.mean.shape == (1, D)
+    r = s.frames("resid").reshape(len(s), 3, -1)
+    np.testing.assert_array_equal(r[:, 1, 3], stored.mean.row(0)[3])  # the value set is the recorded mean
+    again = llmri.capture(tiny, PROMPT, interventions=[stored], **OPTS)
+    np.testing.assert_array_equal(again.frames("resid").reshape(len(s), 3, -1)[:, 1, 3:5], r[:, 1, 3:5])
+    assert from_meta(again.meta) == (stored,)
+    other = llmri.capture(tiny, PROMPT, interventions=[rec], **OPTS)  # the default text: other means
+    assert not np.array_equal(other.frames("resid").reshape(len(s), 3, -1)[:, 1, 3], r[:, 1, 3])
+    _one_line(lambda: llmri.interventions.Ablate((1,), "resid", value=0.0, mean=np.zeros((1, D))), "go with value")
+    _one_line(lambda: llmri.capture(tiny, PROMPT, interventions=[
+        llmri.interventions.Ablate((1,), "resid", value="mean", mean=np.zeros((1, D + 1)))], **OPTS), "width")
+
+
 def test_directional_ablation_removes_the_component(tiny):
     d = _vec(2)
     s = llmri.capture(tiny, PROMPT, interventions=[llmri.ablate(0, "resid", direction=d)], **OPTS)

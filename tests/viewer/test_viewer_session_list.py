@@ -152,7 +152,8 @@ def test_study_overview_of_a_store_without_a_study_is_empty(synthetic_model):
 def test_page_lists_origins_searches_and_shows_the_study(study_store, browser):
     """Chromium on the served page: the picker labels served sessions with client and time and study
     sessions with their prompt id; typing in the search box narrows it (the server's ``?q=``) to the
-    one match, which opens; ``key=value`` words filter by metadata (``?meta.KEY=``); the study button draws the stored statistics per layer."""
+    one match, which opens; ``key=value`` words filter by metadata (``?meta.KEY=``); the study button
+    draws the stored statistics per layer."""
     import os
 
     from llmri.testing import CHROMIUM, ServedApp

@@ -77,6 +77,8 @@ class Plan:
             vec = r.direction
             if vec is not None and vec.width != d_model:
                 raise CaptureError(f"{r.kind}: the direction has width {vec.width}, the model's d_model is {d_model}")
+            if isinstance(r, Ablate) and r.mean is not None and r.mean.width != d_model:
+                raise CaptureError(f"ablate: the stored means have width {r.mean.width}, the model's is {d_model}")
             if isinstance(r, Ablate) and r.neurons and r.neurons[-1] >= d_model:
                 raise CaptureError(f"ablate: neuron {r.neurons[-1]} is out of range: d_model is {d_model}")
             if isinstance(r, Ablate) and r.is_noop:
@@ -119,7 +121,18 @@ class Plan:
     @property
     def mean_signals(self) -> list[str]:
         """The signals whose calibration mean an ablation needs (``value="mean"``)."""
-        return sorted({r.signal for r in self.records if isinstance(r, Ablate) and r.value == "mean"})
+        return sorted(
+            {r.signal for r in self.records if isinstance(r, Ablate) and r.value == "mean" and r.mean is None}
+        )
+
+    def recorded(self) -> list[Intervention]:
+        """The records as a session stores them: a mean ablation with the calibration means it used."""
+        out: list[Intervention] = []
+        for r in self.records:
+            if isinstance(r, Ablate) and r.value == "mean" and r.mean is None and r.signal in self.means:
+                r = replace(r, mean=Vector.of(np.asarray(self.means[r.signal], np.float32)[list(r.layers)]))
+            out.append(r)
+        return out
 
     def sites(self) -> list[tuple[str, int]]:
         """``(signal, layer)`` of each module output the plan edits."""
@@ -133,7 +146,9 @@ class Plan:
         t = self._tensors.get(key)
         if t is None:
             r = edit.record
-            if what == "mean":
+            if what == "mean" and isinstance(r, Ablate) and r.mean is not None:  # the record's own
+                a = np.array(r.mean.row(edit.row), dtype=np.float32)
+            elif what == "mean":
                 mean = self.means.get(r.signal)
                 if mean is None:
                     raise CaptureError(f"ablate value='mean' needs the calibration mean of {r.signal!r}")
