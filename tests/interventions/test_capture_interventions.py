@@ -150,8 +150,15 @@ def test_mean_ablation_records_the_means_it_used(tiny):
     other = llmri.capture(tiny, PROMPT, interventions=[rec], **OPTS)  # the default text: other means
     assert not np.array_equal(other.frames("resid").reshape(len(s), 3, -1)[:, 1, 3], r[:, 1, 3])
     _one_line(lambda: llmri.interventions.Ablate((1,), "resid", value=0.0, mean=np.zeros((1, D))), "go with value")
-    _one_line(lambda: llmri.capture(tiny, PROMPT, interventions=[
-        llmri.interventions.Ablate((1,), "resid", value="mean", mean=np.zeros((1, D + 1)))], **OPTS), "width")
+    _one_line(
+        lambda: llmri.capture(
+            tiny,
+            PROMPT,
+            interventions=[llmri.interventions.Ablate((1,), "resid", value="mean", mean=np.zeros((1, D + 1)))],
+            **OPTS,
+        ),
+        "width",
+    )
 
 
 def test_directional_ablation_removes_the_component(tiny):
