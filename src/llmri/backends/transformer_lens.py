@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._errors import CaptureError, require
@@ -197,7 +197,7 @@ class TransformerLensBackend(Backend):
         exactly the positions each record names."""
         plan = self._plan
 
-        def make(sig: str, layer: int):  # noqa: ANN202
+        def make(sig: str, layer: int) -> Callable[[Any, Any], Any]:
             def hook(t: Any, hook: Any) -> Any:
                 new = plan.edit(sig, layer, t, start)
                 return None if new is t else new
