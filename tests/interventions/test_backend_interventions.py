@@ -267,3 +267,13 @@ def test_nnsight_refuses_interventions_on_a_remote_model_naming_hf(tiny):
         bk.intervene(plan)
     assert "\n" not in str(e.value)
     bk.intervene(None)  # no plan: nothing to refuse
+
+
+def test_transformer_lens_refuses_a_site_its_bridge_has_no_hook_point_for(tiny, monkeypatch):
+    bk = BACKENDS.get("transformer-lens")(tiny)
+    points = {k: v for k, v in bk.bridge.hook_dict.items() if k != "blocks.1.hook_mlp_out"}
+    monkeypatch.setattr(type(bk.bridge), "hook_dict", property(lambda _self: points))
+    bk.intervene(Plan([llmri.steer(V, [0, 2], signal="mlp")], n_layers=3, d_model=D, n_prompt=5))
+    with pytest.raises(llmri.CaptureError, match="no hook point 'blocks.1.hook_mlp_out' .*backend='hf'") as e:
+        bk.intervene(Plan([llmri.ablate(1, "mlp")], n_layers=3, d_model=D, n_prompt=5))
+    assert "\n" not in str(e.value)
