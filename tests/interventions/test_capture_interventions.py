@@ -60,16 +60,12 @@ def test_what_needs_the_model_fails_before_generation(tiny, interventions, match
     assert _hooks(tiny.model) == before
 
 
-@pytest.mark.parametrize("backend", ["transformer-lens", "nnsight"])  # llama.cpp: test_llamacpp_steer.py
-def test_other_backends_refuse_interventions_naming_hf(tiny, backend):
+# transformer-lens and nnsight apply them: test_backend_interventions.py; llama.cpp: test_llamacpp_steer.py
+def test_the_synthetic_backend_refuses_interventions_naming_the_backends_that_can(synthetic_model):
     _one_line(
-        lambda: llmri.stream(tiny, PROMPT, backend=backend, interventions=[llmri.steer(np.ones(D), 0)]),
-        f"backend '{backend}' cannot apply interventions: .* backend='hf'",
+        lambda: llmri.stream(synthetic_model, "hi", interventions=[llmri.ablate(0, "mlp")]),
+        r"backend 'synthetic' cannot apply interventions: use backend='hf' \(or 'transformer-lens', 'nnsight'\)",
     )
-
-
-def test_the_synthetic_backend_refuses_interventions(synthetic_model):
-    _one_line(lambda: llmri.stream(synthetic_model, "hi", interventions=[llmri.ablate(0, "mlp")]), "backend='hf'")
 
 
 def test_nothing_changed_gives_the_baseline_exactly_and_leaves_no_hook(tiny):
@@ -197,7 +193,7 @@ def test_steering_a_tensor_on_the_models_dtype(tiny):
     assert s.meta["interventions"][0]["norm"] == "match" and len(s) > 0
 
 
-def test_live_chat_turns_apply_the_engines_interventions(tiny, tmp_path):
+def test_live_chat_turns_apply_the_engines_interventions(tiny, tmp_path, synthetic_model):
     from llmri.viewer.live import ModelEngine
 
     recs = [llmri.steer(_vec(5), 1, scale=4.0, positions="all")]
@@ -209,4 +205,4 @@ def test_live_chat_turns_apply_the_engines_interventions(tiny, tmp_path):
     list(stream)
     assert from_meta(stream.meta) == tuple(recs)
     with pytest.raises(llmri.CaptureError, match="applies no interventions"):
-        ModelEngine(tiny, "nnsight", interventions=recs)
+        ModelEngine(synthetic_model, interventions=recs)

@@ -86,7 +86,9 @@ class CaptureStream(FrameStream):
         if o.attention and not cls.supports_attention:
             raise CaptureError(f"backend {name!r} cannot record attention weights: attention=True needs the hf backend")
         if o.interventions and not cls.supports_interventions:
-            raise CaptureError(f"backend {name!r} cannot apply interventions: steering and ablation need backend='hf'")
+            raise CaptureError(
+                f"backend {name!r} cannot apply interventions: use backend='hf' (or 'transformer-lens', 'nnsight')"
+            )
         attention_k = check_attention_k(o.attention_k)
         lens_batch = check_lens_batch(o.lens_batch)
         frame_dtype = check_frame_dtype(o.frame_dtype)

@@ -138,6 +138,18 @@ class Plan:
         """``(signal, layer)`` of each module output the plan edits."""
         return list(self.edits)
 
+    def touches(self, signal: str, layer: int, start: int, n: int) -> bool:
+        """Whether an edit at ``(signal, layer)`` changes any of the absolute positions
+        ``start .. start + n - 1`` (a backend that pays per edited site skips the others)."""
+        for e in self.edits.get((signal, layer), ()):
+            r = e.record
+            if isinstance(r, Patch):
+                if any(start <= p < start + n for p in r.at or ()):
+                    return True
+            elif selected(r.positions, start, n, self.n_prompt) is not None:
+                return True
+        return False
+
     def _tensor(self, edit: Edit, what: str, like: Any) -> Any:
         """A float32 vector of ``edit`` on ``like``'s device: the direction's row, its unit, the mean."""
         import torch
