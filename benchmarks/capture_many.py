@@ -9,6 +9,9 @@ alternate round by round; medians. tokens/s counts new tokens over the whole stu
     python benchmarks/capture_many.py [--rounds 3] [--quick] [--batches 1,4,8,16] [--no-group]
 
 ``--ceiling``: the plain model's decode forward alone at each batch size (the most batching can give).
+``tok/CPU-s``: new tokens per CPU-second of the capturing process (all its threads): on a machine
+shared with other work, wall time measures the neighbours; CPU time is steadier, and on an idle
+machine with the threads busy the two ratios agree. ``--n`` / ``--new``: a smaller study.
 ``--quick``: 8 prompts, 16 new tokens, batches 1, 4, 8, one round (a shared machine's check).
 """
 
@@ -51,13 +54,16 @@ def one(batch: int, n: int, new: int, threads: int, group: bool) -> dict[str, fl
     model = llmri.load_model()
     llmri.capture(model, "warm up", max_new_tokens=2)  # calibration cache, first-call costs
     with tempfile.TemporaryDirectory() as d:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         rep = llmri.capture_many(
             model, prompts(n), store=f"{d}/s.zarr", batch_size=batch, max_new_tokens=new, ignore_eos=True, chat=True,
             group=group, progress=False,
         )  # fmt: skip
-        wall = time.perf_counter() - t0
-    return {"tokens": rep.tokens, "seconds": wall, "tok_s": rep.tokens / wall, "rss_mib": peak_rss_mib()}
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {
+        "tokens": rep.tokens, "seconds": wall, "tok_s": rep.tokens / wall, "rss_mib": peak_rss_mib(),
+        "cpu_s": cpu, "tok_cpu_s": rep.tokens / cpu,
+    }  # fmt: skip
 
 
 def ceiling(batches: list[int], threads: int, rounds: int) -> None:
@@ -100,8 +106,8 @@ def main() -> None:
     ap.add_argument("--no-group", action="store_true")
     ap.add_argument("--ceiling", action="store_true", help="only the plain model's decode forward per batch size")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--n", type=int, default=64, help=argparse.SUPPRESS)
-    ap.add_argument("--new", type=int, default=64, help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, default=64, help="prompts (default 64)")
+    ap.add_argument("--new", type=int, default=64, help="new tokens per prompt (default 64)")
     a = ap.parse_args()
     if a.one is not None:
         print(json.dumps(one(a.one, a.n, a.new, a.threads, not a.no_group)))
@@ -109,7 +115,7 @@ def main() -> None:
     if a.ceiling:
         ceiling([int(x) for x in (a.batches or "1,4,8,16").split(",")], a.threads, 2 * a.rounds + 1)
         return
-    n, new, rounds = (8, 16, 1) if a.quick else (64, 64, a.rounds)
+    n, new, rounds = (8, 16, 1) if a.quick else (a.n, a.new, a.rounds)
     batches = [int(x) for x in (a.batches or ("1,4,8" if a.quick else "1,4,8,16")).split(",")]
     runs: dict[int, list[dict[str, float]]] = {b: [] for b in batches}
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
@@ -132,14 +138,18 @@ def main() -> None:
             runs[b].append(json.loads(out.strip().splitlines()[-1]))
             print(f"batch {b}: {runs[b][-1]}", file=sys.stderr, flush=True)
     base = median([x["tok_s"] for x in runs[batches[0]]])
+    cbase = median([x["tok_cpu_s"] for x in runs[batches[0]]])
     rows = []
     for b in batches:
         ts = median([x["tok_s"] for x in runs[b]])
+        tc = median([x["tok_cpu_s"] for x in runs[b]])
         rows.append(
             {
                 "batch": b,
                 "tok/s": f"{ts:.1f}",
                 f"x batch {batches[0]}": f"{ts / base:.2f}",
+                "tok/CPU-s": f"{tc:.2f}",
+                f"CPU x batch {batches[0]}": f"{tc / cbase:.2f}",
                 "s/study": f"{median([x['seconds'] for x in runs[b]]):.1f}",
                 "peak RSS MiB": f"{max(x['rss_mib'] for x in runs[b]):.0f}",
             }

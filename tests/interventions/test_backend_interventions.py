@@ -9,13 +9,15 @@ cache, must equal (its greedy tokens and the edited site's vectors)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 import llmri
 from llmri.backends import BACKENDS
-from llmri.interventions import Plan
+from llmri.interventions import Plan, from_meta
 
 pytestmark = pytest.mark.slow  # the tokenizer and TransformerLens's bridge: ~15 s to set up
 
@@ -150,7 +152,15 @@ def _check_same(a, b, rtol: float = 0.0) -> None:
 @pytest.mark.parametrize("case", list(CASES))
 def test_an_intervened_capture_equals_hfs_with_the_same_record(run, backend, case):
     got, ref = run(backend, case), run("hf", case)
-    assert got.meta["backend"] == backend and got.meta["interventions"] == ref.meta["interventions"]
+    assert got.meta["backend"] == backend
+    # the same records; a mean ablation's stored means are each backend's own calibration forward
+    gs, rs = from_meta(got.meta), from_meta(ref.meta)
+    assert len(gs) == len(rs) > 0
+    for g, r in zip(gs, rs, strict=True):
+        if getattr(g, "mean", None) is not None:
+            np.testing.assert_allclose(g.mean.array(), r.mean.array(), rtol=ACT_RTOL, atol=1e-6)
+            g, r = replace(g, mean=None), replace(r, mean=None)
+        assert g == r
     base = run("hf")
     moved = any(not np.array_equal(ref.frames(s), base.frames(s)) for s in llmri.SIGNALS)
     assert moved, "the record should change the run, or the comparison shows nothing"
