@@ -13,6 +13,6 @@ Needs ``pip install 'llmri[viewer]'``.
 """
 
 from .app import ServeGate, ServeState, create_serve_app, run
-from .registry import ModelRegistry, ServedModel
+from .registry import ModelRegistry, ServedModel, steered
 
-__all__ = ["ModelRegistry", "ServeGate", "ServeState", "ServedModel", "create_serve_app", "run"]
+__all__ = ["ModelRegistry", "ServeGate", "ServeState", "ServedModel", "create_serve_app", "run", "steered"]
