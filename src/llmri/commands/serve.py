@@ -19,7 +19,7 @@ VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from ..serve.app import DEFAULT_MAX_TOKENS, MAX_BODY, MAX_QUEUE, MAX_TOKENS_LIMIT
+    from ..serve.app import DEFAULT_MAX_TOKENS, MAX_BATCH, MAX_BODY, MAX_QUEUE, MAX_TOKENS_LIMIT
 
     p = sub.add_parser(
         "serve",
@@ -62,6 +62,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                      help=f"largest request body (default {MAX_BODY})")  # fmt: skip
     lim.add_argument("--max-queue", type=int, default=MAX_QUEUE, metavar="N",
                      help=f"requests waiting for the model before 503 (default {MAX_QUEUE})")  # fmt: skip
+    lim.add_argument("--max-batch", type=int, default=MAX_BATCH, metavar="N",
+                     help=f"most waiting requests generated together, sharing each forward (hf backend; default "
+                     f"{MAX_BATCH}; 1: one at a time)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="log errors only")
     return p
 
@@ -89,7 +92,7 @@ def check(args: argparse.Namespace) -> tuple[str | None, bool]:
     remote = not is_loopback(args.host)
     if remote and not key:
         raise ViewerError(f"--host {args.host} is not a loopback address: give --api-key KEY to expose the server")
-    for name in ("max_tokens_limit", "default_max_tokens", "max_body", "max_queue"):
+    for name in ("max_tokens_limit", "default_max_tokens", "max_body", "max_queue", "max_batch"):
         if getattr(args, name) < 1:
             raise CaptureError(f"--{name.replace('_', '-')} must be at least 1")
     if args.lens_dtype and not args.lens:
@@ -167,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     gate = create_serve_app(
         registry, store, label=args.output, port=args.port or None, api_key=key, remote=remote,
         max_body=args.max_body, max_tokens_limit=args.max_tokens_limit,
-        default_max_tokens=args.default_max_tokens, max_queue=args.max_queue,
+        default_max_tokens=args.default_max_tokens, max_queue=args.max_queue, max_batch=args.max_batch,
     )  # fmt: skip
     try:
         run_server(gate, args.host, args.port, quiet=args.quiet)

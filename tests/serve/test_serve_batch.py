@@ -1,0 +1,145 @@
+"""Queued requests answered together (llmri.serve.batch), in-process on a tiny random model: each row
+streams its own tokens and ends on its own (its max_tokens, stop string, EOS, its client leaving), the
+same tokens as the request alone, each its own complete session; what cannot share forwards runs alone."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import llmri  # noqa: E402
+
+
+class Hold:
+    """A job that keeps the worker busy until released, so the requests sent meanwhile queue up."""
+
+    def __init__(self) -> None:
+        self.go = threading.Event()
+
+    def run(self) -> None:
+        self.go.wait(60)
+
+    def cancel(self) -> None:
+        self.go.set()
+
+    def batch_key(self) -> None:
+        return None
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from starlette.testclient import TestClient
+
+    from helpers import tiny_model
+    from llmri.serve import ModelRegistry, ServedModel, create_serve_app, steered
+    from llmri.viewer.live import ModelEngine
+
+    registry = ModelRegistry()
+    base = registry.add(ServedModel("tiny", ModelEngine(tiny_model(), lens=True)))
+    registry.add(steered(base, "up", [llmri.steer(torch.ones(32).numpy(), [1], scale=9.0)]))
+    store = llmri.open_store(tmp_path_factory.mktemp("batch") / "s.zarr", create=True)
+    gate = create_serve_app(registry, store, max_batch=4)
+    with TestClient(gate, base_url="http://127.0.0.1:8000") as c:
+        c.store, c.worker = store, gate.app.state.serve.worker
+        yield c
+    gate.app.state.serve.close()
+
+
+BODIES = [
+    {"prompt": "Once upon a time", "max_tokens": 12, "ignore_eos": True},
+    {"prompt": "ab", "max_tokens": 5, "ignore_eos": True},
+    {"prompt": "The quick brown fox jumps", "max_tokens": 9},
+    {"prompt": "xyz", "max_tokens": 16, "ignore_eos": True, "stop": ["\x00"]},
+]
+
+
+def post(c, body: dict, model: str = "tiny") -> tuple[str, str]:
+    """Streamed: the text from its chunks, and the session id."""
+    full = {"model": model, "temperature": 0, "stream": True, **body}
+    with c.stream("POST", "/v1/completions", json=full) as r:
+        assert r.status_code == 200
+        sid = r.headers["x-llmri-session"].split("/")[1]
+        chunks = [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: {")]
+    text = "".join(ch["choices"][0]["text"] for ch in chunks if ch["choices"])
+    return text, sid
+
+
+def together(c, bodies: list[dict], models: list[str] | None = None) -> list[tuple[str, str]]:
+    """``bodies`` sent at once while the worker is held, so they are taken from the queue together."""
+    hold = Hold()
+    c.worker.jobs.put(hold)
+    out: list = [None] * len(bodies)
+    models = models or ["tiny"] * len(bodies)
+
+    def one(i: int) -> None:
+        out[i] = post(c, bodies[i], models[i])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while c.worker.jobs.qsize() < len(bodies) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    hold.go.set()
+    for t in threads:
+        t.join(120)
+    return out
+
+
+def tokens(s) -> list[int]:
+    return [int(i) for i, r in zip(s.tokens.ids, s.tokens.role, strict=True) if r == "generated"]
+
+
+def test_a_batch_streams_each_row_as_alone(server):
+    batched = together(server, BODIES)
+    alone = [post(server, b) for b in BODIES]
+    for (text, sid), (ref_text, ref_sid), body in zip(batched, alone, BODIES, strict=True):
+        s, ref = server.store.session(sid), server.store.session(ref_sid)
+        assert s.meta["serve"]["batch"] == 4 and ref.meta["serve"]["batch"] == 1
+        assert s.status == "complete" and text == s.text == ref_text
+        assert tokens(s) == tokens(ref) and len(tokens(s)) <= body["max_tokens"]
+        assert s.meta["stop_reason"] == ref.meta["stop_reason"] and len(s) == len(ref)
+        for sig in ref.signals:
+            assert (abs(s.norms(sig) - ref.norms(sig)) <= 1e-3 * (1 + abs(ref.norms(sig)))).all()
+        assert (s.lens().top_ids[:, :, 0] == ref.lens().top_ids[:, :, 0]).mean() > 0.95
+
+
+def test_a_variant_runs_alone_beside_a_batch(server):
+    models = ["tiny", "tiny+up", "tiny", "tiny"]
+    got = together(server, BODIES, models)
+    sizes = [server.store.session(sid).meta["serve"]["batch"] for _, sid in got]
+    assert sizes == [3, 1, 3, 3]
+    steered = server.store.session(got[1][1])
+    assert steered.meta["interventions"] and steered.status == "complete"
+    assert got[1][0] == post(server, BODIES[1], "tiny+up")[0]
+
+
+def test_a_row_whose_client_leaves_ends_alone(server):
+    bodies = [*BODIES[:3], {"prompt": "long", "max_tokens": 400, "ignore_eos": True}]
+    hold = Hold()
+    server.worker.jobs.put(hold)
+    out: list = [None] * 4
+    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, post(server, bodies[i]))) for i in range(4)]
+    for t in threads:
+        t.start()
+    while server.worker.jobs.qsize() < 4:
+        time.sleep(0.01)
+    hold.go.set()
+    while len(server.worker.taken) < 4:
+        time.sleep(0.01)
+    long_job = next(j for j in server.worker.taken if j.req.max_tokens == 400)
+    while not long_job._stream or not server.store.session(long_job._stream.session_id).text:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    long_job.cancel()
+    for t in threads:
+        t.join(120)
+    s = server.store.session(out[3][1])
+    assert s.status == "complete" and s.meta["finish_reason"] == "disconnected" and len(tokens(s)) < 400
+    for (text, sid), body in zip(out[:3], bodies[:3], strict=True):
+        assert server.store.session(sid).status == "complete" and text == post(server, body)[0]
