@@ -151,6 +151,7 @@ class Job:
     def _open(self) -> ServeStream:
         engine, req = self.served.engine, self.req
         prompt, chat, _ = self.prepare()
+        assert req.max_tokens is not None  # check_limits gave it its default
         options = engine.options.replace(**self.served.options) if self.served.options else engine.options
         return ServeStream(
             engine.model, prompt, options, store=self.store, meta=self.meta, chat=chat,
