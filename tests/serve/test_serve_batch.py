@@ -8,6 +8,7 @@ import json
 import threading
 import time
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -36,11 +37,16 @@ def server(tmp_path_factory):
     from starlette.testclient import TestClient
 
     from helpers import tiny_model
+    from llmri.readouts.sae import SAE
     from llmri.serve import ModelRegistry, ServedModel, create_serve_app, steered
     from llmri.viewer.live import ModelEngine
 
+    w = torch.randn(32, 48, generator=torch.Generator().manual_seed(0)) / 32**0.5
+    sae = SAE(W_enc=w, b_enc=torch.zeros(48), W_dec=w.T.contiguous(), b_dec=torch.zeros(32), architecture="relu",
+              name="r1", source_format="test", path="", layer=1, signal="resid")  # fmt: skip
+    engine = ModelEngine(tiny_model(), lens=True, attention=True, saes=[sae], sae_k=4)
     registry = ModelRegistry()
-    base = registry.add(ServedModel("tiny", ModelEngine(tiny_model(), lens=True)))
+    base = registry.add(ServedModel("tiny", engine))
     registry.add(steered(base, "up", [llmri.steer(torch.ones(32).numpy(), [1], scale=9.0)]))
     store = llmri.open_store(tmp_path_factory.mktemp("batch") / "s.zarr", create=True)
     gate = create_serve_app(registry, store, max_batch=4)
@@ -95,6 +101,7 @@ def tokens(s) -> list[int]:
     return [int(i) for i, r in zip(s.tokens.ids, s.tokens.role, strict=True) if r == "generated"]
 
 
+@pytest.mark.slow  # ~4 s alone, over 10 s on a shared CPU
 def test_a_batch_streams_each_row_as_alone(server):
     batched = together(server, BODIES)
     alone = [post(server, b) for b in BODIES]
@@ -107,6 +114,8 @@ def test_a_batch_streams_each_row_as_alone(server):
         for sig in ref.signals:
             assert (abs(s.norms(sig) - ref.norms(sig)) <= 1e-3 * (1 + abs(ref.norms(sig)))).all()
         assert (s.lens().top_ids[:, :, 0] == ref.lens().top_ids[:, :, 0]).mean() > 0.95
+        np.testing.assert_allclose(s.attention().top_weight, ref.attention().top_weight, atol=1e-3)  # NaN: no key
+        assert (s.sae("r1").ids == ref.sae("r1").ids).mean() > 0.95
 
 
 def test_a_variant_runs_alone_beside_a_batch(server):
@@ -119,6 +128,7 @@ def test_a_variant_runs_alone_beside_a_batch(server):
     assert got[1][0] == post(server, BODIES[1], "tiny+up")[0]
 
 
+@pytest.mark.slow
 def test_a_row_whose_client_leaves_ends_alone(server):
     bodies = [*BODIES[:3], {"prompt": "long", "max_tokens": 400, "ignore_eos": True}]
     hold = Hold()
