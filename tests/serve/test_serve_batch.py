@@ -19,10 +19,13 @@ import llmri  # noqa: E402
 class Hold:
     """A job that keeps the worker busy until released, so the requests sent meanwhile queue up."""
 
-    def __init__(self) -> None:
-        self.go = threading.Event()
+    def __init__(self, worker) -> None:
+        self.go, self.running = threading.Event(), threading.Event()
+        worker.jobs.put(self)
+        assert self.running.wait(60)  # taken alone: what is sent from now on queues behind it
 
     def run(self) -> None:
+        self.running.set()
         self.go.wait(60)
 
     def cancel(self) -> None:
@@ -75,10 +78,17 @@ def post(c, body: dict, model: str = "tiny") -> tuple[str, str]:
     return text, sid
 
 
-def together(c, bodies: list[dict], models: list[str] | None = None) -> list[tuple[str, str]]:
-    """``bodies`` sent at once while the worker is held, so they are taken from the queue together."""
-    hold = Hold()
-    c.worker.jobs.put(hold)
+def until(cond, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def together(c, bodies: list[dict], models: list[str] | None = None, during=None) -> list[tuple[str, str]]:
+    """``bodies`` sent at once while the worker is held, so they are taken from the queue together;
+    ``during()`` runs once they are released."""
+    hold = Hold(c.worker)
     out: list = [None] * len(bodies)
     models = models or ["tiny"] * len(bodies)
 
@@ -88,10 +98,10 @@ def together(c, bodies: list[dict], models: list[str] | None = None) -> list[tup
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(bodies))]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 60
-    while c.worker.jobs.qsize() < len(bodies) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    until(lambda: c.worker.jobs.qsize() >= len(bodies))
     hold.go.set()
+    if during is not None:
+        during()
     for t in threads:
         t.join(120)
     return out
@@ -131,25 +141,31 @@ def test_a_variant_runs_alone_beside_a_batch(server):
 @pytest.mark.slow
 def test_a_row_whose_client_leaves_ends_alone(server):
     bodies = [*BODIES[:3], {"prompt": "long", "max_tokens": 400, "ignore_eos": True}]
-    hold = Hold()
-    server.worker.jobs.put(hold)
-    out: list = [None] * 4
-    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, post(server, bodies[i]))) for i in range(4)]
-    for t in threads:
-        t.start()
-    while server.worker.jobs.qsize() < 4:
-        time.sleep(0.01)
-    hold.go.set()
-    while len(server.worker.taken) < 4:
-        time.sleep(0.01)
-    long_job = next(j for j in server.worker.taken if j.req.max_tokens == 400)
-    while not long_job._stream or not server.store.session(long_job._stream.session_id).text:
-        time.sleep(0.01)
-    time.sleep(0.2)
-    long_job.cancel()
-    for t in threads:
-        t.join(120)
+
+    def leave() -> None:
+        until(lambda: len(server.worker.taken) == 4)
+        job = next(j for j in server.worker.taken if j.req.max_tokens == 400)
+        until(lambda: job._stream is not None and job._stream.answer is not None and len(job._stream.answer.full) > 3)
+        job.cancel()  # what the route does when its client goes away
+
+    out = together(server, bodies, during=leave)
     s = server.store.session(out[3][1])
     assert s.status == "complete" and s.meta["finish_reason"] == "disconnected" and len(tokens(s)) < 400
+    assert s.meta["serve"]["batch"] == 4
     for (text, sid), body in zip(out[:3], bodies[:3], strict=True):
         assert server.store.session(sid).status == "complete" and text == post(server, body)[0]
+
+
+@pytest.mark.slow
+def test_a_model_the_batched_forward_refuses_runs_row_by_row(server, monkeypatch):
+    from llmri.backends.hf import batch
+
+    def refuse(self, backend, layers=None):
+        raise llmri.CaptureError("hf: this model keeps no KV cache")
+
+    monkeypatch.setattr(batch.BatchRunner, "__init__", refuse)
+    got = together(server, BODIES[:3])
+    monkeypatch.undo()
+    for (text, sid), body in zip(got, BODIES[:3], strict=True):
+        s = server.store.session(sid)
+        assert s.meta["serve"]["batch"] == 3 and s.status == "complete" and text == post(server, body)[0]
