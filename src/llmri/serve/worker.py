@@ -72,7 +72,8 @@ class Event:
 
 
 class Job:
-    """One request's generation. Created on the event loop; :meth:`run` runs on the worker thread."""
+    """One request's generation. Created on the event loop; :meth:`run` runs on the worker thread (or
+    on a thread of its own, as a row of a batch)."""
 
     def __init__(self, req: Request, served: ServedModel, store: Any, meta: dict[str, Any]) -> None:
         self.req, self.served, self.store, self.meta = req, served, store, meta
