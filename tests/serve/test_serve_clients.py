@@ -142,7 +142,7 @@ def test_four_concurrent_streams_batched_equal_each_alone(served, sdk):
     def one(i: int) -> tuple[str, list[str], str]:
         with openai.OpenAI(base_url=served["url"] + "/v1", api_key="x", max_retries=0, timeout=900) as c:
             chunks = list(c.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": asks[i]}], max_tokens=8 + 4 * i, temperature=0,
+                model=MODEL, messages=[{"role": "user", "content": asks[i]}], max_tokens=6 + 2 * i, temperature=0,
                 stream=True, logprobs=True,
             ))  # fmt: skip
         toks = [
@@ -151,7 +151,7 @@ def test_four_concurrent_streams_batched_equal_each_alone(served, sdk):
         return chunks[0].id, toks, "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
 
     blocker = sdk.chat.completions.create(
-        model=MODEL, messages=ASK, max_tokens=60, stream=True, extra_body={"ignore_eos": True}
+        model=MODEL, messages=ASK, max_tokens=30, stream=True, extra_body={"ignore_eos": True}
     )
     next(iter(blocker))  # the worker is busy: the four queue behind it
     with ThreadPoolExecutor(4) as pool:
