@@ -41,11 +41,11 @@ from _common import median, save, table  # noqa: E402
 PROMPT = [{"role": "user", "content": "Tell me a short story about a lighthouse keeper and a storm."}]
 
 
-def start_server(tmp: str, threads: int, gguf: str | None) -> tuple[subprocess.Popen, str]:
+def start_server(tmp: str, threads: int, gguf: str | None, *extra: str) -> tuple[subprocess.Popen, str]:
     log = Path(tmp) / "serve.log"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     model = [gguf] if gguf else []
-    cmd = [sys.executable, "-m", "llmri", "serve", *model, "-o", f"{tmp}/served.zarr", "--port", "0", "--quiet"]
+    cmd = [sys.executable, "-m", "llmri", "serve", *model, "-o", f"{tmp}/served.zarr", "--port", "0", "--quiet", *extra]
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)  # noqa: SIM115
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

@@ -134,6 +134,38 @@ def test_fifty_concurrent_streams(served):
         assert sum(1 for r in s.tokens.role if r == "generated") <= 2  # never two requests in one session
 
 
+def test_four_concurrent_streams_batched_equal_each_alone(served, sdk):
+    """Four greedy streams queued behind a running request are generated together (one batch): each
+    streams what it streams alone, token for token, into its own complete session."""
+    asks = ["Name three colours.", "What is 2+2?", "Say hello in French.", "Write a haiku about the sea."]
+
+    def one(i: int) -> tuple[str, list[str], str]:
+        with openai.OpenAI(base_url=served["url"] + "/v1", api_key="x", max_retries=0, timeout=900) as c:
+            chunks = list(c.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": asks[i]}], max_tokens=6 + 2 * i, temperature=0,
+                stream=True, logprobs=True,
+            ))  # fmt: skip
+        toks = [
+            t.token for ch in chunks if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.content
+        ]
+        return chunks[0].id, toks, "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+
+    blocker = sdk.chat.completions.create(
+        model=MODEL, messages=ASK, max_tokens=30, stream=True, extra_body={"ignore_eos": True}
+    )
+    next(iter(blocker))  # the worker is busy: the four queue behind it
+    with ThreadPoolExecutor(4) as pool:
+        batched = list(pool.map(one, range(4)))
+    for _ in blocker:
+        pass
+    alone = [one(i) for i in range(4)]
+    for (rid, toks, text), (ref_id, ref_toks, ref_text) in zip(batched, alone, strict=True):
+        s, ref = session_of(served["store"], rid), session_of(served["store"], ref_id)
+        assert s.meta["serve"]["batch"] == 4 and ref.meta["serve"]["batch"] == 1
+        assert s.status == "complete" and text == ref_text == s.text and toks == ref_toks
+        assert [t for t, _ in generated(s)] == [t for t, _ in generated(ref)]
+
+
 CLIENT = """
 import sys, openai
 c = openai.OpenAI(base_url=sys.argv[1], api_key="x", max_retries=0)

@@ -188,6 +188,10 @@ class CaptureStream(FrameStream):
         self.frames.overflow.warn()  # once, at the end: never silent (docs/precision.md)
         return {**super()._final_meta(), "overflow": self.frames.overflow.meta()}
 
+    def _stepper(self) -> Backend:
+        """What each forward of the decode loop runs on: the backend (a row of a batch in ``llmri serve``)."""
+        return self.backend
+
     def _check_stops(self, pos: Positions, texts: list[str]) -> None:
         """The stop conditions, from each generated token's text: known at launch, before the next forward."""
         if pos.role != "generated":
@@ -206,7 +210,7 @@ class CaptureStream(FrameStream):
         held: list[Frame] = []  # frames waiting for their lens rows (docs/readouts.md)
         pending: Launched | None = None  # a deferred step: its frames are built after the next forward is queued
         steps = decode_loop(
-            self.backend,
+            self._stepper(),
             self.prompt_ids,
             self.settings,
             eos_ids=self.codec.eos_ids,

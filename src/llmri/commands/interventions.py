@@ -49,19 +49,21 @@ def parse_layers(text: str) -> list[int]:
     return out
 
 
-def parse_steer(text: str) -> Any:
+def parse_steer(text: str, flag: str = "--steer") -> Any:
+    """``FILE@LAYERS[:SCALE]`` as a :func:`llmri.steer` record; ``flag`` names the option in an error
+    (``llmri serve --variant NAME=FILE@LAYERS:SCALE`` reads the same)."""
     import numpy as np
 
     from ..interventions import steer
 
     file, at, rest = text.rpartition("@")
     if not at or not file:
-        raise CaptureError(f"--steer takes FILE@LAYERS[:SCALE], got {text!r}")
+        raise CaptureError(f"{flag} takes FILE@LAYERS[:SCALE], got {text!r}")
     layers, _, scale = rest.partition(":")
     try:
         value = float(scale) if scale else 1.0
     except ValueError:
-        raise CaptureError(f"--steer: the scale must be a number, got {scale!r}") from None
+        raise CaptureError(f"{flag}: the scale must be a number, got {scale!r}") from None
     if file.lower().endswith((".gguf", ".safetensors")):  # a saved Direction: its own layers unless given
         from ..interventions import load_direction
 
@@ -69,7 +71,7 @@ def parse_steer(text: str) -> Any:
     try:
         vector = np.load(file, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise CaptureError(f"--steer: cannot read {file} as a .npy array ({exc})") from None
+        raise CaptureError(f"{flag}: cannot read {file} as a .npy array ({exc})") from None
     return steer(vector, parse_layers(layers), scale=value)
 
 

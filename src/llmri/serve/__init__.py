@@ -7,12 +7,13 @@ at ``/`` of the same address shows the sessions as they record. docs/serve.md.
 
 Modules: ``app`` (:func:`create_serve_app`, :class:`~.app.ServeGate`, :func:`run`), ``routes`` (the
 ``/v1`` router), ``schema`` (request bodies and their checks), ``errors`` (OpenAI's error shape),
-``registry`` (model names), ``worker`` (the queue and the one generation at a time), ``answer``
-(stop strings, the client's text), ``responses`` (OpenAI's objects and server-sent events).
+``registry`` (model names, steered variants), ``worker`` (the queue, and who generates together),
+``batch`` (requests sharing each forward), ``answer`` (stop strings, the client's text), ``responses``
+(OpenAI's objects and server-sent events).
 Needs ``pip install 'llmri[viewer]'``.
 """
 
 from .app import ServeGate, ServeState, create_serve_app, run
-from .registry import ModelRegistry, ServedModel
+from .registry import ModelRegistry, ServedModel, steered
 
-__all__ = ["ModelRegistry", "ServeGate", "ServeState", "ServedModel", "create_serve_app", "run"]
+__all__ = ["ModelRegistry", "ServeGate", "ServeState", "ServedModel", "create_serve_app", "run", "steered"]

@@ -25,6 +25,7 @@ MAX_BODY = 4 * 1024 * 1024
 MAX_TOKENS_LIMIT = 4096
 DEFAULT_MAX_TOKENS = 256
 MAX_QUEUE = 256
+MAX_BATCH = 8
 
 
 @dataclass
@@ -100,6 +101,7 @@ def create_serve_app(
     max_tokens_limit: int = MAX_TOKENS_LIMIT,
     default_max_tokens: int = DEFAULT_MAX_TOKENS,
     max_queue: int = MAX_QUEUE,
+    max_batch: int = MAX_BATCH,
 ) -> Any:
     """The viewer over ``store`` with the ``/v1`` API of ``registry``'s models recording into it.
 
@@ -117,6 +119,8 @@ def create_serve_app(
     max_body, max_tokens_limit, default_max_tokens, max_queue
         Request body bytes (413 beyond); the largest ``max_tokens`` (400 beyond) and the one used when a
         request gives none; requests waiting for the model (503 beyond).
+    max_batch
+        The most requests generated together, sharing each forward (:mod:`.batch`); 1: one at a time.
 
     Returns
     -------
@@ -132,7 +136,9 @@ def create_serve_app(
     if remote and not api_key:
         raise ValueError("a server beyond loopback needs an API key")
     app = create_app({label: store}, port=port, token=api_key, remote=remote)
-    state = ServeState(registry, store, "s0", max_body, max_tokens_limit, default_max_tokens, ModelWorker(max_queue))
+    state = ServeState(
+        registry, store, "s0", max_body, max_tokens_limit, default_max_tokens, ModelWorker(max_queue, max_batch)
+    )
     app.state.serve = state
     install_error_handlers(app)
     app.include_router(router(state))

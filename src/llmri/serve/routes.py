@@ -74,7 +74,7 @@ def router(state: ServeState) -> APIRouter:
             "request_id": (request.headers.get("x-request-id") or "")[:128],
             "serve": {
                 "endpoint": request.url.path, "model": served.name, "stream": req.stream,
-                "sampling": req.sampling(), "tools": req.tools, "ignored": req.ignored,
+                "sampling": req.sampling(), "tools": req.tools, "ignored": req.ignored, **served.meta,
             },
         }  # fmt: skip
         job = Job(req, served, state.store, meta)

@@ -1,9 +1,8 @@
-"""One model, one generation at a time: requests wait in a queue for the worker thread, which records
-each as a session through :class:`~llmri.capture.stream.CaptureStream` and hands the answer back to
-the request's event loop piece by piece.
-
-Batching (issue 21's ``capture_many``) slots in at :meth:`ModelWorker._loop`: take several queued
-jobs at once and generate them together, each still its own session.
+"""Requests wait in a queue for the worker thread, which records each as a session through
+:class:`~llmri.capture.stream.CaptureStream` and hands the answer back to the request's event loop
+piece by piece. The requests queued when the worker takes the next one are answered together where
+they can be (:mod:`.batch`: the hf backend, no interventions, a prompt of one prefill chunk; up to
+``max_batch``), each still its own session and stream; the others one at a time.
 """
 
 from __future__ import annotations
@@ -18,8 +17,10 @@ from typing import Any
 
 from .._errors import LlmriError, one_line
 from ..capture.codec import TextCodec
+from ..capture.decode import PREFILL_CHUNK
 from ..capture.stream import CaptureStream
 from .answer import Answer, Piece
+from .batch import BatchGroup
 from .errors import APIError, bad_request
 from .registry import ServedModel
 from .schema import Request
@@ -45,6 +46,10 @@ class ServeStream(CaptureStream):
 
     answer: Answer | None = None
     disconnected = False
+    stepper: Any = None  # a row of a batch (:class:`~.batch.RowStepper`); None: the backend itself
+
+    def _stepper(self) -> Any:
+        return self.stepper or self.backend
 
     def _final_meta(self) -> dict[str, Any]:
         end = super()._final_meta()
@@ -67,7 +72,8 @@ class Event:
 
 
 class Job:
-    """One request's generation. Created on the event loop; :meth:`run` runs on the worker thread."""
+    """One request's generation. Created on the event loop; :meth:`run` runs on the worker thread (or
+    on a thread of its own, as a row of a batch)."""
 
     def __init__(self, req: Request, served: ServedModel, store: Any, meta: dict[str, Any]) -> None:
         self.req, self.served, self.store, self.meta = req, served, store, meta
@@ -111,7 +117,9 @@ class Job:
             self.meta["serve"]["tools_ignored"] = True
         return req.prompt, True
 
-    def _open(self) -> ServeStream:
+    def prepare(self) -> tuple[Any, bool, int]:
+        """What the capture encodes, whether it is chat, and its length in tokens; checked against the
+        model's context before a session exists (``context_length_exceeded``)."""
         engine, req = self.served.engine, self.req
         tok = getattr(engine.model, "tokenizer", None)
         prompt, chat = self._prompt(tok)
@@ -119,7 +127,6 @@ class Job:
             self.meta["messages"] = req.prompt
         elif req.kind == "chat":  # rendered with tools: the session still shows the conversation
             self.meta.update(messages=req.prompt, chat=True)
-        # checked before a session exists: the prompt's length against the model's context
         n_prompt = len(TextCodec(tok).encode(prompt, chat)[0])
         limit = getattr(getattr(engine.model, "config", None), "max_position_embeddings", None)
         assert req.max_tokens is not None
@@ -128,6 +135,24 @@ class Job:
                 f"This model's maximum context length is {limit} tokens; the prompt has {n_prompt} and "
                 f"max_tokens asks for {req.max_tokens} more", 400, param="messages", code="context_length_exceeded",
             )  # fmt: skip
+        return prompt, chat, n_prompt
+
+    def batch_key(self) -> int | None:
+        """Jobs of one key may share forwards (:mod:`.batch`): the same engine on the hf backend, no
+        interventions, a prompt of one prefill chunk; ``None``: this one runs alone."""
+        engine = self.served.engine
+        if self.cancelled or engine.backend != "hf" or engine.options.interventions or self.served.options:
+            return None
+        try:
+            n_prompt = self.prepare()[2]
+        except Exception:  # noqa: BLE001 - it runs alone, and fails there with its own error
+            return None
+        return id(engine) if 0 < n_prompt <= PREFILL_CHUNK else None
+
+    def _open(self) -> ServeStream:
+        engine, req = self.served.engine, self.req
+        prompt, chat, _ = self.prepare()
+        assert req.max_tokens is not None  # check_limits gave it its default
         options = engine.options.replace(**self.served.options) if self.served.options else engine.options
         return ServeStream(
             engine.model, prompt, options, store=self.store, meta=self.meta, chat=chat,
@@ -135,15 +160,19 @@ class Job:
             stop=tuple(req.stop), ignore_eos=req.ignore_eos,
         )  # fmt: skip
 
-    def run(self) -> None:
-        """Generate the answer (on the worker thread), posting its events; never raises."""
+    def run(self, batch: BatchGroup | None = None, row: int = 0) -> None:
+        """Generate the answer (on the worker thread, or a thread of its own as row ``row`` of
+        ``batch``), posting its events; never raises."""
         try:
-            self._run()
+            self._run(batch, row)
         finally:
             with self._lock:
                 self.finished = True
+            if batch is not None:
+                batch.leave(row)
 
-    def _run(self) -> None:
+    def _run(self, batch: BatchGroup | None, row: int) -> None:
+        self.meta["serve"]["batch"] = batch.n if batch is not None else 1
         if self.cancelled:  # the client left while queued: nothing was generated, nothing is recorded
             self._post(Event("done", finish="disconnected"))
             return
@@ -161,6 +190,8 @@ class Job:
                 Event("error", error=APIError(f"the model failed: {type(exc).__name__}", 500, type="server_error"))
             )
             return
+        if batch is not None:
+            stream.stepper = batch.stepper(row, stream.backend)
         answer = stream.answer = Answer(
             self.req.stop, () if self.req.ignore_eos else stream.codec.eos_ids, stream.codec.special_ids
         )
@@ -194,11 +225,14 @@ class Job:
 
 
 class ModelWorker:
-    """The thread that runs :class:`Job` s one after another (the model is never shared by two)."""
+    """The thread that runs :class:`Job` s: the requests queued when it takes the next one, up to
+    ``max_batch``, in batches of one :meth:`Job.batch_key` (:mod:`.batch`), the others one after
+    another; ``max_batch=1``: one at a time. The model is never in two forwards at once."""
 
-    def __init__(self, max_queue: int = 256) -> None:
+    def __init__(self, max_queue: int = 256, max_batch: int = 8) -> None:
         self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
-        self.current: Job | None = None
+        self.max_batch = max(1, max_batch)
+        self.taken: list[Job] = []  # the jobs of this round, taken from the queue
         self.done = 0
         self.thread = threading.Thread(target=self._loop, name="llmri-serve", daemon=True)
         self.thread.start()
@@ -213,14 +247,41 @@ class ModelWorker:
             ) from None
 
     def _loop(self) -> None:
-        while (job := self.jobs.get()) is not None:
-            self.current = job
-            job.run()
-            self.current = None
-            self.done += 1
+        stopping = False
+        while not stopping and (job := self.jobs.get()) is not None:
+            jobs = [job]
+            while len(jobs) < self.max_batch:
+                try:
+                    more = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                jobs.append(more)
+            self.taken = jobs
+            for group in groups(jobs) if len(jobs) > 1 else [jobs]:
+                self._run(group)
+            self.taken = []
+
+    def _run(self, group: list[Job]) -> None:
+        if len(group) == 1:
+            group[0].run()
+        else:
+            batch = BatchGroup(len(group))
+            rows = [
+                threading.Thread(target=job.run, args=(batch, i), name=f"llmri-serve-row{i}", daemon=True)
+                for i, job in enumerate(group)
+            ]
+            for t in rows:
+                t.start()
+            batch.run()
+            for t in rows:
+                t.join()
+        self.done += len(group)
 
     def close(self) -> None:
-        """Stop: the queued requests are dropped, the running one is stopped (its session closed
+        """Stop: the queued requests are dropped, the running ones are stopped (their sessions closed
         ``complete``, ``finish_reason`` ``disconnected``), then the thread ends."""
         while True:
             try:
@@ -229,8 +290,24 @@ class ModelWorker:
                 break
             if job is not None:
                 job.cancel()
-        current = self.current
-        if current is not None:
-            current.cancel()
+        for job in list(self.taken):
+            job.cancel()
         self.jobs.put(None)
         self.thread.join(timeout=30)
+
+
+def groups(jobs: list[Job]) -> list[list[Job]]:
+    """``jobs`` in the batches they run in, in the order they came: those of one :meth:`Job.batch_key`
+    together, each of the others alone."""
+    out: list[list[Job]] = []
+    by_key: dict[int, list[Job]] = {}
+    for job in jobs:
+        key = job.batch_key()
+        if key is None:
+            out.append([job])
+        elif key in by_key:
+            by_key[key].append(job)
+        else:
+            by_key[key] = [job]
+            out.append(by_key[key])
+    return out
