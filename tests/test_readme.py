@@ -92,7 +92,7 @@ def test_the_readme_study_is_killed_resumed_and_analysed(tmp_path, monkeypatch):
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cmd = [sys.executable, "-m", "llmri", *words[1:], "--backend", "synthetic", "--max-new-tokens", "4"]
     src = str(Path(llmri.__file__).resolve().parents[1])  # the llmri under test, whatever the cwd
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
     sessions = tmp_path / "study.zarr" / "sessions"
 
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
