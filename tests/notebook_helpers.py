@@ -15,7 +15,9 @@ KERNEL = "llmri-test"
 
 def jupyter_env(root: Path) -> dict[str, str]:
     """Environment variables that confine Jupyter (server, kernels, IPython) to ``root``; the kernelspec
-    ``llmri-test`` (and ``python3``, which the example notebooks name) run ``sys.executable``."""
+    ``llmri-test`` (and ``python3``, which the example notebooks name) run ``sys.executable``, importing
+    the llmri this process imported (a worktree's ``src``, not the venv's editable install)."""
+    import llmri
     from llmri.models.identity import cache_dir
 
     dirs = {name: root / name for name in ("home", "config", "data", "runtime", "ipython")}
@@ -41,4 +43,6 @@ def jupyter_env(root: Path) -> dict[str, str]:
         "TOKENIZERS_PARALLELISM": "false",
         "PYDEVD_DISABLE_FILE_VALIDATION": "1",
         "PATH": os.environ.get("PATH", ""),
+        # absolute: the kernel's cwd is a temp dir, where a relative PYTHONPATH=src finds nothing
+        "PYTHONPATH": str(Path(llmri.__file__).resolve().parents[1]),
     }

@@ -4,6 +4,7 @@ each notebook asserts on its own results in its cells, and these tests on the ou
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,14 @@ def widgets(cell) -> list[dict]:
 
 def test_every_example_is_tested():
     assert sorted(p.name for p in EXAMPLES.glob("*.ipynb")) == sorted(
-        ["quickstart.ipynb", "compare_prompts.ipynb", "xarray_store.ipynb"]
+        [
+            "quickstart.ipynb",
+            "compare_prompts.ipynb",
+            "xarray_store.ipynb",
+            "interventions.ipynb",
+            "study.ipynb",
+            "sae_features.ipynb",
+        ]
     )
     for p in EXAMPLES.glob("*.ipynb"):  # committed without outputs: what a reader runs is what is tested
         nb = nbformat.read(p, as_version=4)
@@ -80,3 +88,37 @@ def test_xarray_store(tmp_path, monkeypatch):
     assert "('token', 'layer', 'tile_y', 'tile_x')" in text(open_)
     assert "ids" in text(energy) and "text" in text(energy)
     assert os.listdir(tmp_path / "work") == []  # the store went to its own temp dir
+
+
+def test_interventions(tmp_path, monkeypatch):
+    direction, steer, compare, show, patching, gguf = run("interventions.ipynb", tmp_path, monkeypatch)
+    assert text(direction).startswith("Direction(mean_diff, layers 12, d_model 576")
+    # p(" Paris") rises with the scale (the notebook asserts it; here: it printed all three)
+    p = [float(x) for x in re.findall(r"p\(' Paris'\) = ([0-9.]+)", text(steer))]
+    assert len(p) == 3 and p == sorted(p) and p[0] > 0, text(steer)
+    assert text(compare).startswith("first token that differs: ")
+    (viewer,) = widgets(show)
+    assert viewer["text/plain"].startswith("llmri viewer: ") and text(show).startswith("steer [12]")
+    assert "logit diff: clean " in text(patching) and "' Italy'" in text(patching)
+    assert text(gguf).endswith("baseline: True | same tokens as the steered run: True\n")
+    assert os.listdir(tmp_path / "work") == []  # the .gguf went to its own temp dir
+
+
+def test_study(tmp_path, monkeypatch):
+    write, first, rest, xarray, tokens, stats = run("study.ipynb", tmp_path, monkeypatch)
+    assert text(write).startswith("24 prompts; ")
+    assert text(first).startswith("12 captured, 0 skipped, 48 tokens in ")
+    assert text(rest) == "12 captured, 12 already complete\n"  # the first half was skipped
+    assert text(xarray).startswith("{'session': 24, ") and "mean resid norm, layers 0-29:" in text(xarray)
+    assert "'food'" in text(tokens) and "'geography'" in text(tokens) and "'science'" in text(tokens)
+    assert text(stats).startswith("tokens per layer: ")
+    assert os.listdir(tmp_path / "work") == []  # the study went to its own temp dir
+
+
+def test_sae_features(tmp_path, monkeypatch):
+    load, features, activation, steer = run("sae_features.ipynb", tmp_path, monkeypatch)
+    assert text(load) == "<SAE smollm2-resid15 topk k=8 576->128 resid15 (saelens)>\n"
+    assert "| ids (11, 8) int32 |" in text(features) and "strongest at ' Paris': " in text(features)
+    assert len(text(activation).splitlines()) == 11  # one line per token
+    before, after = (float(x) for x in re.search(r"mean activation: ([0-9.]+) -> ([0-9.]+)", text(steer)).groups())
+    assert after > before

@@ -134,3 +134,21 @@ def test_cli_refuses_a_bad_file_in_one_line_before_the_model(tmp_path, capsys):
     assert not out.exists()  # nothing created
     assert main(["capture", "hello", "--prompts", str(p), "-o", str(out)]) == 1
     assert "drop PROMPT" in capsys.readouterr().err
+
+
+def test_cli_study_on_the_synthetic_backend(tmp_path, capsys):
+    """``--backend synthetic`` brings its own fake model in a study as in one capture (a study used to
+    load the bundled model and fail on its first step)."""
+    import llmri
+    from llmri.cli import main
+
+    p = _jsonl(tmp_path, [{"prompt": f"p {i}", "id": i} for i in range(3)])
+    out = tmp_path / "s.zarr"
+    args = ["capture", "--prompts", str(p), "-o", str(out), "--backend", "synthetic", "--max-new-tokens", "2"]
+    assert main(args) == 0
+    assert capsys.readouterr().out.startswith("3 captured, 0 already complete")
+    metas = [s.meta for s in llmri.open_store(out).sessions()]
+    assert sorted(m["study"]["id"] for m in metas) == ["0", "1", "2"]
+    assert {m["model"]["name"] for m in metas} == {"synthetic-6x64"}
+    assert main([*args, "--model", "default"]) == 1
+    assert "drop --model" in capsys.readouterr().err

@@ -172,6 +172,17 @@ def _readout_options(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _model(args: argparse.Namespace) -> Any:
+    """``--model``'s spec, or the synthetic backend's own fake model (it has no weights to name)."""
+    if args.backend != "synthetic":
+        return args.model
+    if args.model is not None:
+        raise CaptureError("the synthetic backend brings its own fake model: drop --model")
+    from ..backends.synthetic import SyntheticModel
+
+    return SyntheticModel()
+
+
 def run(args: argparse.Namespace) -> int:
     import llmri
 
@@ -182,13 +193,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.messages and args.prompt is None:
         raise CaptureError("no prompt: give PROMPT or --messages CHAT.json")
     prompt: Any = read_messages(args.messages) if args.messages else args.prompt
-    model: Any = args.model
-    if args.backend == "synthetic":
-        if model is not None:
-            raise CaptureError("the synthetic backend brings its own fake model: drop --model")
-        from ..backends.synthetic import SyntheticModel
-
-        model = SyntheticModel()
+    model = _model(args)
     store = _check_store(args.output)
     try:
         # checks its arguments before the model loads and before the store gets the session
@@ -236,7 +241,7 @@ def _run_study(args: argparse.Namespace) -> int:
     store = _check_store(args.output)
     try:
         report = llmri.capture_many(
-            args.model,
+            _model(args),
             args.prompts,
             store=store,
             batch_size=args.batch_size,
