@@ -208,6 +208,26 @@ class SessionReader(ABC):
         that stores SAE features overrides it."""
         raise StoreError(f"session {self.id}: this reader cannot read SAE features")
 
+    @property
+    def probes(self) -> list[str]:
+        """The names of the direction probes this session holds (``probes=[...]``), from its meta."""
+        from .probes import probe_names
+
+        return probe_names(self.meta)
+
+    def probe(self, name: str, start: int | None = None, stop: int | None = None) -> Any:
+        """Probe ``name`` at positions ``start..stop`` (:class:`~llmri.store.probes.ProbeTrace`: ``cosine``
+        and ``projection`` float32 ``[T, L]``, its ``record``); StoreError for a probe the session lacks."""
+        from .probes import check_probe_name, trace_of
+
+        check_probe_name(self.meta, name, f"session {self.id}")
+        s, e = norm_range(start, stop, len(self))
+        return trace_of(self.meta, name, self.probe_arrays(name, s, e), f"session {self.id}")
+
+    def probe_arrays(self, name: str, start: int, stop: int) -> dict[str, np.ndarray]:
+        """``{field: float32 [stop - start, L]}`` of probe ``name``; a reader that stores probes overrides it."""
+        raise StoreError(f"session {self.id}: this reader cannot read probes")
+
     def markers(self) -> list[Any]:
         """Notable tokens of this session (:func:`llmri.readouts.markers`): a list of
         :class:`~llmri.readouts.Marker` (``kind``, ``token``, ``layer``, ``reason``) from what it
