@@ -29,7 +29,7 @@ def parse_probe(text: str) -> Any:
 
     import numpy as np
 
-    from ..interventions import Direction
+    from ..interventions import Direction, Vector
     from ..readouts.probes import read_probe
     from .interventions import parse_layers
 
@@ -45,7 +45,7 @@ def parse_probe(text: str) -> Any:
     if d.ndim == 2 and d.shape[0] != len(chosen):
         raise CaptureError(f"--probe {text}: {d.shape[0]} rows for {len(chosen)} layers (one row per layer)")
     rows = np.broadcast_to(d, (len(chosen), d.shape[-1])) if d.ndim == 1 else d
-    return Direction(np.ascontiguousarray(rows), tuple(chosen), provenance={"name": Path(file).stem})
+    return Direction(Vector.of(np.ascontiguousarray(rows)), tuple(chosen), provenance={"name": Path(file).stem})
 
 
 def options(args: argparse.Namespace) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import numpy as np
 
 from .._errors import CaptureError
 from ..interventions.direction import Direction, load_direction
+from ..interventions.vector import Vector
 
 #: What a probe records per token and layer (float32 ``[T, L]``): the cosine of the signal's vector
 #: and the direction, and the scalar projection (the dot with the unit direction).
@@ -90,7 +91,7 @@ def every_layer(a: np.ndarray, n_layers: int, where: str) -> Direction:
         a = np.broadcast_to(a, (n_layers, a.shape[0]))
     elif a.shape[0] != n_layers:
         raise CaptureError(f"{where}: {a.shape[0]} rows, the model has {n_layers} layers (one row per layer)")
-    return Direction(np.ascontiguousarray(a), tuple(range(n_layers)))
+    return Direction(Vector.of(np.ascontiguousarray(a)), tuple(range(n_layers)))
 
 
 def unit_rows(d: Direction, where: str) -> np.ndarray:

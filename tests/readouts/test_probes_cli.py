@@ -1,0 +1,133 @@
+"""Direction probes from the command line (``llmri capture --probe FILE[@LAYERS]``, ``llmri info``), in
+live chat (``ModelEngine(probes=...)``) and in batched ``capture_many``: each session records them, equal
+to a hand computation on Hugging Face's own hidden states."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import llmri  # noqa: E402
+from llmri import CaptureError  # noqa: E402
+from llmri.commands import probes as flags  # noqa: E402
+
+
+def _hf_projection(model, ids: list[int], layer: int, v: np.ndarray) -> np.ndarray:
+    """float64 ``[T]``: block ``layer``'s output from HF's output_hidden_states (on a copy), dotted
+    with ``v`` over its norm."""
+    ref = copy.deepcopy(model.model)
+    with torch.inference_mode():
+        out = ref(torch.tensor([ids]), output_hidden_states=True, use_cache=False)
+    h = out.hidden_states[layer + 1][0].double().numpy()
+    u = v.astype(np.float64) / np.linalg.norm(v)
+    return h @ u
+
+
+def test_the_probe_flag_reads_paths_and_layers(tmp_path) -> None:
+    v = np.arange(1, 9, dtype=np.float32)
+    np.save(tmp_path / "v.npy", v)
+    d = llmri.Direction(np.stack([v, 2 * v, 3 * v]), (2, 3, 4), "fp-x", {"method": "mean_diff"})
+    d.save(tmp_path / "d.gguf")
+    got = flags.options(argparse.Namespace(probe_files=[str(tmp_path / "v.npy"), f"{tmp_path / 'v.npy'}@3,5",
+                                                        f"{tmp_path / 'd.gguf'}@3"]))["probes"]  # fmt: skip
+    assert got[0] == str(tmp_path / "v.npy")  # read when the capture opens: every layer of the model
+    assert got[1].layers == (3, 5) and got[1].name == "v" and (got[1].array() == v).all()
+    assert got[2].layers == (3,) and got[2].name == "d" and got[2].model == "fp-x" and (got[2].array() == 2 * v).all()
+    assert flags.options(argparse.Namespace(probe_files=None)) == {}
+    for text, match in [("@3", "--probe takes FILE"), (f"{tmp_path / 'd.gguf'}@9", "no vector for layer 9")]:
+        with pytest.raises(CaptureError, match=match):
+            flags.parse_probe(text)
+
+
+@pytest.mark.slow
+def test_cli_capture_with_probes_and_info(real_model, tmp_path, capsys) -> None:
+    from llmri import cli
+
+    rng = np.random.default_rng(0)
+    d = llmri.Direction(rng.standard_normal((29, 576)).astype(np.float32), tuple(range(1, 30)), real_model.fingerprint)
+    d.save(tmp_path / "paris.gguf")
+    v = rng.standard_normal(576).astype(np.float32)
+    np.save(tmp_path / "v.npy", v)
+    out = tmp_path / "c.zarr"
+    args = ["capture", "Hello", "-o", str(out), "--raw", "--max-new-tokens", "2", "--quiet"]
+    probe_args = ["--probe", str(tmp_path / "paris.gguf"), "--probe", f"{tmp_path / 'v.npy'}@12"]
+    assert cli.main([*args, *probe_args]) == 0
+    sid = capsys.readouterr().out.strip().splitlines()[-1]
+    s = llmri.open_store(str(out)).session(sid)
+    assert s.probes == ["paris", "v"]
+    ids = s.tokens.ids.tolist()
+    np.testing.assert_allclose(
+        s.probe("v").projection[:, 12], _hf_projection(real_model, ids, 12, v), rtol=1e-4, atol=1e-3
+    )
+    np.testing.assert_allclose(
+        s.probe("paris").projection[:, 20], _hf_projection(real_model, ids, 20, d.array()[19]), rtol=1e-4, atol=1e-3
+    )
+    assert np.isnan(s.probe("paris").projection[:, 0]).all() and np.isnan(s.probe("v").projection[:, 11]).all()
+    assert cli.main(["info", str(out), sid]) == 0
+    info = capsys.readouterr().out
+    assert "probe        paris: resid layers 1-29 d_model 576 |d| " in info
+    assert f"model {real_model.fingerprint}; sha256 {d.vectors.sha256()[:12]})" in info
+    assert "probe        v: resid layers 12 d_model 576" in info
+    # a direction of another model, or a file that is no direction: one line, nothing generated
+    llmri.Direction(rng.standard_normal((1, 576)).astype(np.float32), (3,), "another-model").save(tmp_path / "o.gguf")
+    assert cli.main([*args, "--probe", str(tmp_path / "o.gguf")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the model's loading bar
+    assert "probe o: the direction was made on another model (fingerprint another-model" in err
+    assert cli.main([*args, "--probe", str(tmp_path / "x.txt")]) != 0
+    assert "is a .gguf, .safetensors or .npy file" in capsys.readouterr().err
+
+
+def test_live_chat_engine_records_the_probes_every_turn(tmp_path) -> None:
+    from helpers import tiny_model
+    from llmri.viewer.live import ModelEngine
+
+    model = tiny_model()
+    v = np.random.default_rng(1).standard_normal(32).astype(np.float32)
+    np.save(tmp_path / "wide.npy", np.ones(576, np.float32))
+    d = llmri.Direction(np.stack([v, -v]), (0, 1), "tiny").named("dir")  # HF's last hidden state is normed
+    engine = ModelEngine(model, probes=[d])
+    assert engine.describe()["probes"] == ["dir"]
+    store = llmri.open_store(str(tmp_path / "live.zarr"), create=True)
+    settings = {"max_new_tokens": 3, "temperature": 0.0, "top_p": 1.0, "seed": 0, "signals": None, "reducer": "random"}
+    for turn in ("hi", "again"):
+        st = engine.open([{"role": "user", "content": turn}], settings, store, {})
+        for _ in st:
+            pass
+        s = store.session(st.session_id)
+        ids = s.tokens.ids.tolist()
+        np.testing.assert_allclose(
+            s.probe("dir").projection[:, 0], _hf_projection(model, ids, 0, v), rtol=1e-4, atol=1e-5
+        )
+        np.testing.assert_allclose(
+            s.probe("dir").projection[:, 1], _hf_projection(model, ids, 1, -v), rtol=1e-4, atol=1e-5
+        )
+    with pytest.raises(CaptureError, match="probe wide: the direction has width 576, the model's d_model is 32"):
+        llmri.capture(model, "hi", probes=[str(tmp_path / "wide.npy")], max_new_tokens=1)
+
+
+def test_capture_many_records_the_probes_in_batches(tmp_path) -> None:
+    from helpers import tiny_model
+    from llmri.study import capture_many
+
+    model = tiny_model()
+    v = np.random.default_rng(2).standard_normal(32).astype(np.float32)
+    np.save(tmp_path / "v.npy", v)
+    prompts = ["one", "a longer prompt, padded on the left of a batch"]
+    path = str(tmp_path / "s.zarr")
+    opts = {"max_new_tokens": 3, "probes": [str(tmp_path / "v.npy")]}
+    report = capture_many(model, prompts, store=path, batch_size=2, **opts)
+    assert report.captured == 2
+    store = llmri.open_store(path)
+    for sid in store.session_ids():
+        s = store.session(sid)
+        ref = llmri.capture(model, s.meta["prompt"], **opts)
+        assert s.tokens.ids.tolist() == ref.tokens.ids.tolist()
+        got = s.probe("v")
+        assert s.meta["probes"][0]["layers"] == [0, 1, 2]  # a .npy vector: every layer
+        np.testing.assert_allclose(got.projection, ref.probe("v").projection, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got.cosine, ref.probe("v").cosine, rtol=1e-4, atol=1e-5)
