@@ -31,17 +31,30 @@ def _hf_projection(model, ids: list[int], layer: int, v: np.ndarray) -> np.ndarr
 def test_the_probe_flag_reads_paths_and_layers(tmp_path) -> None:
     v = np.arange(1, 9, dtype=np.float32)
     np.save(tmp_path / "v.npy", v)
+    np.save(tmp_path / "w.npy", v)
     d = llmri.Direction(np.stack([v, 2 * v, 3 * v]), (2, 3, 4), "fp-x", {"method": "mean_diff"})
     d.save(tmp_path / "d.gguf")
-    got = flags.options(argparse.Namespace(probe_files=[str(tmp_path / "v.npy"), f"{tmp_path / 'v.npy'}@3,5",
+    got = flags.options(argparse.Namespace(probe_files=[str(tmp_path / "v.npy"), f"{tmp_path / 'w.npy'}@3,5",
                                                         f"{tmp_path / 'd.gguf'}@3"]))["probes"]  # fmt: skip
     assert got[0] == str(tmp_path / "v.npy")  # read when the capture opens: every layer of the model
-    assert got[1].layers == (3, 5) and got[1].name == "v" and (got[1].array() == v).all()
+    assert got[1].layers == (3, 5) and got[1].name == "w" and (got[1].array() == v).all()
     assert got[2].layers == (3,) and got[2].name == "d" and got[2].model == "fp-x" and (got[2].array() == 2 * v).all()
     assert flags.options(argparse.Namespace(probe_files=None)) == {}
+    with pytest.raises(CaptureError, match="two probes named v"):  # the files are read, their names checked
+        flags.options(argparse.Namespace(probe_files=[str(tmp_path / "v.npy"), f"{tmp_path / 'v.npy'}@3"]))
     for text, match in [("@3", "--probe takes FILE"), (f"{tmp_path / 'd.gguf'}@9", "no vector for layer 9")]:
         with pytest.raises(CaptureError, match=match):
             flags.parse_probe(text)
+
+
+def test_view_needs_a_model_for_probes_and_reads_the_files_first(tmp_path) -> None:
+    from llmri.commands.view import live_plugin
+
+    base = {"paths": [], "backend": None, "lens": False, "attention": False, "openai_url": None}
+    with pytest.raises(CaptureError, match="--probe reads a local model's vectors: give --model too"):
+        live_plugin(argparse.Namespace(**base, model=None, probe_files=["x.npy"]))
+    with pytest.raises(CaptureError, match="cannot read it as a .npy array"):  # before any model loads
+        live_plugin(argparse.Namespace(**base, model="no-such-model", probe_files=[str(tmp_path / "x.npy")]))
 
 
 @pytest.mark.slow
@@ -131,3 +144,19 @@ def test_capture_many_records_the_probes_in_batches(tmp_path) -> None:
         assert s.meta["probes"][0]["layers"] == [0, 1, 2]  # a .npy vector: every layer
         np.testing.assert_allclose(got.projection, ref.probe("v").projection, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(got.cosine, ref.probe("v").cosine, rtol=1e-4, atol=1e-5)
+
+
+def test_a_bound_direction_steers_and_is_watched_in_a_capture_of_some_layers() -> None:
+    # layers= keys the calibration by the layers recorded; a direction's fingerprint is the model's own
+    from helpers import tiny_model
+
+    model = tiny_model()
+    v = np.random.default_rng(3).standard_normal(32).astype(np.float32)
+    d = llmri.Direction(v[None], (1,), "tiny").named("d")
+    opts = {"max_new_tokens": 2, "probes": [d], "layers": "1-2"}
+    base = llmri.capture(model, "hello", **opts)
+    s = llmri.capture(model, "hello", interventions=[llmri.steer(d, scale=2.0, positions="all")], **opts)
+    got, was = s.probe("d").projection, base.probe("d").projection
+    assert got.shape == (len(s), 2) and np.isnan(got[:, 1]).all()  # session layers 1, 2: the direction has 1
+    n = s.tokens.role.count("prompt")  # the prompt's positions: the same residual plus 2 v, exactly along v
+    np.testing.assert_allclose(got[:n, 0] - was[:n, 0], 2.0 * np.linalg.norm(v), rtol=1e-4)

@@ -49,9 +49,16 @@ def parse_probe(text: str) -> Any:
 
 
 def options(args: argparse.Namespace) -> dict[str, Any]:
-    """``{"probes": [...]}`` from the flags (``{}`` without ``--probe``)."""
+    """``{"probes": [...]}`` from the flags (``{}`` without ``--probe``); every file is read now, so a bad
+    one is one line before the model loads."""
+    from ..capture.probes import read_probes
+
     files = getattr(args, "probe_files", None) or []
-    return {"probes": [parse_probe(x) for x in files]} if files else {}
+    if not files:
+        return {}
+    probes = [parse_probe(x) for x in files]
+    read_probes(probes)
+    return {"probes": probes}
 
 
 def describe(meta: dict[str, Any]) -> list[str]:
