@@ -160,3 +160,22 @@ def test_a_bound_direction_steers_and_is_watched_in_a_capture_of_some_layers() -
     assert got.shape == (len(s), 2) and np.isnan(got[:, 1]).all()  # session layers 1, 2: the direction has 1
     n = s.tokens.role.count("prompt")  # the prompt's positions: the same residual plus 2 v, exactly along v
     np.testing.assert_allclose(got[:n, 0] - was[:n, 0], 2.0 * np.linalg.norm(v), rtol=1e-4)
+
+
+def test_rerun_watches_the_sessions_probes_again() -> None:
+    from helpers import tiny_model
+
+    model = tiny_model()
+    rng = np.random.default_rng(4)
+    d = llmri.Direction(rng.standard_normal((2, 32)).astype(np.float32), (0, 2), "tiny", {"method": "x"}).named("d")
+    s = llmri.capture(model, "hello", probes=[d], max_new_tokens=3)
+    again = llmri.rerun(s, model=model)
+    assert again.probes == ["d"] and again.meta["probes"] == s.meta["probes"]
+    np.testing.assert_array_equal(again.probe("d").projection, s.probe("d").projection)
+    steered = llmri.rerun(s, [llmri.steer(d, layers=2, scale=3.0, positions="all")], model=model)
+    n = s.tokens.role.count("prompt")
+    np.testing.assert_allclose(
+        steered.probe("d").projection[:n, 2] - s.probe("d").projection[:n, 2],
+        3.0 * np.linalg.norm(d.array()[1]),
+        rtol=1e-4,
+    )

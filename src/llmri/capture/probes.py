@@ -38,6 +38,21 @@ def read_probes(items: Sequence[ProbeItem]) -> list[tuple[str, Direction | np.nd
     return out
 
 
+def probes_from_meta(meta: dict[str, Any]) -> list[Direction]:
+    """The directions a session's probes were made of (``meta["probes"]``, vectors included), each named
+    as the session names it: ``probes=`` of a run that watches them again (:func:`llmri.rerun`)."""
+    from ..interventions.vector import Vector
+
+    out = []
+    for r in meta.get("probes") or []:
+        if isinstance(r, dict) and isinstance(r.get("vectors"), dict):
+            prov = {**(r.get("provenance") or {}), "name": r.get("name")}
+            if r.get("signal", "resid") != prov.get("signal", "resid"):
+                prov["signal"] = r.get("signal")
+            out.append(Direction(Vector.from_dict(r["vectors"]), tuple(r.get("layers") or ()), r.get("model"), prov))
+    return out
+
+
 class ProbeStep:
     """The probes of one capture: checked against the model when built, then one readout per step.
 
