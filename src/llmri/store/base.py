@@ -251,10 +251,11 @@ class SessionReader(ABC):
         them, the lens ``lens_top_ids``, ``lens_top_probs`` ``[token, layer, rank]``,
         ``lens_next_prob``, ``lens_next_rank``, ``lens_entropy`` ``[token, layer]``, and attention
         ``attn_top_pos``, ``attn_top_weight`` ``[token, layer, head, attn_rank]``, ``attn_entropy``,
-        ``attn_sink`` ``[token, layer, head]``. ``attrs`` hold ``meta``. A reader that
-        :class:`SupportsArrays` (a Zarr session) gives dask arrays over its chunks, read only when computed,
-        so a session larger than memory opens at once (only the ``text`` and ``role`` coordinates are read:
-        selections need them); others hold numpy arrays. Only committed rows appear.
+        ``attn_sink`` ``[token, layer, head]``; SAE features ``sae_<name>_<field>``; probes
+        ``probe_<name>_cosine``, ``probe_<name>_projection`` ``[token, layer]``. ``attrs`` hold ``meta``.
+        A reader that :class:`SupportsArrays` (a Zarr session) gives dask arrays over its chunks, read only when
+        computed, so a session larger than memory opens at once (only the ``text`` and ``role`` coordinates are
+        read: selections need them); others hold numpy arrays. Only committed rows appear.
         """
         from .dataset import session_dataset
 

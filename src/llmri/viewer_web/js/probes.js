@@ -41,7 +41,7 @@ function elements() {
 
 /** The probes of the session shown (its meta), [] for none. @returns {string[]} */
 function probeNames() {
-  const meta = /** @type {{probes?: {name: string}[]}} */ (view.cur ? view.cur.meta : {});
+  const meta = /** @type {{probes?: {name: string}[]}} */ (/** @type {unknown} */ (view.cur ? view.cur.meta : {}));
   return (meta.probes || []).map((p) => String(p.name));
 }
 
@@ -59,6 +59,7 @@ export async function loadProbeStrip() {
   const named = /** @type {{names?: string[]}} */ (/** @type {unknown} */ (header)).names;
   const strip = { names: named || names, P, n, L, data };
   // the layers some probe has a value at; the chosen one kept across reloads, else the first probe's middle one
+  /** @type {number[]} */
   const layers = [];
   for (let l = 0; l < L; l++) {
     let any = false;
@@ -67,7 +68,7 @@ export async function loadProbeStrip() {
   }
   if (!layers.includes(probeState.layer) || probeState.names.join() !== strip.names.join()) {
     const first = layers.filter((l) => { for (let t = 0; t < n; t++) if (probeValue(strip, 0, t, l) === probeValue(strip, 0, t, l)) return true; return false; });
-    probeState.layer = first.length ? first[Math.floor(first.length / 2)] : layers[0] ?? -1;
+    probeState.layer = first.length ? first[Math.floor(first.length / 2)] : layers.length ? layers[0] : -1;
   }
   Object.assign(probeState, { names: strip.names, layers, strip });
   const names0 = view.cur.meta.layers || [];
@@ -81,6 +82,7 @@ export async function loadProbeStrip() {
  * attention sink, is many times the others on most models), at full colour; larger values are clipped.
  * @param {Strip} s @param {number} p @param {number} l */
 export function rowScale(s, p, l) {
+  /** @type {number[]} */
   const abs = [];
   for (let t = s.n > 1 ? 1 : 0; t < s.n; t++) { const v = probeValue(s, p, t, l); if (v === v) abs.push(Math.abs(v)); }
   abs.sort((a, b) => a - b);
