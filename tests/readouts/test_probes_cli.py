@@ -132,7 +132,14 @@ def test_capture_many_records_the_probes_in_batches(tmp_path) -> None:
     np.save(tmp_path / "v.npy", v)
     prompts = ["one", "a longer prompt, padded on the left of a batch"]
     path = str(tmp_path / "s.zarr")
-    opts = {"max_new_tokens": 3, "probes": [str(tmp_path / "v.npy")]}
+    from llmri.readouts.sae import SAE
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(32, 48, generator=g) / 32**0.5
+    sae = SAE(W_enc=w, b_enc=torch.zeros(48), W_dec=w.T.contiguous(), b_dec=torch.zeros(32), architecture="relu",
+              name="s1", source_format="test", path="", layer=1, signal="resid")  # fmt: skip
+    # the rows of a batch share the template's SAE and probe steps (before, a batched row had no SAE rows)
+    opts = {"max_new_tokens": 3, "probes": [str(tmp_path / "v.npy")], "saes": [sae], "sae_k": 4}
     report = capture_many(model, prompts, store=path, batch_size=2, **opts)
     assert report.captured == 2
     store = llmri.open_store(path)
@@ -144,6 +151,7 @@ def test_capture_many_records_the_probes_in_batches(tmp_path) -> None:
         assert s.meta["probes"][0]["layers"] == [0, 1, 2]  # a .npy vector: every layer
         np.testing.assert_allclose(got.projection, ref.probe("v").projection, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(got.cosine, ref.probe("v").cosine, rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(s.sae("s1").ids, ref.sae("s1").ids)
 
 
 def test_a_bound_direction_steers_and_is_watched_in_a_capture_of_some_layers() -> None:
