@@ -187,3 +187,22 @@ def test_rerun_watches_the_sessions_probes_again() -> None:
         3.0 * np.linalg.norm(d.array()[1]),
         rtol=1e-4,
     )
+
+
+@pytest.mark.slow
+def test_llama_cpp_records_the_same_probes_on_its_own_vectors(real_model) -> None:
+    pytest.importorskip("llama_cpp")
+    gguf = llmri.load_model(backend="llama.cpp")
+    rows = np.random.default_rng(5).standard_normal((2, 576)).astype(np.float32)
+    d = llmri.Direction(rows, (5, 12)).named("d")  # unbound: the GGUF file has its own fingerprint
+    opts = {"probes": [d], "max_new_tokens": 4, "signals": "resid"}
+    a, b = (
+        llmri.capture(real_model, "The capital of France is", **opts),
+        llmri.capture(gguf, "The capital of France is", **opts),
+    )
+    assert a.tokens.ids.tolist() == b.tokens.ids.tolist()
+    err = np.abs(a.probe("d").cosine[:, [5, 12]] - b.probe("d").cosine[:, [5, 12]]).max()
+    print(f"llama.cpp vs hf: cosine max abs difference {err:.1e}")
+    assert err < 5e-3
+    with pytest.raises(CaptureError, match="probe d: the direction was made on another model"):
+        llmri.capture(gguf, "hi", probes=[llmri.Direction(rows, (5, 12), real_model.fingerprint).named("d")])

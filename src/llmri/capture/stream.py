@@ -168,7 +168,8 @@ class CaptureStream(FrameStream):
         if probes:
             self.readouts.probe = ProbeStep(
                 probes, d_model=self.backend.d_model, n_layers=whole.n_layers, signals=self.signals,
-                recorded=getattr(self.backend, "indices", None) or range(whole.n_layers), fingerprint=model_fp or None,
+                recorded=self.backend.indices if isinstance(self.backend, LayerSubset) else range(whole.n_layers),
+                fingerprint=model_fp or None,
             )  # fmt: skip
             self.meta.update(self.readouts.probe.meta())
         # LLMRI_FRAME_THREAD=1 / 0 forces it; else the backend says (on: llama.cpp's compiled callback)

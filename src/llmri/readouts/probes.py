@@ -19,10 +19,6 @@ from .._errors import CaptureError
 from ..interventions.direction import Direction, load_direction
 from ..interventions.vector import Vector
 
-#: What a probe records per token and layer (float32 ``[T, L]``): the cosine of the signal's vector
-#: and the direction, and the scalar projection (the dot with the unit direction).
-PROBE_FIELDS = ("cosine", "projection")
-
 #: What ``probes=`` holds once checked: directions, and paths read when a capture opens.
 ProbeItem = Direction | str
 
