@@ -60,6 +60,8 @@ def test_settings_are_checked_when_built_with_one_line():
         ({"lens_dtype": "int8"}, "lens_dtype"),
         ({"lens_batch": 0}, "lens_batch"),
         ({"stop": [1]}, "stop"),
+        ({"probes": 3}, "probes"),
+        ({"probes": [{"up": 1}]}, "probes"),
     ]:
         with pytest.raises(llmri.CaptureError, match=match) as info:
             CaptureSettings(**bad)

@@ -166,6 +166,16 @@ class FeatureRow:
 
 
 @dataclass
+class ProbeRow:
+    """One direction probe at one position (docs/interventions.md, "Watching a direction: probes"):
+    float32 ``[L]`` per layer of the session, NaN at a layer the direction has no vector for:
+    ``cosine`` of the signal's full vector and the direction, ``projection`` its dot with the unit direction."""
+
+    cosine: np.ndarray
+    projection: np.ndarray
+
+
+@dataclass
 class Frame:
     """Everything known about one token position.
 
@@ -175,7 +185,8 @@ class Frame:
     unreduced vectors (L2 norm, and Hoyer sparsity in [0, 1]: 0 dense, 1 one-hot).
     A chat-only frame has no signals at all (empty dicts). ``lens`` and ``attention`` are the
     readouts, where the capture was asked for them (``lens=True``, ``attention=True``); ``sae``
-    each SAE's features by its name (``saes=[...]``).
+    each SAE's features by its name (``saes=[...]``); ``probes`` each direction probe's row by its
+    name (``probes=[...]``).
     """
 
     token: Token
@@ -185,6 +196,7 @@ class Frame:
     lens: LensRow | None = None
     attention: AttentionRow | None = None
     sae: dict[str, FeatureRow] | None = None
+    probes: dict[str, ProbeRow] | None = None
 
     @property
     def index(self) -> int:

@@ -20,6 +20,7 @@ from ._errors import CaptureError
 from .frame import FRAME_DTYPE, FRAME_DTYPES
 from .interventions import as_records
 from .readouts.attention import ATTN_TOP_K
+from .readouts.probes import ProbeItem, check_probes
 from .readouts.sae.readout import SAE_TOP_K
 
 if TYPE_CHECKING:
@@ -248,6 +249,10 @@ class CaptureSettings:
         (), "sparse autoencoders whose features each token records (llmri.load_sae(...) objects or paths)"
     )
     sae_k: int = option(SAE_TOP_K, "features kept per token and SAE, strongest first", metavar="K")
+    # -- direction probes
+    probes: tuple[ProbeItem, ...] = option(
+        (), "directions each token's cosine and projection are recorded on, at their layers (llmri.Direction or paths)"
+    )
     # -- interventions
     interventions: tuple[Intervention, ...] = option(
         (), "change the run: llmri.steer(...) / llmri.ablate(...) records, applied each step (hf backend)"
@@ -263,6 +268,7 @@ class CaptureSettings:
             object.__setattr__(self, "signals", tuple(self.signals))
         object.__setattr__(self, "interventions", as_records(self.interventions))
         object.__setattr__(self, "saes", check_saes(self.saes))
+        object.__setattr__(self, "probes", check_probes(self.probes))
         check_sae_k(self.sae_k)
         self.generation()
         check_attention_k(self.attention_k)
@@ -301,6 +307,8 @@ class CaptureSettings:
                 v = [x.to_dict() for x in v]
             elif f.name == "saes":
                 v = [x if isinstance(x, str) else getattr(x, "path", "") or getattr(x, "name", "") for x in v]
+            elif f.name == "probes":  # a path, or a direction's name and the hash of its vectors
+                v = [x if isinstance(x, str) else {"name": x.name, "sha256": x.vectors.sha256()} for x in v]
             elif isinstance(v, tuple):
                 v = list(v)
             elif isinstance(v, Mapping):
@@ -353,6 +361,7 @@ class CaptureOptions(TypedDict, total=False):
     attention_k: int | Literal["full"]
     saes: tuple[SAE | str, ...] | Sequence[SAE | str] | None
     sae_k: int
+    probes: tuple[ProbeItem, ...] | Sequence[ProbeItem] | Mapping[str, Any] | ProbeItem | None
     interventions: tuple[Intervention, ...] | Sequence[Intervention] | None
 
 

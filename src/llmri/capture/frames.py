@@ -105,6 +105,7 @@ class Launched:
     event: Any = None  # recorded after that copy
     future: Any = None  # the frame thread's (host, event, arrays), where it computes them
     sae: list[Any] | None = None  # each position's {SAE name: FeatureRow} (capture/saes.py)
+    probes: list[Any] | None = None  # each position's {probe name: ProbeRow} (capture/probes.py)
 
 
 #: The packed order on an asynchronous device: the widest types first, so every part stays aligned.
@@ -164,6 +165,7 @@ class StepFrames:
         job = Launched(pos, texts, arrays, lens, attention, deferred, host, event)
         job.future = future
         job.sae = self.readouts.sae_rows(pos) if getattr(self.readouts, "sae", None) is not None else None
+        job.probes = self.readouts.probe_rows(pos) if getattr(self.readouts, "probe", None) is not None else None
         return job
 
     def _tensors(self, pos: Positions) -> tuple[Any, Any, dict[str, Any]]:
@@ -248,6 +250,7 @@ class StepFrames:
                     lens=job.lens[j],
                     attention=job.attention[j],
                     sae=job.sae[j] if job.sae is not None else None,
+                    probes=job.probes[j] if job.probes is not None else None,
                 )
             )
         return out

@@ -9,10 +9,11 @@ from typing import Any
 from .._errors import CaptureError
 from ..interventions import as_records, from_meta
 from ..store import Session
+from .probes import probes_from_meta
 
 
 def rerun_options(meta: dict[str, Any]) -> dict[str, Any]:
-    """The capture options a session's meta records (generation, reducer, signals, backend, readouts)."""
+    """The capture options a session's meta records (generation, reducer, signals, backend, readouts, probes)."""
     gen = dict(meta.get("generation") or {})
     red = meta.get("reducer") or {}
     opts: dict[str, Any] = {
@@ -30,6 +31,7 @@ def rerun_options(meta: dict[str, Any]) -> dict[str, Any]:
         "frame_dtype": meta.get("frame_dtype"),
         "lens": "lens" in meta,
         "attention": "attention" in meta,
+        "probes": probes_from_meta(meta) or None,
     }
     return {k: v for k, v in opts.items() if v is not None}
 

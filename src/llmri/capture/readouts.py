@@ -22,7 +22,7 @@ import numpy as np
 
 from .._errors import CaptureError
 from ..backends.base import Backend
-from ..frame import READOUT_DTYPES, AttentionRow, FeatureRow, LensRow, fit_into
+from ..frame import READOUT_DTYPES, AttentionRow, FeatureRow, LensRow, ProbeRow, fit_into
 from ..readouts import ATTN_TOP_K, LENS_TOP_K, attention_readout
 from ..readouts.lensqueue import LensQueue
 from ..settings import (  # noqa: F401 - re-exported: older code reads them here
@@ -33,6 +33,7 @@ from ..settings import (  # noqa: F401 - re-exported: older code reads them here
     check_lens_dtype,
 )
 from .decode import Positions
+from .probes import ProbeStep
 from .saes import SAEStep
 
 
@@ -141,6 +142,13 @@ class StepReadouts:
     def sae_rows(self, pos: Positions) -> list[dict[str, FeatureRow] | None]:
         """Each position's SAE features, ``{name: FeatureRow}`` (``None`` without SAEs)."""
         return [None] * len(pos.ids) if self.sae is None else self.sae.rows(pos)
+
+    #: The capture's direction probes (:class:`~llmri.capture.probes.ProbeStep`), set by the stream where it has any.
+    probe: ProbeStep | None = None
+
+    def probe_rows(self, pos: Positions) -> list[dict[str, ProbeRow] | None]:
+        """Each position's probes, ``{name: ProbeRow}`` (``None`` without probes)."""
+        return [None] * len(pos.ids) if self.probe is None else self.probe.rows(pos)
 
     def rows(self, pos: Positions) -> tuple[list[LensRow | None], list[AttentionRow | None]]:
         """Each position's lens and attention rows (``None`` for a readout that is off). A lens row

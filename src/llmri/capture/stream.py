@@ -34,6 +34,7 @@ from .frames import Launched, StepFrames
 from .framestream import FrameStream
 from .messages import check_messages
 from .precision import check_frame_dtype
+from .probes import ProbeStep, read_probes
 from .readouts import StepReadouts
 from .resolve import adapt, backend_for, is_spec
 from .saes import SAEStep, load_saes, module_names
@@ -96,6 +97,7 @@ class CaptureStream(FrameStream):
         if isinstance(prompt, (list, tuple)):
             check_messages(prompt)
         saes = load_saes(o.saes)  # their files before the model's
+        probes = read_probes(o.probes)
         self.model = load_model(model, backend=name) if spec else adapted  # llama.cpp: the GGUF itself
         self.backend_name, cls = backend_for(self.model, o.backend)
         extra = {} if o.hook_points is None else {"hook_points": o.hook_points}
@@ -111,7 +113,7 @@ class CaptureStream(FrameStream):
         gen_cfg = getattr(getattr(self.model, "model", None), "generation_config", None)
         self.codec = TextCodec(tok, gen_cfg)
         self.prompt_ids, self.messages = self.codec.encode(prompt, o.chat)
-        fp = getattr(self.model, "fingerprint", "")
+        fp = model_fp = getattr(self.model, "fingerprint", "")
         if isinstance(self.backend, LayerSubset):  # its own calibration cache: scales per recorded layer
             fp = f"{fp}-layers-{'.'.join(map(str, self.backend.indices))}"
         self.reducer.setup(self.backend.n_layers, self.backend.d_model, fp)
@@ -119,7 +121,7 @@ class CaptureStream(FrameStream):
         records = list(o.interventions)
         if o.interventions:  # after calibration, which runs the model as it is
             plan = Plan(o.interventions, n_layers=whole.n_layers, d_model=self.backend.d_model,
-                        n_prompt=len(self.prompt_ids), fingerprint=fp or None)  # fmt: skip
+                        n_prompt=len(self.prompt_ids), fingerprint=model_fp or None)  # fmt: skip
             if plan.mean_signals:
                 plan.means = calibration_means(whole, self.codec, plan.mean_signals, o.calibration)
                 records = plan.recorded()
@@ -167,6 +169,13 @@ class CaptureStream(FrameStream):
                 signal_modules=self.backend.signal_modules, modules=module_names(self.backend),
             )  # fmt: skip
             self.meta.update(self.readouts.sae.meta())
+        if probes:
+            self.readouts.probe = ProbeStep(
+                probes, d_model=self.backend.d_model, n_layers=whole.n_layers, signals=self.signals,
+                recorded=self.backend.indices if isinstance(self.backend, LayerSubset) else range(whole.n_layers),
+                fingerprint=model_fp or None,
+            )  # fmt: skip
+            self.meta.update(self.readouts.probe.meta())
         # LLMRI_FRAME_THREAD=1 / 0 forces it; else the backend says (on: llama.cpp's compiled callback)
         env = os.environ.get("LLMRI_FRAME_THREAD", "").strip()
         thread = env == "1" if env in ("0", "1") else self.backend.frame_thread

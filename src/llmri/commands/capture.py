@@ -11,7 +11,7 @@ from typing import Any
 from .._errors import CaptureError, StoreError
 from ..capture.precision import FrameOverflowWarning
 from ..settings import CAPTURE_LENS_BATCH
-from . import interventions, saes
+from . import interventions, probes, saes
 from .inspect import parse_hook_points
 from .options import add_attention, add_options, attention_options, collect, described, read_json
 
@@ -80,6 +80,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     study.add_argument("--batch-size", type=int, default=16, metavar="N", help="prompts per forward (default 16)")
     interventions.add_flags(p.add_argument_group("interventions (docs/interventions.md, Backends: which apply what)"))
     saes.add_flags(p.add_argument_group("SAE features (docs/sae.md)"))
+    probes.add_flags(p.add_argument_group("direction probes (docs/interventions.md)"))
     p.add_argument("--quiet", action="store_true", help="no progress line")
     return p
 
@@ -206,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
             **_readout_options(args),
             **interventions.options(args),
             **saes.options(args),
+            **probes.options(args),
         )
     except (ValueError, TypeError) as exc:
         raise CaptureError(str(exc)) from None
@@ -250,6 +252,7 @@ def _run_study(args: argparse.Namespace) -> int:
             **collect(args, GENERAL),
             **_readout_options(args),
             **interventions.options(args),
+            **probes.options(args),
         )
     except (ValueError, TypeError) as exc:
         raise CaptureError(str(exc)) from None

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from .._errors import LlmriError, StoreError
+from .probes import describe as probe_lines
 from .saes import describe as sae_lines
 
 
@@ -78,6 +79,7 @@ def _details(s: Any) -> str:
     ]
     lines += [f"intervention {x}" for x in _interventions(m)]
     lines += [f"sae          {x}" for x in sae_lines(m)]
+    lines += [f"probe        {x}" for x in probe_lines(m)]
     if m.get("baseline"):
         lines.append(f"baseline     {m['baseline']}")
     msgs = m.get("messages")

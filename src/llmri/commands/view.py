@@ -10,6 +10,8 @@ from .._errors import CaptureError, StoreError
 from ..settings import DEFAULTS
 from .capture import add_lens_dtype
 from .options import add_options
+from .probes import add_flags as probe_flags
+from .probes import options as probe_flag_options
 from .saes import add_flags as sae_flags
 from .saes import options as sae_flag_options
 
@@ -58,6 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="record attention per head (hf backend): the page shows the layer x head grid",
     )
     sae_flags(live)
+    probe_flags(live)
     live.add_argument(
         "--openai-url",
         default=None,
@@ -104,6 +107,8 @@ def live_plugin(args: argparse.Namespace) -> Any:
         raise CaptureError("--frame-dtype is how a local model's tiles are stored: give --model too")
     if getattr(args, "sae_paths", None) and not model:
         raise CaptureError("--sae reads a local model's vectors: give --model too")
+    if getattr(args, "probe_files", None) and not model:
+        raise CaptureError("--probe reads a local model's vectors: give --model too")
     if not (model or url):
         return None
     if model and url:
@@ -140,6 +145,7 @@ def live_plugin(args: argparse.Namespace) -> Any:
     from ..models import load_model
 
     sae_options = sae_flag_options(args)  # the SAE files before the model (one line for a bad one)
+    sae_options.update(probe_flag_options(args))
     print(f"llmri view: loading model {model} for live chat{f' ({backend})' if backend else ''}...", flush=True)
     if (lens or attention) and backend == "llama.cpp":  # before a model load that can take minutes
         raise CaptureError("the llama.cpp engine has no lens or attention readouts: use --backend hf")

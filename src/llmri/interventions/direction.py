@@ -61,6 +61,16 @@ class Direction:
     def signal(self) -> str:
         return str(self.provenance.get("signal", "resid"))
 
+    @property
+    def name(self) -> str | None:
+        """What a probe of this direction is called (``provenance["name"]``; :meth:`named`), or ``None``."""
+        n = self.provenance.get("name")
+        return None if n is None else str(n)
+
+    def named(self, name: str) -> Direction:
+        """This direction called ``name`` (kept in its provenance, so in the files it is saved to)."""
+        return replace(self, provenance={**self.provenance, "name": str(name)})
+
     def array(self) -> np.ndarray:
         """The vectors, float32 ``[len(layers), d_model]`` (read-only)."""
         return self.vectors.array()

@@ -4,6 +4,7 @@ exactly and serialises losslessly (base64)."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,6 +52,10 @@ class Vector:
         """The vector for the ``k``-th listed layer (the one vector where there is one)."""
         a = self.array()
         return a if a.ndim == 1 else a[k]
+
+    def sha256(self) -> str:
+        """The sha256 (hex) of the float32 values, little-endian, row after row."""
+        return hashlib.sha256(self.data).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
         return {"dtype": "float32", "shape": list(self.shape), "base64": base64.b64encode(self.data).decode("ascii")}

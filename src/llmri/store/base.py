@@ -208,6 +208,26 @@ class SessionReader(ABC):
         that stores SAE features overrides it."""
         raise StoreError(f"session {self.id}: this reader cannot read SAE features")
 
+    @property
+    def probes(self) -> list[str]:
+        """The names of the direction probes this session holds (``probes=[...]``), from its meta."""
+        from .probes import probe_names
+
+        return probe_names(self.meta)
+
+    def probe(self, name: str, start: int | None = None, stop: int | None = None) -> Any:
+        """Probe ``name`` at positions ``start..stop`` (:class:`~llmri.store.probes.ProbeTrace`: ``cosine``
+        and ``projection`` float32 ``[T, L]``, its ``record``); StoreError for a probe the session lacks."""
+        from .probes import check_probe_name, trace_of
+
+        check_probe_name(self.meta, name, f"session {self.id}")
+        s, e = norm_range(start, stop, len(self))
+        return trace_of(self.meta, name, self.probe_arrays(name, s, e), f"session {self.id}")
+
+    def probe_arrays(self, name: str, start: int, stop: int) -> dict[str, np.ndarray]:
+        """``{field: float32 [stop - start, L]}`` of probe ``name``; a reader that stores probes overrides it."""
+        raise StoreError(f"session {self.id}: this reader cannot read probes")
+
     def markers(self) -> list[Any]:
         """Notable tokens of this session (:func:`llmri.readouts.markers`): a list of
         :class:`~llmri.readouts.Marker` (``kind``, ``token``, ``layer``, ``reason``) from what it
@@ -231,10 +251,11 @@ class SessionReader(ABC):
         them, the lens ``lens_top_ids``, ``lens_top_probs`` ``[token, layer, rank]``,
         ``lens_next_prob``, ``lens_next_rank``, ``lens_entropy`` ``[token, layer]``, and attention
         ``attn_top_pos``, ``attn_top_weight`` ``[token, layer, head, attn_rank]``, ``attn_entropy``,
-        ``attn_sink`` ``[token, layer, head]``. ``attrs`` hold ``meta``. A reader that
-        :class:`SupportsArrays` (a Zarr session) gives dask arrays over its chunks, read only when computed,
-        so a session larger than memory opens at once (only the ``text`` and ``role`` coordinates are read:
-        selections need them); others hold numpy arrays. Only committed rows appear.
+        ``attn_sink`` ``[token, layer, head]``; SAE features ``sae_<name>_<field>``; probes
+        ``probe_<name>_cosine``, ``probe_<name>_projection`` ``[token, layer]``. ``attrs`` hold ``meta``.
+        A reader that :class:`SupportsArrays` (a Zarr session) gives dask arrays over its chunks, read only when
+        computed, so a session larger than memory opens at once (only the ``text`` and ``role`` coordinates are
+        read: selections need them); others hold numpy arrays. Only committed rows appear.
         """
         from .dataset import session_dataset
 

@@ -17,6 +17,7 @@ import numpy as np
 from .._errors import require
 from ..frame import TOP_K, frame_dtype_of, from_bfloat16_bits
 from .layout import LAYER, RANK, TILE_X, TILE_Y, TOKEN, readout_layout
+from .probes import probe_paths
 from .saes import sae_paths
 
 if TYPE_CHECKING:
@@ -84,6 +85,8 @@ def _eager_columns(session: SessionReader) -> dict[str, Any]:
         cols.update({f"{kind}/{name}": a for name, a in table.arrays().items()})
     for sae in session.saes:
         cols.update({f"sae/{sae}/{f}": a for f, a in session.sae_arrays(sae, 0, len(session)).items()})
+    for probe in session.probes:
+        cols.update({f"probes/{probe}/{f}": a for f, a in session.probe_arrays(probe, 0, len(session)).items()})
     return {name: _readonly(np.asarray(a)) for name, a in cols.items()}
 
 
@@ -100,6 +103,8 @@ def _variables(session: SessionReader) -> list[tuple[str, str, tuple[str, ...]]]
             out.append((READOUT_PREFIX[kind] + name, f"{kind}/{name}", (TOKEN, *row_dims)))
     for path, (_, _, row_dims) in sae_paths(session.meta).items():  # sae/{name}/{field} -> sae_{name}_{field}
         out.append(("sae_" + path[4:].replace("/", "_"), path, (TOKEN, *row_dims)))
+    for path, (_, _, row_dims) in probe_paths(session.meta).items():  # probes/{name}/{field} -> probe_{name}_{field}
+        out.append(("probe_" + path[7:].replace("/", "_"), path, (TOKEN, *row_dims)))
     return out
 
 
@@ -183,6 +188,7 @@ def _layout(s: SessionReader) -> tuple[Any, ...]:
         frame_dtype_of(s.meta),
         str(readout_layout(s.meta)),
         str(sae_paths(s.meta)),
+        str(probe_paths(s.meta)),
     )
 
 

@@ -23,6 +23,7 @@ from .base import (
 )
 from .ids import new_session_id, prepare_meta
 from .layout import readout_layout
+from .probes import probe_names, probe_problem, stack_probe
 from .saes import sae_layout, sae_problem, stack_features
 
 
@@ -72,7 +73,11 @@ class Session(SessionReader):
     def append(self, frame: Frame) -> None:
         if frame.index != len(self._frames):
             raise StoreError(f"session {self.id}: frame {frame.index} appended at position {len(self._frames)}")
-        problem = readout_problem(frame, readout_layout(self._meta)) or sae_problem(frame, sae_layout(self._meta))
+        problem = (
+            readout_problem(frame, readout_layout(self._meta))
+            or sae_problem(frame, sae_layout(self._meta))
+            or probe_problem(frame, probe_names(self._meta), len(self.layers))
+        )
         if problem:
             raise StoreError(f"session {self.id}: {problem}")
         with self._lock:
@@ -142,6 +147,16 @@ class Session(SessionReader):
                 if any(r is None for r in rows):
                     raise StoreError(f"session {self.id}: a frame has no features of SAE {name}")
                 self._cache[key] = stack_features([r for r in rows if r is not None], k)
+            return {f: a[start:stop] for f, a in self._cache[key].items()}
+
+    def probe_arrays(self, name: str, start: int, stop: int) -> dict[str, np.ndarray]:
+        with self._lock:
+            key = ("probe", name)
+            if key not in self._cache:
+                rows = [(f.probes or {}).get(name) for f in self._frames]
+                if any(r is None for r in rows):
+                    raise StoreError(f"session {self.id}: a frame has no row of probe {name}")
+                self._cache[key] = stack_probe([r for r in rows if r is not None], len(self.layers))
             return {f: a[start:stop] for f, a in self._cache[key].items()}
 
     def frame(self, i: int) -> Frame:

@@ -37,6 +37,7 @@ class _Row:
             lens_dtype=o.lens_dtype,
             lens_batch=o.lens_batch or CAPTURE_LENS_BATCH,
         )
+        self.readouts.sae, self.readouts.probe = t.readouts.sae, t.readouts.probe  # stateless: shared by the rows
         self.frames = StepFrames(
             t.signals, t.reducer, t.codec.piece, self.readouts, defer=False, frame_dtype=t.frames.frame_dtype
         )

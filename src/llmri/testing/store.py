@@ -16,6 +16,7 @@ pytest. The suite's captures use the synthetic backend: no model, no download.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
 import time
@@ -158,6 +159,36 @@ class StoreSuite:
         with pytest.raises(StoreError, match="attention top_pos of shape .4, 2, 7. does not fit .4, 2, 6."):
             with store.create_session(base_meta(readouts=True)) as w:
                 w.append(f)
+
+    def test_roundtrip_probes(self, store):
+        from ..frame import ProbeRow
+
+        rng = np.random.default_rng(0)
+        names = ["up", "down.2"]
+        frames = [make_frame(i) for i in range(21)]
+        for f in frames:  # layer 0 is not the direction's: NaN there
+            rows = rng.standard_normal((len(names), 2, L)).astype(np.float32)
+            rows[:, :, 0] = np.nan
+            f.probes = {n: ProbeRow(cosine=rows[k, 0], projection=rows[k, 1]) for k, n in enumerate(names)}
+        meta = {**base_meta(), "probes": [{"name": n, "signal": "resid", "layers": [1, 2, 3]} for n in names]}
+        with store.create_session(meta) as w:
+            for f in frames:
+                w.append(f)
+        s = self.reopen(store).session(w.id)
+        assert s.probes == names
+        for n in names:
+            p = s.probe(n)
+            assert p.projection.dtype == np.float32 and p.cosine.shape == (21, L) and p.record["layers"] == [1, 2, 3]
+            np.testing.assert_array_equal(p.projection, np.stack([f.probes[n].projection for f in frames]))
+            np.testing.assert_array_equal(p.cosine, np.stack([f.probes[n].cosine for f in frames]))
+        np.testing.assert_array_equal(s.probe("up", 10, 12).cosine, s.probe("up").cosine[10:12])
+        with pytest.raises(StoreError, match="frame 0 has no row of probe up"):
+            with store.create_session(meta) as w:
+                w.append(make_frame(0))
+        if importlib.util.find_spec("xarray") and importlib.util.find_spec("dask"):
+            ds = s.to_xarray()
+            assert ds["probe_down.2_projection"].dims == ("token", "layer")
+            np.testing.assert_array_equal(ds["probe_up_cosine"].values, s.probe("up").cosine)
 
     def test_to_xarray_and_tokens_df(self, store):
         pytest.importorskip("xarray")

@@ -85,7 +85,7 @@ def create_app(
     """
     fastapi = require("fastapi", "viewer")
     from .errors import install_error_handlers
-    from .routes import frames, info, progress, readouts, sessions, static, study
+    from .routes import frames, info, probes, progress, readouts, sessions, static, study
 
     if remote and not token:
         raise ValueError("a remote (non-loopback) viewer needs a token")
@@ -94,7 +94,7 @@ def create_app(
     app = fastapi.FastAPI(title="llmri viewer", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.llmri = state
     install_error_handlers(app)
-    for module in (static, info, sessions, study, frames, readouts, progress):
+    for module in (static, info, sessions, study, frames, readouts, probes, progress):
         app.include_router(module.router)
     if isinstance(state.live, LivePlugin):
         state.live.attach(app, state)

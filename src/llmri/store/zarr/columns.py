@@ -11,6 +11,7 @@ from ..._errors import StoreError
 from ...frame import READOUT_DTYPES, TOP_K, Frame, bfloat16_bits, fit_into, frame_dtype_of
 from ..base import READ_VERSION, STATUSES
 from ..layout import LAYER, RANK, TILE_X, TILE_Y, TOKEN, readout_layout
+from ..probes import probe_names, probe_paths, probe_rows
 from ..saes import SAELayout, sae_paths, sae_rows
 
 #: Frames per chunk along the token axis of ``frames/<signal>``.
@@ -78,6 +79,8 @@ def column_specs(meta: dict[str, Any]) -> dict[str, ColumnSpec]:
             specs[f"{kind}/{name}"] = ColumnSpec(dtype, shape, chunk, dims)
     for path, (dtype, shape, dims) in sae_paths(meta).items():  # sae/{name}/{field} (store/saes.py)
         specs[path] = ColumnSpec(dtype, shape, ROW_CHUNK, dims)
+    for path, (dtype, shape, dims) in probe_paths(meta).items():  # probes/{name}/{field} (store/probes.py)
+        specs[path] = ColumnSpec(dtype, shape, ROW_CHUNK, dims)
     return specs
 
 
@@ -88,6 +91,7 @@ def coordinate_arrays(meta: dict[str, Any]) -> dict[str, tuple[str, ...]]:
     if not layers or not meta["signals"]:
         return {}
     groups = ["frames", *(f"stats/{s}" for s in meta["signals"]), *readout_layout(meta)]
+    groups += [f"probes/{n}" for n in probe_names(meta)]
     return {f"{g}/{COORDINATE}": layers for g in groups}
 
 
@@ -172,10 +176,11 @@ def frame_rows(
     k: int,
     readouts: dict[str, dict[str, Any]] | None = None,
     saes: dict[str, SAELayout] | None = None,
+    probes: list[str] | None = None,
 ) -> dict[str, Any]:
     """The row of each column for one frame (``top_*`` padded to ``k``; each readout field of
     ``readouts``, :func:`~llmri.store.base.readout_layout`, padded to its row shape; each SAE's of
-    ``saes``, :func:`~llmri.store.saes.sae_layout`)."""
+    ``saes``, :func:`~llmri.store.saes.sae_layout`; each of the ``probes`` named)."""
     t = frame.token
     m = min(k, len(t.top_ids))
     top_ids = np.full(k, -1, np.int64)
@@ -210,6 +215,8 @@ def frame_rows(
             rows[f"{kind}/{name}"] = value
     if saes:
         rows.update(sae_rows(frame, saes))
+    if probes:
+        rows.update(probe_rows(frame, probes))
     return rows
 
 

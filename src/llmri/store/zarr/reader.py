@@ -10,6 +10,7 @@ from ..._errors import StoreError
 from ...frame import FRAME_NUMPY, TOP_K, TokenTable, frame_dtype_of, from_bfloat16_bits, readout_fill
 from ..base import SessionReader, check_signal, norm_range
 from ..layout import readout_layout
+from ..probes import PROBE_FIELDS
 from ..saes import sae_layout
 from .columns import check_format_version, check_meta
 from .liveness import effective_status
@@ -125,6 +126,10 @@ class ZarrSession(SessionReader):
             f: self._read(f"sae/{name}/{f}", start, stop, shape, dtype)
             for f, (dtype, shape, _) in sae_layout(self._meta)[name].items()
         }
+
+    def probe_arrays(self, name: str, start: int, stop: int) -> dict[str, np.ndarray]:
+        shape = (len(self.layers),)
+        return {f: self._read(f"probes/{name}/{f}", start, stop, shape, np.float32) for f in PROBE_FIELDS}
 
     @property
     def tokens(self) -> TokenTable:

@@ -16,6 +16,7 @@ from ...frame import TOP_K, Frame
 from ..base import STATUSES, SessionWriter, readout_problem, session_format_version
 from ..ids import new_session_id
 from ..layout import readout_layout
+from ..probes import probe_names, probe_problem
 from ..saes import sae_layout, sae_problem
 from .columns import Column, column_compressors, column_specs, coordinate_arrays, frame_rows
 from .internals import ColumnFormat, column_format, create_session_nodes, group_document
@@ -57,6 +58,7 @@ class ZarrSessionWriter(SessionWriter):
         self._path = f"sessions/{meta['id']}"
         self._readouts = readout_layout(meta)
         self._saes = sae_layout(meta)
+        self._probes = probe_names(meta)
         self._pending: list[Frame] = []
         self._appended = 0
         self._committed = 0
@@ -139,7 +141,11 @@ class ZarrSessionWriter(SessionWriter):
         for s in self._meta["signals"]:
             if s not in frame.tiles:
                 raise StoreError(f"session {self.id}: frame {frame.index} has no signal {s!r}")
-        problem = readout_problem(frame, self._readouts) or sae_problem(frame, self._saes)
+        problem = (
+            readout_problem(frame, self._readouts)
+            or sae_problem(frame, self._saes)
+            or probe_problem(frame, self._probes, len(self._meta["layers"]))
+        )
         if problem:
             raise StoreError(f"session {self.id}: {problem}")
         with self._lock:
@@ -185,7 +191,8 @@ class ZarrSessionWriter(SessionWriter):
                 batch, self._pending = self._pending, []
                 dirty, self._meta_dirty = self._meta_dirty, False
             if batch:
-                rows = [frame_rows(f, self._meta["signals"], self._k, self._readouts, self._saes) for f in batch]
+                sig = self._meta["signals"]
+                rows = [frame_rows(f, sig, self._k, self._readouts, self._saes, self._probes) for f in batch]
                 self._write_rows({name: [r[name] for r in rows] for name in self._columns})
             if final:
                 self._trim()

@@ -74,7 +74,8 @@ class ModelEngine:
     ``llmri.steer(...)`` / ``llmri.ablate(...)`` records applied in every turn (the hf backend;
     docs/interventions.md), each turn's session recording them; ``saes`` / ``sae_k``: sparse
     autoencoders (:func:`llmri.load_sae` objects or paths, read once here) whose top ``sae_k`` features
-    every turn records (docs/sae.md). These options, the
+    every turn records (docs/sae.md); ``probes``: directions (:class:`llmri.Direction` objects or paths,
+    read once here) whose cosine and projection every turn records (docs/interventions.md). These options, the
     same every turn, are held as one :class:`~llmri.settings.CaptureSettings`; a turn's own
     (``max_new_tokens``, ``temperature``...) go over them.
     """
@@ -93,8 +94,10 @@ class ModelEngine:
         interventions: Sequence[Any] = (),
         saes: Sequence[Any] = (),
         sae_k: int | None = None,
+        probes: Any = (),
     ) -> None:
         from ..._errors import CaptureError
+        from ...capture.probes import read_probes
         from ...capture.resolve import as_model, backend_for
         from ...capture.saes import load_saes
         from ...settings import DEFAULTS
@@ -117,7 +120,9 @@ class ModelEngine:
             interventions=interventions,  # every turn, checked against the model when it opens
             saes=tuple(self.saes),
             sae_k=DEFAULTS.sae_k if sae_k is None else sae_k,
+            probes=probes,
         )
+        self.probes = [name for name, _ in read_probes(self.options.probes)]  # a bad file: one line, now
         if self.options.interventions and not getattr(cls, "supports_interventions", False):
             raise CaptureError(
                 f"the {self.backend} backend applies no interventions: use --backend hf (or transformer-lens, nnsight)"
@@ -143,6 +148,7 @@ class ModelEngine:
             "n_layers": self.n_layers,
             "readouts": self.readouts,
             "saes": [sae.name for sae in self.saes],
+            "probes": self.probes,
         }
 
     def open(

@@ -6,6 +6,7 @@ import { attentionState, wireAttention } from "./attention.js";
 import { setDiff, wireCompare } from "./compare.js";
 import { wireLens } from "./lens.js";
 import { markerFrom, markerState, wireMarkers } from "./markers.js";
+import { wireProbes } from "./probes.js";
 import { wireReadout } from "./inspector.js";
 import { emptyStoreState, openSession, refreshSessions, wireSearch } from "./session.js";
 import { wireStudy } from "./study.js";
@@ -23,6 +24,7 @@ function wire() {
   wireReadout();
   wireLens((/** @type {number} */ t) => { stop(); seek(t); });
   wireAttention();
+  wireProbes((/** @type {number} */ t) => { stop(); seek(t); });
   wireMarkers(seek, stop);
   $("help-btn").onclick = () => { $("help").hidden = !$("help").hidden; };
   wireSearch();
