@@ -19,6 +19,7 @@ from ...store import SessionReader
 from ..encoding import MEDIA_TYPE, encode_array
 from ..state import BadRequest, NotFound, ViewerState
 from . import State
+from .readouts import _range as position_range
 
 #: The most positions one rows request returns (the client asks again for the rest).
 MAX_ROWS = 512
@@ -101,12 +102,7 @@ def sae_rows(
     ``{feature: text}`` of the features in those rows."""
     f = features_of(state, store_id, session_id, name)
     total = len(f)
-    s = 0 if start is None else start
-    e = total if stop is None else stop
-    if s < 0 or e < 0:
-        raise BadRequest("start and stop must be >= 0")
-    s = min(s, total)
-    e = max(s, min(e, total, s + MAX_ROWS))
+    s, e = position_range(start, stop, total, MAX_ROWS)
     ids = f.ids[s:e]
     labels = {str(i): f.label(i) for i in np.unique(ids[ids >= 0]).tolist() if f.label(i)}
     doc = {"name": name, "start": s, "stop": e, "total": total, "k": int(f.ids.shape[-1]), "ids": ids,
