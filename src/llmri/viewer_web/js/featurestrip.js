@@ -6,6 +6,7 @@ import { getArray, sessionUrl } from "./api.js";
 import { view, on } from "./state.js";
 import { stripGeometry } from "./timeline.js";
 import { hideTip, showTip } from "./inspector.js";
+import { drawStripPlayhead } from "./lens.js";
 import { context2d } from "./render.js";
 import { $, esc, fmt, oneLine } from "./ui.js";
 
@@ -85,15 +86,7 @@ export function drawStrip() {
   drawPlayhead();
 }
 
-function drawPlayhead() {
-  if (!img) return;
-  const ctx = context2d($("feat-strip", HTMLCanvasElement));
-  ctx.putImageData(img.img, 0, 0);
-  const { left, W, n, dpr, cssH } = img;
-  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-  ctx.fillStyle = "#4fc3f7";
-  ctx.fillRect(Math.round(left + ((view.t + 0.5) / n) * W) - 1, 0, 2, cssH);
-}
+const drawPlayhead = () => drawStripPlayhead($("feat-strip", HTMLCanvasElement), img);
 
 /** The token and feature row under the mouse, or null. @param {MouseEvent} e */
 function at(e) {
