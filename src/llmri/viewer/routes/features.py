@@ -182,6 +182,8 @@ def sae_direction(state: State, store_id: str, session_id: str, name: str, featu
     sae = loaded_sae(state, rec)
     if sae is None:
         raise NotFound(f"this viewer does not hold SAE {name}'s weights (llmri view --model ... --sae PATH loads them)")
-    vec = sae.direction(f).numpy().astype(np.float32)
+    d = sae.direction(f)
+    # a float32 tensor [d_in], or a Direction whose array() is [layers, d_in] of that one row
+    vec = np.asarray(d.array()[0] if hasattr(d, "array") else d.numpy(), dtype=np.float32).reshape(-1)
     return json_safe({"sae": name, "feature": f, "label": rec.get("labels", {}).get(str(f), ""), "layer": sae.layer,
                       "signal": sae.signal, "d_in": int(vec.shape[0]), "direction": vec})  # fmt: skip
