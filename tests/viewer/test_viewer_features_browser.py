@@ -17,8 +17,7 @@ pytest.importorskip("playwright.sync_api")
 
 import llmri  # noqa: E402
 from features_helpers import LABELS, K, feature_store, tiny_sae  # noqa: E402
-from live_helpers import wait_for  # noqa: E402
-from llmri.backends.synthetic import SyntheticModel  # noqa: E402
+from live_helpers import SlowModel, wait_for  # noqa: E402
 from llmri.testing import CHROMIUM, ServedApp  # noqa: E402
 from llmri.viewer import create_app  # noqa: E402
 from llmri.viewer.live import LiveChat, ModelEngine  # noqa: E402
@@ -160,23 +159,28 @@ def test_a_marker_where_a_feature_spikes(page, recorded):
 
 def test_live_chat_shows_the_newest_tokens_features(browser, tmp_path):
     store = llmri.open_store(tmp_path / "live.zarr", create=True)
-    live = LiveChat(ModelEngine(SyntheticModel(), saes=[tiny_sae()], sae_k=K))
+    live = LiveChat(ModelEngine(SlowModel(), saes=[tiny_sae()], sae_k=K))  # a pause per forward: time to look
     app = ServedApp(create_app(store, live=live))
     ctx, pg, errors = open_page(browser, app.url, None)
     try:
         wait_for(pg, "() => !!(window.llmri.live && window.llmri.live.hello)")
         pg.fill("#chat-input", "Why is the sky blue?")
         pg.press("#chat-input", "Enter")
-        wait_for(pg, "() => window.llmri.live.run === null && window.llmri.state.loaded !== null", timeout=120,
-                 what="the answer")  # fmt: skip
-        key = pg.evaluate("window.llmri.state.loaded")
-        s = store.session(key.split("/")[1])
-        assert pg.evaluate("window.llmri.features.liveRows") >= len(s) - 2  # rows came with the frames
-        t = pg.evaluate("window.llmri.state.t")
-        wait_for(pg, f"() => document.getElementById('feat-list').dataset.t === '{t}'", what=f"the features of {t}")
-        f = s.sae("toy")
-        assert [r["f"] for r in shown(pg)] == [int(i) for i in f.ids[t] if i >= 0]
+        # while it streams: the panel follows the newest token, from the rows the readouts messages carry
+        t, ids = wait_for(
+            pg,
+            """() => { const C = window.llmri.live, S = window.llmri.state, el = document.getElementById('feat-list');
+                 if (!(C.run && C.run.answer.size >= 3 && el.dataset.t === String(S.t) && S.t === S.src.total - 1))
+                   return null;
+                 return [S.t, [...el.querySelectorAll('.feat-row')].map(r => Number(r.dataset.f))]; }""",
+            timeout=120,
+            what="the features of a streamed token",
+        )
+        assert pg.evaluate("window.llmri.features.liveRows") > t
         shot(pg, "live")
+        wait_for(pg, "() => window.llmri.live.run === null", timeout=120, what="the end of the answer")
+        s = store.session(pg.evaluate("window.llmri.state.loaded").split("/")[1])
+        assert ids == [int(i) for i in s.sae("toy").ids[t] if i >= 0]
     finally:
         ctx.close()
         app.close()
