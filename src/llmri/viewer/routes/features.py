@@ -16,6 +16,7 @@ from fastapi.responses import Response
 
 from ..._jsonsafe import json_safe
 from ...store import SessionReader
+from ...store.saes import sae_records
 from ..encoding import MEDIA_TYPE, encode_array
 from ..state import BadRequest, NotFound, ViewerState
 from . import State
@@ -34,7 +35,7 @@ router = APIRouter()
 
 
 def _record(r: SessionReader, name: str) -> dict[str, Any]:
-    rec = next((x for x in (r.meta.get("sae") or {}).get("saes") or [] if x.get("name") == name), None)
+    rec = next((x for x in sae_records(r.meta) if x.get("name") == name), None)
     if rec is None:
         held = ", ".join(r.saes) or "none"
         raise NotFound(f"no SAE {name[:80]!r} in this session (it has: {held[:400]})")
@@ -93,38 +94,38 @@ def sae_list(state: State, store_id: str, session_id: str) -> Any:
     return json_safe({"total": len(r), "k": sae.get("k"), "saes": out})
 
 
-@router.get("/api/sessions/{store_id}/{session_id}/features/{name}")
+@router.get("/api/sessions/{store_id}/{session_id}/features/{sae}")
 def sae_rows(
-    state: State, store_id: str, session_id: str, name: str, start: int | None = None, stop: int | None = None
+    state: State, store_id: str, session_id: str, sae: str, start: int | None = None, stop: int | None = None
 ) -> Any:
     """Positions ``start..stop`` (at most :data:`MAX_ROWS`): ``ids`` ``[n, k]`` (-1 past the stored
     ones), ``values`` ``[n, k]`` (null there), ``l0``, ``fvu``, ``cosine`` ``[n]``, and ``labels``
     ``{feature: text}`` of the features in those rows."""
-    f = features_of(state, store_id, session_id, name)
+    f = features_of(state, store_id, session_id, sae)
     total = len(f)
     s, e = position_range(start, stop, total, MAX_ROWS)
     ids = f.ids[s:e]
     labels = {str(i): f.label(i) for i in np.unique(ids[ids >= 0]).tolist() if f.label(i)}
-    doc = {"name": name, "start": s, "stop": e, "total": total, "k": int(f.ids.shape[-1]), "ids": ids,
+    doc = {"name": sae, "start": s, "stop": e, "total": total, "k": int(f.ids.shape[-1]), "ids": ids,
            "values": f.values[s:e].astype(np.float32), "l0": f.l0[s:e], "fvu": f.fvu[s:e],
            "cosine": f.cosine[s:e], "labels": labels}  # fmt: skip
     out: dict[str, Any] = json_safe(doc)
     return out
 
 
-@router.get("/api/sessions/{store_id}/{session_id}/features/{name}/strip")
-def sae_strip(state: State, store_id: str, session_id: str, name: str, feature: list[str] = Query()) -> Response:
+@router.get("/api/sessions/{store_id}/{session_id}/features/{sae}/strip")
+def sae_strip(state: State, store_id: str, session_id: str, sae: str, feature: list[str] = Query()) -> Response:
     """``[F, T]`` float32, binary (``kind: "featurestrip"``): each asked feature's activation at every
     token (``SAEFeatures.activation``: 0 where it is not among the stored top-k); the header has
     ``features``, ``labels`` and ``max`` (each feature's largest)."""
-    f = features_of(state, store_id, session_id, name)
+    f = features_of(state, store_id, session_id, sae)
     d_sae = int(f.record.get("d_sae") or 0)
     wanted = [_feature(x, d_sae) for part in feature for x in part.split(",") if x.strip()]
     if not wanted or len(wanted) > MAX_STRIP:
         raise BadRequest(f"ask for 1 to {MAX_STRIP} features (feature=ID)")
     arr = np.stack([f.activation(i) for i in wanted]).astype(np.float32)
     peaks = [float(a.max()) if a.size else 0.0 for a in arr]
-    body = encode_array(arr, kind="featurestrip", sae=name, features=wanted, labels=[f.label(i) for i in wanted],
+    body = encode_array(arr, kind="featurestrip", sae=sae, features=wanted, labels=[f.label(i) for i in wanted],
                         max=peaks, start=0, stop=len(f), total=len(f))  # fmt: skip
     return Response(body, media_type=MEDIA_TYPE)
 
@@ -146,8 +147,8 @@ def _present(f: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return feats, counts, peak, at
 
 
-@router.get("/api/sessions/{store_id}/{session_id}/features/{name}/search")
-def sae_search(state: State, store_id: str, session_id: str, name: str, q: str = "", limit: int = 20) -> Any:
+@router.get("/api/sessions/{store_id}/{session_id}/features/{sae}/search")
+def sae_search(state: State, store_id: str, session_id: str, sae: str, q: str = "", limit: int = 20) -> Any:
     """Features stored in this session whose id is ``q`` or whose label holds ``q`` (case-insensitive),
     the id match first, then by how many tokens they fire at; an empty ``q``: the most frequent. Each
     match: ``feature``, ``label``, ``fires`` (tokens where it is among the stored top-k), ``max`` and
@@ -156,7 +157,7 @@ def sae_search(state: State, store_id: str, session_id: str, name: str, q: str =
         raise BadRequest(f"limit must be 1 to {MAX_MATCHES}")
     if len(q) > 200:
         raise BadRequest("q is 200 characters at most")
-    f = features_of(state, store_id, session_id, name)
+    f = features_of(state, store_id, session_id, sae)
     feats, counts, peak, at = _present(f)
     text = q.strip().lower()
     rows = []
@@ -171,19 +172,19 @@ def sae_search(state: State, store_id: str, session_id: str, name: str, q: str =
     return json_safe({"q": q, "total": len(matches), "matches": matches[:limit]})
 
 
-@router.get("/api/sessions/{store_id}/{session_id}/features/{name}/direction")
-def sae_direction(state: State, store_id: str, session_id: str, name: str, feature: str) -> Any:
+@router.get("/api/sessions/{store_id}/{session_id}/features/{sae}/direction")
+def sae_direction(state: State, store_id: str, session_id: str, sae: str, feature: str) -> Any:
     """Feature ``feature``'s direction (``SAE.direction``: its decoder row, unit length, float32
     ``[d_in]``) with the site it writes to (``layer``, ``signal``), for ``llmri.steer``; 404 where
     this viewer does not hold the SAE's weights (it holds live chat's ``--sae`` ones)."""
     r = state.reader(store_id, session_id)
-    rec = _record(r, name)
+    rec = _record(r, sae)
     f = _feature(feature, int(rec.get("d_sae") or 0))
-    sae = loaded_sae(state, rec)
-    if sae is None:
-        raise NotFound(f"this viewer does not hold SAE {name}'s weights (llmri view --model ... --sae PATH loads them)")
-    d = sae.direction(f)
+    held = loaded_sae(state, rec)
+    if held is None:
+        raise NotFound(f"this viewer does not hold SAE {sae}'s weights (llmri view --model ... --sae PATH loads them)")
+    d = held.direction(f)
     # a float32 tensor [d_in], or a Direction whose array() is [layers, d_in] of that one row
     vec = np.asarray(d.array()[0] if hasattr(d, "array") else d.numpy(), dtype=np.float32).reshape(-1)
-    return json_safe({"sae": name, "feature": f, "label": rec.get("labels", {}).get(str(f), ""), "layer": sae.layer,
-                      "signal": sae.signal, "d_in": int(vec.shape[0]), "direction": vec})  # fmt: skip
+    return json_safe({"sae": sae, "feature": f, "label": rec.get("labels", {}).get(str(f), ""), "layer": held.layer,
+                      "signal": held.signal, "d_in": int(vec.shape[0]), "direction": vec})  # fmt: skip
