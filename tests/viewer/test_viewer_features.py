@@ -6,6 +6,9 @@ clear 4xx for bad input, behind the same Host / Origin guards as every route."""
 
 from __future__ import annotations
 
+import io
+import json
+
 import numpy as np
 import pytest
 
@@ -128,6 +131,7 @@ BAD = [
     ("toy/search?q=" + "x" * 201, 400, "200 characters"),
     ("toy/direction?feature=x", 400, "whole number"),
     ("toy/direction", 400, "feature"),
+    ("toy/direction?feature=1&format=xml", 400, "json or npy"),
     ("nope", 404, "no SAE 'nope'"),
     ("nope/strip?feature=1", 404, "no SAE"),
     ("toy/direction?feature=3", 404, "does not hold"),
@@ -172,6 +176,9 @@ def test_direction_of_a_live_sae(recorded):
             64,
         )
         np.testing.assert_allclose(np.array(got["direction"], dtype=np.float32), sae.direction(5).numpy(), rtol=1e-6)
+        r = c.get(_url(recorded["spiked"], "toy/direction"), params={"feature": 5, "format": "npy"})
+        assert r.headers["content-disposition"] == 'attachment; filename="toy-feature5.npy"'
+        np.testing.assert_array_equal(np.load(io.BytesIO(r.content)), np.array(got["direction"], dtype=np.float32))
         # another SAE of the same name (other weights) is not the session's
         other = llmri.readouts.sae.SAE(**{**sae.__dict__, "W_dec": sae.W_dec * 2, "meta": {}})
         live.engine.saes = [other]
@@ -186,8 +193,6 @@ def test_live_readouts_carry_each_frames_features(recorded):
     frames = [s.frame(i) for i in range(len(s))]
     sent: list = []
     send_readouts(lambda item, key: sent.append(item), "s0/x", frames[2:5])
-    import json
-
     doc = json.loads(sent[0])
     assert (doc["type"], doc["start"], doc["stop"]) == ("readouts", 2, 5) and "lens" not in doc
     f = s.sae("toy")

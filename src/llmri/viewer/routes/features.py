@@ -8,6 +8,8 @@ Every value is read through the store's reader (``SessionReader.sae(name)``,
 
 from __future__ import annotations
 
+import io
+import re
 from typing import Any
 
 import numpy as np
@@ -173,10 +175,13 @@ def sae_search(state: State, store_id: str, session_id: str, sae: str, q: str = 
 
 
 @router.get("/api/sessions/{store_id}/{session_id}/features/{sae}/direction")
-def sae_direction(state: State, store_id: str, session_id: str, sae: str, feature: str) -> Any:
+def sae_direction(state: State, store_id: str, session_id: str, sae: str, feature: str, format: str = "json") -> Any:
     """Feature ``feature``'s direction (``SAE.direction``: its decoder row, unit length, float32
-    ``[d_in]``) with the site it writes to (``layer``, ``signal``), for ``llmri.steer``; 404 where
-    this viewer does not hold the SAE's weights (it holds live chat's ``--sae`` ones)."""
+    ``[d_in]``) with the site it writes to (``layer``, ``signal``), for ``llmri.steer``; ``format=npy``:
+    the row as a ``.npy`` file (``llmri capture --steer FILE.npy@LAYERS:SCALE`` takes it). 404 where this
+    viewer does not hold the SAE's weights (it holds live chat's ``--sae`` ones)."""
+    if format not in ("json", "npy"):
+        raise BadRequest("format is json or npy")
     r = state.reader(store_id, session_id)
     rec = _record(r, sae)
     f = _feature(feature, int(rec.get("d_sae") or 0))
@@ -186,5 +191,11 @@ def sae_direction(state: State, store_id: str, session_id: str, sae: str, featur
     d = held.direction(f)
     # a float32 tensor [d_in], or a Direction whose array() is [layers, d_in] of that one row
     vec = np.asarray(d.array()[0] if hasattr(d, "array") else d.numpy(), dtype=np.float32).reshape(-1)
+    if format == "npy":
+        buf = io.BytesIO()
+        np.save(buf, vec, allow_pickle=False)
+        name = re.sub(r"[^\w.-]", "_", f"{sae}-feature{f}.npy")  # a header value, whatever the record says
+        return Response(buf.getvalue(), media_type="application/octet-stream",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})  # fmt: skip
     return json_safe({"sae": sae, "feature": f, "label": rec.get("labels", {}).get(str(f), ""), "layer": held.layer,
                       "signal": held.signal, "d_in": int(vec.shape[0]), "direction": vec})  # fmt: skip

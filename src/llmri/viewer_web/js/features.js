@@ -162,6 +162,16 @@ function drawPins() {
     b.textContent = `#${f} ×`;
     b.title = `${labelOf(f) || `feature ${f}`}: unpin`;
     el.appendChild(b);
+    const info = featureState.saes.find((x) => x.name === featureState.sae);
+    if (info && info.direction && view.cur) { // the viewer holds the SAE's weights (live chat's --sae)
+      const a = document.createElement("a");
+      a.className = "feat-dir";
+      a.href = `${sessionUrl(view.cur.summary)}/features/${encodeURIComponent(info.name)}/direction?feature=${f}&format=npy`;
+      a.download = `${info.name}-feature${f}.npy`;
+      a.textContent = "↓";
+      a.title = `feature ${f}'s direction as a .npy (llmri capture --steer FILE.npy@LAYERS:SCALE)`;
+      el.appendChild(a);
+    }
   }
 }
 
