@@ -177,14 +177,14 @@ def test_live_chat_shows_the_newest_tokens_features(browser, tmp_path):
             what="the features of a streamed token",
         )
         assert pg.evaluate("window.llmri.features.liveRows") > t
-        # the viewer holds this SAE's weights: a pinned feature's direction downloads as a .npy
-        pg.click(f'#feat-list .feat-row[data-f="{ids[0]}"]')
-        href = wait_for(pg, "() => { const a = document.querySelector('#feat-pins a.feat-dir'); return a && a.href; }")
-        assert pg.evaluate(f"fetch({href!r}).then(r => r.ok && r.arrayBuffer()).then(b => b && b.byteLength)") == 384
         shot(pg, "live")
         wait_for(pg, "() => window.llmri.live.run === null", timeout=120, what="the end of the answer")
         s = store.session(pg.evaluate("window.llmri.state.loaded").split("/")[1])
         assert ids == [int(i) for i in s.sae("toy").ids[t] if i >= 0]
+        # the viewer holds this SAE's weights: a pinned feature's direction downloads as a .npy
+        pg.click("#feat-list .feat-row")
+        href = wait_for(pg, "() => { const a = document.querySelector('#feat-pins a.feat-dir'); return a && a.href; }")
+        assert pg.evaluate(f"fetch({href!r}).then(r => r.ok && r.arrayBuffer()).then(b => b && b.byteLength)") == 384
     finally:
         ctx.close()
         app.close()

@@ -233,9 +233,10 @@ async function open() {
   featureState.sae = doc.saes.some((/** @type {SaeInfo} */ s) => s.name === before) ? before : (doc.saes[0] ? doc.saes[0].name : null);
   if (featureState.sae !== before) featureState.pinned = []; // the pins are of that SAE's features
   panel.hidden = !featureState.sae;
-  if (featureState.sae) { // the readouts column, also where a session has SAEs and no lens
+  if (featureState.sae && $("rside").hidden) { // the readouts column, also where a session has SAEs and no lens
     $("rside").hidden = false;
     $("layout").classList.add("with-readouts");
+    window.dispatchEvent(new Event("resize")); // the tiles and strips laid out again beside it (main.js)
   }
   const sel = $("feat-sae", HTMLSelectElement);
   sel.innerHTML = doc.saes.map((/** @type {SaeInfo} */ s) => `<option value="${esc(s.name)}">${esc(s.name)} (${s.signal ?? "?"} ${s.layer ?? "?"})</option>`).join("");
