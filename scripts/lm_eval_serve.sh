@@ -42,10 +42,11 @@ metric_list:
     ignore_case: true
     ignore_punctuation: true
 filter_list:
-  - name: first-number
+  - name: last-number
     filter:
       - function: regex
         regex_pattern: "(-?[0-9]+)"
+        group_select: -1
       - function: take_first
 YAML
 

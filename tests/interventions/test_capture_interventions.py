@@ -60,16 +60,12 @@ def test_what_needs_the_model_fails_before_generation(tiny, interventions, match
     assert _hooks(tiny.model) == before
 
 
-@pytest.mark.parametrize("backend", ["transformer-lens", "nnsight"])  # llama.cpp: test_llamacpp_steer.py
-def test_other_backends_refuse_interventions_naming_hf(tiny, backend):
+# transformer-lens and nnsight apply them: test_backend_interventions.py; llama.cpp: test_llamacpp_steer.py
+def test_the_synthetic_backend_refuses_interventions_naming_the_backends_that_can(synthetic_model):
     _one_line(
-        lambda: llmri.stream(tiny, PROMPT, backend=backend, interventions=[llmri.steer(np.ones(D), 0)]),
-        f"backend '{backend}' cannot apply interventions: .* backend='hf'",
+        lambda: llmri.stream(synthetic_model, "hi", interventions=[llmri.ablate(0, "mlp")]),
+        r"backend 'synthetic' cannot apply interventions: use backend='hf' \(or 'transformer-lens', 'nnsight'\)",
     )
-
-
-def test_the_synthetic_backend_refuses_interventions(synthetic_model):
-    _one_line(lambda: llmri.stream(synthetic_model, "hi", interventions=[llmri.ablate(0, "mlp")]), "backend='hf'")
 
 
 def test_nothing_changed_gives_the_baseline_exactly_and_leaves_no_hook(tiny):
@@ -134,6 +130,33 @@ def test_mean_ablation_sets_the_calibration_mean(tiny):
     assert r[0, 1, 3] != 0
 
 
+def test_mean_ablation_records_the_means_it_used(tiny):
+    # a calibration text of the user's: the record holds the means themselves, so re-running it with
+    # the default text (or none at all) sets the same values: the run rebuilds from its record alone
+    text = "Numbers and letters: 1 2 3 a b c. Once upon a time there was a small model."
+    rec = llmri.ablate(1, "resid", neurons=[3, 4], value="mean")
+    s = llmri.capture(tiny, PROMPT, interventions=[rec], calibration=text, **OPTS)
+    (stored,) = from_meta(s.meta)
+    assert stored.mean is not None and stored.mean.shape == (1, D)
+    r = s.frames("resid").reshape(len(s), 3, -1)
+    np.testing.assert_array_equal(r[:, 1, 3], stored.mean.row(0)[3])  # the value set is the recorded mean
+    again = llmri.capture(tiny, PROMPT, interventions=[stored], **OPTS)
+    np.testing.assert_array_equal(again.frames("resid").reshape(len(s), 3, -1)[:, 1, 3:5], r[:, 1, 3:5])
+    assert from_meta(again.meta) == (stored,)
+    other = llmri.capture(tiny, PROMPT, interventions=[rec], **OPTS)  # the default text: other means
+    assert not np.array_equal(other.frames("resid").reshape(len(s), 3, -1)[:, 1, 3], r[:, 1, 3])
+    _one_line(lambda: llmri.interventions.Ablate((1,), "resid", value=0.0, mean=np.zeros((1, D))), "go with value")
+    _one_line(
+        lambda: llmri.capture(
+            tiny,
+            PROMPT,
+            interventions=[llmri.interventions.Ablate((1,), "resid", value="mean", mean=np.zeros((1, D + 1)))],
+            **OPTS,
+        ),
+        "width",
+    )
+
+
 def test_directional_ablation_removes_the_component(tiny):
     d = _vec(2)
     s = llmri.capture(tiny, PROMPT, interventions=[llmri.ablate(0, "resid", direction=d)], **OPTS)
@@ -170,7 +193,7 @@ def test_steering_a_tensor_on_the_models_dtype(tiny):
     assert s.meta["interventions"][0]["norm"] == "match" and len(s) > 0
 
 
-def test_live_chat_turns_apply_the_engines_interventions(tiny, tmp_path):
+def test_live_chat_turns_apply_the_engines_interventions(tiny, tmp_path, synthetic_model):
     from llmri.viewer.live import ModelEngine
 
     recs = [llmri.steer(_vec(5), 1, scale=4.0, positions="all")]
@@ -182,4 +205,4 @@ def test_live_chat_turns_apply_the_engines_interventions(tiny, tmp_path):
     list(stream)
     assert from_meta(stream.meta) == tuple(recs)
     with pytest.raises(llmri.CaptureError, match="applies no interventions"):
-        ModelEngine(tiny, "nnsight", interventions=recs)
+        ModelEngine(synthetic_model, interventions=recs)

@@ -138,3 +138,20 @@ def test_each_record_describes_itself_in_one_line():
 def test_positions_are_absolute_across_steps(positions, start, n, want):
     # a prompt of 5 positions: the prefill is start 0, n 5; each decode step one position
     assert selected(positions, start, n, n_prompt=5) == want
+
+
+def test_a_plan_says_which_sites_a_step_touches():
+    """What a backend that pays per edited site (nnsight) asks before each step."""
+    import llmri
+    from llmri.interventions import Patch, Plan
+
+    v = np.ones(4, dtype=np.float32)
+    patched = Patch(layers=(2,), signal="resid", positions=(1,), values=np.ones((1, 4), np.float32), at=(1,))
+    plan = Plan(
+        [llmri.steer(v, 0, positions="prompt"), llmri.ablate(1, "mlp", positions=[6]), patched],
+        n_layers=3, d_model=4, n_prompt=5,
+    )  # fmt: skip
+    assert plan.touches("resid", 0, 0, 5) and not plan.touches("resid", 0, 5, 1)
+    assert not plan.touches("mlp", 1, 0, 5) and not plan.touches("mlp", 1, 5, 1) and plan.touches("mlp", 1, 6, 1)
+    assert plan.touches("resid", 2, 0, 5) and not plan.touches("resid", 2, 5, 1)
+    assert not plan.touches("attn", 0, 0, 5)  # no edit there at all

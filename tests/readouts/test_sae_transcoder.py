@@ -62,7 +62,10 @@ def test_load_a_circuit_tracer_transcoder(transcoder_file, tmp_path) -> None:
 def test_a_capture_records_a_transcoders_features_from_the_mlp_input(transcoder_file) -> None:
     model = tiny_model()
     tc = load_sae(transcoder_file)
-    with pytest.raises(SAEError, match=r"reads layer 1's MLP input, .* hook_points=\{'mlp': 'model.layers.\{i\}.post_attention_layernorm'\}"):  # noqa: E501
+    with pytest.raises(
+        SAEError,
+        match=r"reads layer 1's MLP input, .* hook_points=\{'mlp': 'model.layers.\{i\}.post_attention_layernorm'\}",
+    ):  # noqa: E501
         llmri.capture(model, "hi", saes=[tc], max_new_tokens=1)
     s = llmri.capture(model, "hello there", saes=[tc], sae_k=8, max_new_tokens=3, hook_points=HP)
     ref = copy.deepcopy(model.model)

@@ -104,3 +104,24 @@ def test_interventions_run_row_by_row_with_the_same_frames(real_model, tmp_path)
         assert s.tokens.ids.tolist() == ref.tokens.ids.tolist()
         np.testing.assert_array_equal(s.frames("resid"), ref.frames("resid"))
         assert not np.array_equal(s.frames("resid"), plain.frames("resid"))  # the steer changed the run
+
+
+def test_rows_leave_the_batch_at_different_steps(real_model, tmp_path):
+    # one batch whose rows end three ways at three steps: a stop string ("!"), EOS, max_new_tokens;
+    # each row's tokens, stop reason and frames equal its batch-1 capture (rows that left are not stepped)
+    prompts = ["Say hi.", "What is 2+2? Answer with one number.", "Write one sentence about a dragon who likes apples."]
+    opts = {"max_new_tokens": 24, "chat": True, "stop": ["!"], "signals": ["resid", "mlp"]}
+    path = str(tmp_path / "eos.zarr")
+    capture_many(real_model, prompts, store=path, batch_size=3, **opts)
+    store = llmri.open_store(path)
+    got = {store.session(s).meta["prompt"]: store.session(s) for s in store.session_ids()}
+    reasons, lengths = set(), set()
+    for p in prompts:
+        s, ref = got[p], llmri.capture(real_model, p, **opts)
+        assert s.status == "complete" and s.meta["stop_reason"] == ref.meta["stop_reason"]
+        assert s.tokens.ids.tolist() == ref.tokens.ids.tolist() and s.text == ref.text
+        for sig in opts["signals"]:
+            assert close_frames(s.frames(sig), ref.frames(sig)).all(), (p, sig)
+        reasons.add(s.meta["stop_reason"])
+        lengths.add(len(s.tokens.ids) - s.tokens.role.count("prompt"))
+    assert len(reasons) == 3 and len(lengths) == 3, (reasons, lengths)

@@ -152,7 +152,8 @@ def test_study_overview_of_a_store_without_a_study_is_empty(synthetic_model):
 def test_page_lists_origins_searches_and_shows_the_study(study_store, browser):
     """Chromium on the served page: the picker labels served sessions with client and time and study
     sessions with their prompt id; typing in the search box narrows it (the server's ``?q=``) to the
-    one match, which opens; the study button draws the stored statistics per layer."""
+    one match, which opens; ``key=value`` words filter by metadata (``?meta.KEY=``); the study button
+    draws the stored statistics per layer."""
     import os
 
     from llmri.testing import CHROMIUM, ServedApp
@@ -182,6 +183,16 @@ def test_page_lists_origins_searches_and_shows_the_study(study_store, browser):
         page.wait_for_function(
             "[...document.querySelectorAll('#session-select option')].map(o => o.textContent).join('|')"
             ".startsWith('[alice')"
+        )
+        assert page.eval_on_selector_all("#session-select option", "os => os.length") == 1
+        page.fill("#session-search", "topic=physics")  # key=value: an exact metadata filter (?meta.topic=)
+        page.wait_for_function("document.querySelectorAll('#session-select option').length === 2")
+        ids = page.eval_on_selector_all("#session-select option", "os => os.map(o => o.textContent.split(']')[0])")
+        assert sorted(ids) == ["[#q-sea", "[#q-sky"]
+        page.fill("#session-search", "topic=physics level=2 salty")  # filters and text together
+        page.wait_for_function(
+            "[...document.querySelectorAll('#session-select option')].map(o => o.textContent).join('|')"
+            ".startsWith('[#q-sea')"
         )
         assert page.eval_on_selector_all("#session-select option", "os => os.length") == 1
         page.fill("#session-search", "")

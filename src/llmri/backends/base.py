@@ -188,7 +188,9 @@ class Backend(ABC):
         """Apply ``plan`` (a :class:`~llmri.interventions.Plan`) to every later step (``None``:
         none); the backend adds its edits inside each step and removes them on every exit path."""
         if plan is not None:
-            raise CaptureError(f"backend {self.name!r} cannot apply interventions: use backend='hf'")
+            raise CaptureError(
+                f"backend {self.name!r} cannot apply interventions: use backend='hf' (or 'transformer-lens', 'nnsight')"
+            )
 
     def close(self) -> None:  # noqa: B027 - optional
         pass

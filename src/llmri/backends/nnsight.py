@@ -13,6 +13,7 @@ from ..frame import SIGNALS
 from ..models.identity import module_fingerprint
 from .base import BACKENDS, Backend, LensHead, Step
 from .hf import find_lens_head
+from .hf.edits import replaced
 from .hf.layout import find_layers, find_layout, pick, text_config
 from .wrapped import WrappedModel, cached_for, hidden_size, weight_sharing_copy
 
@@ -110,6 +111,7 @@ class NNsightBackend(Backend):
     name = "nnsight"
     provides = SIGNALS
     supports_hook_points = True
+    supports_interventions = True
 
     def __init__(
         self,
@@ -176,6 +178,35 @@ class NNsightBackend(Backend):
 
         params = inspect.signature(type(hf).forward).parameters
         self._cache_kw = next((k for k in ("cache", "past_key_values", "cache_params") if k in params), "cache")
+        self._hook_points = hook_points
+        self._plan: Any = None  # the interventions (intervene())
+        self._edits: list[tuple[str, int, Any]] = []  # (signal, layer, envoy) in execution order
+
+    def intervene(self, plan: Any) -> None:
+        """Apply ``plan`` (a :class:`~llmri.interventions.Plan`) in every later step by editing the
+        modules' ``.output`` inside the step's trace (nnsight's own intervention API); ``None``:
+        none. Refused here, before any generation, on a remote model (the plan's code runs here)
+        and at a site the layout has no plain module for."""
+        if plan is None:
+            self._plan, self._edits = None, []
+            return
+        if self.remote:
+            raise CaptureError("nnsight: interventions run on a local model only: use remote=False or backend='hf'")
+        points = dict(self.layout.points)
+        missing = sorted({s for s, _ in plan.sites()} - set(points))
+        if missing:
+            hf = _module(self.nn_model)
+            points.update(find_layout(hf, missing, self._d_model, requested=True, hook_points=self._hook_points).points)
+        edits = []
+        for sig, layer in plan.sites():
+            pt = points[sig][layer]
+            if pt is None or pt.residual is not None:
+                why = "no module" if pt is None else f"only {pt.path}, which returns its output plus its residual"
+                raise CaptureError(f"nnsight: layer {layer} has {why} for {sig!r} to intervene on: use backend='hf'")
+            edits.append((sig, layer, _envoy(self.nn_model, pt.path)))
+        # nnsight hands a trace the modules' outputs in the order the forward runs them
+        edits.sort(key=lambda e: (e[1], ("attn", "mlp", "resid").index(e[0])))
+        self._plan, self._edits = plan, edits
 
     @property
     def layer_names(self) -> list[str]:
@@ -229,6 +260,10 @@ class NNsightBackend(Backend):
         ids = input_ids.to(_module(nn_model).device) if not self.remote else input_ids
         kw = self._trace_kwargs(ids, cache)
         save = _nnsight().save
+        n, d = int(input_ids.shape[-1]), self._d_model
+        plan = self._plan
+        start = 0 if cache is None or plan is None else int(cache.get_seq_length())
+        edits = [e for e in self._edits if plan.touches(e[0], e[1], start, n)]
         with torch.inference_mode():
             with nn_model.trace(ids, **kw) as tracer:
                 # tracer.cache records the modules as the forward passes them, without a hand-off to
@@ -236,13 +271,22 @@ class NNsightBackend(Backend):
                 # Cast to a wider dtype, so each value is a copy taken as the module returns it: the
                 # forward may write into an output afterwards (Falcon adds attention into the MLP's).
                 recorded = tracer.cache(modules=self._flat, device=None, dtype=self._copy_dtype)
+                for sig, layer, envoy in edits:  # the interventions: each output edited as it comes
+                    got = envoy.output
+                    t = pick(got, n, d)
+                    if t is None:
+                        raise CaptureError(f"nnsight: {envoy.path} returned no [1, {n}, {d}] vector to edit ({sig!r})")
+                    new = plan.edit(sig, layer, t, start)
+                    if new is not t:
+                        whole = replaced(got, t, new)
+                        if whole is not None:
+                            envoy.output = whole
                 out = save(nn_model.output)
         new_cache = getattr(out, "cache", None)
         if new_cache is None:
             new_cache = getattr(out, "past_key_values", None)
         if new_cache is None:
             raise CaptureError("nnsight: the model returned no KV cache")
-        n, d = int(input_ids.shape[-1]), self._d_model
         acts = {}
         for sig in self.signals:
             outs: list[Any] = []

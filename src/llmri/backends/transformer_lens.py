@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._errors import CaptureError, require
@@ -112,6 +112,7 @@ class TransformerLensBackend(Backend):
 
     name = "transformer-lens"
     provides = SIGNALS
+    supports_interventions = True
 
     def __init__(self, model: Any, signals: Sequence[str] = SIGNALS) -> None:
         super().__init__(model, signals)
@@ -144,6 +145,7 @@ class TransformerLensBackend(Backend):
         params = inspect.signature(type(self.bridge.original_model).forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._n = n
+        self._plan: Any = None  # the interventions (intervene())
 
     @property
     def layer_names(self) -> list[str]:
@@ -175,7 +177,45 @@ class TransformerLensBackend(Backend):
             )
         return LensHead(norm=norm, unembed=unembed, postprocess=logit_postprocess(self.bridge.original_model.config))
 
+    def intervene(self, plan: Any) -> None:
+        """Apply ``plan`` (a :class:`~llmri.interventions.Plan`) in every later step through the
+        bridge's own hooks (``bridge.hooks(...)``, on the same hook points the signals read);
+        ``None``: none. A site without its hook point is refused here, before any generation."""
+        if plan is not None:
+            hook_dict = self.bridge.hook_dict
+            for sig, layer in plan.sites():
+                name = HOOK_POINTS[sig].format(i=layer)
+                if hook_dict.get(name) is None:
+                    raise CaptureError(
+                        f"transformer-lens: this bridge has no hook point {name!r} to intervene on: use backend='hf'"
+                    )
+        self._plan = plan
+
+    def _edit_hooks(self, start: int) -> list[tuple[str, Any]]:
+        """``(hook point name, hook)`` per site of the plan, for a forward whose first absolute
+        position is ``start`` (the KV cache's length): the prefill and each decode step edit
+        exactly the positions each record names."""
+        plan = self._plan
+
+        def make(sig: str, layer: int) -> Callable[[Any, Any], Any]:
+            def hook(t: Any, hook: Any) -> Any:
+                new = plan.edit(sig, layer, t, start)
+                return None if new is t else new
+
+            return hook
+
+        return [(HOOK_POINTS[sig].format(i=layer), make(sig, layer)) for sig, layer in plan.sites()]
+
     def step(self, input_ids: Any, cache: Any = None, *, logits: bool = True) -> Step:
+        if self._plan is None:
+            return self._step(input_ids, cache, logits)
+        # interventions first, through the bridge's context manager (removed on every exit path):
+        # the capture's hooks on the same hook points, added after them, read the edited values
+        edits = self._edit_hooks(0 if cache is None else int(cache.get_seq_length()))
+        with self.bridge.hooks(fwd_hooks=edits):
+            return self._step(input_ids, cache, logits)
+
+    def _step(self, input_ids: Any, cache: Any, logits: bool) -> Step:
         import torch
 
         bufs: dict[str, list[Any]] = {s: [None] * self._n for s in self.signals}

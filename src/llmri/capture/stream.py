@@ -86,7 +86,9 @@ class CaptureStream(FrameStream):
         if o.attention and not cls.supports_attention:
             raise CaptureError(f"backend {name!r} cannot record attention weights: attention=True needs the hf backend")
         if o.interventions and not cls.supports_interventions:
-            raise CaptureError(f"backend {name!r} cannot apply interventions: steering and ablation need backend='hf'")
+            raise CaptureError(
+                f"backend {name!r} cannot apply interventions: use backend='hf' (or 'transformer-lens', 'nnsight')"
+            )
         attention_k = check_attention_k(o.attention_k)
         lens_batch = check_lens_batch(o.lens_batch)
         frame_dtype = check_frame_dtype(o.frame_dtype)
@@ -114,11 +116,13 @@ class CaptureStream(FrameStream):
             fp = f"{fp}-layers-{'.'.join(map(str, self.backend.indices))}"
         self.reducer.setup(self.backend.n_layers, self.backend.d_model, fp)
         prepare_reducer(self.reducer, self.backend, self.codec, self.signals, o.calibration)
+        records = list(o.interventions)
         if o.interventions:  # after calibration, which runs the model as it is
             plan = Plan(o.interventions, n_layers=whole.n_layers, d_model=self.backend.d_model,
                         n_prompt=len(self.prompt_ids), fingerprint=fp or None)  # fmt: skip
             if plan.mean_signals:
                 plan.means = calibration_means(whole, self.codec, plan.mean_signals, o.calibration)
+                records = plan.recorded()
             run_sources(plan, whole, lambda text: self.codec.encode(text, o.chat)[0])  # patch sources
             self.backend.intervene(plan)
         max_pos = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
@@ -142,7 +146,7 @@ class CaptureStream(FrameStream):
         if isinstance(self.backend, LayerSubset):  # which of the model's layers the frames hold
             self.meta["layer_indices"] = list(self.backend.indices)
         if o.interventions:  # exactly, the vectors included: the run can be rebuilt from its record
-            self.meta["interventions"] = [x.to_dict() for x in o.interventions]
+            self.meta["interventions"] = [x.to_dict() for x in records]
         if self.backend.signal_modules:
             self.meta["signal_modules"] = {s: list(v) for s, v in self.backend.signal_modules.items()}
         self.readouts = StepReadouts(

@@ -78,7 +78,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="JSONL ({prompt} or {messages}, optional id), CSV (a prompt column) or a datasets directory",
     )
     study.add_argument("--batch-size", type=int, default=16, metavar="N", help="prompts per forward (default 16)")
-    interventions.add_flags(p.add_argument_group("interventions (hf backend; docs/interventions.md)"))
+    interventions.add_flags(p.add_argument_group("interventions (docs/interventions.md, Backends: which apply what)"))
     saes.add_flags(p.add_argument_group("SAE features (docs/sae.md)"))
     p.add_argument("--quiet", action="store_true", help="no progress line")
     return p

@@ -1,4 +1,4 @@
-"""``llmri export STORE SESSION --format npz|png|gif|mp4|json -o OUT``."""
+"""``llmri export STORE SESSION --format npz|png|gif|mp4|json -o OUT [--against baseline|ID]``."""
 
 from __future__ import annotations
 
@@ -26,6 +26,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--frame", type=int, default=None, help="png: only this frame (negative counts from the end)")
     p.add_argument("--fps", type=float, default=8.0, help="gif/mp4 frames per second (default 8)")
     p.add_argument("--force", action="store_true", help="overwrite OUT")
+    p.add_argument(
+        "--against",
+        default=None,
+        metavar="ID",
+        help="draw SESSION beside another session of the store and their difference (gif, mp4, png): a session id, "
+        "or 'baseline' for the session SESSION was re-run or steered from",
+    )
     return p
 
 
@@ -37,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
 
     store = llmri.open_store(args.store)
     session = pick_session(store, args.session)
+    if args.against is not None:
+        return _pair(store, session, args)
     paths = export(
         session,
         args.format,
@@ -52,4 +61,23 @@ def run(args: argparse.Namespace) -> int:
         print(paths[0])
     else:
         print(f"{len(paths)} frames in {args.output}")
+    return 0
+
+
+def _pair(store, session, args: argparse.Namespace) -> int:
+    from .._errors import StoreError
+    from ..render.pair import export_pair
+    from .info import pick_session
+
+    other = args.against
+    if other == "baseline":
+        other = session.meta.get("baseline")
+        if not other:
+            raise StoreError(f"session {session.id} has no baseline (it was not made by rerun, steering or patching)")
+    base = pick_session(store, other)
+    paths = export_pair(
+        base, session, args.format, args.output, signal=args.signal, cmap=args.cmap, pixel=args.pixel,
+        frame=args.frame, fps=args.fps, force=args.force,
+    )  # fmt: skip
+    print(paths[0] if len(paths) == 1 else f"{len(paths)} frames in {args.output}")
     return 0

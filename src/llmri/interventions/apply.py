@@ -77,6 +77,8 @@ class Plan:
             vec = r.direction
             if vec is not None and vec.width != d_model:
                 raise CaptureError(f"{r.kind}: the direction has width {vec.width}, the model's d_model is {d_model}")
+            if isinstance(r, Ablate) and r.mean is not None and r.mean.width != d_model:
+                raise CaptureError(f"ablate: the stored means have width {r.mean.width}, the model's is {d_model}")
             if isinstance(r, Ablate) and r.neurons and r.neurons[-1] >= d_model:
                 raise CaptureError(f"ablate: neuron {r.neurons[-1]} is out of range: d_model is {d_model}")
             if isinstance(r, Ablate) and r.is_noop:
@@ -119,11 +121,34 @@ class Plan:
     @property
     def mean_signals(self) -> list[str]:
         """The signals whose calibration mean an ablation needs (``value="mean"``)."""
-        return sorted({r.signal for r in self.records if isinstance(r, Ablate) and r.value == "mean"})
+        return sorted(
+            {r.signal for r in self.records if isinstance(r, Ablate) and r.value == "mean" and r.mean is None}
+        )
+
+    def recorded(self) -> list[Intervention]:
+        """The records as a session stores them: a mean ablation with the calibration means it used."""
+        out: list[Intervention] = []
+        for r in self.records:
+            if isinstance(r, Ablate) and r.value == "mean" and r.mean is None and r.signal in self.means:
+                r = replace(r, mean=Vector.of(np.asarray(self.means[r.signal], np.float32)[list(r.layers)]))
+            out.append(r)
+        return out
 
     def sites(self) -> list[tuple[str, int]]:
         """``(signal, layer)`` of each module output the plan edits."""
         return list(self.edits)
+
+    def touches(self, signal: str, layer: int, start: int, n: int) -> bool:
+        """Whether an edit at ``(signal, layer)`` changes any of the absolute positions
+        ``start .. start + n - 1`` (a backend that pays per edited site skips the others)."""
+        for e in self.edits.get((signal, layer), ()):
+            r = e.record
+            if isinstance(r, Patch):
+                if any(start <= p < start + n for p in r.at or ()):
+                    return True
+            elif selected(r.positions, start, n, self.n_prompt) is not None:
+                return True
+        return False
 
     def _tensor(self, edit: Edit, what: str, like: Any) -> Any:
         """A float32 vector of ``edit`` on ``like``'s device: the direction's row, its unit, the mean."""
@@ -133,7 +158,9 @@ class Plan:
         t = self._tensors.get(key)
         if t is None:
             r = edit.record
-            if what == "mean":
+            if what == "mean" and isinstance(r, Ablate) and r.mean is not None:  # the record's own
+                a = np.array(r.mean.row(edit.row), dtype=np.float32)
+            elif what == "mean":
                 mean = self.means.get(r.signal)
                 if mean is None:
                     raise CaptureError(f"ablate value='mean' needs the calibration mean of {r.signal!r}")

@@ -131,7 +131,9 @@ class Steer:
 class Ablate:
     """Set ``signal``'s output at ``layers`` and ``positions`` to ``value`` (``0.0`` or ``"mean"``,
     the calibration text's mean): all of it, the ``neurons`` listed (``[]``: none, a no-op), or its
-    component along ``direction`` (directional ablation)."""
+    component along ``direction`` (directional ablation). ``mean``: the calibration means themselves,
+    one row per layer; a capture fills it in the record it stores, so the run is rebuilt from the
+    record alone (whatever calibration text made it)."""
 
     kind: ClassVar[str] = "ablate"
     layers: tuple[int, ...]
@@ -141,6 +143,7 @@ class Ablate:
     direction: Vector | None = None
     positions: Positions = "all"
     model: str | None = None
+    mean: Vector | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -149,6 +152,12 @@ class Ablate:
         set_(self, "positions", check_positions(self.positions))
         if self.value != "mean":
             set_(self, "value", _finite("value (a number or 'mean')", self.value))
+        if self.mean is not None:
+            if self.value != "mean":
+                raise CaptureError("ablate: calibration means go with value='mean'")
+            set_(self, "mean", Vector.of(self.mean))
+            if len(self.mean.shape) != 2 or self.mean.shape[0] != len(self.layers):
+                raise CaptureError(f"ablate: the calibration means need {len(self.layers)} rows (one per layer)")
         if self.neurons is not None:
             items: Any = [self.neurons] if _whole(self.neurons) else self.neurons
             if isinstance(items, (str, bytes)) or not isinstance(items, (Sequence, range)):
@@ -180,6 +189,7 @@ class Ablate:
             "value": self.value,
             "direction": None if self.direction is None else self.direction.to_dict(),
             **({} if self.model is None else {"model": self.model}),
+            **({} if self.mean is None else {"mean": self.mean.to_dict()}),
         }
 
     def describe(self) -> str:
@@ -349,7 +359,7 @@ def from_dict(d: Mapping[str, Any]) -> Intervention:
     positions = args.get("positions")
     if isinstance(positions, list):
         args["positions"] = tuple(positions)
-    for key in ("direction", "values"):
+    for key in ("direction", "values", "mean"):
         if args.get(key) is not None:
             args[key] = Vector.from_dict(args[key])
     if isinstance(args.get("at"), list):

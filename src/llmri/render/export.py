@@ -127,7 +127,11 @@ class FrameRenderer:
             self.scales = list(fallback_scales(session.frames(signal, 0, min(len(session), 512))))
         self.caption = caption
         self.tokens = session.tokens
+        self.label = f"session {session.id}"
         self._font: Any = None
+
+    def __len__(self) -> int:
+        return len(self.session)
 
     def _font_obj(self) -> Any:
         if self._font is None:
@@ -161,22 +165,21 @@ class FrameRenderer:
                 yield self.image(a + j, block[j])
 
 
-def _check_frame(session: SessionReader, frame: int) -> int:
-    n = len(session)
+def _check_frame(renderer: Any, frame: int) -> int:
+    n = len(renderer)
     i = frame + n if frame < 0 else frame
     if not 0 <= i < n:
-        raise ExportError(f"session {session.id} has {n} frames: no frame {frame}")
+        raise ExportError(f"{renderer.label} has {n} frames: no frame {frame}")
     return i
 
 
-def export_png(renderer: FrameRenderer, out: Path, frame: int | None = None) -> list[Path]:
+def export_png(renderer: Any, out: Path, frame: int | None = None) -> list[Path]:
     """One frame to ``out`` (a file), or, with ``frame=None``, every frame into directory ``out``
     as ``frame_00000.png``..."""
     from PIL import Image
 
-    s = renderer.session
     if frame is not None:
-        i = _check_frame(s, frame)
+        i = _check_frame(renderer, frame)
         Image.fromarray(renderer.image(i)).save(out, format="PNG")
         return [out]
     out.mkdir(parents=True, exist_ok=True)
@@ -188,23 +191,24 @@ def export_png(renderer: FrameRenderer, out: Path, frame: int | None = None) -> 
     return paths
 
 
-def export_gif(renderer: FrameRenderer, out: Path, fps: float = 8.0) -> Path:
+def export_gif(renderer: Any, out: Path, fps: float = 8.0) -> Path:
+    """``renderer``: a :class:`FrameRenderer` or anything with ``len``, ``label`` and frames to iterate."""
     from PIL import Image
 
-    if not len(renderer.session):
-        raise ExportError(f"session {renderer.session.id} has no frames")
+    if not len(renderer):
+        raise ExportError(f"{renderer.label} has no frames")
     frames = (Image.fromarray(img) for img in renderer)
     first = next(frames)
     first.save(out, format="GIF", save_all=True, append_images=frames, duration=int(round(1000 / fps)), loop=0)
     return out
 
 
-def export_mp4(renderer: FrameRenderer, out: Path, fps: float = 8.0) -> Path:
+def export_mp4(renderer: Any, out: Path, fps: float = 8.0) -> Path:
     """H.264 MP4 (yuv420p, so it plays everywhere); frames are padded to a multiple of 16 pixels."""
     imageio = require("imageio.v2", "export")
     require("imageio_ffmpeg", "export")
-    if not len(renderer.session):
-        raise ExportError(f"session {renderer.session.id} has no frames")
+    if not len(renderer):
+        raise ExportError(f"{renderer.label} has no frames")
     writer = imageio.get_writer(
         str(out), format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=1
     )
@@ -218,6 +222,21 @@ def export_mp4(renderer: FrameRenderer, out: Path, fps: float = 8.0) -> Path:
     finally:
         writer.close()
     return out
+
+
+def check_output(out: str | os.PathLike[str], fmt: str, fps: float, force: bool) -> Path:
+    """``out`` as a path, refused if it exists (unless ``force``) or its directory does not; the image
+    formats' encoder present and ``fps`` sane."""
+    path = Path(out)
+    if path.exists() and not force:
+        raise ExportError(f"{path} exists (use --force to overwrite)")
+    if not path.parent.exists():
+        raise ExportError(f"{path.parent}: no such directory")
+    if fmt in ("png", "gif"):
+        require("PIL", "export")
+    if fmt in ("gif", "mp4") and not (math.isfinite(fps) and 0 < fps <= 120):
+        raise ExportError(f"fps must be in (0, 120], got {fps}")
+    return path
 
 
 def export(
@@ -240,20 +259,16 @@ def export(
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
-    path = Path(out)
-    if path.exists() and not force:
-        raise ExportError(f"{path} exists (use --force to overwrite)")
-    if not path.parent.exists():
-        raise ExportError(f"{path.parent}: no such directory")
-    if fmt in ("png", "gif"):
-        require("PIL", "export")
+    path = check_output(out, fmt, fps, force)
     if fmt == "json":
         return [export_json(session, path)]
     if fmt == "npz":
         return [export_npz(session, path)]
-    if not (math.isfinite(fps) and 0 < fps <= 120):
-        raise ExportError(f"fps must be in (0, 120], got {fps}")
-    renderer = FrameRenderer(session, signal, cmap, pixel)
+    return write_images(FrameRenderer(session, signal, cmap, pixel), fmt, path, frame, fps)
+
+
+def write_images(renderer: Any, fmt: str, path: Path, frame: int | None, fps: float) -> list[Path]:
+    """``renderer``'s frames as ``fmt``: PNG (one frame, or every frame into directory ``path``), GIF or MP4."""
     if fmt == "png":
         return export_png(renderer, path, frame)
     if fmt == "gif":

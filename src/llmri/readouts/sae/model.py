@@ -6,7 +6,10 @@ torch is imported by the functions that compute, so that ``import llmri`` stays 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ...interventions import Direction
 
 #: What an SAE's features are, from its pre-activations ``pre = (x - b_dec?) @ W_enc + b_enc``:
 #: ``relu`` relu(pre); ``jumprelu`` relu(pre) where pre > threshold (SAELens's JumpReLU, Gemma Scope);
@@ -169,19 +172,37 @@ class SAE:
             self.meta["labels"] = read_labels(labels, self.d_sae)
         return self
 
-    def direction(self, feature: int, *, normalize: bool = True) -> Any:
-        """Feature ``feature``'s decoder row, float32 ``[d_in]`` (a CPU tensor): the direction it
-        writes into the model's vector, unit length (``normalize=False``: as the decoder holds it;
-        SAELens's rescaling is folded in at load, so such rows are unit already). A vector of the
-        model's width, which :func:`llmri.steer` takes."""
-        if not 0 <= int(feature) < self.d_sae:
-            from ..._errors import SAEError
+    def direction(self, feature: int, *, normalize: bool = True, layers: Any = None) -> Direction:
+        """Feature ``feature``'s decoder row (the direction it writes into the model's vector) as a
+        :class:`~llmri.Direction` that :func:`llmri.steer` takes as it is: unit length
+        (``normalize=False``: as the decoder holds it; SAELens's rescaling is folded in at load, so
+        such rows are unit already), the same row at each of ``layers`` (default: the layer the SAE
+        reads), bound to no model fingerprint (an SAE names its model, not its weights'
+        fingerprint). Its provenance names the SAE, the feature and where the SAE reads."""
+        from ..._errors import SAEError
+        from ...interventions import Direction
+        from ...interventions.records import check_layers
 
+        if not 0 <= int(feature) < self.d_sae:
             raise SAEError(f"SAE {self.name}: no feature {feature} (it has 0-{self.d_sae - 1})")
-        row = self.W_dec[int(feature)].detach().to("cpu").float().clone()
+        if layers is None and self.layer is None:
+            raise SAEError(f"SAE {self.name} does not say which layer it reads: give direction(..., layers=)")
+        row = self.W_dec[int(feature)].detach().to("cpu").float()
         if normalize:
             row = row / row.norm().clamp_min(1e-30)
-        return row
+        at = check_layers((self.layer,) if layers is None else layers)
+        provenance = {
+            "method": "sae_feature",
+            "signal": self.signal or "resid",
+            "sae": self.name,
+            "feature": int(feature),
+            "sae_layer": self.layer,
+            "sae_format": self.source_format,
+            "sae_path": str(self.path),
+            "normalized": bool(normalize),
+            **({} if self.model_name is None else {"model_name": self.model_name}),
+        }
+        return Direction(row.numpy()[None].repeat(len(at), axis=0), at, None, provenance)
 
     def _weights_on(self, device: Any) -> None:
         if self.W_enc.device != device:

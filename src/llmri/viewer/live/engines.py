@@ -119,7 +119,9 @@ class ModelEngine:
             sae_k=DEFAULTS.sae_k if sae_k is None else sae_k,
         )
         if self.options.interventions and not getattr(cls, "supports_interventions", False):
-            raise CaptureError(f"the {self.backend} backend applies no interventions: they need --backend hf")
+            raise CaptureError(
+                f"the {self.backend} backend applies no interventions: use --backend hf (or transformer-lens, nnsight)"
+            )
         self.signals = [s for s in SIGNALS if s in getattr(cls, "provides", ())]
         describe = getattr(self.model, "describe", None)
         info = describe() if callable(describe) else {}

@@ -21,7 +21,7 @@ export async function refreshSessions() {
   try {
     res = await getJSON("/api/sessions");
     // the picker lists what matches the search box (the server searches titles, prompts, ids, metadata)
-    shown = query ? (await getJSON(`/api/sessions?q=${encodeURIComponent(query)}`)).sessions : res.sessions;
+    shown = query ? (await getJSON(`/api/sessions?${searchParams(query)}`)).sessions : res.sessions;
   } catch (e) {
     banner(`cannot list sessions: ${errorText(e)}`, "error");
     return false;
@@ -46,6 +46,24 @@ export async function refreshSessions() {
   const problems = stores.flatMap((s) => s.problems.map((p) => `${s.label}: ${p}`));
   if (problems.length && !$("banner").textContent) banner(`some sessions could not be read — ${problems.join("; ")}`);
   return changed;
+}
+
+/**
+ * The search box's text as the list's query: each ``key=value`` word is an exact metadata filter
+ * (``meta.key=value``: a study prompt's fields, ``client``, ``prompt_id``...), the other words the text
+ * searched (``q``). At most 8 filters (the server's bound); a longer list is the server's 400.
+ * @param {string} text
+ */
+export function searchParams(text) {
+  const params = new URLSearchParams();
+  const words = [];
+  for (const word of text.split(/\s+/).filter(Boolean)) {
+    const m = /^([A-Za-z_][\w.-]*)=(.*)$/.exec(word);
+    if (m) params.append(`meta.${m[1]}`, m[2]);
+    else words.push(word);
+  }
+  if (words.length) params.set("q", words.join(" "));
+  return params.toString();
 }
 
 /** The search box: the picker lists the sessions the server finds for its text (after a short pause in typing). */
