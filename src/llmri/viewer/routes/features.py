@@ -188,9 +188,7 @@ def sae_direction(state: State, store_id: str, session_id: str, sae: str, featur
     held = loaded_sae(state, rec)
     if held is None:
         raise NotFound(f"this viewer does not hold SAE {sae}'s weights (llmri view --model ... --sae PATH loads them)")
-    d = held.direction(f)
-    # a float32 tensor [d_in], or a Direction whose array() is [layers, d_in] of that one row
-    vec = np.asarray(d.array()[0] if hasattr(d, "array") else d.numpy(), dtype=np.float32).reshape(-1)
+    vec = np.asarray(held.direction(f).array()[0], dtype=np.float32)  # a Direction at the SAE's layer: its row
     if format == "npy":
         buf = io.BytesIO()
         np.save(buf, vec, allow_pickle=False)
