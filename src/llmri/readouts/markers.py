@@ -25,6 +25,7 @@ KINDS: tuple[str, ...] = (
     "early_decision",
     "late_decision",
     "attention_jump",
+    "feature_spike",
 )
 MAD_TO_SD = 1.4826
 
@@ -89,6 +90,13 @@ class Thresholds:
     jump_floor: float = 0.1
     jump_min: float = 0.5
     jump_max_tokens: float = 0.1
+    #: An SAE feature above ``median + k * s`` of its own activations at the session's tokens where
+    #: it is among the stored top-k, ``s`` at least ``feature_floor_frac`` of that median
+    #: (:func:`~llmri.readouts.sae.spikes.feature_spikes`); one per token and SAE, at most
+    #: ``feature_max_tokens`` of the tokens.
+    feature_k: float = 5.0
+    feature_floor_frac: float = 0.25
+    feature_max_tokens: float = 0.1
     min_values: int = 8
 
 
@@ -178,6 +186,7 @@ def find_markers(
     attn_pos: np.ndarray | None = None,
     attn_weight: np.ndarray | None = None,
     texts: list[str] | None = None,
+    features: Mapping[str, Any] | None = None,
     thresholds: Thresholds = THRESHOLDS,
 ) -> list[Marker]:
     """Markers from plain arrays; each input is optional and only its markers need it.
@@ -185,8 +194,9 @@ def find_markers(
     ``logprob`` / ``entropy`` ``[T]`` (the token table's: what predicted each token, NaN for
     position 0); ``norms`` ``{signal: [T, L]}``; ``lens_top1`` int ``[T, L]`` (the lens's top-1
     id per position and layer); ``attn_pos`` / ``attn_weight`` ``[T, L, H, k]`` (the attention
-    readout's top-k); ``texts`` the tokens' text, for the reasons. Sorted by token, then kind,
-    layer, head.
+    readout's top-k); ``texts`` the tokens' text, for the reasons; ``features`` ``{sae name:
+    SAEFeatures}`` (``ids`` / ``values`` ``[T, k]``, ``record``, ``label()``). Sorted by token, then
+    kind, layer, head.
     """
     th = thresholds
     out: list[Marker] = []
@@ -300,8 +310,37 @@ def find_markers(
                     score=score,
                 )
             )
+    for name, feats in (features or {}).items():
+        out += _spike_markers(name, feats, texts, th)
     order = {k: i for i, k in enumerate(KINDS)}
     out.sort(key=lambda m: (m.token, order[m.kind], -1 if m.layer is None else m.layer, m.head or 0, m.signal or ""))
+    return out
+
+
+def _spike_markers(name: str, feats: Any, texts: list[str] | None, th: Thresholds) -> list[Marker]:
+    from .sae.spikes import feature_spikes
+
+    rec = getattr(feats, "record", None) or {}
+    layer, signal = rec.get("layer"), rec.get("signal")
+    spikes = feature_spikes(feats.ids, feats.values, k=th.feature_k, floor_frac=th.feature_floor_frac,
+                            min_fires=th.min_values, max_tokens=th.feature_max_tokens)  # fmt: skip
+    out = []
+    for s in spikes:
+        label = feats.label(s.feature)
+        more = f"; {s.others} other feature{'s' if s.others != 1 else ''} spike too" if s.others else ""
+        out.append(
+            Marker(
+                "feature_spike",
+                s.token,
+                None if layer is None else int(layer),
+                f"{_label(texts, s.token)}: SAE {name} feature {s.feature}"
+                + (f" ({label[:60]!r})" if label else "")
+                + f" at {s.value:.3g}, {s.value / s.median:.1f}x its median {s.median:.3g} over the {s.fires} "
+                f"tokens of this session where it fires ({s.z:.1f} robust SDs){more}",
+                signal=signal,
+                score=s.z,
+            )
+        )
     return out
 
 
@@ -319,8 +358,8 @@ def markers(session: Any, thresholds: Thresholds = THRESHOLDS) -> list[Marker]:
     """:func:`find_markers` over what a session holds: its token table (``tokens.logprob``,
     ``tokens.entropy``, ``tokens.text``), ``norms(signal)`` of each of its ``signals``, and, where
     it has them, ``lens`` (with ``top_ids`` ``[T, L, k]``) and ``attention`` (with ``top_pos`` /
-    ``top_weight`` ``[T, L, H, k]``), attributes or methods. Old sessions get the markers their
-    data allows; a chat-only session has no norms."""
+    ``top_weight`` ``[T, L, H, k]``), attributes or methods, and ``sae(name)`` of each of its
+    ``saes``. Old sessions get the markers their data allows; a chat-only session has no norms."""
     tokens = session.tokens
     norms: dict[str, np.ndarray] = {}
     if not getattr(session, "chat_only", False):
@@ -329,6 +368,12 @@ def markers(session: Any, thresholds: Thresholds = THRESHOLDS) -> list[Marker]:
     lens = _optional(session, "lens")
     attention = _optional(session, "attention")
     top_ids = getattr(lens, "top_ids", None)
+    features: dict[str, Any] = {}
+    for name in getattr(session, "saes", None) or []:
+        try:
+            features[name] = session.sae(name)
+        except LlmriError:  # a reader that cannot read SAE features: the other markers still come
+            continue
     return find_markers(
         logprob=np.asarray(tokens.logprob),
         entropy=np.asarray(tokens.entropy),
@@ -337,5 +382,6 @@ def markers(session: Any, thresholds: Thresholds = THRESHOLDS) -> list[Marker]:
         attn_pos=getattr(attention, "top_pos", None),
         attn_weight=getattr(attention, "top_weight", None),
         texts=list(getattr(tokens, "text", []) or []) or None,
+        features=features,
         thresholds=thresholds,
     )

@@ -29,6 +29,13 @@ Endpoints (every one behind :class:`~llmri.viewer.security.SecurityMiddleware`),
 ``GET /api/sessions/{store}/{session}/attention``        attention per head of a range (at most 16), JSON
 ``GET /api/sessions/{store}/{session}/lensstrip``        ``[2, n, layers]`` float32 ``next_prob``, top-1 final, binary
 ``GET /api/sessions/{store}/{session}/markers``          notable tokens with their reasons, JSON
+``GET /api/sessions/{store}/{session}/probestrip``       each probe's projection and cosine ``[token, layer]``, binary
+``routes/features.py``                                   (docs/sae.md "In the viewer"; 404 for an SAE it lacks)
+``GET /api/sessions/{store}/{session}/features``         the SAEs it holds: records, mean L0 / FVU / cosine
+``GET .../features/{sae}``                               each token's top features of a range, JSON
+``GET .../features/{sae}/strip``                         ``[F, n]`` float32 activations of ``?feature=``, binary
+``GET .../features/{sae}/search``                        features present, by id or label (``?q=``), JSON
+``GET .../features/{sae}/direction``                     a feature's decoder direction (live ``--sae`` only)
 ``routes/progress.py``
 ``WS  /api/sessions/{store}/{session}/live``             JSON progress messages while a session records
 =======================================================  ==============================================
@@ -85,7 +92,7 @@ def create_app(
     """
     fastapi = require("fastapi", "viewer")
     from .errors import install_error_handlers
-    from .routes import frames, info, probes, progress, readouts, sessions, static, study
+    from .routes import features, frames, info, probes, progress, readouts, sessions, static, study
 
     if remote and not token:
         raise ValueError("a remote (non-loopback) viewer needs a token")
@@ -94,7 +101,7 @@ def create_app(
     app = fastapi.FastAPI(title="llmri viewer", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.llmri = state
     install_error_handlers(app)
-    for module in (static, info, sessions, study, frames, readouts, probes, progress):
+    for module in (static, info, sessions, study, frames, readouts, probes, features, progress):
         app.include_router(module.router)
     if isinstance(state.live, LivePlugin):
         state.live.attach(app, state)

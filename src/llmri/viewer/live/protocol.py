@@ -25,9 +25,11 @@ fell behind: its queued frames were dropped, the rest of the turn still comes; f
 the store over REST), ``pong``, and with ``llmri view --model ... --lens --attention``
 ``readouts`` (``session``, ``start``, ``stop``; ``lens``: ``{field: [n, ...]}`` of the frames
 ``start..stop`` as the REST ``/lens`` route gives them, ``top_text`` included; ``attention``:
-``{"index", field: [L, H, ...]}`` of the last of those frames only), sent just before the binary
-message of the same frames. ``hello``'s ``readouts`` lists what the engine records, its ``defaults``
-what a turn gets where the page sends nothing (the settings table's ``CHAT_DEFAULTS``).
+``{"index", field: [L, H, ...]}`` of the last of those frames only; with ``--sae``, ``sae``:
+``{name: {field: [n, ...]}}`` of every frame as the REST ``/features/{sae}`` route gives them), sent
+just before the binary message of the same frames. ``hello``'s ``readouts`` lists what the engine
+records, its ``defaults`` what a turn gets where the page sends nothing (the settings table's
+``CHAT_DEFAULTS``).
 
 Server to client, binary messages: one or more frames in the replay encoding
 (:mod:`llmri.viewer.encoding`) with ``kind: "live"``: the array is ``[n, signals, layers, H, W]``

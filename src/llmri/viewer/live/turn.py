@@ -121,13 +121,16 @@ def _header_token(frame: Frame) -> dict[str, Any]:
 
 def send_readouts(post: Post, key: str, frames: list[Frame]) -> None:
     """Post the readouts of ``frames`` as one ``readouts`` message, before their frames (so the page
-    has them when it draws the newest frame): the lens of every frame, attention of the last only
-    (a row is ``L * H * k`` pairs; the page reads older ones from the store)."""
+    has them when it draws the newest frame): the lens and SAE features of every frame, attention of
+    the last only (a row is ``L * H * k`` pairs; the page reads older ones from the store)."""
     lens = [f.lens for f in frames]
     last = frames[-1].attention
-    if all(x is None for x in lens) and last is None:
+    sae = sae_rows(frames)
+    if all(x is None for x in lens) and last is None and not sae:
         return
     doc: dict[str, Any] = {"type": "readouts", "session": key, "start": frames[0].index, "stop": frames[-1].index + 1}
+    if sae:
+        doc["sae"] = sae
     if all(x is not None for x in lens):
         fields = ("top_ids", "top_probs", "next_prob", "next_rank", "entropy", "top_text")
         doc["lens"] = {name: [getattr(x, name) for x in lens] for name in fields if getattr(lens[0], name) is not None}
@@ -137,6 +140,16 @@ def send_readouts(post: Post, key: str, frames: list[Frame]) -> None:
             **{name: getattr(last, name) for name in ("top_pos", "top_weight", "entropy", "sink")},
         }
     post(message(**json_safe(doc)), key)
+
+
+def sae_rows(frames: list[Frame]) -> dict[str, dict[str, Any]]:
+    """Each SAE's rows of ``frames`` as the REST ``/features/{sae}`` route gives them (``ids``,
+    ``values`` ``[n, k]``, ``l0``, ``fvu``, ``cosine`` ``[n]``); ``{}`` where a frame has none."""
+    if not frames or any(not f.sae for f in frames):
+        return {}
+    names = list(frames[0].sae or {})
+    fields = ("ids", "values", "l0", "fvu", "cosine")
+    return {n: {x: [getattr((f.sae or {})[n], x) for f in frames] for x in fields} for n in names}
 
 
 def send_frames(post: Post, key: str, signals: Sequence[str], frames: list[Frame]) -> None:

@@ -143,15 +143,20 @@ export function drawLensStrip() {
   drawLensPlayhead();
 }
 
-function drawLensPlayhead() {
-  if (!stripImg) return;
-  const ctx = context2d($("lens-strip", HTMLCanvasElement));
-  ctx.putImageData(stripImg.img, 0, 0);
-  const { left, W, n, dpr, cssH } = stripImg;
+/** A strip on the norm strip's time axis, its saved image put back with the playhead over it (the lens strip,
+ * the feature strip). @param {HTMLCanvasElement} c
+ * @param {{img: ImageData, n: number, W: number, left: number, dpr: number, cssH: number} | null} saved */
+export function drawStripPlayhead(c, saved) {
+  if (!saved) return;
+  const ctx = context2d(c);
+  ctx.putImageData(saved.img, 0, 0);
+  const { left, W, n, dpr, cssH } = saved;
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.fillStyle = "#4fc3f7";
   ctx.fillRect(Math.round(left + ((view.t + 0.5) / n) * W) - 1, 0, 2, cssH);
 }
+
+const drawLensPlayhead = () => drawStripPlayhead($("lens-strip", HTMLCanvasElement), stripImg);
 
 on("seek", () => drawLensPlayhead());
 

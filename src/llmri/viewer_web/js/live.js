@@ -3,6 +3,7 @@
 // protocol). Each answer is recorded as a session, opened in the viewer while it streams in. This module is the
 // socket and the run; the panel is livepanel.js, the frames liveframes.js, their state `chat` in state.js.
 import { getJSON } from "./api.js";
+import { putLiveFeatures } from "./features.js";
 import { answerText, endFrames, fillGap, framesOpened, onBinary, startFrames } from "./liveframes.js";
 import { applyDefaults, bubble, buildPanel, describeMode, el, emptyLog, partOf, setBusy, setFollow, settings, showError, updateContinue } from "./livepanel.js";
 import { putLive } from "./readoutcache.js";
@@ -108,6 +109,7 @@ function onJSON(m) {
     fillGap(true);
   } else if (m.type === "readouts") {
     putLive(m); // before the frames they belong to: the lens and attention panels draw the newest token from it
+    putLiveFeatures(m); // its SAE rows, for the features panel
     emit("readouts", m.session, m.stop - 1);
   }
 }

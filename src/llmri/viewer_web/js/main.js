@@ -4,6 +4,7 @@
 import { LRU, getJSON } from "./api.js";
 import { attentionState, wireAttention } from "./attention.js";
 import { setDiff, wireCompare } from "./compare.js";
+import { featureState, wireFeatures } from "./features.js";
 import { wireLens } from "./lens.js";
 import { markerFrom, markerState, wireMarkers } from "./markers.js";
 import { wireProbes } from "./probes.js";
@@ -26,6 +27,7 @@ function wire() {
   wireAttention();
   wireProbes((/** @type {number} */ t) => { stop(); seek(t); });
   wireMarkers(seek, stop);
+  wireFeatures(seek, stop);
   $("help-btn").onclick = () => { $("help").hidden = !$("help").hidden; };
   wireSearch();
   wireStudy();
@@ -126,6 +128,7 @@ window.llmri = {
   get drawn() { return view.drawn; },
   markers: markerState, // the session's markers ({list})
   attention: attentionState, // the attention panel's pick and the weights highlighted on the token strip
+  features: featureState, // the SAE features panel (its SAE, pins, matches) and the feature strip
 };
 
 main().catch((e) => banner(`viewer error: ${errorText(e)}`, "error"));
