@@ -137,3 +137,20 @@ def test_the_cli_refuses_a_bad_variant_before_the_server_starts(tmp_path, capsys
     assert main(["serve", "-o", str(out), "--sae-k", "3"]) == 1
     assert "--sae-k and --sae-labels go with --sae PATH" in capsys.readouterr().err
     assert not out.exists()  # nothing created, no model loaded
+
+
+def test_without_a_seed_each_request_samples_anew_and_records_its_seed(app):
+    # OpenAI's API samples afresh without a seed (an app's "regenerate"); the session records the seed
+    # drawn, and sending that seed back reproduces the answer token for token
+    body = {"model": "tiny", "prompt": "abc", "max_tokens": 12, "temperature": 1.5, "ignore_eos": True}
+    sessions = []
+    for _ in range(3):
+        r = app.post("/v1/completions", json=body)
+        assert r.status_code == 200, r.text
+        sessions.append(app.store.session(r.headers["x-llmri-session"].split("/")[1]))
+    seeds = [s.meta["generation"]["seed"] for s in sessions]
+    assert len(set(seeds)) == 3 and all(isinstance(x, int) and 0 <= x < 2**63 for x in seeds)
+    assert len({tuple(generated_ids(s)) for s in sessions}) > 1  # 12 tokens at temperature 1.5 differ
+    r = app.post("/v1/completions", json={**body, "seed": seeds[0]})
+    again = app.store.session(r.headers["x-llmri-session"].split("/")[1])
+    assert again.meta["generation"]["seed"] == seeds[0] and generated_ids(again) == generated_ids(sessions[0])

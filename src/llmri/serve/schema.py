@@ -10,6 +10,7 @@ the session's ``meta["serve"]["ignored"]``. docs/serve.md has the table.
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -185,7 +186,9 @@ def _common(b: _Common, kind: Literal["chat", "completion"], prompt: Any, max_to
         temperature=1.0 if b.temperature is None else float(b.temperature),
         top_p=1.0 if b.top_p is None else float(b.top_p),
         stop=_stops(b.stop),
-        seed=0 if b.seed is None else int(b.seed) % 2**63,
+        # no seed: a fresh one, as OpenAI's API samples anew each time ("regenerate" gives another
+        # answer); the session records it, so any answer is reproduced by sending its seed
+        seed=secrets.randbits(63) if b.seed is None else int(b.seed) % 2**63,
         stream=bool(b.stream),
         include_usage=bool(b.stream and b.stream_options and b.stream_options.include_usage),
         logprobs=logprobs,
