@@ -183,6 +183,8 @@ class LiveChat:
             return None
         if kind != "chat":
             return message(type="error", message=f"unknown message type {shown(kind)}")
+        if self._state is not None and self._state.model_lock.locked():
+            return message(type="busy", message="the model is running a patched cell: send again in a moment")
         if self.run is not None:
             who = "this page" if self.run.by == conn_id else "another page"
             return message(

@@ -23,6 +23,8 @@
  * @property {boolean} [study] a study prompt's session (capture_many)
  * @property {string} [prompt_id] the study prompt's id
  * @property {Record<string, string | number | boolean | null>} [metadata] the study prompt's free metadata
+ * @property {string} [baseline] the id of the session it was run against (a re-run, steered or patched run)
+ * @property {boolean} [patching] it holds a patching sweep (llmri.patching with store=)
  */
 /**
  * A session's metadata, as recorded (only what the client reads).
