@@ -132,7 +132,8 @@ def test_a_stored_cell_opens_its_run(client, pairs):
 )
 def test_a_cell_that_cannot_be_run_says_why(client, pairs, body, headers, status, says):
     url = f"/api/sessions/s0/{pairs[1]['sweep']}/patching/run"
-    r = client.post(url, json=body, headers=headers) if isinstance(body, dict) else client.post(url, content=body, headers=headers)
+    payload = {"json": body} if isinstance(body, dict) else {"content": body}
+    r = client.post(url, headers=headers, **payload)
     assert r.status_code == status and says in r.json()["error"], r.json()
 
 
