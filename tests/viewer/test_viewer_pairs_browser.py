@@ -63,14 +63,15 @@ def test_an_intervened_session_opens_compared_with_its_baseline(browser, paired)
         want = llmri.compare(run, base).first_divergence
         assert want == len("Why is the sky ")
         wait_for(pg, "() => window.llmri.pair.rows > 0", what="the difference strip")
-        pair = pg.evaluate("() => ({first: window.llmri.pair.first, base: window.llmri.pair.base, rows: window.llmri.pair.rows})")
+        pair = pg.evaluate("() => { const p = window.llmri.pair; return {first: p.first, base: p.base, rows: p.rows} }")
         assert pair == {"first": want, "base": f"s0/{base.id}", "rows": len(run.layers)}
         strip = pg.locator("#diff-strip")
         assert strip.is_visible() and strip.get_attribute("data-rows") == str(len(run.layers))
         assert strip.get_attribute("data-cols") == str(min(len(run), len(base)))
         tick = pg.locator("#diverge-tick")
         assert tick.is_visible() and tick.get_attribute("data-t") == str(want)
-        assert pg.evaluate("() => [...document.querySelectorAll('#tokens .t.diverge')].map(s => Number(s.dataset.i))") == [want]
+        marked = pg.evaluate("() => [...document.querySelectorAll('#tokens .t.diverge')].map(s => Number(s.dataset.i))")
+        assert marked == [want]
         assert f"diverge at token {want}" in pg.locator("#pair-msg").inner_text()
         # the strip is coloured where llmri.compare says the signal moved: from the divergence point on (the
         # synthetic model's activations are a function of the token and position, so equal again after "gray")
@@ -79,8 +80,8 @@ def test_an_intervened_session_opens_compared_with_its_baseline(browser, paired)
             """() => { const c = document.getElementById('diff-strip'), x = c.getContext('2d');
                  const r = c.getBoundingClientRect(), d = window.devicePixelRatio || 1, n = Number(c.dataset.cols);
                  const left = 34, W = r.width - 38;
-                 return [...Array(n).keys()].map(t => { let s = 0;
-                   for (let y = 0; y < c.height - 12 * d; y++) s += x.getImageData(Math.round((left + (t + 0.5) / n * W) * d), y, 1, 1).data[3];
+                 return [...Array(n).keys()].map(t => { let s = 0, px = Math.round((left + (t + 0.5) / n * W) * d);
+                   for (let y = 0; y < c.height - 12 * d; y++) s += x.getImageData(px, y, 1, 1).data[3];
                    return s > 0; }); }"""
         )
         moved = (llmri.compare(run, base).rel_l2[pg.locator("#diff-strip").get_attribute("data-signal")] > 0).any(1)
@@ -126,7 +127,8 @@ def test_a_heatmap_cell_opens_its_patched_run(browser, swept):
         shot(pg, "heatmap")
         pos = len(result.tokens) - 2  # " Italy": patched from " France" at layer 6
         pg.click(f'.hm-cell[data-s="resid"][data-l="6"][data-p="{pos}"]')
-        wait_for(pg, f"() => window.llmri.state.loaded && window.llmri.state.loaded !== 's0/{corrupt_id}'", what="the run")
+        opened = f"() => window.llmri.state.loaded && window.llmri.state.loaded !== 's0/{corrupt_id}'"
+        wait_for(pg, opened, what="the patched run")
         key = pg.evaluate("() => window.llmri.state.loaded")
         run = llmri.open_store(path).session(key.split("/")[1])
         cell = {"sweep": corrupt_id, "signal": "resid", "layer": 6, "position": pos}

@@ -38,7 +38,7 @@ function say(text, kind = "") {
   msg.className = kind ? `msg ${kind}` : "msg";
 }
 
-/** A normalized value as a colour of the diverging map: -1 (worse than corrupt) .. 0 .. 1 (restores the clean run).
+/** A normalized value as a colour of the diverging map: -1 blue (worse than corrupt) .. 0 white .. 1 red (restores the clean run).
  * @param {number} v */
 function colour(v) {
   const lut = view.luts.diverging || view.luts.grayscale;
@@ -79,7 +79,8 @@ export async function showHeatmap() {
     const body = $("patching-body");
     body.innerHTML = `<p class="dim">${esc(d.metric)} ${d.targets.map((t) => `“${esc(oneLine(t))}”`).join(" − ")}: ` +
       `clean ${fmt(d.clean, 3)}, corrupt ${fmt(d.corrupt, 3)}; colour: how much of the clean score patching that cell ` +
-      `from the clean run restores (blue 1, red below 0). Click a cell to open that patched run.</p>` +
+      `from the clean run restores (red: all of it, white: none, blue: worse than corrupt). Click a cell to open ` +
+      `that patched run (a ringed cell's run is stored; another runs now on the viewer's model).</p>` +
       d.signals.map((_, si) => gridHtml(d, si)).join("");
     // colours and the grid's columns through the CSSOM (the page's CSP allows no style attribute in markup)
     for (const g of body.querySelectorAll(".hm-grid")) {
