@@ -8,9 +8,8 @@
 import { getArray } from "./api.js";
 import { baselineOf, setDiff } from "./compare.js";
 import { hideTip, showTip } from "./inspector.js";
-import { context2d } from "./render.js";
 import { on, view } from "./state.js";
-import { stripGeometry } from "./timeline.js";
+import { beginLayerStrip, layerStripPlayhead, stripGeometry } from "./timeline.js";
 import { $, dataOf, errorText, esc, fmt, oneLine, segment, setSeg } from "./ui.js";
 
 /** The comparison shown (this module writes it; main.js hands it to tests as window.llmri.pair). */
@@ -81,7 +80,7 @@ function valueAt(si, t, l) {
   return m === 0 ? 1 - v : v;
 }
 
-/** @type {{img: ImageData, rowH: number, n: number, W: number, left: number, dpr: number, cssH: number} | null} */
+/** @type {import("./timeline.js").LayerStrip | null} */
 let stripImg = null;
 
 export function drawDiffStrip() {
@@ -90,21 +89,7 @@ export function drawDiffStrip() {
   if (!data || !n || !L) { c.hidden = true; return; }
   c.hidden = false;
   const si = Math.max(0, pairState.signals.indexOf(stripSignal()));
-  const g = stripGeometry();
-  const dpr = window.devicePixelRatio || 1;
-  const cssW = c.clientWidth || 800;
-  const rowH = Math.max(2, Math.min(4, Math.floor(90 / L)));
-  const cssH = L * rowH + 12;
-  c.style.height = `${cssH}px`;
-  c.width = Math.round(cssW * dpr);
-  c.height = Math.round(cssH * dpr);
-  const ctx = context2d(c);
-  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-  ctx.clearRect(0, 0, cssW, cssH);
-  ctx.font = "10px ui-monospace, Menlo, monospace";
-  ctx.textBaseline = "top";
-  ctx.fillStyle = "#7d8a9b";
-  ctx.fillText("diff", 0, 0);
+  const { ctx, g, dpr, rowH, cssH } = beginLayerStrip(c, L, "diff");
   // one colour scale for the strip: its largest change (a change of a few per cent still shows)
   let top = 0;
   for (let t = 0; t < n; t++) for (let l = 0; l < L; l++) top = Math.max(top, valueAt(si, t, l));
@@ -143,13 +128,7 @@ export function drawDiffStrip() {
 }
 
 function drawPlayhead() {
-  if (!stripImg || $("diff-strip").hidden) return;
-  const ctx = context2d($("diff-strip", HTMLCanvasElement));
-  ctx.putImageData(stripImg.img, 0, 0);
-  const { left, W, n, dpr, cssH } = stripImg;
-  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-  ctx.fillStyle = "#4fc3f7";
-  ctx.fillRect(Math.round(left + ((view.t + 0.5) / n) * W) - 1, 0, 2, cssH);
+  if (stripImg && !$("diff-strip").hidden) layerStripPlayhead($("diff-strip", HTMLCanvasElement), stripImg);
 }
 
 /** The divergence point: a tick over the strips and the token marked on the token strip. */
