@@ -193,11 +193,32 @@ class LiveChat:
                 "wait for it to finish or press Stop (one answer at a time)",
             )
         try:
-            messages, settings = check_request(data, self.engine)
+            if data.get("rerun") is not None:
+                messages, settings = self._rerun(data)
+            else:
+                messages, settings = check_request(data, self.engine)
         except CaptureError as exc:
             return message(type="error", message=str(exc))
         self.start(messages, settings, by=conn_id)
         return None
+
+    def _rerun(self, data: dict[str, Any]) -> tuple[list[dict[str, str]], ChatSettings]:
+        """A ``rerun`` request: the recorded answer's question again, checked as a chat message."""
+        from ..._errors import LlmriError
+        from .steering import rerun_request
+
+        key = data.get("rerun")
+        parts = key.split("/") if isinstance(key, str) else []
+        if len(parts) != 2 or self._state is None:
+            raise CaptureError("rerun names a session as STORE/SESSION")
+        try:
+            r = self._state.reader(parts[0], parts[1])
+        except LlmriError as exc:
+            raise CaptureError(f"rerun: {exc}") from None
+        model = getattr(self.engine, "model", None)
+        messages, settings = check_request(rerun_request(r, data, getattr(model, "fingerprint", None)), self.engine)
+        settings["baseline"] = r.id
+        return messages, settings
 
     # -- generation ----------------------------------------------------------------------------
     def start(self, messages: list[dict[str, str]], settings: ChatSettings, by: int = 0) -> Turn:
