@@ -99,8 +99,16 @@ def test_re_run_this_answer_steered(real_model, tmp_path):
                 ("zero", {"kind": "neuron", "layers": [12], "scale": 0, "neuron": 3}),
                 ("neuron", {"kind": "neuron", "layers": [4, 12], "scale": 300, "neuron": 3}),
                 ("saved", {"kind": "direction", "layers": [12], "scale": 40, "name": "paris"}),
-                ("prompts", {"kind": "prompts", "layers": [12], "scale": 40,
-                             "positive": ["I love Paris"], "negative": ["I love Rome"]}),  # fmt: skip
+                (
+                    "prompts",
+                    {
+                        "kind": "prompts",
+                        "layers": [12],
+                        "scale": 40,
+                        "positive": ["I love Paris"],
+                        "negative": ["I love Rome"],
+                    },
+                ),  # fmt: skip
             ]:
                 _, started = _turn(ws, {"rerun": key, "settings": {"steer": steer}})
                 runs[name] = store.session(started["session"].split("/")[1])

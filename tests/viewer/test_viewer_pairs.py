@@ -72,6 +72,16 @@ def test_the_comparison_is_llmri_compare_on_the_same_pair(client, pairs):
     assert again.content == r.content
 
 
+def test_a_session_with_no_frames_yet_compares_as_empty(synthetic_model):
+    st = llmri.MemoryFrameStore()
+    base = llmri.capture(synthetic_model, "Why?", chat=False, max_new_tokens=2, store=st)
+    w = st.create_session({**base.meta, "baseline": base.id})  # a re-run that has not begun (live chat)
+    r = TestClient(create_app(st, port=8000), base_url=BASE).get(f"/api/comparison?a=s0/{w.id}&b=s0/{base.id}")
+    head, arr = decode_array(r.content)
+    assert r.status_code == 200 and arr.shape == (2, 3, 0, 6) and head["first_divergence"] is None
+    w.close()
+
+
 def test_the_summary_names_the_baseline_and_the_sweep(client, pairs):
     _, ids = pairs
     by_id = {s["id"]: s for s in client.get("/api/sessions").json()["sessions"]}

@@ -49,6 +49,8 @@ async function load() {
   const key = cur.summary.key;
   const base = baselineOf(cur.summary);
   if (!base) { say(`its baseline ${cur.summary.baseline} is not in the stores shown`, "error"); return; }
+  // a run being recorded (a steered re-run streaming in) is compared once it has ended ("status")
+  if (cur.summary.status === "recording") { say("compared with its baseline once it is recorded"); return; }
   say("comparing with its baseline…");
   try {
     const { header, data } = await getArray(`/api/comparison?a=${encodeURIComponent(key)}&b=${encodeURIComponent(base.key)}`);
@@ -162,6 +164,7 @@ function stripAt(e) {
 }
 
 on("open", () => { load(); });
+on("status", (cur) => { if (cur.summary.status !== "recording" && cur.summary.baseline) load(); });
 on("seek", () => { if (pairState.data && stripSignal() !== pairState.signal) drawDiffStrip(); else drawPlayhead(); });
 on("resize", () => drawDiffStrip());
 
