@@ -23,6 +23,7 @@ from llmri.viewer.live.steering import check_steer, rerun_request  # noqa: E402
 
 ENGINE = SimpleNamespace(steerable=True, n_layers=30, d_model=576, directions={"paris": object()})
 GOOD = {"kind": "neuron", "layers": [12, 4, 12], "scale": 8, "neuron": 5}
+QUESTION = [{"role": "user", "content": "Name a city in Europe."}]
 
 
 def test_a_good_steer_is_kept_checked():
@@ -67,8 +68,29 @@ def test_only_a_chat_answer_of_this_model_is_re_run(synthetic_model):
     assert data["settings"]["seed"] == chat.meta["generation"]["seed"]
 
 
+def test_over_the_socket_a_steer_the_model_cannot_apply_is_one_error_line(tmp_path, synthetic_model):
+    store = llmri.open_store(tmp_path / "live.zarr", create=True)
+    live = LiveChat(ModelEngine(synthetic_model))  # the synthetic backend applies no interventions
+    served = ServedApp(create_app(store, live=live))
+    try:
+        with served.connect() as ws:
+            assert json.loads(ws.recv(timeout=10))["steerable"] is False
+            for msg, needle in [
+                ({"messages": QUESTION, "settings": {"steer": GOOD}}, "applies no steering"),
+                ({"rerun": "s0/nope"}, "rerun: no such session"),
+                ({"rerun": "nope"}, "rerun names a session as STORE/SESSION"),
+                ({"rerun": ["s0", "x"]}, "rerun names a session as STORE/SESSION"),
+            ]:
+                ws.send(json.dumps({"type": "chat", **msg}))
+                reply = json.loads(ws.recv(timeout=10))
+                assert reply["type"] == "error" and needle in reply["message"], (msg, reply)
+            assert live.run is None and not store.session_ids()
+    finally:
+        live.close()
+        served.close()
+
+
 # -- the bundled model over the real socket --------------------------------------------------------
-QUESTION = [{"role": "user", "content": "Name a city in Europe."}]
 
 
 def _turn(ws, msg: dict) -> tuple[dict, dict]:

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 from ..._errors import CaptureError
 from ...settings import CHAT_DEFAULTS
 from .protocol import CLIENT_QUEUE_BYTES, MAX_CLIENT_MESSAGE, MAX_NEW_TOKENS, ChatSettings, message
-from .requests import check_request, shown
+from .requests import shown
 from .sendqueue import Message, SendQueue
+from .steering import check_turn, rerun_request
 from .turn import Turn
 
 if TYPE_CHECKING:
@@ -196,7 +197,7 @@ class LiveChat:
             if data.get("rerun") is not None:
                 messages, settings = self._rerun(data)
             else:
-                messages, settings = check_request(data, self.engine)
+                messages, settings = check_turn(data, self.engine)
         except CaptureError as exc:
             return message(type="error", message=str(exc))
         self.start(messages, settings, by=conn_id)
@@ -205,7 +206,6 @@ class LiveChat:
     def _rerun(self, data: dict[str, Any]) -> tuple[list[dict[str, str]], ChatSettings]:
         """A ``rerun`` request: the recorded answer's question again, checked as a chat message."""
         from ..._errors import LlmriError
-        from .steering import rerun_request
 
         key = data.get("rerun")
         parts = key.split("/") if isinstance(key, str) else []
@@ -216,7 +216,7 @@ class LiveChat:
         except LlmriError as exc:
             raise CaptureError(f"rerun: {exc}") from None
         model = getattr(self.engine, "model", None)
-        messages, settings = check_request(rerun_request(r, data, getattr(model, "fingerprint", None)), self.engine)
+        messages, settings = check_turn(rerun_request(r, data, getattr(model, "fingerprint", None)), self.engine)
         settings["baseline"] = r.id
         return messages, settings
 

@@ -88,9 +88,4 @@ def check_request(data: Any, engine: Engine) -> tuple[list[dict[str, str]], Chat
             raise CaptureError(f"reducer must be one of {', '.join(REDUCERS)}")
         settings["reducer"] = reducer
         settings["ignore_eos"] = raw.get("ignore_eos") is True  # benchmarks: every run makes max_new_tokens
-        from .steering import check_steer
-
-        steer = check_steer(raw.get("steer"), engine)
-        if steer is not None:
-            settings["steer"] = steer
     return out, settings

@@ -15,10 +15,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..._errors import CaptureError
-from .requests import _number, shown
+from .requests import _number, check_request, shown
 
 if TYPE_CHECKING:
     from ...store import SessionReader
+    from .protocol import ChatSettings
 
 KINDS = ("neuron", "prompts", "direction")
 #: Bounds on a steer request: prompts per side, characters per prompt, layers, |scale|.
@@ -32,6 +33,16 @@ def _prompts(value: Mapping[str, Any], side: str) -> list[str]:
     if not all(isinstance(x, str) and x.strip() and len(x) <= MAX_PROMPT_CHARS for x in xs):
         raise CaptureError(f"steer: each {side} prompt must be non-empty text of at most {MAX_PROMPT_CHARS} characters")
     return [str(x) for x in xs]
+
+
+def check_turn(data: Any, engine: Any) -> tuple[list[dict[str, str]], ChatSettings]:
+    """A ``chat`` message checked: :func:`~llmri.viewer.live.check_request` and its ``settings.steer``."""
+    messages, settings = check_request(data, engine)
+    raw = data.get("settings") if isinstance(data, dict) else None
+    steer = check_steer(raw.get("steer") if isinstance(raw, dict) else None, engine)
+    if steer is not None:
+        settings["steer"] = steer
+    return messages, settings
 
 
 def check_steer(value: Any, engine: Any) -> dict[str, Any] | None:
