@@ -174,9 +174,10 @@ export function wirePairing(seek) {
   c.addEventListener("mousedown", (e) => { const h = stripAt(e); if (h) seek(h.t); });
   c.addEventListener("mousemove", (e) => {
     const h = stripAt(e);
-    if (!h || !pairState.data) { hideTip(); return; }
+    const data = pairState.data;
+    if (!h || !data) { hideTip(); return; }
     const si = Math.max(0, pairState.signals.indexOf(pairState.signal));
-    const { n, L, data, signals } = pairState;
+    const { n, L, signals } = pairState;
     const at = (/** @type {number} */ m) => data[((m * signals.length + si) * n + h.t) * L + h.l];
     const tok = view.tokens[h.t];
     showTip(`<span class="h">token ${h.t}</span> ${esc(oneLine(tok ? tok.text : ""))}<br>L${h.l} ${esc(pairState.signal)} vs baseline: ` +
