@@ -90,6 +90,17 @@ def test_over_the_socket_a_steer_the_model_cannot_apply_is_one_error_line(tmp_pa
         served.close()
 
 
+def test_view_direction_flags_fail_in_one_line(tmp_path, capsys, synthetic_model):
+    from llmri.cli import main as cli_main
+
+    store = str(tmp_path / "new.zarr")
+    assert cli_main(["view", store, "--no-browser", "--direction", str(tmp_path / "d.gguf")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--direction steers a local model: give --model too" in err and len(err.splitlines()) == 1, err
+    with pytest.raises(llmri.CaptureError):  # a file that is no direction: one line, before any turn
+        ModelEngine(synthetic_model, directions=[tmp_path / "nope.safetensors"])
+
+
 # -- the bundled model over the real socket --------------------------------------------------------
 
 
