@@ -72,7 +72,12 @@ def test_re_run_steered_streams_beside_the_answer(browser, served):
         base = store.session(original.split("/")[1])
         assert r.meta["messages"] == base.meta["messages"] and r.meta["generation"] == base.meta["generation"]
         # the viewer shows the steered answer compared with the original
-        wait_for(pg, f"() => window.llmri.state.loaded === '{key}' && window.llmri.pair.rows > 0", 60, "the comparison")
+        compared = f"() => window.llmri.state.loaded === '{key}' && window.llmri.pair.rows > 0"
+        try:
+            wait_for(pg, compared, 60, "the comparison")
+        except AssertionError:
+            raise AssertionError(pg.evaluate("() => [window.llmri.state.loaded, window.llmri.live.shownKey, "
+                                             "document.getElementById('pair-msg').textContent]")) from None  # fmt: skip
         assert pg.evaluate("() => window.llmri.pair.base") == original
         assert pg.locator("#diff-strip").get_attribute("data-rows") == str(len(r.layers))
         # the conversation goes on from the original: the re-run is not a turn of its own

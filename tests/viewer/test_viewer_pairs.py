@@ -82,6 +82,20 @@ def test_a_session_with_no_frames_yet_compares_as_empty(synthetic_model):
     w.close()
 
 
+def test_a_run_that_just_ended_is_compared_as_it_ended(synthetic_model, tmp_path):
+    path = tmp_path / "live.zarr"
+    base = llmri.capture(synthetic_model, "Why?", chat=False, max_new_tokens=2, store=path)
+    client = TestClient(create_app(path, port=8000, poll_interval=60), base_url=BASE)
+    w = llmri.open_store(path).create_session({**base.meta, "baseline": base.id})
+    url = f"/api/comparison?a=s0/{w.id}&b=s0/{base.id}"
+    assert decode_array(client.get(url).content)[1].shape[2] == 0  # read while recording, no frame yet
+    for i in range(len(base)):
+        w.append(base.frame(i))
+    w.close()  # the page asks again at once: the reader kept while it recorded is not the answer
+    head, arr = decode_array(client.get(url).content)
+    assert arr.shape[2] == len(base) and head["first_divergence"] is None and (arr[1] == 0).all()
+
+
 def test_the_summary_names_the_baseline_and_the_sweep(client, pairs):
     _, ids = pairs
     by_id = {s["id"]: s for s in client.get("/api/sessions").json()["sessions"]}

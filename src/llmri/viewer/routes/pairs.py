@@ -53,12 +53,18 @@ def comparison_message(ra: SessionReader, rb: SessionReader) -> bytes:
     return encode_array(arr, **head)
 
 
+def _current(state: ViewerState, store_id: str, session_id: str) -> SessionReader:
+    """The session as it is now: a reader kept while it was recording is opened again (the page asks
+    for a live answer's comparison as soon as it ends, within the readers' poll interval)."""
+    r = state.reader(store_id, session_id)
+    return state.reader(store_id, session_id, fresh=True) if r.status == "recording" else r
+
+
 @router.get("/api/comparison")
 def comparison(state: State, a: Annotated[str, Query(max_length=300)], b: Annotated[str, Query(max_length=300)]) -> Any:
     """How session ``a`` differs from ``b`` (both ``STORE/SESSION``), per position and layer: see
     :func:`comparison_message`. 409 where the two cannot be compared (other model, reducer, tile)."""
-    ka, kb = _parse_key(a), _parse_key(b)
-    ra, rb = state.reader(*ka), state.reader(*kb)
+    ra, rb = _current(state, *_parse_key(a)), _current(state, *_parse_key(b))
     why = comparable(ra, rb)
     if why:
         raise Conflict(f"these sessions cannot be compared: {why}")
