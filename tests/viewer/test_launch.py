@@ -64,3 +64,5 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
         llmri.view([], port=0, open_browser=False, block=False)
     with pytest.raises(CaptureError, match="give model= too"):
         llmri.view(tmp_path / "x.zarr", lens=True, port=0, open_browser=False, block=False)
+    with pytest.raises(CaptureError, match="directions= are for live chat: give model= too"):
+        llmri.view(tmp_path / "x.zarr", directions=["paris.gguf"], port=0, open_browser=False, block=False)

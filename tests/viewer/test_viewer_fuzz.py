@@ -72,10 +72,18 @@ def stores(tmp_path_factory, synthetic_model) -> dict[str, Any]:
     from features_helpers import tiny_sae
 
     with_sae = llmri.capture(synthetic_model, "Hi", saes=[tiny_sae()], sae_k=4, max_new_tokens=6, store=path)
+    # a patching sweep (its corrupt run names the captured one as its clean baseline) and one cell's run
+    sweep = {"values": [[[0.5, 1.0]]], "signals": ["resid"], "layers": [0], "tokens": ["a", "b"], "clean": 1.0,
+             "corrupt": 0.0, "metric": "logit_diff", "targets": [" a", " b"]}  # fmt: skip
+    swept = llmri.capture(synthetic_model, "ab", chat=False, max_new_tokens=0, store=path,
+                          meta={"baseline": captured.id, "patching": sweep})  # fmt: skip
+    cell = {"sweep": swept.id, "signal": "resid", "layer": 0, "position": 1}
+    llmri.capture(synthetic_model, "ab", chat=False, max_new_tokens=0, store=path,
+                  meta={"baseline": swept.id, "patched_cell": cell})  # fmt: skip
     llmri.open_store(root / "empty.zarr", create=True)
     yield {
         "paths": [str(path), str(root / "empty.zarr")],
-        "sessions": [captured.id, readouts_id, chat_id, empty_id, recording.id, with_sae.id],
+        "sessions": [captured.id, readouts_id, chat_id, empty_id, recording.id, swept.id, with_sae.id],
         "signals": list(captured.signals),
     }
     recording.close()
@@ -118,10 +126,10 @@ def viewer_openapi(base: str, stores: dict[str, Any]) -> dict[str, Any]:
     from fastapi.openapi.utils import get_openapi
     from fastapi.routing import APIRoute
 
-    from llmri.viewer.routes import features, frames, info, progress, readouts, sessions, static, study
+    from llmri.viewer.routes import features, frames, info, pairs, probes, progress, readouts, sessions, static, study
 
     routes = []
-    for module in (static, info, sessions, study, frames, readouts, features, progress):
+    for module in (static, info, sessions, pairs, study, frames, readouts, probes, features, progress):
         for route in module.router.routes:
             if isinstance(route, APIRoute):
                 route = copy.copy(route)
@@ -129,7 +137,7 @@ def viewer_openapi(base: str, stores: dict[str, Any]) -> dict[str, Any]:
                 routes.append(route)
     doc = get_openapi(title="llmri viewer", version=llmri.__version__, routes=routes)
     ids = stores["sessions"]
-    captured, with_readouts = ids[0], ids[1]
+    captured, with_readouts, swept, with_sae = ids[0], ids[1], ids[5], ids[6]
     sigs = stores["signals"]
     keys = [f"s0/{i}" for i in ids]
     hints: dict[str, Any] = {
@@ -152,8 +160,22 @@ def viewer_openapi(base: str, stores: dict[str, Any]) -> dict[str, Any]:
     examples = {"store_id": "s0", "signal": sigs[0], "dtype": "uint8", "a": keys[0], "b": keys[0], "name": "index.html"}
     for path, ops in doc["paths"].items():
         readout = path.rsplit("/", 1)[-1] in ("lens", "attention", "lensstrip", "markers")
-        session = ids[5] if "/features" in path else with_readouts if readout else captured
-        for op in ops.values():
+        session = (
+            swept
+            if "/patching" in path
+            else with_sae
+            if "/features" in path
+            else with_readouts
+            if readout
+            else captured
+        )
+        for method, op in ops.items():
+            if method == "post":  # a heatmap cell: the stored one, others (no model: 409), or anything
+                props = {"signal": _one_of(["resid"], ["resid", "mlp"]), "layer": _one_of([0], [0, 1], other="integer")}
+                props["position"] = _one_of([1], [0, 1, 2], other="integer")
+                cell = {"type": "object", "properties": props}
+                body = {"schema": cell, "example": {"signal": "resid", "layer": 0, "position": 1}}
+                op["requestBody"] = {"required": True, "content": {"application/json": body}}
             params = op.setdefault("parameters", [])
             for p in params:
                 if p["name"] == "session_id":
@@ -219,7 +241,7 @@ def test_the_viewer_api_under_fuzzing(viewer, stores, tmp_path):
     for line in log.read_text().splitlines():
         rec = json.loads(line)
         seen[rec["operation"]].add(rec["status"])
-    operations = {f"GET {path}" for path in doc["paths"]}
+    operations = {f"{method.upper()} {path}" for path, ops in doc["paths"].items() for method in ops}
     assert set(seen) == operations, set(seen) ^ operations
     # each route answered a real request and refused a bad one, at least once
     # (a feature's direction needs the SAE's weights, which only a live viewer with --sae holds)

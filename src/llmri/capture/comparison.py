@@ -50,7 +50,8 @@ def compare(a: Any, b: Any) -> Comparison:
     for s in [x for x in a.signals if x in b.signals]:
         fa = np.asarray(a.frames(s, 0, n), dtype=np.float64)
         fb = np.asarray(b.frames(s, 0, n), dtype=np.float64)
-        fa, fb = fa.reshape(*fa.shape[:2], -1), fb.reshape(*fb.shape[:2], -1)
+        width = int(np.prod(fa.shape[2:], dtype=np.int64))  # not -1: a session with no frames has size 0
+        fa, fb = fa.reshape(*fa.shape[:2], width), fb.reshape(*fb.shape[:2], width)
         fa, fb = np.nan_to_num(fa), np.nan_to_num(fb)
         diff = fa - fb
         equal = (np.abs(diff) <= difference_tolerance(dtype, fa, fb)).all(-1)

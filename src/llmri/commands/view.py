@@ -62,6 +62,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     sae_flags(live)
     probe_flags(live)
     live.add_argument(
+        "--direction",
+        dest="directions",
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="a saved direction (.gguf control vector or .safetensors) the chat's steering panel offers by its "
+        "file name; may be repeated",
+    )
+    live.add_argument(
         "--openai-url",
         default=None,
         metavar="URL",
@@ -109,6 +118,9 @@ def live_plugin(args: argparse.Namespace) -> Any:
         raise CaptureError("--sae reads a local model's vectors: give --model too")
     if getattr(args, "probe_files", None) and not model:
         raise CaptureError("--probe reads a local model's vectors: give --model too")
+    directions = list(getattr(args, "directions", None) or [])
+    if directions and not model:
+        raise CaptureError("--direction steers a local model: give --model too")
     if not (model or url):
         return None
     if model and url:
@@ -156,6 +168,7 @@ def live_plugin(args: argparse.Namespace) -> Any:
         attention=attention,
         lens_dtype=lens_dtype,
         frame_dtype=frame_dtype,
+        directions=directions,
         **sae_options,
     )
     return LiveChat(engine)

@@ -17,6 +17,10 @@ Endpoints (every one behind :class:`~llmri.viewer.security.SecurityMiddleware`),
 ``GET /api/sessions/{store}/{session}``                  one session: summary, full metadata, layer grid
 ``GET /api/sessions/{store}/{session}/tokens``           token table records (``?start=&stop=``)
 ``GET /api/compare?a={store}/{session}&b=...``           whether two sessions can be diffed (409 if not)
+``routes/pairs.py``                                      (docs/interventions.md, "In the viewer")
+``GET /api/comparison?a={store}/{session}&b=...``        ``llmri.compare(a, b)``, binary ``[2, signals, n, layers]``
+``GET /api/sessions/{store}/{session}/patching``         the patching sweep it stores, JSON
+``POST /api/sessions/{store}/{session}/patching/run``    one cell of it as a session (stored, or run now)
 ``routes/study.py``
 ``GET /api/stores/{store}/study``                        a study's running statistics per signal and layer
 ``routes/frames.py``
@@ -92,7 +96,7 @@ def create_app(
     """
     fastapi = require("fastapi", "viewer")
     from .errors import install_error_handlers
-    from .routes import features, frames, info, probes, progress, readouts, sessions, static, study
+    from .routes import features, frames, info, pairs, probes, progress, readouts, sessions, static, study
 
     if remote and not token:
         raise ValueError("a remote (non-loopback) viewer needs a token")
@@ -101,7 +105,7 @@ def create_app(
     app = fastapi.FastAPI(title="llmri viewer", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.llmri = state
     install_error_handlers(app)
-    for module in (static, info, sessions, study, frames, readouts, probes, features, progress):
+    for module in (static, info, sessions, pairs, study, frames, readouts, probes, features, progress):
         app.include_router(module.router)
     if isinstance(state.live, LivePlugin):
         state.live.attach(app, state)

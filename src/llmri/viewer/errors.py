@@ -11,7 +11,7 @@ from typing import Any
 
 from .._errors import LlmriError
 from .security import security_headers
-from .state import BadRequest, NotFound
+from .state import BadRequest, Conflict, NotFound
 
 #: What a 500 says: the detail may name files and stays in the server's log.
 INTERNAL_ERROR = "internal error: the viewer could not answer this request (details are in its log)"
@@ -30,6 +30,10 @@ async def _not_found(request: Any, exc: Exception) -> Any:
 
 async def _bad_request(request: Any, exc: Exception) -> Any:
     return _answer(str(exc), 400)
+
+
+async def _conflict(request: Any, exc: Exception) -> Any:
+    return _answer(str(exc), 409)
 
 
 async def _llmri(request: Any, exc: Exception) -> Any:
@@ -60,6 +64,7 @@ def install_error_handlers(app: Any) -> None:
     table: dict[type[Exception], Any] = {
         NotFound: _not_found,
         BadRequest: _bad_request,
+        Conflict: _conflict,
         LlmriError: _llmri,
         Exception: _crash,
         HTTPException: _http,

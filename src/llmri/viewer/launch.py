@@ -17,6 +17,7 @@ def view(
     backend: str | None = None,
     lens: bool = False,
     attention: bool = False,
+    directions: Sequence[Any] = (),
     host: str = "127.0.0.1",
     port: int = 8000,
     open_browser: bool = True,
@@ -28,8 +29,9 @@ def view(
     ``model`` — anything :func:`llmri.capture` takes: a :class:`~llmri.LoadedModel`, a loaded
     transformers model (its tokenizer from ``tokenizer=`` or its local directory), a ``(model,
     tokenizer)`` pair, or a spec string — the page also has live chat, recorded into the first
-    store (created if missing); ``backend``, ``lens`` and ``attention`` as for ``capture``. The model
-    is used as it is: not copied, not moved.
+    store (created if missing); ``backend``, ``lens`` and ``attention`` as for ``capture``;
+    ``directions``: saved direction files its steering panel offers (docs/live.md). The model is used
+    as it is: not copied, not moved.
 
     Blocks until Ctrl+C; ``block=False`` returns at once with a handle whose ``url`` the page is at
     and whose ``close()`` stops it (also a context manager). Needs ``pip install 'llmri[viewer]'``.
@@ -40,8 +42,8 @@ def view(
     from .app import create_app
     from .serve import serve
 
-    if model is None and (tokenizer is not None or lens or attention or backend):
-        raise CaptureError("tokenizer=, backend=, lens= and attention= are for live chat: give model= too")
+    if model is None and (tokenizer is not None or lens or attention or backend or directions):
+        raise CaptureError("tokenizer=, backend=, lens=, attention= and directions= are for live chat: give model= too")
     given = list(stores) if isinstance(stores, Sequence) and not isinstance(stores, str) else [stores]
     if not given:
         raise StoreError("llmri.view needs a store to show (a path, a URL or a FrameStore)")
@@ -65,6 +67,7 @@ def view(
             model = wrap(model, tokenizer)
         if (lens or attention) and backend == "llama.cpp":
             raise CaptureError("the llama.cpp engine has no lens or attention readouts: use backend='hf'")
-        live = LiveChat(ModelEngine(model, backend=backend, lens=lens, attention=attention))
+        engine = ModelEngine(model, backend=backend, lens=lens, attention=attention, directions=directions)
+        live = LiveChat(engine)
     app = create_app(opened, port=port or None, live=live)
     return serve(app, host, port, open_browser=open_browser, block=block)

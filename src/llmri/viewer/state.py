@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,10 @@ class NotFound(LlmriError):
 
 class BadRequest(LlmriError):
     """A parameter out of range (answered with 400)."""
+
+
+class Conflict(LlmriError):
+    """A request the viewer cannot serve in its present state: no model, the model busy (answered with 409)."""
 
 
 @runtime_checkable
@@ -73,6 +78,9 @@ class ViewerState:
     #: Computed per session and kept while it is unchanged (e.g. its markers), by (kind, store,
     #: session, committed length, status); bounded, oldest first out.
     derived: dict[tuple[str, str, str, int, str], Any] = field(default_factory=dict)
+    #: Held while the viewer runs the live chat's model for a patched cell (routes/pairs.py); a live
+    #: turn waits for it to be free (one user of the model at a time: interventions are its hooks).
+    model_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def store(self, store_id: str) -> StoreEntry:
         if not valid_id(store_id) or store_id not in self.stores:

@@ -41,6 +41,9 @@ def summary(store_id: str, r: SessionReader) -> dict[str, Any]:
             "created": meta.get("created", ""),
             "stop_reason": meta.get("stop_reason", ""),
             "title": _title(meta),
+            # paired runs (docs/interventions.md): the baseline's id; whether it holds a patching sweep
+            "baseline": str(meta.get("baseline") or "")[:MAX_META_CHARS],
+            "patching": isinstance(meta.get("patching"), dict),
             **_origin(meta),
         }
     )

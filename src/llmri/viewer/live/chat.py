@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 from ..._errors import CaptureError
 from ...settings import CHAT_DEFAULTS
 from .protocol import CLIENT_QUEUE_BYTES, MAX_CLIENT_MESSAGE, MAX_NEW_TOKENS, ChatSettings, message
-from .requests import check_request, shown
+from .requests import shown
 from .sendqueue import Message, SendQueue
+from .steering import check_turn, rerun_request
 from .turn import Turn
 
 if TYPE_CHECKING:
@@ -183,6 +184,8 @@ class LiveChat:
             return None
         if kind != "chat":
             return message(type="error", message=f"unknown message type {shown(kind)}")
+        if self._state is not None and self._state.model_lock.locked():
+            return message(type="busy", message="the model is running a patched cell: send again in a moment")
         if self.run is not None:
             who = "this page" if self.run.by == conn_id else "another page"
             return message(
@@ -191,11 +194,31 @@ class LiveChat:
                 "wait for it to finish or press Stop (one answer at a time)",
             )
         try:
-            messages, settings = check_request(data, self.engine)
+            if data.get("rerun") is not None:
+                messages, settings = self._rerun(data)
+            else:
+                messages, settings = check_turn(data, self.engine)
         except CaptureError as exc:
             return message(type="error", message=str(exc))
         self.start(messages, settings, by=conn_id)
         return None
+
+    def _rerun(self, data: dict[str, Any]) -> tuple[list[dict[str, str]], ChatSettings]:
+        """A ``rerun`` request: the recorded answer's question again, checked as a chat message."""
+        from ..._errors import LlmriError
+
+        key = data.get("rerun")
+        parts = key.split("/") if isinstance(key, str) else []
+        if len(parts) != 2 or self._state is None:
+            raise CaptureError("rerun names a session as STORE/SESSION")
+        try:
+            r = self._state.reader(parts[0], parts[1])
+        except LlmriError as exc:
+            raise CaptureError(f"rerun: {exc}") from None
+        model = getattr(self.engine, "model", None)
+        messages, settings = check_turn(rerun_request(r, data, getattr(model, "fingerprint", None)), self.engine)
+        settings["baseline"] = r.id
+        return messages, settings
 
     # -- generation ----------------------------------------------------------------------------
     def start(self, messages: list[dict[str, str]], settings: ChatSettings, by: int = 0) -> Turn:

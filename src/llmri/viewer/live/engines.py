@@ -4,6 +4,7 @@ OpenAI-compatible server."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ...frame import SIGNALS
@@ -95,11 +96,13 @@ class ModelEngine:
         saes: Sequence[Any] = (),
         sae_k: int | None = None,
         probes: Any = (),
+        directions: Sequence[Any] = (),
     ) -> None:
         from ..._errors import CaptureError
         from ...capture.probes import read_probes
         from ...capture.resolve import as_model, backend_for
         from ...capture.saes import load_saes
+        from ...interventions import load_direction
         from ...settings import DEFAULTS
 
         self.model = as_model(model)
@@ -132,7 +135,10 @@ class ModelEngine:
         info = describe() if callable(describe) else {}
         self.name = str(info.get("name") or type(self.model).__name__)
         self.n_layers = info.get("n_layers")
-        d_model = info.get("d_model")
+        self.d_model = d_model = info.get("d_model")
+        #: a turn's ``settings.steer`` (:mod:`.steering`): whether the backend applies it, the saved directions by name
+        self.steerable = bool(getattr(cls, "supports_interventions", False))
+        self.directions = {Path(str(p)).stem: load_direction(p) for p in directions}
         for sae in self.saes:  # what can be checked without a turn: width, layer range, model name
             if isinstance(self.n_layers, int) and isinstance(d_model, int):
                 sae.check_model(d_model, self.n_layers)
@@ -149,13 +155,18 @@ class ModelEngine:
             "readouts": self.readouts,
             "saes": [sae.name for sae in self.saes],
             "probes": self.probes,
+            "steerable": self.steerable,
+            "d_model": self.d_model,
+            "directions": list(self.directions),
         }
 
     def open(
         self, messages: list[dict[str, str]], settings: ChatSettings, store: FrameStore, meta: dict[str, Any]
     ) -> FrameStream:
         from ...capture.stream import CaptureStream
+        from .steering import steer_records
 
+        steered = steer_records(settings.get("steer"), self.model, self.directions, self.backend)
         return CaptureStream(
             self.model,
             messages,
@@ -169,6 +180,7 @@ class ModelEngine:
             signals=settings["signals"],
             reducer=settings["reducer"],
             ignore_eos=settings.get("ignore_eos", False),
+            interventions=(*self.options.interventions, *steered),
         )
 
     def close(self) -> None:

@@ -5,9 +5,13 @@ Client to server, JSON text messages:
 ``{"type": "chat", "messages": [{"role", "content"}, ...], "settings": {...}}``
     Start a turn. ``messages`` is the whole conversation (roles ``system``/``user``/``assistant``),
     ending with the user's new message. ``settings``: ``max_new_tokens``, ``temperature``,
-    ``top_p``, ``seed``, ``signals`` (list), ``reducer`` and ``ignore_eos`` (model mode), ``conversation`` and
-    ``turn`` (echoed into the session's meta). Refused with ``busy`` while another turn runs (one
-    generation per model at a time; every tab sees the running turn and may stop it).
+    ``top_p``, ``seed``, ``signals`` (list), ``reducer``, ``ignore_eos`` and ``steer``
+    (:mod:`~llmri.viewer.live.steering`) in model mode, ``conversation`` and ``turn`` (echoed into the
+    session's meta). Refused with ``busy`` while another turn runs (one generation per model at a
+    time; every tab sees the running turn and may stop it).
+``{"type": "chat", "rerun": "store/session", "settings": {"steer": {...}}}``
+    Ask a recorded answer's question again (its messages, settings and seed), steered by
+    ``settings.steer`` (:mod:`~llmri.viewer.live.steering`), as a new session naming it as its baseline.
 ``{"type": "stop"}``
     End the running turn now; everything generated so far is kept (``stop_reason: "stopped"``).
 ``{"type": "ping"}``
@@ -74,11 +78,14 @@ class _TurnSettings(TypedDict):
 
 class ChatSettings(_TurnSettings, total=False):
     """A ``chat`` message's ``settings`` once checked (:func:`~llmri.viewer.live.check_request`); the
-    keys below are there only for an engine in ``"model"`` mode."""
+    keys below are there only for an engine in ``"model"`` mode (``steer``: :mod:`.steering`;
+    ``baseline``: the id of the answer a ``rerun`` asks again)."""
 
     signals: list[str]
     reducer: str
     ignore_eos: bool
+    steer: dict[str, Any]
+    baseline: str
 
 
 def message(**fields: Any) -> str:

@@ -60,6 +60,8 @@ class Turn:
         status = "interrupted"
         try:
             meta = {"live": True, "conversation": self.settings["conversation"], "turn": self.settings["turn"]}
+            if self.settings.get("baseline"):  # a re-run answer names the one it asks again
+                meta["baseline"] = self.settings["baseline"]
             stream = engine.open(self.messages, self.settings, store(), meta)
             # closed whichever way the turn ends: a failure before its iteration started would leave
             # the session 'recording' (FrameStream.close marks it interrupted)

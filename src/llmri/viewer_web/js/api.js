@@ -54,6 +54,7 @@ export async function getJSON(url) {
  * @property {string[]} signals the live chat's frames
  * @property {import("./state.js").Token[]} tokens the live chat's frames
  * @property {number} t_model the live chat's frames: when the model made them (s)
+ * @property {number | null} [first_divergence] a comparison: the first position whose token differs
  */
 /** @typedef {{start: number, stop: number, data: Float32Array}} Chunk */
 
@@ -87,6 +88,12 @@ export function decodeArray(buf) {
     throw new Error(`unknown dtype ${header.dtype}`);
   }
   return { header, data };
+}
+
+/** POST `body` as JSON; the JSON answer. @param {string} url @param {unknown} body @returns {Promise<any>} */
+export async function postJSON(url, body) {
+  const init = { method: "POST", credentials: /** @type {RequestCredentials} */ ("same-origin"), headers: { "content-type": "application/json" }, body: JSON.stringify(body) };
+  return (await check(await request(url, init))).json();
 }
 
 /** @param {string} url @param {RequestInit} [init] */

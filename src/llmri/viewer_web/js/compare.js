@@ -51,9 +51,19 @@ async function pickDiffSession() {
     setCmap(prevCmap);
     return;
   }
-  const pick = others.find((s) => s.model === cur.summary.model && s.reducer === cur.summary.reducer && !s.chat_only) || others[0];
+  const base = baselineOf(cur.summary); // a paired run: its baseline first
+  const pick = (base && base.key !== cur.summary.key ? base : null) ||
+    others.find((s) => s.model === cur.summary.model && s.reducer === cur.summary.reducer && !s.chat_only) || others[0];
   select.value = pick.key;
   await chooseDiffSession(pick.key);
+}
+
+/** The session `s` names as its baseline (meta.baseline: a re-run, steered or patched run), in its own store
+ * first; null where it names none or it is not listed. @param {import("./state.js").Summary} s */
+export function baselineOf(s) {
+  if (!s.baseline) return null;
+  const same = view.sessions.find((x) => x.store === s.store && x.id === s.baseline);
+  return same || view.sessions.find((x) => x.id === s.baseline) || null;
 }
 
 /** @param {string} key */

@@ -4,9 +4,8 @@
 // lens strip over the whole session (token x layer, coloured by the probability each layer gave the next token).
 import { cachedLens, has, lensRow, lensStrip } from "./readoutcache.js";
 import { view, on } from "./state.js";
-import { stripGeometry } from "./timeline.js";
+import { beginLayerStrip, layerStripPlayhead } from "./timeline.js";
 import { hideTip, showTip } from "./inspector.js";
-import { context2d } from "./render.js";
 import { $, esc, fmt, oneLine } from "./ui.js";
 
 /** @typedef {import("./readoutcache.js").LensRow} LensRow */
@@ -86,7 +85,7 @@ on("readouts", (key, t) => { if (view.cur && view.cur.summary.key === key && vie
 // the lens strip: next_prob per token and layer, under the norm strip and on its time axis
 /** @type {{n: number, L: number, data: Float32Array, decision: Int32Array} | null} */
 let strip = null;
-/** @type {{img: ImageData, rowH: number, n: number, W: number, left: number, dpr: number, cssH: number} | null} */
+/** @type {import("./timeline.js").LayerStrip | null} */
 let stripImg = null;
 
 export async function loadLensStrip() {
@@ -100,24 +99,10 @@ export async function loadLensStrip() {
 export function drawLensStrip() {
   const c = $("lens-strip", HTMLCanvasElement);
   if (!strip || c.hidden) return;
-  const g = stripGeometry();
-  const dpr = window.devicePixelRatio || 1;
-  const cssW = c.clientWidth || 800;
-  const rowH = Math.max(2, Math.min(4, Math.floor(90 / Math.max(1, strip.L))));
-  const cssH = strip.L * rowH + 12;
-  c.style.height = `${cssH}px`;
-  c.width = Math.round(cssW * dpr);
-  c.height = Math.round(cssH * dpr);
-  const ctx = context2d(c);
-  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-  ctx.clearRect(0, 0, cssW, cssH);
+  const { ctx, g, dpr, rowH, cssH } = beginLayerStrip(c, strip.L, "lens");
   const lut = view.luts.energy || view.luts.grayscale;
   const n = Math.max(g.n, strip.n);
   const W = g.W;
-  ctx.font = "10px ui-monospace, Menlo, monospace";
-  ctx.textBaseline = "top";
-  ctx.fillStyle = "#7d8a9b";
-  ctx.fillText("lens", 0, 0);
   for (let x = 0; x < W && n; x++) {
     const a = Math.floor((x / W) * n), b = Math.max(a + 1, Math.floor(((x + 1) / W) * n));
     for (let l = 0; l < strip.L; l++) {
@@ -147,13 +132,7 @@ export function drawLensStrip() {
  * the feature strip). @param {HTMLCanvasElement} c
  * @param {{img: ImageData, n: number, W: number, left: number, dpr: number, cssH: number} | null} saved */
 export function drawStripPlayhead(c, saved) {
-  if (!saved) return;
-  const ctx = context2d(c);
-  ctx.putImageData(saved.img, 0, 0);
-  const { left, W, n, dpr, cssH } = saved;
-  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-  ctx.fillStyle = "#4fc3f7";
-  ctx.fillRect(Math.round(left + ((view.t + 0.5) / n) * W) - 1, 0, 2, cssH);
+  if (saved) layerStripPlayhead(c, saved);
 }
 
 const drawLensPlayhead = () => drawStripPlayhead($("lens-strip", HTMLCanvasElement), stripImg);

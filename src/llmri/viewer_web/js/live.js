@@ -6,6 +6,7 @@ import { getJSON } from "./api.js";
 import { putLiveFeatures } from "./features.js";
 import { answerText, endFrames, fillGap, framesOpened, onBinary, startFrames } from "./liveframes.js";
 import { applyDefaults, bubble, buildPanel, describeMode, el, emptyLog, partOf, setBusy, setFollow, settings, showError, updateContinue } from "./livepanel.js";
+import { addRerun, buildSteer, describeSteer, pairBubbles, steerSpec } from "./livesteer.js";
 import { putLive } from "./readoutcache.js";
 import { openSession, refreshSessions, setStatus } from "./session.js";
 import { chat, emit, newId, on, ready, view } from "./state.js";
@@ -56,9 +57,11 @@ function send() {
   if (!text || chat.run || chat.pendingSend) return;
   const s = settings();
   if (chat.hello && chat.hello.mode === "model" && !s.signals.length) { showError("choose at least one signal in ⚙ settings"); return; }
+  let steer;
+  try { steer = steerSpec(); } catch (e) { showError(errorText(e)); return; }
   const system = $("cs-system", HTMLTextAreaElement).value.trim();
   const messages = [...(system ? [{ role: "system", content: system }] : []), ...chat.conv, { role: "user", content: text }];
-  if (!wsSend({ type: "chat", messages, settings: s })) return;
+  if (!wsSend({ type: "chat", messages, settings: steer ? { ...s, steer } : s })) return;
   showError("");
   chat.conv.push({ role: "user", content: text });
   chat.pendingSend = { text, bubble: bubble("user", text) };
@@ -66,10 +69,24 @@ function send() {
   setBusy(true);
 }
 
+/** "re-run steered" under answer `key` (bubble `b`): its question again, steered, streamed beside it.
+ * @param {string} key @param {HTMLElement} b */
+function rerunSteered(key, b) {
+  if (chat.run || chat.pendingSend) return;
+  let steer;
+  try { steer = steerSpec(); } catch (e) { showError(errorText(e)); return; }
+  if (!steer) { $("chat-steer").hidden = false; showError("choose what to steer with in the steering panel"); return; }
+  if (!wsSend({ type: "chat", rerun: key, settings: { steer } })) return;
+  showError("");
+  chat.pendingSend = { text: "", bubble: el("span"), pairWith: b };
+  setBusy(true);
+}
+
 function undoSend() {
   const p = chat.pendingSend;
   chat.pendingSend = null;
   if (!p) return;
+  if (p.pairWith) { setBusy(!!chat.run); return; } // a re-run took nothing from the conversation
   chat.conv.pop();
   p.bubble.remove();
   const input = $("chat-input", HTMLTextAreaElement);
@@ -85,6 +102,7 @@ function onJSON(m) {
     chat.me = m.you;
     applyDefaults(m.defaults);
     describeMode(m);
+    describeSteer(m);
     const running = m.running && m.running.session;
     if (chat.run && chat.run.key === running) {
       fillGap(true); // reconnected mid-answer: what streamed meanwhile is in the store
@@ -117,6 +135,7 @@ function onJSON(m) {
 /** @param {Started} m */
 async function startRun(m) {
   const mine = m.by === chat.me && !!chat.pendingSend;
+  const pairWith = mine && chat.pendingSend ? chat.pendingSend.pairWith : undefined;
   if (mine) chat.pendingSend = null;
   else {
     // another page started this turn: show its conversation here, read-only until it ends
@@ -125,13 +144,14 @@ async function startRun(m) {
     for (const x of chat.conv) bubble(x.role, x.content, x.role === "user" ? "user (another tab)" : undefined);
   }
   const model = String(m.model || (chat.hello && chat.hello.model) || "model").split("/").pop() || "model";
-  const b = bubble("assistant", "", model);
+  const b = bubble("assistant", "", pairWith ? `${model} · steered` : model);
   b.classList.add("streaming");
+  if (pairWith) pairBubbles(pairWith, b);
   const open = el("button", "chat-link", "open session");
   open.onclick = () => openSession(m.session);
   partOf(b, ".who").appendChild(open);
   chat.run = { key: m.session, mine, bubble: b, specials: new Set((m.special_ids || []).map(Number)), answer: new Map(),
-    n: 0, t0: performance.now(), first: 0, signals: m.signals || [], error: null };
+    n: 0, t0: performance.now(), first: 0, signals: m.signals || [], error: null, rerun: !!pairWith };
   chat.shownKey = m.session;
   startFrames();
   setBusy(true);
@@ -164,7 +184,10 @@ function finishRun(m) {
   partOf(b, ".meta").textContent = `${gen} token${gen === 1 ? "" : "s"}${rate} · ${why}`;
   if (why === "failed") b.classList.add("failed");
   if (why === "failed" && !text) b.remove(); // nothing was answered: the error box says why
-  if (m.status === "complete" || text) {
+  if (m.status === "complete" && !run.rerun) addRerun(b, m.session, rerunSteered);
+  if (run.rerun) {
+    // a steered re-run sits beside its answer: the conversation goes on from the original
+  } else if (m.status === "complete" || text) {
     chat.conv.push({ role: "assistant", content: text });
     chat.turn += 1;
   } else if (run.mine && chat.conv.length && chat.conv[chat.conv.length - 1].role === "user") {
@@ -232,6 +255,7 @@ async function main() {
   const info = await getJSON("/api/info").catch(() => null);
   if (!info || !info.live) return;
   buildPanel({ send, stop: () => wsSend({ type: "stop" }), newChat, restore });
+  buildSteer();
   window.llmri.live = chat; // tests and benchmarks read chat.arrivals, chat.run
   await Promise.race([ready, new Promise((r) => setTimeout(r, 10000))]); // the viewer's first session, if it opens
   // the page is laid out again now that the chat panel takes a column

@@ -5,10 +5,12 @@ import { LRU, getJSON } from "./api.js";
 import { attentionState, wireAttention } from "./attention.js";
 import { setDiff, wireCompare } from "./compare.js";
 import { featureState, wireFeatures } from "./features.js";
+import { heatmapState, wireHeatmap } from "./heatmap.js";
 import { wireLens } from "./lens.js";
 import { markerFrom, markerState, wireMarkers } from "./markers.js";
 import { wireProbes } from "./probes.js";
 import { wireReadout } from "./inspector.js";
+import { pairState, wirePairing } from "./pairing.js";
 import { emptyStoreState, openSession, refreshSessions, wireSearch } from "./session.js";
 import { wireStudy } from "./study.js";
 import { emit, setReady, view } from "./state.js";
@@ -28,6 +30,8 @@ function wire() {
   wireProbes((/** @type {number} */ t) => { stop(); seek(t); });
   wireMarkers(seek, stop);
   wireFeatures(seek, stop);
+  wirePairing((/** @type {number} */ t) => { stop(); seek(t); });
+  wireHeatmap(async (key) => { await refreshSessions(); await openSession(key); });
   $("help-btn").onclick = () => { $("help").hidden = !$("help").hidden; };
   wireSearch();
   wireStudy();
@@ -61,7 +65,7 @@ function onKey(e) {
   else if (e.key === "n" || e.key === "p") jumpMarker(e.key === "n" ? 1 : -1);
   else if (e.key === "c") setDiff(view.diff === "prev" ? "off" : "prev");
   else if (e.key === "s") savePng();
-  else if (e.key === "Escape") { $("help").hidden = true; $("study").hidden = true; }
+  else if (e.key === "Escape") { $("help").hidden = true; $("study").hidden = true; $("patching").hidden = true; }
   else if (e.key === "?") $("help").hidden = !$("help").hidden;
   else handled = false;
   if (handled) e.preventDefault();
@@ -129,6 +133,8 @@ window.llmri = {
   markers: markerState, // the session's markers ({list})
   attention: attentionState, // the attention panel's pick and the weights highlighted on the token strip
   features: featureState, // the SAE features panel (its SAE, pins, matches) and the feature strip
+  pair: pairState, // the comparison with the baseline of the session shown (pairing.js)
+  heatmap: heatmapState, // the patching sweep shown (heatmap.js)
 };
 
 main().catch((e) => banner(`viewer error: ${errorText(e)}`, "error"));

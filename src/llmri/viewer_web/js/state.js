@@ -23,6 +23,8 @@
  * @property {boolean} [study] a study prompt's session (capture_many)
  * @property {string} [prompt_id] the study prompt's id
  * @property {Record<string, string | number | boolean | null>} [metadata] the study prompt's free metadata
+ * @property {string} [baseline] the id of the session it was run against (a re-run, steered or patched run)
+ * @property {boolean} [patching] it holds a patching sweep (llmri.patching with store=)
  */
 /**
  * A session's metadata, as recorded (only what the client reads).
@@ -125,6 +127,7 @@ export function newId() {
  * @property {number} first when its first generated token came (liveframes.js)
  * @property {string[]} signals
  * @property {string | null} error
+ * @property {boolean} [rerun] a steered re-run of another answer (beside it; the conversation does not take it)
  */
 /** @typedef {{start: number, stop: number, t_model: number, t_arrive: number, t_shown: number}} Arrival */
 /**
@@ -140,6 +143,9 @@ export function newId() {
  * @property {{session: string, messages: {role: string, content: string}[]} | null} [running]
  * @property {{max_new_tokens: number, temperature: number, top_p: number, seed: number}} [defaults] a turn's
  *   settings where the page sends none (the settings table's conversation defaults)
+ * @property {boolean} [steerable] the model's backend applies steering (livesteer.js)
+ * @property {string[]} [directions] the saved directions it offers (llmri view --direction FILE)
+ * @property {number} [d_model] the model's width
  */
 /** @typedef {{header: import("./api.js").ArrayHeader, data: Float32Array, rec: Arrival}} Queued */
 
@@ -155,7 +161,7 @@ export const chat = {
   turn: 0,
   /** @type {string | null} */ shownKey: null, // the session whose conversation the panel shows
   /** @type {Run | null} */ run: null,
-  /** @type {{text: string, bubble: HTMLElement} | null} */ pendingSend: null, // until the server answers started / busy / error
+  /** @type {{text: string, bubble: HTMLElement, pairWith?: HTMLElement} | null} */ pendingSend: null, // until the server answers started / busy / error (pairWith: the answer a re-run goes beside)
   // liveframes.js: frames and tokens on their way into the viewer
   opened: false, // the running session is open in the viewer (frames can be applied)
   /** @type {Queued[]} */ queue: [], // live messages waiting for the session to open

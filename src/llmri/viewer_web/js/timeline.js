@@ -254,6 +254,40 @@ export function stripGeometry() {
   return { left: 34, W: cssW - 38, n: view.src ? view.src.total : 0 };
 }
 
+/** @typedef {{img: ImageData, rowH: number, n: number, W: number, left: number, dpr: number, cssH: number}} LayerStrip */
+
+/** A token × layer strip on the sparklines' time axis (the lens and difference strips), `L` rows high: sized, cleared
+ * and labelled; its context, geometry and row height. @param {HTMLCanvasElement} c @param {number} L @param {string} label */
+export function beginLayerStrip(c, L, label) {
+  const g = stripGeometry();
+  const dpr = window.devicePixelRatio || 1;
+  const cssW = c.clientWidth || 800;
+  const rowH = Math.max(2, Math.min(4, Math.floor(90 / Math.max(1, L))));
+  const cssH = L * rowH + 12;
+  c.style.height = `${cssH}px`;
+  c.width = Math.round(cssW * dpr);
+  c.height = Math.round(cssH * dpr);
+  const ctx = context2d(c);
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.clearRect(0, 0, cssW, cssH);
+  ctx.font = "10px ui-monospace, Menlo, monospace";
+  ctx.textBaseline = "top";
+  ctx.fillStyle = "#7d8a9b";
+  ctx.fillText(label, 0, 0);
+  return { ctx, g, dpr, rowH, cssH };
+}
+
+/** A strip drawn before (`s.img`, its pixels: a layer strip, the feature strip) with the playhead over it.
+ * @param {HTMLCanvasElement} c @param {{img: ImageData, n: number, W: number, left: number, dpr: number, cssH: number}} s */
+export function layerStripPlayhead(c, s) {
+  const ctx = context2d(c);
+  ctx.putImageData(s.img, 0, 0);
+  const { left, W, n, dpr, cssH } = s;
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.fillStyle = "#4fc3f7";
+  ctx.fillRect(Math.round(left + ((view.t + 0.5) / n) * W) - 1, 0, 2, cssH);
+}
+
 function drawPlayhead() {
   if (!sparkBg || !sparkBg.img || !sparkBg.n) return;
   const c = $("sparklines", HTMLCanvasElement);
