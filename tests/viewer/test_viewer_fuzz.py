@@ -27,6 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -71,7 +72,9 @@ def stores(tmp_path_factory, synthetic_model) -> dict[str, Any]:
     recording.commit()
     from features_helpers import tiny_sae
 
-    with_sae = llmri.capture(synthetic_model, "Hi", saes=[tiny_sae()], sae_k=4, max_new_tokens=6, store=path)
+    probe = llmri.Direction(np.ones((1, synthetic_model.d_model), np.float32), (1,)).named("ones")
+    with_sae = llmri.capture(synthetic_model, "Hi", saes=[tiny_sae()], sae_k=4, probes=[probe], max_new_tokens=6,
+                             store=path)  # fmt: skip
     # a patching sweep (its corrupt run names the captured one as its clean baseline) and one cell's run
     sweep = {"values": [[[0.5, 1.0]]], "signals": ["resid"], "layers": [0], "tokens": ["a", "b"], "clean": 1.0,
              "corrupt": 0.0, "metric": "logit_diff", "targets": [" a", " b"]}  # fmt: skip
@@ -164,7 +167,7 @@ def viewer_openapi(base: str, stores: dict[str, Any]) -> dict[str, Any]:
             swept
             if "/patching" in path
             else with_sae
-            if "/features" in path
+            if "/features" in path or "/probestrip" in path
             else with_readouts
             if readout
             else captured
