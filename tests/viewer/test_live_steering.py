@@ -21,7 +21,8 @@ from llmri.viewer import create_app  # noqa: E402
 from llmri.viewer.live import LiveChat, ModelEngine  # noqa: E402
 from llmri.viewer.live.steering import check_steer, rerun_request  # noqa: E402
 
-ENGINE = SimpleNamespace(steerable=True, n_layers=30, d_model=576, directions={"paris": object()})
+SAES = [SimpleNamespace(name="r4", d_sae=48)]
+ENGINE = SimpleNamespace(steerable=True, n_layers=30, d_model=576, directions={"paris": object()}, saes=SAES)
 GOOD = {"kind": "neuron", "layers": [12, 4, 12], "scale": 8, "neuron": 5}
 QUESTION = [{"role": "user", "content": "Name a city in Europe."}]
 
@@ -32,12 +33,17 @@ def test_a_good_steer_is_kept_checked():
     assert check_steer(spec, ENGINE)["scale"] == 4.0  # the default
     assert check_steer({"kind": "direction", "layers": [0], "scale": -2, "name": "paris"}, ENGINE)["name"] == "paris"
     assert check_steer(None, ENGINE) is None
+    feat = check_steer({"kind": "feature", "layers": [4], "scale": 8, "sae": "r4", "feature": 47}, ENGINE)
+    assert feat == {"kind": "feature", "layers": [4], "scale": 8.0, "sae": "r4", "feature": 47}
 
 
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
-        ({"kind": "vector"}, "kind must be one of neuron, prompts, direction"),
+        ({"kind": "vector"}, "kind must be one of neuron, prompts, direction, feature"),
+        ({"kind": "feature", "sae": "r5", "feature": 0}, "no SAE 'r5' in live chat (it has: r4)"),
+        ({"kind": "feature", "sae": "r4", "feature": 48}, "feature must be a whole number from 0 to 47"),
+        ({"kind": "feature", "sae": "r4", "feature": "1"}, "feature must be a whole number from 0 to 47"),
         ({"layers": []}, "layers must be a list of 1 to 64"),
         ({"layers": [30]}, "from 0 to 29"),
         ({"layers": [True]}, "from 0 to 29"),
@@ -54,6 +60,25 @@ def test_a_bad_steer_is_one_line(change, needle):
         check_steer({**GOOD, **change}, ENGINE)
     with pytest.raises(llmri.CaptureError, match="applies no steering"):
         check_steer(GOOD, SimpleNamespace(steerable=False))
+
+
+def test_a_feature_steers_along_its_decoder_row():
+    # "steer with this feature": the record's vector is the SAE's decoder row, unit length, at the layers asked
+    import torch
+
+    from llmri.readouts.sae import SAE
+    from llmri.viewer.live.steering import steer_records
+
+    w = torch.randn(32, 48, generator=torch.Generator().manual_seed(1))
+    sae = SAE(W_enc=w, b_enc=torch.zeros(48), W_dec=w.T.contiguous() * 3, b_dec=torch.zeros(32), architecture="relu",
+              name="r1", source_format="test", path="", layer=1, signal="resid")  # fmt: skip
+    spec = {"kind": "feature", "layers": [0, 2], "scale": 5.0, "sae": "r1", "feature": 7}
+    (rec,) = steer_records(spec, None, {}, "hf", [sae])
+    row = (w.T[7] / w.T[7].norm()).numpy()
+    assert rec.layers == (0, 2) and rec.scale == 5.0 and rec.signal == "resid"
+    vec = rec.direction.array().reshape(-1, 32)
+    for v in vec:
+        np.testing.assert_allclose(v, row, rtol=1e-5, atol=1e-6)
 
 
 def test_only_a_chat_answer_of_this_model_is_re_run(synthetic_model):

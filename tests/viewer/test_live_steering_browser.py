@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -87,3 +88,53 @@ def test_re_run_steered_streams_beside_the_answer(browser, served):
         assert not errors, errors
     finally:
         ctx.close()
+
+
+def test_steer_with_a_feature_from_the_features_panel(browser, real_model, tmp_path):
+    """Live chat records an SAE; a pinned feature's "steer" sets the steering panel to that feature at the
+    SAE's layer, and "re-run steered" records a steer along the feature's decoder row."""
+    from features_helpers import tiny_sae
+    from llmri.interventions import from_meta
+
+    sae = tiny_sae(d_in=576, d_sae=32, layer=4)
+    store = llmri.open_store(tmp_path / "live.zarr", create=True)
+    live = LiveChat(ModelEngine(real_model, saes=[sae], sae_k=4))
+    app = ServedApp(create_app(store, live=live))
+    ctx = browser.new_context(viewport={"width": 1440, "height": 1000})
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    try:
+        pg.goto(app.url)
+        wait_for(pg, "() => !!(window.llmri && window.llmri.live && window.llmri.live.hello)", what="live chat")
+        assert pg.evaluate("() => window.llmri.live.hello.saes") == ["toy"]
+        pg.click("#chat-gear")
+        pg.fill("#cs-max", "6")
+        pg.fill("#chat-input", "Name a city in Europe.")
+        pg.click("#chat-send")
+        wait_for(pg, "() => document.querySelector('.chat-msg.assistant .rerun') !== null", 300, "the answer")
+        original = pg.evaluate("() => window.llmri.live.shownKey")
+        wait_for(pg, "() => document.querySelector('#feat-list .feat-row') !== null", 60, "the features panel")
+        pg.click("#feat-list .feat-row")
+        wait_for(pg, "() => document.querySelector('#feat-pins button.feat-steer') !== null", 30, "the steer button")
+        f = int(pg.get_attribute("#feat-pins button.feat-steer", "data-f"))
+        pg.click("#feat-pins button.feat-steer")
+        assert pg.locator("#chat-steer").is_visible()
+        assert pg.eval_on_selector("#st-kind", "e => e.value") == "feature"
+        assert pg.eval_on_selector("#st-sae", "e => e.value") == "toy"
+        assert pg.eval_on_selector("#st-feature", "e => Number(e.value)") == f
+        assert pg.eval_on_selector("#st-layers", "e => e.value") == "4"
+        pg.click(".chat-msg.assistant .rerun")
+        steered = f"() => window.llmri.live.shownKey !== '{original}' && !window.llmri.live.run"
+        wait_for(pg, steered, 300, "the steered answer")
+        r = store.session(pg.evaluate("() => window.llmri.live.shownKey").split("/")[1])
+        assert r.meta["baseline"] == original.split("/")[1]
+        (rec,) = from_meta(r.meta)
+        assert rec.kind == "steer" and rec.layers == (4,) and rec.scale == 8.0
+        want = sae.direction(f, layers=[4]).array().reshape(-1)
+        np.testing.assert_allclose(rec.direction.array().reshape(-1), want, rtol=1e-6, atol=1e-7)
+        assert not errors, errors
+    finally:
+        ctx.close()
+        app.close()
+        live.close()

@@ -166,7 +166,7 @@ class ModelEngine:
         from ...capture.stream import CaptureStream
         from .steering import steer_records
 
-        steered = steer_records(settings.get("steer"), self.model, self.directions, self.backend)
+        steered = steer_records(settings.get("steer"), self.model, self.directions, self.backend, self.saes)
         return CaptureStream(
             self.model,
             messages,

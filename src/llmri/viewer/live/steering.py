@@ -6,7 +6,9 @@ settings and seed) as a new session naming it as its baseline.
 ``"neuron"``: ``"neuron": int`` (a unit vector along that residual dimension); ``"prompts"``:
 ``"positive"`` / ``"negative"``: short lists of prompts, made into a direction on the spot by
 :func:`llmri.direction` (mean difference at each prompt's last position); ``"direction"``: ``"name"``,
-one of the saved directions the viewer was started with (``llmri view --model ... --direction FILE``).
+one of the saved directions the viewer was started with (``llmri view --model ... --direction FILE``);
+``"feature"``: ``"sae": name, "feature": int``, an SAE feature's decoder row (:meth:`llmri.SAE.direction`)
+of one of the SAEs live chat records (``llmri view --model ... --sae PATH``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
     from ...store import SessionReader
     from .protocol import ChatSettings
 
-KINDS = ("neuron", "prompts", "direction")
+KINDS = ("neuron", "prompts", "direction", "feature")
 #: Bounds on a steer request: prompts per side, characters per prompt, layers, |scale|.
 MAX_PROMPTS, MAX_PROMPT_CHARS, MAX_LAYERS, MAX_SCALE = 16, 500, 64, 1000.0
 
@@ -71,6 +73,16 @@ def check_steer(value: Any, engine: Any) -> dict[str, Any] | None:
         out["neuron"] = i
     elif kind == "prompts":
         out["positive"], out["negative"] = _prompts(value, "positive"), _prompts(value, "negative")
+    elif kind == "feature":
+        saes = {sae.name: sae for sae in getattr(engine, "saes", None) or []}
+        name, f = value.get("sae"), value.get("feature")
+        if not isinstance(name, str) or name not in saes:
+            have = ", ".join(saes) or "none: start the viewer with --sae PATH"
+            raise CaptureError(f"steer: no SAE {shown(name)} in live chat (it has: {have})")
+        d_sae = int(saes[name].d_sae)
+        if not isinstance(f, int) or isinstance(f, bool) or not 0 <= f < d_sae:
+            raise CaptureError(f"steer: feature must be a whole number from 0 to {d_sae - 1}, got {shown(f)}")
+        out["sae"], out["feature"] = name, f
     else:
         name = value.get("name")
         if not isinstance(name, str) or name not in engine.directions:
@@ -80,8 +92,11 @@ def check_steer(value: Any, engine: Any) -> dict[str, Any] | None:
     return out
 
 
-def steer_records(spec: Mapping[str, Any] | None, model: Any, directions: Mapping[str, Any], backend: str) -> list[Any]:
-    """The steering record of a checked ``spec`` on ``model`` (runs the model for ``"prompts"``)."""
+def steer_records(
+    spec: Mapping[str, Any] | None, model: Any, directions: Mapping[str, Any], backend: str, saes: Any = ()
+) -> list[Any]:
+    """The steering record of a checked ``spec`` on ``model`` (runs the model for ``"prompts"``;
+    ``saes``: the engine's, for ``"feature"``)."""
     import numpy as np
 
     from ...interventions import direction, steer
@@ -96,6 +111,9 @@ def steer_records(spec: Mapping[str, Any] | None, model: Any, directions: Mappin
     if spec["kind"] == "prompts":
         d = direction(model, spec["positive"], spec["negative"], layers=layers, backend=backend)
         return [steer(d, layers=layers, scale=scale)]
+    if spec["kind"] == "feature":
+        sae = next(x for x in saes if x.name == spec["sae"])
+        return [steer(sae.direction(int(spec["feature"]), layers=layers), layers=layers, scale=scale)]
     return [steer(directions[spec["name"]], layers=layers, scale=scale)]
 
 

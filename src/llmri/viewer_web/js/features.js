@@ -5,6 +5,7 @@
 // /features/{sae} or, in live chat, from the "readouts" messages (putLiveFeatures); every value is the session's own.
 import { getJSON, sessionUrl } from "./api.js";
 import { loadStrip, stripState, wireStrip } from "./featurestrip.js";
+import { canSteerWith, steerWithFeature } from "./livesteer.js";
 import { view, on } from "./state.js";
 import { $, esc, fmt, oneLine } from "./ui.js";
 
@@ -171,6 +172,15 @@ function drawPins() {
       a.textContent = "↓";
       a.title = `feature ${f}'s direction as a .npy (llmri capture --steer FILE.npy@LAYERS:SCALE)`;
       el.appendChild(a);
+    }
+    if (info && canSteerWith(info.name)) { // live chat records this SAE: steer the next answer with the feature
+      const s = document.createElement("button");
+      s.className = "feat-steer";
+      s.dataset.f = String(f);
+      s.textContent = "steer";
+      s.title = `steer live chat with feature ${f}'s decoder row (the steering panel, at the SAE's layer)`;
+      s.onclick = (e) => { e.stopPropagation(); steerWithFeature(info.name, f, info.layer); };
+      el.appendChild(s);
     }
   }
 }

@@ -1,7 +1,7 @@
 // @ts-check
 // Live chat's steering panel (llmri/viewer/live/steering.py): a saved direction (llmri view --direction FILE), a
-// neuron, or a direction made on the spot from two short lists of prompts (llmri.direction), at some layers with a
-// scale. It steers the next message, and "re-run steered" under an answer asks that answer's question again with
+// neuron, a direction made on the spot from two short lists of prompts (llmri.direction), or an SAE feature's
+// decoder row (llmri view --sae PATH; the features panel's "steer" fills it in), at some layers with a scale. It steers the next message, and "re-run steered" under an answer asks that answer's question again with
 // its own settings and seed, streamed as a new session beside it (paired with it: the viewer compares the two).
 import { chat } from "./state.js";
 import { el, partOf } from "./livepanel.js";
@@ -18,7 +18,10 @@ export function buildSteer() {
     <label class="cs-wide">steer with<select id="st-kind">
       <option value="">nothing (off)</option><option value="direction">a saved direction</option>
       <option value="neuron">a neuron (one residual dimension)</option><option value="prompts">a direction from two lists of prompts</option>
+      <option value="feature">an SAE feature (its decoder row)</option>
     </select></label>
+    <label class="st-k st-feature" hidden>SAE<select id="st-sae"></select></label>
+    <label class="st-k st-feature" hidden>feature<input id="st-feature" type="number" min="0" step="1" value="0"></label>
     <label class="cs-wide st-k st-direction" hidden>saved direction<select id="st-name"></select></label>
     <label class="st-k st-neuron" hidden>neuron<input id="st-neuron" type="number" min="0" step="1" value="0"></label>
     <label class="cs-wide st-k st-prompts" hidden>prompts with the concept (one a line)<textarea id="st-pos" rows="2" placeholder="I love Paris"></textarea></label>
@@ -56,6 +59,30 @@ export function describeSteer(h) {
   const saved = $("st-kind", HTMLSelectElement).querySelector('option[value="direction"]');
   if (saved instanceof HTMLOptionElement) saved.disabled = !names.length;
   if (typeof h.d_model === "number") $("st-neuron", HTMLInputElement).max = String(h.d_model - 1);
+  const saes = h.saes || [];
+  const saeSelect = $("st-sae", HTMLSelectElement);
+  saeSelect.innerHTML = "";
+  for (const name of saes) saeSelect.appendChild(Object.assign(document.createElement("option"), { value: name, textContent: name }));
+  const feature = $("st-kind", HTMLSelectElement).querySelector('option[value="feature"]');
+  if (feature instanceof HTMLOptionElement) feature.disabled = !saes.length;
+}
+
+/** Whether live chat can steer with SAE `sae`'s features (its engine records that SAE). @param {string} sae */
+export function canSteerWith(sae) {
+  return !!(chat.hello && chat.hello.steerable && (chat.hello.saes || []).includes(sae));
+}
+
+/** The features panel's "steer": the steering panel set to feature `f` of SAE `sae`, at the SAE's layer
+ * (or the panel's layers), and shown. @param {string} sae @param {number} f @param {number | null} layer */
+export function steerWithFeature(sae, f, layer) {
+  if (!canSteerWith(sae)) return;
+  const kind = $("st-kind", HTMLSelectElement);
+  kind.value = "feature";
+  kind.dispatchEvent(new Event("change"));
+  $("st-sae", HTMLSelectElement).value = sae;
+  $("st-feature", HTMLInputElement).value = String(f);
+  if (layer !== null) $("st-layers", HTMLInputElement).value = String(layer);
+  $("chat-steer").hidden = false;
 }
 
 /** "12", "4,8,12", "10-14" -> layer numbers. @param {string} text */
@@ -82,7 +109,10 @@ export function steerSpec() {
   const spec = { kind, layers: parseLayers($("st-layers", HTMLInputElement).value), scale: Number($("st-scale", HTMLInputElement).value) };
   if (kind === "neuron") spec.neuron = Number($("st-neuron", HTMLInputElement).value) || 0;
   else if (kind === "direction") spec.name = $("st-name", HTMLSelectElement).value;
-  else {
+  else if (kind === "feature") {
+    spec.sae = $("st-sae", HTMLSelectElement).value;
+    spec.feature = Number($("st-feature", HTMLInputElement).value) || 0;
+  } else {
     const lines = (/** @type {string} */ id) => $(id, HTMLTextAreaElement).value.split("\n").map((x) => x.trim()).filter(Boolean);
     spec.positive = lines("st-pos");
     spec.negative = lines("st-neg");

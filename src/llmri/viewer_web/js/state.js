@@ -146,6 +146,7 @@ export function newId() {
  * @property {boolean} [steerable] the model's backend applies steering (livesteer.js)
  * @property {string[]} [directions] the saved directions it offers (llmri view --direction FILE)
  * @property {number} [d_model] the model's width
+ * @property {string[]} [saes] the SAEs each turn records (llmri view --sae PATH): their features steer too
  */
 /** @typedef {{header: import("./api.js").ArrayHeader, data: Float32Array, rec: Arrival}} Queued */
 
