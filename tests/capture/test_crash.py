@@ -75,7 +75,9 @@ def _kill_at_random(script, path, which, rng, *, ready_timeout, max_new=4000):
         proc.kill()
         proc.wait(timeout=30)
         assert time.monotonic() - t0 < ready_timeout
-    assert finished or proc.returncode == -signal.SIGKILL
+    # a short capture can also end by itself between the poll and the kill: then it ended cleanly
+    finished = finished or proc.returncode == 0
+    assert finished or proc.returncode == -signal.SIGKILL, proc.returncode
     return sid, finished
 
 
