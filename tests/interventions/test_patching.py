@@ -73,8 +73,11 @@ def test_the_batched_sweep_agrees_with_a_hand_written_loop(real_model, tmp_path)
     x = r.to_xarray()
     assert x.dims == ("signal", "layer", "position") and list(x.token.values) == list(r.tokens)
     store = llmri.open_store(tmp_path / "p.zarr")
-    clean_s, corrupt_s = sorted(store.sessions(), key=lambda s: s.meta["created"])[-2:]
-    assert corrupt_s.meta["baseline"] == clean_s.id
+    # by prompt, not by creation time: both sessions can be created within one second
+    by_prompt = {s.meta["prompt"]: s for s in store.sessions()}
+    assert len(by_prompt) == 2
+    clean_s, corrupt_s = by_prompt[CLEAN], by_prompt[CORRUPT]
+    assert corrupt_s.meta["baseline"] == clean_s.id and "patching" not in clean_s.meta
     back = PatchingResult.of(corrupt_s)
     np.testing.assert_allclose(back.values, r.values, atol=1e-5)
     assert back.tokens == r.tokens
